@@ -1,0 +1,3 @@
+//! The `stage` server binary: everything lives in the `stage_engine` library.
+
+fn main() {}
