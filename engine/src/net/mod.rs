@@ -1,0 +1,3 @@
+//! Networking: broker URLs, binary socket addresses, listeners and connections.
+
+pub mod sockaddr;

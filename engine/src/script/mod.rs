@@ -1,0 +1,3 @@
+//! The Lua side of a core: the LuaJIT state and the libraries scripts see.
+
+pub mod logger;
