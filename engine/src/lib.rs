@@ -2,5 +2,4 @@
 //! the BSON codec, and the LuaJIT host that runs game scripts. The `stage` binary
 //! (`engine/bin/stage.rs`) is a thin wrapper around `cli::main`.
 
-pub mod net;
-pub mod script;
+pub mod codec;

@@ -1,0 +1,3 @@
+//! Wire formats: the BSON codec shared by client framing and internal messages.
+
+pub mod bson;
