@@ -3,3 +3,4 @@
 //! (`engine/bin/stage.rs`) is a thin wrapper around `cli::main`.
 
 pub mod codec;
+pub mod config;
