@@ -1,3 +1,6 @@
 //! Networking: broker URLs, binary socket addresses, listeners and connections.
 
+pub mod conn;
+pub mod listener;
 pub mod sockaddr;
+pub mod url;

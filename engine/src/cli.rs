@@ -1,0 +1,353 @@
+//! The `stage` command line: run a node (`stage -c FILE`, `stage -c -`, or with no `-c` the
+//! embedded default that serves the seed's example on port 8081), or validate a configuration
+//! and compile its scripts (`stage --check`). Exit codes: 0 fine, 1 scripts do not compile
+//! or the runtime failed to start, 2 the configuration (or command line) is wrong.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef, Startup, StartupEntry};
+use crate::core::{affinity, runtime, Node};
+use crate::script::host::{LuaSettings, LuaStage};
+use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
+
+/// The configuration used when no `-c` is given: the seed's v1 example, served from scripts
+/// compiled into the binary so a fresh checkout needs nothing else.
+const DEFAULT_CONFIG: &str = r##"{
+    "#startup": [ ["lua.so+stage"] ],
+    "lua.so": {
+        "%package": [ "@builtin/v1" ],
+        "lua.so+stage": "start"
+    }
+}"##;
+
+static EMBEDDED: Embedded = &[
+    (
+        "v1/start.lua",
+        include_str!("../../lua/examples/v1/start.lua"),
+    ),
+    (
+        "v1/packet.lua",
+        include_str!("../../lua/examples/v1/packet.lua"),
+    ),
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stage",
+    version,
+    about = "STAGE: a LuaJIT-first, thread-per-core game server"
+)]
+struct Args {
+    /// Configuration: JSON file(s) separated by ':' (the first file defining a key wins);
+    /// '-' reads it from standard input. Without -c, the embedded example runs on port 8081.
+    #[arg(short = 'c', long = "config", value_name = "FILE[:FILE...]")]
+    config: Option<String>,
+    /// Validate the configuration and compile every script, print all errors, then exit.
+    #[arg(long)]
+    check: bool,
+    /// Log filter, e.g. `info`, `debug`, `warn,lua=debug` (default: $STAGE_LOG, else info).
+    #[arg(short = 'l', long = "log", value_name = "FILTER")]
+    log: Option<String>,
+    /// Arguments for the scripts (`arg[1..]`), after `--`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log.as_deref());
+    let sources = match &args.config {
+        None => vec![ConfigSource {
+            name: "<embedded>".into(),
+            text: DEFAULT_CONFIG.into(),
+        }],
+        Some(spec) => match config::read_sources(spec) {
+            Ok(sources) => sources,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let config = match config::load(sources) {
+        Ok(config) => config,
+        Err(errors) => {
+            for err in &errors {
+                eprintln!("error: {err}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let program = std::env::args().next().unwrap_or_else(|| "stage".into());
+    let mut script_args = vec![program];
+    script_args.extend(args.args.iter().cloned());
+    let cpus = match affinity::allowed_cpus() {
+        Ok(cpus) => affinity::choose_cpus(&cpus, config.threads.cores),
+        Err(err) => {
+            eprintln!("error: cannot read the CPU affinity mask: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let settings = match lua_settings(&config, cpus.len(), script_args) {
+        Ok(settings) => Arc::new(settings),
+        Err(errors) => {
+            for err in &errors {
+                eprintln!("error: {err}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        return check(&settings);
+    }
+    for key in config.inactive_keys() {
+        tracing::info!("config {key} is not active in this build");
+    }
+    match run(cpus, settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("STAGE_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|err| {
+        eprintln!("warning: bad log filter `{filter}` ({err}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The Lua stages of `#startup`, each run once in this process on core `i % cores`.
+fn lua_settings(
+    config: &Config,
+    cores: usize,
+    args: Vec<String>,
+) -> Result<LuaSettings, Vec<String>> {
+    let modules: Vec<&ModuleRef> = match &config.startup {
+        Startup::Array(entries) => entries
+            .iter()
+            .filter_map(|e| match e {
+                StartupEntry::Process(mods) => Some(mods.iter()),
+                StartupEntry::Delay(_) => None,
+            })
+            .flatten()
+            .collect(),
+        Startup::Single(mods) => mods.iter().collect(),
+    };
+    let mut stages: Vec<LuaStage> = Vec::new();
+    let mut first = None;
+    let mut errors = Vec::new();
+    for module in modules
+        .into_iter()
+        .filter(|m| matches!(m.kind, ModuleKind::Lua))
+    {
+        if stages.iter().any(|s| s.entry == module.entry) {
+            tracing::info!(
+                "several `{}` processes in #startup: the multi-process node is not active in this build, running it once",
+                module.entry
+            );
+            continue;
+        }
+        let stage = match config.lua_stage(module) {
+            Ok(stage) => stage,
+            Err(err) => {
+                errors.push(err.to_string());
+                continue;
+            }
+        };
+        let Some(main_script) = stage.main_script.clone() else {
+            tracing::warn!(
+                "`{}` names no main script; it has no handlers",
+                module.entry
+            );
+            continue;
+        };
+        stages.push(LuaStage {
+            entry: module.entry.clone(),
+            main_script,
+            main_core: stages.len() % cores,
+        });
+        first.get_or_insert(stage);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let Some(first) = first else {
+        tracing::warn!("#startup has no Lua stage with a main script: nothing will run");
+        return Ok(LuaSettings {
+            package: Vec::new(),
+            preload: Vec::new(),
+            reflush: Duration::from_secs(1),
+            stages,
+            args,
+            embedded: EMBEDDED,
+        });
+    };
+    Ok(LuaSettings {
+        package: first.package,
+        preload: first.preload,
+        reflush: Duration::from_millis(first.reflush_ms),
+        stages,
+        args,
+        embedded: EMBEDDED,
+    })
+}
+
+/// `--check`: compiles the main scripts, preload scripts and every script in the package
+/// directories, printing each error. Nothing runs.
+fn check(settings: &LuaSettings) -> ExitCode {
+    let lua = mlua::Lua::new();
+    let loader = ScriptLoader::new(settings.package.clone(), Duration::ZERO, settings.embedded);
+    let mut errors = Vec::new();
+    for stage in &settings.stages {
+        match loader.load(&lua, &stage.main_script) {
+            Ok(Lookup::Found(_)) => {}
+            Ok(Lookup::NotFound(path)) => errors.push(format!(
+                "main script `{}` of `{}` not found in %package (looked for {path}.lua)",
+                stage.main_script, stage.entry
+            )),
+            Err(err) => errors.push(err.to_string()),
+        }
+    }
+    let mut files = Vec::new();
+    for entry in &settings.package {
+        if entry.prefix.starts_with(BUILTIN_ROOT) {
+            continue;
+        }
+        let dir = if entry.prefix.is_empty() {
+            "."
+        } else {
+            entry.prefix.as_str()
+        };
+        // The current directory may hold anything: only its own scripts, not its subtrees.
+        lua_files(Path::new(dir), !entry.prefix.is_empty(), &mut files);
+    }
+    for entry in &settings.preload {
+        lua_files(Path::new(entry), true, &mut files);
+    }
+    files.sort();
+    files.dedup();
+    for file in &files {
+        let result = std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|src| {
+                lua.load(&src[..])
+                    .set_name(format!("@{}", file.display()))
+                    .into_function()
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(err) = result {
+            errors.push(err);
+        }
+    }
+    if errors.is_empty() {
+        println!(
+            "configuration OK: {} Lua stage(s), {} script(s) compiled",
+            settings.stages.len(),
+            files.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        for err in &errors {
+            eprintln!("error: {err}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+fn lua_files(path: &Path, recursive: bool, out: &mut Vec<std::path::PathBuf>) {
+    if path.is_file() {
+        out.push(path.to_path_buf());
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if recursive {
+                lua_files(&p, true, out);
+            }
+        } else if p.extension().is_some_and(|e| e == "lua") {
+            out.push(p);
+        }
+    }
+}
+
+/// Runs the node until SIGINT/SIGTERM (graceful) or `stage.exit()`. A second signal during
+/// the graceful shutdown exits at once.
+fn run(cpus: Vec<usize>, settings: Arc<LuaSettings>) -> anyhow::Result<()> {
+    block_shutdown_signals();
+    tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE");
+    let node = Node::new(cpus, settings);
+    let handles = runtime::start(node.clone())?;
+    let signals = node.clone();
+    std::thread::Builder::new()
+        .name("stage-signals".into())
+        .spawn(move || {
+            let first = wait_shutdown_signal();
+            tracing::info!("received signal {first}: shutting down");
+            signals.shutdown();
+            let second = wait_shutdown_signal();
+            tracing::warn!("received signal {second} during shutdown: exiting now");
+            std::process::exit(1);
+        })?;
+    for handle in handles {
+        if handle.join().is_err() {
+            tracing::error!("a core thread panicked");
+        }
+    }
+    tracing::info!("STAGE stopped");
+    Ok(())
+}
+
+fn shutdown_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Blocks the shutdown signals in this thread before the cores start, so every thread
+/// inherits the mask and only the signal thread (in `sigwait`) ever receives them.
+fn block_shutdown_signals() {
+    let set = shutdown_sigset();
+    // SAFETY: plain libc call on a valid, initialised sigset.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_shutdown_signal() -> i32 {
+    let set = shutdown_sigset();
+    let mut sig = 0;
+    // SAFETY: plain libc call; the signals are blocked in every thread.
+    unsafe {
+        libc::sigwait(&set, &mut sig);
+    }
+    sig
+}

@@ -1,0 +1,286 @@
+//! Framings that cut a connection's byte stream into messages: `packet`/`bson` (4-byte
+//! little-endian length that counts itself, bit 31 reserved for encryption), `text` (lines
+//! ending in `\n`) and raw (whatever one read returned). Frames are cut out of the read buffer
+//! with `split_to(..).freeze()`, so a frame is never copied between the socket read and Lua.
+//!
+//! Limits are checked against the 4-byte header *before* any buffer is grown for the frame
+//! body, so a hostile length can cost at most one connection, never memory.
+
+use bytes::{Buf, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Bit 31 of a packet header marks an encrypted body (spec/stage.md §4.2).
+pub const ENCRYPTED_FLAG: u32 = 0x8000_0000;
+/// The default buffer size when a URL gives none (the original's BUFSIZ).
+pub const DEFAULT_BUFFER: usize = 8192;
+
+/// How a connection's stream is cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No framing: each read is one message, handed to Lua as a string.
+    Raw,
+    /// Lines split on `\n`, the newline kept.
+    Text,
+    /// Length-prefixed BSON documents (`packet=` and `bson=` are the same).
+    Packet,
+}
+
+/// The framing plus the two buffer limits of a `?filter=IN,OUT` URL part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSpec {
+    pub framing: Framing,
+    /// Input buffer size: the largest frame (or line) a peer may send.
+    pub input: usize,
+    /// Output buffer size: the most unsent output a connection may hold.
+    pub output: usize,
+}
+
+impl Default for FrameSpec {
+    fn default() -> Self {
+        FrameSpec {
+            framing: Framing::Raw,
+            input: DEFAULT_BUFFER,
+            output: DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// Why a URL's filter part was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("unknown filter `{0}` (expected packet, bson or text)")]
+    UnknownFilter(String),
+    #[error("bad buffer size `{0}` (expected a number with an optional b, k or m suffix)")]
+    BadSize(String),
+    #[error("buffer size `{0}` is out of range (1 byte to 1 GiB)")]
+    SizeOutOfRange(String),
+}
+
+/// Why a connection's input could not be cut into frames; the connection is closed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame length {len} exceeds the input buffer of {limit} bytes (raise IN in `packet=IN,OUT`)")]
+    TooLong { len: usize, limit: usize },
+    #[error("frame length {len} is shorter than the smallest BSON document (5 bytes)")]
+    TooShort { len: usize },
+    #[error("encrypted frame received but this socket has no crypto key")]
+    Encrypted,
+    #[error("line longer than the input buffer of {limit} bytes (raise IN in `text=IN,OUT`)")]
+    LineTooLong { limit: usize },
+}
+
+impl FrameSpec {
+    /// Parses the query part of a broker URL (`packet=4k,10k`, `text=2k:4k`, or empty).
+    pub fn parse(query: Option<&str>) -> Result<FrameSpec, FilterError> {
+        let Some(query) = query.filter(|q| !q.is_empty()) else {
+            return Ok(FrameSpec::default());
+        };
+        let (name, sizes) = query.split_once('=').unwrap_or((query, ""));
+        let framing = match name {
+            "packet" | "bson" => Framing::Packet,
+            "text" => Framing::Text,
+            other => return Err(FilterError::UnknownFilter(other.to_string())),
+        };
+        // The docs write `IN:OUT`, the original parser takes `IN,OUT`: accept both.
+        let mut parts = sizes.splitn(2, [',', ':']);
+        let input = parse_size(parts.next().unwrap_or(""))?;
+        let output = parse_size(parts.next().unwrap_or(""))?;
+        Ok(FrameSpec {
+            framing,
+            input,
+            output,
+        })
+    }
+
+    /// Cuts the next complete frame off the front of `buf`, or returns `Ok(None)` when more
+    /// bytes are needed. A raw stream yields everything buffered as one message.
+    pub fn next_frame(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match self.framing {
+            Framing::Raw => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
+            Framing::Text => match memchr_newline(buf) {
+                Some(end) => Ok(Some(buf.split_to(end + 1).freeze())),
+                None if buf.len() >= self.input => {
+                    Err(FrameError::LineTooLong { limit: self.input })
+                }
+                None => Ok(None),
+            },
+            Framing::Packet => {
+                if buf.len() < 4 {
+                    return Ok(None);
+                }
+                let header = (&buf[..4]).get_u32_le();
+                if header & ENCRYPTED_FLAG != 0 {
+                    return Err(FrameError::Encrypted);
+                }
+                let len = header as usize;
+                if len < 5 {
+                    return Err(FrameError::TooShort { len });
+                }
+                if len > self.input {
+                    return Err(FrameError::TooLong {
+                        len,
+                        limit: self.input,
+                    });
+                }
+                if buf.len() < len {
+                    return Ok(None);
+                }
+                Ok(Some(buf.split_to(len).freeze()))
+            }
+        }
+    }
+
+    /// How many more bytes the frame at the front of `buf` needs, when its header is known;
+    /// lets the reader grow the buffer once for a large frame instead of many times.
+    pub fn pending_frame_len(&self, buf: &[u8]) -> Option<usize> {
+        if self.framing != Framing::Packet || buf.len() < 4 {
+            return None;
+        }
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        (len <= self.input && len > buf.len()).then_some(len)
+    }
+}
+
+fn memchr_newline(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+/// `4k` → 4096, `10k` → 10240, `1m` → 1048576, `512b`/`512` → 512, empty → the default.
+fn parse_size(text: &str) -> Result<usize, FilterError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(DEFAULT_BUFFER);
+    }
+    let (digits, unit) = match text.as_bytes()[text.len() - 1].to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 1024),
+        b'm' => (&text[..text.len() - 1], 1024 * 1024),
+        b'b' => (&text[..text.len() - 1], 1),
+        _ => (text, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| FilterError::BadSize(text.to_string()))?;
+    let size = n
+        .checked_mul(unit)
+        .filter(|s| (1..=1 << 30).contains(s))
+        .ok_or_else(|| FilterError::SizeOutOfRange(text.to_string()))?;
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(input: usize) -> FrameSpec {
+        FrameSpec {
+            framing: Framing::Packet,
+            input,
+            output: 1024,
+        }
+    }
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut f = len.to_le_bytes().to_vec();
+        f.resize(len.max(4) as usize, 0);
+        f
+    }
+
+    #[test]
+    fn parses_filters_and_sizes() {
+        let spec = FrameSpec::parse(Some("packet=4k,10k")).unwrap();
+        assert_eq!(
+            (spec.framing, spec.input, spec.output),
+            (Framing::Packet, 4096, 10240)
+        );
+        let spec = FrameSpec::parse(Some("bson=64k:1m")).unwrap();
+        assert_eq!((spec.input, spec.output), (65536, 1 << 20));
+        let spec = FrameSpec::parse(Some("text=2k")).unwrap();
+        assert_eq!(
+            (spec.framing, spec.input, spec.output),
+            (Framing::Text, 2048, DEFAULT_BUFFER)
+        );
+        assert_eq!(FrameSpec::parse(None).unwrap(), FrameSpec::default());
+        assert_eq!(
+            FrameSpec::parse(Some("gzip=1k")),
+            Err(FilterError::UnknownFilter("gzip".into()))
+        );
+        assert!(matches!(
+            FrameSpec::parse(Some("packet=4x")),
+            Err(FilterError::BadSize(_))
+        ));
+        assert!(matches!(
+            FrameSpec::parse(Some("packet=0")),
+            Err(FilterError::SizeOutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn cuts_packets_at_their_length() {
+        let spec = packet(64);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&frame(10));
+        buf.extend_from_slice(&frame(5));
+        buf.extend_from_slice(&frame(7)[..3]);
+        assert_eq!(spec.next_frame(&mut buf).unwrap().unwrap().len(), 10);
+        assert_eq!(spec.next_frame(&mut buf).unwrap().unwrap().len(), 5);
+        assert_eq!(spec.next_frame(&mut buf).unwrap(), None);
+        assert_eq!(buf.len(), 3);
+    }
+
+    #[test]
+    fn a_frame_of_exactly_in_bytes_fits_and_one_more_does_not() {
+        let spec = packet(64);
+        let mut buf = BytesMut::from(&frame(64)[..]);
+        assert_eq!(spec.next_frame(&mut buf).unwrap().unwrap().len(), 64);
+        let mut buf = BytesMut::from(&frame(65)[..4]);
+        assert_eq!(
+            spec.next_frame(&mut buf),
+            Err(FrameError::TooLong { len: 65, limit: 64 })
+        );
+    }
+
+    #[test]
+    fn refuses_short_huge_and_encrypted_headers_before_buffering() {
+        let spec = packet(64);
+        for len in [0u32, 4] {
+            let mut buf = BytesMut::from(&len.to_le_bytes()[..]);
+            assert_eq!(
+                spec.next_frame(&mut buf),
+                Err(FrameError::TooShort { len: len as usize })
+            );
+        }
+        let mut buf = BytesMut::from(&0x7FFF_FFFFu32.to_le_bytes()[..]);
+        assert!(matches!(
+            spec.next_frame(&mut buf),
+            Err(FrameError::TooLong { .. })
+        ));
+        let mut buf = BytesMut::from(&(ENCRYPTED_FLAG | 16).to_le_bytes()[..]);
+        assert_eq!(spec.next_frame(&mut buf), Err(FrameError::Encrypted));
+    }
+
+    #[test]
+    fn splits_text_lines_and_limits_them() {
+        let spec = FrameSpec {
+            framing: Framing::Text,
+            input: 8,
+            output: 8,
+        };
+        let mut buf = BytesMut::from(&b"ab\ncd\nef"[..]);
+        assert_eq!(&spec.next_frame(&mut buf).unwrap().unwrap()[..], b"ab\n");
+        assert_eq!(&spec.next_frame(&mut buf).unwrap().unwrap()[..], b"cd\n");
+        assert_eq!(spec.next_frame(&mut buf).unwrap(), None);
+        let mut buf = BytesMut::from(&b"123456789"[..]);
+        assert_eq!(
+            spec.next_frame(&mut buf),
+            Err(FrameError::LineTooLong { limit: 8 })
+        );
+    }
+
+    #[test]
+    fn raw_yields_everything_buffered() {
+        let spec = FrameSpec::default();
+        let mut buf = BytesMut::from(&b"xyz"[..]);
+        assert_eq!(&spec.next_frame(&mut buf).unwrap().unwrap()[..], b"xyz");
+        assert_eq!(spec.next_frame(&mut buf).unwrap(), None);
+    }
+}

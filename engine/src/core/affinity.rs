@@ -1,0 +1,39 @@
+//! Which CPUs the cores may run on: the process's affinity mask (taskset, cgroup cpusets), so
+//! a core is never pinned to a CPU the operator did not give us.
+
+/// The CPUs in this process's affinity mask, ascending.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread,
+    // which at startup has the process's mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect())
+    }
+}
+
+/// Chooses the CPUs to pin cores to: `#threads[0]` of them when given (never more than the
+/// mask holds, since two cores on one CPU only fight), else one per allowed CPU.
+pub fn choose_cpus(allowed: &[usize], requested: Option<usize>) -> Vec<usize> {
+    let count = requested
+        .unwrap_or(allowed.len())
+        .clamp(1, allowed.len().clamp(1, super::MAX_CORES));
+    allowed.iter().copied().take(count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_cpus_inside_the_mask() {
+        assert_eq!(choose_cpus(&[1], None), vec![1]);
+        assert_eq!(choose_cpus(&[0, 1], Some(10)), vec![0, 1]);
+        assert_eq!(choose_cpus(&[2, 5, 7], Some(2)), vec![2, 5]);
+        assert!(!allowed_cpus().unwrap().is_empty());
+    }
+}

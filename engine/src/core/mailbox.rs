@@ -1,0 +1,115 @@
+//! A core's inbox: a bounded multi-producer queue plus a doorbell. Any thread (another core,
+//! the signal thread, later the blocking pool) pushes owned messages; the owning core sleeps
+//! in its glommio reactor on the doorbell socket and drains the queue when it rings.
+//!
+//! The doorbell is rung only when it is not already ringing (an atomic flag), so a burst of
+//! messages costs one write(2). The receiver clears the flag *before* draining, so a message
+//! pushed while it drains either is seen by that drain or rings the bell again.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+
+use futures_lite::AsyncReadExt;
+
+/// Sending half; cheap to clone, usable from any thread.
+pub struct Mailbox<T> {
+    queue: SyncSender<T>,
+    bell: Arc<Doorbell>,
+}
+
+impl<T> Clone for Mailbox<T> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            queue: self.queue.clone(),
+            bell: self.bell.clone(),
+        }
+    }
+}
+
+struct Doorbell {
+    rung: AtomicBool,
+    writer: StdUnixStream,
+}
+
+/// Receiving half, owned by one core.
+pub struct Inbox<T> {
+    queue: Receiver<T>,
+    bell: Arc<Doorbell>,
+    reader: Option<StdUnixStream>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("core inbox is full ({0} messages queued); the receiving core is overloaded")]
+    Full(usize),
+    #[error("core inbox is closed (the core has stopped)")]
+    Closed,
+}
+
+/// Creates an inbox holding at most `capacity` undelivered messages.
+pub fn channel<T>(capacity: usize) -> std::io::Result<(Mailbox<T>, Inbox<T>)> {
+    let (writer, reader) = StdUnixStream::pair()?;
+    // A full doorbell socket means the bell is already ringing: never block the sender.
+    writer.set_nonblocking(true)?;
+    reader.set_nonblocking(true)?;
+    let (tx, rx) = sync_channel(capacity);
+    let bell = Arc::new(Doorbell {
+        rung: AtomicBool::new(false),
+        writer,
+    });
+    Ok((
+        Mailbox {
+            queue: tx,
+            bell: bell.clone(),
+        },
+        Inbox {
+            queue: rx,
+            bell,
+            reader: Some(reader),
+        },
+    ))
+}
+
+impl<T> Mailbox<T> {
+    pub fn send(&self, msg: T, capacity_hint: usize) -> Result<(), SendError> {
+        match self.queue.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(SendError::Full(capacity_hint)),
+            Err(TrySendError::Disconnected(_)) => return Err(SendError::Closed),
+        }
+        if !self.bell.rung.swap(true, Ordering::AcqRel) {
+            // EAGAIN means unread bytes are already waiting: the core will wake anyway.
+            let _ = (&self.bell.writer).write(&[1]);
+        }
+        Ok(())
+    }
+}
+
+impl<T> Inbox<T> {
+    /// Waits until the doorbell rings, then hands every queued message to `handle`.
+    /// Returns when the last `Mailbox` is gone. Must run inside the core's executor.
+    pub async fn run(mut self, mut handle: impl FnMut(T)) {
+        let reader = self.reader.take().expect("inbox runs once");
+        // SAFETY: the fd comes from a live std socket whose ownership we give up here.
+        let mut reader = unsafe { glommio::net::UnixStream::from_raw_fd(reader.into_raw_fd()) };
+        let mut scratch = [0u8; 64];
+        loop {
+            self.bell.rung.store(false, Ordering::SeqCst);
+            loop {
+                match self.queue.try_recv() {
+                    Ok(msg) => handle(msg),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            match reader.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}

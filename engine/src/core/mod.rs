@@ -1,0 +1,147 @@
+//! The thread-per-core runtime. A [`Node`] is the process-wide part (configuration, the
+//! inboxes of all cores, listeners shared by every core, the shutdown flag); each core is one
+//! glommio `LocalExecutor` pinned to one CPU of the process's affinity mask, owning one LuaJIT
+//! state, its connections and its timers ([`runtime::Core`]). Cores talk only through their
+//! inboxes ([`mailbox`]); nothing a core touches per packet is shared.
+
+pub mod affinity;
+pub mod mailbox;
+pub mod notify;
+pub mod runtime;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::net::url::BrokerUrl;
+use crate::script::host::LuaSettings;
+
+/// How many undelivered messages a core's inbox holds before senders get an error.
+pub const INBOX_CAPACITY: usize = 65_536;
+
+/// Socket ids carry their owning core in the low byte, so any core can route an operation on
+/// an id (commit, close) to the core that owns the connection without a lookup table.
+pub const CORE_BITS: u32 = 8;
+/// The low byte of a listener id: listeners belong to every core, not one.
+pub const LISTENER_TAG: u64 = 0xFF;
+pub const MAX_CORES: usize = 255;
+
+pub fn owner_core(id: u64) -> Option<usize> {
+    let tag = id & ((1 << CORE_BITS) - 1);
+    (tag != LISTENER_TAG).then_some(tag as usize)
+}
+
+/// Messages one core (or the signal thread) sends to another.
+pub enum CoreMsg {
+    /// Start accepting on a listener that a script opened on another core.
+    Listen(Arc<ListenerShared>),
+    /// Stop accepting on a listener.
+    Unlisten(u64),
+    /// Close a connection owned by the receiving core.
+    Close { id: u64, errno: i32 },
+    /// Append already-encoded output to a connection owned by the receiving core.
+    Commit { id: u64, data: Bytes },
+    /// Graceful shutdown: stop accepting, close connections (running close callbacks), exit.
+    Shutdown,
+}
+
+/// A listener as every core sees it: its address and the callbacks and defaults new
+/// connections inherit, kept as bytecode because each core re-creates them in its own state.
+pub struct ListenerShared {
+    pub id: u64,
+    pub url: BrokerUrl,
+    pub addr: SocketAddr,
+    pub props: Mutex<ListenerProps>,
+}
+
+/// What a connection inherits from its listener at accept time (spec/stage.md §4.3). The
+/// version changes on every write so cores know when to re-create their cached callbacks.
+#[derive(Clone, Default)]
+pub struct ListenerProps {
+    pub version: u64,
+    pub accept: Vec<u8>,
+    pub receive: Option<Vec<u8>>,
+    pub close: Option<Vec<u8>>,
+    /// Idle timeout in msec (`None` = never).
+    pub expire: Option<u64>,
+    /// Output flush interval in msec (0 = as soon as the core gets to it).
+    pub commit: u64,
+}
+
+/// The process-wide part of the runtime.
+pub struct Node {
+    pub cpus: Vec<usize>,
+    pub lua: Arc<LuaSettings>,
+    inboxes: Mutex<Vec<mailbox::Mailbox<CoreMsg>>>,
+    listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
+    next_listener: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+impl Node {
+    pub fn new(cpus: Vec<usize>, lua: Arc<LuaSettings>) -> Arc<Node> {
+        Arc::new(Node {
+            cpus,
+            lua,
+            inboxes: Mutex::new(Vec::new()),
+            listeners: Mutex::new(HashMap::new()),
+            next_listener: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn cores(&self) -> usize {
+        self.cpus.len()
+    }
+
+    pub(crate) fn set_inboxes(&self, inboxes: Vec<mailbox::Mailbox<CoreMsg>>) {
+        *self.inboxes.lock().unwrap() = inboxes;
+    }
+
+    /// Sends to one core's inbox. Errors name the overloaded core so logs say where.
+    pub fn send(&self, core: usize, msg: CoreMsg) -> Result<(), mailbox::SendError> {
+        let inbox = self
+            .inboxes
+            .lock()
+            .unwrap()
+            .get(core)
+            .cloned()
+            .ok_or(mailbox::SendError::Closed)?;
+        inbox.send(msg, INBOX_CAPACITY)
+    }
+
+    pub fn next_listener_id(&self) -> u64 {
+        (self.next_listener.fetch_add(1, Ordering::Relaxed) << CORE_BITS) | LISTENER_TAG
+    }
+
+    pub fn add_listener(&self, listener: Arc<ListenerShared>) {
+        self.listeners.lock().unwrap().insert(listener.id, listener);
+    }
+
+    pub fn listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
+        self.listeners.lock().unwrap().get(&id).cloned()
+    }
+
+    pub fn remove_listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
+        self.listeners.lock().unwrap().remove(&id)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Asks every core to shut down gracefully. Safe to call from any thread, more than once.
+    pub fn shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for core in 0..self.cores() {
+            if let Err(err) = self.send(core, CoreMsg::Shutdown) {
+                tracing::warn!(core, %err, "could not deliver shutdown");
+            }
+        }
+    }
+}

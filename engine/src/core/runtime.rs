@@ -1,0 +1,245 @@
+//! One core: a pinned glommio executor running one LuaJIT state, the accept loops of every
+//! listener, the connection tasks it accepted, its inbox, and the main scripts of the Lua
+//! stages whose main core it is. Everything here is `Rc`/`RefCell`: a core is one thread.
+//!
+//! Invariants: a connection is read, written and closed only by the core that accepted (or
+//! joined) it; Lua is entered only from this core's tasks, one call at a time, and no
+//! `RefCell` borrow is held across a call into Lua (scripts re-enter the core through the
+//! natives in `script::natives`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::mailbox::{self, Inbox};
+use super::notify::Notify;
+use super::{CoreMsg, ListenerShared, Node, CORE_BITS};
+use crate::net::conn::Conn;
+use crate::net::listener;
+use crate::script::host::Host;
+
+/// How long a graceful shutdown waits for connections to run their close callbacks.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+/// The core running on this thread (none while the core is still being built, e.g. during
+/// `%preload`). Natives called from Lua use it to reach their core.
+pub fn try_current() -> Option<Rc<Core>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+pub struct Core {
+    pub index: usize,
+    pub node: Arc<Node>,
+    pub host: Host,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    listeners: RefCell<HashMap<u64, Notify>>,
+    /// Listeners opened during the current Lua call; their accept loops start when the call
+    /// returns, so `sp.expire = ...` right after `broker.ready` applies to the first client.
+    pending_listens: RefCell<Vec<Arc<ListenerShared>>>,
+    /// Sockets bound by `broker.ready` on this core (to report bind errors to the script at
+    /// once), waiting for their accept loop.
+    prebound: RefCell<HashMap<u64, glommio::net::TcpListener>>,
+    next_seq: Cell<u64>,
+    pub stop: Notify,
+}
+
+/// Spawns one pinned executor per CPU in `node.cpus` and returns their join handles.
+pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
+    let mut inboxes = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..node.cores() {
+        let (tx, rx) = mailbox::channel(super::INBOX_CAPACITY)?;
+        inboxes.push(tx);
+        receivers.push(rx);
+    }
+    node.set_inboxes(inboxes);
+    let mut handles = Vec::new();
+    for (index, inbox) in receivers.into_iter().enumerate() {
+        let cpu = node.cpus[index];
+        let node = node.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("stage-core-{index}"))
+            .spawn(move || async move {
+                let span = tracing::info_span!("core", index, cpu);
+                let _enter = span.enter();
+                if let Err(err) = run_core(index, node.clone(), inbox).await {
+                    tracing::error!("core {index} failed: {err:#}");
+                    node.shutdown();
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start core {index} on CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyhow::Result<()> {
+    let host = Host::new(&node.lua, index)?;
+    let core = Rc::new(Core {
+        index,
+        node: node.clone(),
+        host,
+        conns: RefCell::new(HashMap::new()),
+        listeners: RefCell::new(HashMap::new()),
+        pending_listens: RefCell::new(Vec::new()),
+        prebound: RefCell::new(HashMap::new()),
+        next_seq: Cell::new(1),
+        stop: Notify::default(),
+    });
+    CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
+
+    let inbox_core = core.clone();
+    let inbox_task = glommio::spawn_local(inbox.run(move |msg| inbox_core.handle(msg))).detach();
+
+    for stage in node.lua.stages.iter().filter(|s| s.main_core == index) {
+        core.boot_stage(stage);
+    }
+
+    core.stop.wait().await;
+    core.close_everything().await;
+    inbox_task.cancel();
+    CURRENT.with(|c| c.borrow_mut().take());
+    Ok(())
+}
+
+impl Core {
+    /// A fresh id for a connection owned by this core.
+    pub fn next_conn_id(&self) -> u64 {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        (seq << CORE_BITS) | self.index as u64
+    }
+
+    pub fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    pub fn add_conn(&self, conn: Rc<Conn>) {
+        self.conns.borrow_mut().insert(conn.id, conn);
+    }
+
+    pub fn remove_conn(&self, id: u64) {
+        self.conns.borrow_mut().remove(&id);
+    }
+
+    fn handle(self: &Rc<Self>, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Listen(shared) => self.listen(shared),
+            CoreMsg::Unlisten(id) => self.unlisten(id),
+            CoreMsg::Close { id, errno } => {
+                if let Some(conn) = self.conn(id) {
+                    conn.request_close(errno);
+                }
+            }
+            CoreMsg::Commit { id, data } => match self.conn(id) {
+                Some(conn) => {
+                    if let Err(err) = conn.append(&data) {
+                        tracing::warn!(socket = id, "commit from another core dropped: {err}");
+                    }
+                }
+                None => tracing::debug!(socket = id, "commit for a closed socket dropped"),
+            },
+            CoreMsg::Shutdown => self.stop.fire(),
+        }
+    }
+
+    /// Starts this core's accept loop for `shared`, once.
+    pub fn listen(self: &Rc<Self>, shared: Arc<ListenerShared>) {
+        if self.stop.is_fired() || self.listeners.borrow().contains_key(&shared.id) {
+            return;
+        }
+        let stop = Notify::default();
+        self.listeners.borrow_mut().insert(shared.id, stop.clone());
+        glommio::spawn_local(listener::accept_loop(self.clone(), shared, stop)).detach();
+    }
+
+    pub fn unlisten(&self, id: u64) {
+        if let Some(stop) = self.listeners.borrow_mut().remove(&id) {
+            stop.fire();
+        }
+    }
+
+    pub fn prebind(&self, id: u64, listener: glommio::net::TcpListener) {
+        self.prebound.borrow_mut().insert(id, listener);
+    }
+
+    pub fn take_prebound(&self, id: u64) -> Option<glommio::net::TcpListener> {
+        self.prebound.borrow_mut().remove(&id)
+    }
+
+    /// Queues a listener to start on every core once the current Lua call returns.
+    pub fn defer_listen(&self, shared: Arc<ListenerShared>) {
+        self.pending_listens.borrow_mut().push(shared);
+    }
+
+    /// Called after every entry into Lua from this core's tasks.
+    pub fn after_lua(self: &Rc<Self>) {
+        let pending = std::mem::take(&mut *self.pending_listens.borrow_mut());
+        for shared in pending {
+            for core in 0..self.node.cores() {
+                if core == self.index {
+                    self.listen(shared.clone());
+                } else if let Err(err) = self.node.send(core, CoreMsg::Listen(shared.clone())) {
+                    tracing::error!(core, listener = shared.id, "cannot start listener: {err}");
+                }
+            }
+        }
+    }
+
+    /// Runs a Lua stage's main script on this core and schedules its idle function.
+    fn boot_stage(self: &Rc<Self>, stage: &crate::script::host::LuaStage) {
+        tracing::info!(stage = %stage.entry, "starting main script `{}`", stage.main_script);
+        let idle = self.host.boot(stage, &self.node.lua.args);
+        self.after_lua();
+        if let Some(idle) = idle {
+            glommio::spawn_local(run_idle(self.clone(), idle)).detach();
+        }
+    }
+
+    /// Graceful end: stop accepting, ask every connection to close (its close callback runs
+    /// in its own task, after a last flush), and wait for them within the grace period.
+    async fn close_everything(self: &Rc<Self>) {
+        for (_, stop) in self.listeners.borrow_mut().drain() {
+            stop.fire();
+        }
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for conn in &conns {
+            conn.request_close(0);
+        }
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let left = self.conns.borrow().len();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "connections still open after the shutdown grace period"
+            );
+        }
+    }
+}
+
+/// Calls a stage's idle function until it returns nothing or a number <= 0 (spec §3.10).
+async fn run_idle(core: Rc<Core>, idle: mlua::Function) {
+    loop {
+        let next = core.host.call_idle(&idle);
+        core.after_lua();
+        let Some(ms) = next.filter(|ms| *ms > 0.0) else {
+            return;
+        };
+        let sleep = glommio::timer::sleep(Duration::from_secs_f64(ms / 1000.0));
+        futures_lite::future::or(sleep, core.stop.wait()).await;
+        if core.stop.is_fired() {
+            return;
+        }
+    }
+}

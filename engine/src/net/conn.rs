@@ -1,0 +1,327 @@
+//! One TCP connection owned by one core: its output buffer, its options (idle `expire`, flush
+//! interval `commit`), and the task that reads, cuts frames, hands them to Lua and flushes.
+//!
+//! The read buffer is filled straight from the socket, frames are cut out of it without a
+//! copy, and replies are encoded by the natives straight into `out`. Output is written when
+//! the task has no more input to process (one write per batch of frames), or earlier when it
+//! passes half of `OUT`. The write swaps `out` with a spare buffer so scripts may keep
+//! committing while the write is in flight, and neither buffer is reallocated in steady state.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+
+use crate::codec::framing::{FrameError, FrameSpec};
+use crate::core::runtime::Core;
+
+/// The most a single read asks the kernel for; bounds the bytes zeroed before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub struct Conn {
+    pub id: u64,
+    pub spec: FrameSpec,
+    pub peer: Cell<Option<SocketAddr>>,
+    pub local: Cell<Option<SocketAddr>>,
+    /// Idle timeout in msec; `None` = never.
+    pub expire_ms: Cell<Option<u64>>,
+    /// Minimum msec between flushes; 0 = flush as soon as the task gets to it.
+    pub commit_ms: Cell<u64>,
+    /// The last socket error seen (for `socket.errno`).
+    pub errno: Cell<i32>,
+    out: RefCell<BytesMut>,
+    close_requested: Cell<Option<i32>>,
+    flush_forced: Cell<bool>,
+    signalled: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error(
+        "message of {len} bytes exceeds the output buffer of {limit} bytes (raise OUT in the URL)"
+    )]
+    TooLarge { len: usize, limit: usize },
+    #[error("unsent output passed the output buffer of {limit} bytes: the peer is not reading, connection closed")]
+    SlowConsumer { limit: usize },
+    #[error("the connection is closing")]
+    Closing,
+    #[error("output buffer is in use (commit called from inside an encoder)")]
+    Busy,
+}
+
+impl Conn {
+    pub fn new(id: u64, spec: FrameSpec) -> Rc<Conn> {
+        Rc::new(Conn {
+            id,
+            spec,
+            peer: Cell::new(None),
+            local: Cell::new(None),
+            expire_ms: Cell::new(None),
+            commit_ms: Cell::new(0),
+            errno: Cell::new(0),
+            out: RefCell::new(BytesMut::new()),
+            close_requested: Cell::new(None),
+            flush_forced: Cell::new(false),
+            signalled: Cell::new(false),
+            waker: RefCell::new(None),
+        })
+    }
+
+    /// Lets `encode` append one message to the output buffer, then enforces `OUT`.
+    /// Returns the number of bytes the message took.
+    pub fn encode_with<E>(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<Result<usize, OutputError>, E> {
+        if self.close_requested.get().is_some() {
+            return Ok(Err(OutputError::Closing));
+        }
+        let Ok(mut out) = self.out.try_borrow_mut() else {
+            return Ok(Err(OutputError::Busy));
+        };
+        let before = out.len();
+        if let Err(err) = encode(&mut out) {
+            out.truncate(before);
+            return Err(err);
+        }
+        let len = out.len() - before;
+        let limit = self.spec.output;
+        if len > limit {
+            out.truncate(before);
+            return Ok(Err(OutputError::TooLarge { len, limit }));
+        }
+        if out.len() > limit {
+            drop(out);
+            self.request_close(libc::ENOBUFS);
+            return Ok(Err(OutputError::SlowConsumer { limit }));
+        }
+        drop(out);
+        self.signal();
+        Ok(Ok(len))
+    }
+
+    /// Appends bytes that were encoded elsewhere (a commit from another core).
+    pub fn append(&self, data: &[u8]) -> Result<usize, OutputError> {
+        self.encode_with(|out| {
+            out.extend_from_slice(data);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {})
+    }
+
+    /// `socket.commit(nil)`: write pending output now, ignoring the flush interval.
+    pub fn request_flush(&self) {
+        self.flush_forced.set(true);
+        self.signal();
+    }
+
+    /// `socket.close()` and friends: the task flushes, closes and runs the close callback.
+    pub fn request_close(&self, errno: i32) {
+        if self.close_requested.get().is_none() {
+            self.close_requested.set(Some(errno));
+        }
+        self.signal();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.close_requested.get().is_some()
+    }
+
+    fn signal(&self) {
+        self.signalled.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Signalled,
+    Timer,
+}
+
+/// Runs a connection until it ends, then runs its close callback. Owns the stream.
+pub async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream) {
+    let mut spare = BytesMut::new();
+    let errno = pump(&core, &conn, &mut stream, &mut spare).await;
+    if errno != libc::EPIPE && errno != libc::ECONNRESET {
+        // Whatever the scripts committed before the end still goes out (best effort).
+        let _ = flush(&conn, &mut stream, &mut spare).await;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+    drop(stream);
+    finish(&core, &conn, errno);
+}
+
+/// Forgets a connection and runs its close callback exactly once.
+pub fn finish(core: &Rc<Core>, conn: &Conn, errno: i32) {
+    conn.close_requested.set(Some(errno));
+    conn.errno.set(errno);
+    core.remove_conn(conn.id);
+    core.host.dispatch_close(conn.id, errno);
+    core.after_lua();
+}
+
+async fn pump(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    stream: &mut TcpStream,
+    spare: &mut BytesMut,
+) -> i32 {
+    let mut input = BytesMut::new();
+    let mut last_rx = Instant::now();
+    let mut last_flush: Option<Instant> = None;
+    let mut timer: Option<(Instant, Timer)> = None;
+    loop {
+        if let Some(errno) = conn.close_requested.get() {
+            return errno;
+        }
+        let now = Instant::now();
+        let flush_at = conn.has_output().then(|| match last_flush {
+            Some(at) if conn.commit_ms.get() > 0 && !conn.flush_forced.get() => {
+                at + Duration::from_millis(conn.commit_ms.get())
+            }
+            _ => now,
+        });
+        if flush_at.is_some_and(|at| at <= now) {
+            conn.flush_forced.set(false);
+            if let Err(err) = flush(conn, stream, spare).await {
+                return errno_of(&err);
+            }
+            last_flush = Some(Instant::now());
+            continue;
+        }
+        let expire_at = conn
+            .expire_ms
+            .get()
+            .map(|ms| last_rx + Duration::from_millis(ms));
+        if expire_at.is_some_and(|at| at <= now) {
+            tracing::debug!(socket = conn.id, "idle for longer than expire; closing");
+            return libc::ETIMEDOUT;
+        }
+        // One timer covers both the idle deadline and a delayed flush; it may fire early
+        // (the idle deadline moves with every read) and is then simply re-armed.
+        let wanted = match (flush_at, expire_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (wanted, &mut timer) {
+            (None, _) => timer = None,
+            (Some(at), Some((armed, _))) if *armed <= at => {}
+            (Some(at), _) => timer = Some((at, Timer::new(at.saturating_duration_since(now)))),
+        }
+
+        let filled = input.len();
+        let want = (conn.spec.input.saturating_sub(filled)).clamp(1, READ_CHUNK);
+        input.resize(filled + want, 0);
+        conn.signalled.set(false);
+        let event = std::future::poll_fn(|cx| {
+            if conn.signalled.get() {
+                return Poll::Ready(Event::Signalled);
+            }
+            if let Poll::Ready(res) = Pin::new(&mut *stream).poll_read(cx, &mut input[filled..]) {
+                return Poll::Ready(Event::Read(res));
+            }
+            if let Some((_, t)) = timer.as_mut() {
+                if Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+            }
+            *conn.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Read(Ok(0)) => return 0,
+            Event::Read(Ok(n)) => {
+                input.truncate(filled + n);
+                last_rx = Instant::now();
+                if let Err(errno) = dispatch_frames(core, conn, &mut input, stream, spare).await {
+                    return errno;
+                }
+            }
+            Event::Read(Err(err)) => return errno_of(&err),
+            Event::Signalled => input.truncate(filled),
+            Event::Timer => {
+                input.truncate(filled);
+                timer = None;
+            }
+        }
+    }
+}
+
+/// Cuts every complete frame out of `input` and hands each to Lua, in order.
+async fn dispatch_frames(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    input: &mut BytesMut,
+    stream: &mut TcpStream,
+    spare: &mut BytesMut,
+) -> Result<(), i32> {
+    while !conn.is_closing() {
+        let frame = match conn.spec.next_frame(input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::warn!(socket = conn.id, "closing connection: {err}");
+                return Err(frame_errno(&err));
+            }
+        };
+        let result = core
+            .host
+            .dispatch_receive(conn.id, frame, conn.spec.framing);
+        core.after_lua();
+        if let Err(err) = result {
+            tracing::warn!(socket = conn.id, "closing connection: {err}");
+            return Err(libc::EBADMSG);
+        }
+        // Keep a burst of replies from outgrowing OUT while later frames are processed.
+        if conn.out.borrow().len() > conn.spec.output / 2 {
+            flush(conn, stream, spare).await.map_err(|e| errno_of(&e))?;
+        }
+    }
+    Ok(())
+}
+
+async fn flush(conn: &Conn, stream: &mut TcpStream, spare: &mut BytesMut) -> std::io::Result<()> {
+    if !conn.has_output() {
+        return Ok(());
+    }
+    let mut data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(spare));
+    let result = stream.write_all(&data).await;
+    data.clear();
+    *spare = data;
+    result
+}
+
+pub fn errno_of(err: &std::io::Error) -> i32 {
+    err.raw_os_error().unwrap_or(match err.kind() {
+        std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        std::io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+        std::io::ErrorKind::ConnectionReset => libc::ECONNRESET,
+        std::io::ErrorKind::BrokenPipe => libc::EPIPE,
+        _ => libc::EIO,
+    })
+}
+
+fn frame_errno(err: &FrameError) -> i32 {
+    match err {
+        FrameError::TooLong { .. } | FrameError::LineTooLong { .. } => libc::EMSGSIZE,
+        FrameError::TooShort { .. } => libc::EBADMSG,
+        FrameError::Encrypted => libc::ENOTSUP,
+    }
+}

@@ -1,0 +1,103 @@
+//! Accepting and joining. Every core runs its own accept loop on its own SO_REUSEPORT socket
+//! for each listener, so the kernel spreads connections over cores; the connection then
+//! belongs to the accepting core for life. `broker.join` connects from the calling core.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::net::{TcpListener, TcpStream};
+
+use super::conn::{self, Conn};
+use super::url::BrokerUrl;
+use crate::core::notify::Notify;
+use crate::core::runtime::Core;
+use crate::core::ListenerShared;
+
+/// Resolves a broker URL's host to the first socket address.
+pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {
+    url.authority()
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address"))
+}
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(std::io::Error::from)
+}
+
+pub async fn accept_loop(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
+    let listener = match core.take_prebound(shared.id) {
+        Some(listener) => listener,
+        None => match bind(shared.addr) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(listener = shared.id, addr = %shared.addr, "cannot listen on this core: {err}");
+                return;
+            }
+        },
+    };
+    tracing::debug!(listener = shared.id, addr = %shared.addr, "accepting");
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => accept(&core, &shared, stream),
+            Some(Err(err)) => {
+                // Running out of descriptors must not spin the core: back off briefly.
+                tracing::warn!(listener = shared.id, "accept failed: {err}");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::debug!(listener = shared.id, "stopped accepting");
+}
+
+fn accept(core: &Rc<Core>, shared: &Arc<ListenerShared>, stream: TcpStream) {
+    let id = core.next_conn_id();
+    let _ = stream.set_nodelay(true);
+    let conn = Conn::new(id, shared.url.frame);
+    conn.peer.set(stream.peer_addr().ok());
+    conn.local.set(stream.local_addr().ok());
+    {
+        let props = shared.props.lock().unwrap();
+        conn.expire_ms.set(props.expire);
+        conn.commit_ms.set(props.commit);
+    }
+    core.add_conn(conn.clone());
+    let accepted = core.host.dispatch_accept(shared.id, &conn);
+    core.after_lua();
+    if !accepted {
+        core.remove_conn(id);
+        return;
+    }
+    glommio::spawn_local(conn::serve(core.clone(), conn, stream)).detach();
+}
+
+/// Starts a TCP connect for an already-registered connection (`broker.join`).
+pub fn join(core: &Rc<Core>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration) {
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        match TcpStream::connect_timeout(addr, timeout).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                conn.peer.set(stream.peer_addr().ok());
+                conn.local.set(stream.local_addr().ok());
+                core.host.dispatch_connected(conn.id, &conn);
+                core.after_lua();
+                conn::serve(core, conn, stream).await;
+            }
+            Err(err) => {
+                let err = std::io::Error::from(err);
+                tracing::debug!(socket = conn.id, %addr, "connect failed: {err}");
+                conn::finish(&core, &conn, conn::errno_of(&err));
+            }
+        }
+    })
+    .detach();
+}

@@ -1,0 +1,239 @@
+//! A core's LuaJIT state: built with the standard libraries, the engine's natives (handed to
+//! the prelude only, never to user code), the prelude that builds `broker`/`stage`/`logger`
+//! on them and seals the sandbox, then the `%preload` scripts. The `dispatch_*` methods are
+//! the only way the core enters Lua; each goes through a prelude hook that catches and logs
+//! script errors, so nothing a script does can unwind into the core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
+
+use super::loader::{Embedded, ScriptLoader};
+use super::{logger, natives};
+use crate::codec::bson::{self, BsonError, DecodeOptions};
+use crate::codec::framing::Framing;
+use crate::config::PackageEntry;
+use crate::net::conn::Conn;
+use crate::net::sockaddr::{self, SockAddr};
+
+/// The prelude, in load order; each part is a chunk called with `(E, P)`.
+const PRELUDE: &[(&str, &str)] = &[
+    (
+        "@prelude/core.lua",
+        include_str!("../../../lua/prelude/core.lua"),
+    ),
+    (
+        "@prelude/broker.lua",
+        include_str!("../../../lua/prelude/broker.lua"),
+    ),
+    (
+        "@prelude/stage.lua",
+        include_str!("../../../lua/prelude/stage.lua"),
+    ),
+];
+
+/// What every core needs to build its Lua state; shared read-only by all cores.
+pub struct LuaSettings {
+    pub package: Vec<PackageEntry>,
+    pub preload: Vec<String>,
+    pub reflush: Duration,
+    pub stages: Vec<LuaStage>,
+    /// `arg[0]` is the program, then the extra command-line arguments.
+    pub args: Vec<String>,
+    pub embedded: Embedded,
+}
+
+/// A Lua stage of `#startup` and the core its main script runs on.
+#[derive(Debug, Clone)]
+pub struct LuaStage {
+    pub entry: String,
+    pub main_script: String,
+    pub main_core: usize,
+}
+
+struct Hooks {
+    accept: Function,
+    receive: Function,
+    close: Function,
+    connected: Function,
+    boot: Function,
+    idle: Function,
+}
+
+pub struct Host {
+    pub lua: Lua,
+    hooks: Hooks,
+}
+
+impl Host {
+    pub fn new(settings: &Arc<LuaSettings>, core: usize) -> anyhow::Result<Host> {
+        // SAFETY: the unsafe libraries (debug, ffi, jit) are loaded for the prelude only; the
+        // prelude removes them from everything user scripts can reach before any user code runs.
+        let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::default()) };
+        lua.set_app_data(ScriptLoader::new(
+            settings.package.clone(),
+            settings.reflush,
+            settings.embedded,
+        ));
+        let hooks = install_prelude(&lua).map_err(|e| anyhow::anyhow!("prelude failed: {e}"))?;
+        let host = Host { lua, hooks };
+        host.run_preload(&settings.preload, core);
+        Ok(host)
+    }
+
+    /// Runs the `%preload` scripts: each entry is a file or a directory whose `*.lua` files
+    /// (recursively) run in lexicographic order. A failing script is logged and skipped.
+    fn run_preload(&self, entries: &[String], core: usize) {
+        for entry in entries {
+            let mut files = Vec::new();
+            collect_lua_files(std::path::Path::new(entry), &mut files);
+            if files.is_empty() && core == 0 {
+                tracing::warn!("%preload entry `{entry}` has no .lua files");
+            }
+            files.sort();
+            for file in files {
+                let result = std::fs::read(&file)
+                    .map_err(mlua::Error::external)
+                    .and_then(|src| {
+                        let name = format!("@{}", file.display());
+                        self.lua.load(&src[..]).set_name(name).exec()
+                    });
+                if let Err(err) = result {
+                    tracing::warn!("preload {} failed: {err}", file.display());
+                }
+            }
+        }
+    }
+
+    pub fn dispatch_accept(&self, listener: u64, conn: &Conn) -> bool {
+        let peer = conn.peer.get().map(|a| self.addr_string(a));
+        match self.hooks.accept.call::<bool>((listener, conn.id, peer)) {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(socket = conn.id, "accept dispatch failed: {err}");
+                false
+            }
+        }
+    }
+
+    /// Decodes one frame into the receive callback's `data` and calls it. A frame that is
+    /// not valid BSON is an error: the caller closes that connection.
+    pub fn dispatch_receive(
+        &self,
+        id: u64,
+        frame: Bytes,
+        framing: Framing,
+    ) -> Result<(), BsonError> {
+        let data = match framing {
+            Framing::Packet => bson::decode_first(&self.lua, &frame, &DecodeOptions::default())?,
+            Framing::Text | Framing::Raw => match self.lua.create_string(&frame[..]) {
+                Ok(s) => Value::String(s),
+                Err(err) => {
+                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
+                    return Ok(());
+                }
+            },
+        };
+        drop(frame);
+        if let Err(err) = self.hooks.receive.call::<()>((id, data)) {
+            tracing::warn!(socket = id, "receive dispatch failed: {err}");
+        }
+        Ok(())
+    }
+
+    pub fn dispatch_close(&self, id: u64, errno: i32) {
+        if let Err(err) = self.hooks.close.call::<()>((id, errno)) {
+            tracing::warn!(socket = id, "close dispatch failed: {err}");
+        }
+    }
+
+    pub fn dispatch_connected(&self, id: u64, conn: &Conn) {
+        let peer = conn.peer.get().map(|a| self.addr_string(a));
+        if let Err(err) = self.hooks.connected.call::<()>((id, peer)) {
+            tracing::warn!(socket = id, "connect dispatch failed: {err}");
+        }
+    }
+
+    /// Runs a stage's main script; returns its idle function, if it returned one.
+    pub fn boot(&self, stage: &LuaStage, args: &[String]) -> Option<Function> {
+        let result = (|| {
+            let arg = self.lua.create_table()?;
+            for (i, a) in args.iter().enumerate() {
+                arg.raw_set(i as i64, a.as_str())?;
+            }
+            self.hooks.boot.call::<Option<Function>>((
+                stage.entry.as_str(),
+                stage.main_script.as_str(),
+                arg,
+            ))
+        })();
+        result.unwrap_or_else(|err| {
+            tracing::warn!(stage = %stage.entry, "boot failed: {err}");
+            None
+        })
+    }
+
+    pub fn call_idle(&self, idle: &Function) -> Option<f64> {
+        match self.hooks.idle.call::<Option<f64>>(idle) {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!("idle dispatch failed: {err}");
+                None
+            }
+        }
+    }
+
+    fn addr_string(&self, addr: std::net::SocketAddr) -> mlua::String {
+        self.lua
+            .create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))
+            .expect("small string")
+    }
+}
+
+fn install_prelude(lua: &Lua) -> mlua::Result<Hooks> {
+    let globals = lua.globals();
+    let engine = lua.create_table()?;
+    natives::register(lua, &engine)?;
+    let broker = lua.create_table()?;
+    sockaddr::register(lua, &broker)?;
+    globals.set("broker", broker)?;
+    let log = lua.create_table()?;
+    logger::register(lua, &log)?;
+    globals.set("logger", log)?;
+    logger::register_print(lua)?;
+    globals.set("stage", lua.create_table()?)?;
+
+    let private: Table = lua.create_table()?;
+    private.set("hooks", lua.create_table()?)?;
+    for (name, source) in PRELUDE {
+        lua.load(*source)
+            .set_name(*name)
+            .call::<()>((engine.clone(), private.clone()))?;
+    }
+    let hooks: Table = private.get("hooks")?;
+    Ok(Hooks {
+        accept: hooks.get("accept")?,
+        receive: hooks.get("receive")?,
+        close: hooks.get("close")?,
+        connected: hooks.get("connected")?,
+        boot: hooks.get("boot")?,
+        idle: hooks.get("idle")?,
+    })
+}
+
+fn collect_lua_files(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    if path.is_file() {
+        out.push(path.to_path_buf());
+    } else if let Ok(dir) = std::fs::read_dir(path) {
+        for entry in dir.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                collect_lua_files(&p, out);
+            } else if p.extension().is_some_and(|e| e == "lua") {
+                out.push(p);
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The engine's natives: the Rust functions behind `broker` and `stage`, registered in a
+//! table that only the prelude sees (`E`). Each resolves the calling core through
+//! `runtime::current()` and works on that core's connections; operations on a socket owned by
+//! another core travel there through its inbox. Errors a script should handle come back as
+//! values (errno, -1); misuse raises a Lua error naming the call.
+
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mlua::{Function, Lua, MultiValue, Table, Value};
+
+use super::loader::{Lookup, ScriptLoader};
+use crate::codec::bson::{self, EncodeOptions};
+use crate::core::runtime::{self, Core};
+use crate::core::{owner_core, CoreMsg, ListenerProps, ListenerShared};
+use crate::net::conn::{errno_of, Conn};
+use crate::net::listener;
+use crate::net::sockaddr::{self, SockAddr};
+use crate::net::url::{BrokerUrl, Scheme};
+
+pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
+    e.set("log", lua.create_function(log)?)?;
+    e.set("commit", lua.create_function(commit)?)?;
+    e.set("close", lua.create_function(close)?)?;
+    e.set("conn_set", lua.create_function(conn_set)?)?;
+    e.set("conn_get", lua.create_function(conn_get)?)?;
+    e.set("ready", lua.create_function(ready)?)?;
+    e.set("join", lua.create_function(join)?)?;
+    e.set("listener_set", lua.create_function(listener_set)?)?;
+    e.set("listener_get", lua.create_function(listener_get)?)?;
+    e.set("listener_version", lua.create_function(listener_version)?)?;
+    e.set("listener_props", lua.create_function(listener_props)?)?;
+    e.set("listener_close", lua.create_function(listener_close)?)?;
+    e.set("load", lua.create_function(load)?)?;
+    e.set(
+        "exit",
+        lua.create_function(|_, ()| {
+            core()?.node.shutdown();
+            Ok(())
+        })?,
+    )?;
+    Ok(())
+}
+
+fn core() -> mlua::Result<Rc<Core>> {
+    runtime::try_current().ok_or_else(|| {
+        mlua::Error::runtime("the broker is not available while preload scripts run")
+    })
+}
+
+fn log(_: &Lua, (level, msg): (String, String)) -> mlua::Result<()> {
+    match level.as_str() {
+        "error" => tracing::error!(target: "lua", "{msg}"),
+        "warn" => tracing::warn!(target: "lua", "{msg}"),
+        "debug" => tracing::debug!(target: "lua", "{msg}"),
+        _ => tracing::info!(target: "lua", "{msg}"),
+    }
+    Ok(())
+}
+
+/// Encodes what `socket.commit(v)` sends: strings raw, tables as BSON `{"v": v}`, numbers
+/// and booleans as their text.
+fn encode(lua: &Lua, value: &Value, out: &mut BytesMut) -> mlua::Result<()> {
+    match value {
+        Value::String(s) => out.extend_from_slice(&s.as_bytes()),
+        Value::Table(_) => bson::encode_wrapped(lua, value, out, &EncodeOptions::default())
+            .map_err(|e| mlua::Error::runtime(format!("socket.commit: {e}")))?,
+        Value::Integer(_) | Value::Number(_) | Value::Boolean(_) => {
+            let text: String = lua
+                .globals()
+                .get::<Function>("tostring")?
+                .call(value.clone())?;
+            out.extend_from_slice(text.as_bytes());
+        }
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "socket.commit: cannot send a {} (expected a string or a table)",
+                other.type_name()
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn commit(lua: &Lua, (id, value): (u64, Value)) -> mlua::Result<i64> {
+    let core = core()?;
+    match owner_core(id) {
+        Some(owner) if owner == core.index => {
+            let Some(conn) = core.conn(id) else {
+                return Ok(-1);
+            };
+            if value.is_nil() {
+                conn.request_flush();
+                return Ok(0);
+            }
+            match conn.encode_with(|out| encode(lua, &value, out))? {
+                Ok(len) => Ok(len as i64),
+                Err(err) => {
+                    tracing::warn!(socket = id, "commit refused: {err}");
+                    Ok(-1)
+                }
+            }
+        }
+        Some(owner) if owner < core.node.cores() => {
+            if value.is_nil() {
+                return Ok(0);
+            }
+            let mut out = BytesMut::new();
+            encode(lua, &value, &mut out)?;
+            let len = out.len() as i64;
+            match core.node.send(
+                owner,
+                CoreMsg::Commit {
+                    id,
+                    data: out.freeze(),
+                },
+            ) {
+                Ok(()) => Ok(len),
+                Err(err) => {
+                    tracing::warn!(socket = id, "commit to core {owner} refused: {err}");
+                    Ok(-1)
+                }
+            }
+        }
+        _ => Ok(-1),
+    }
+}
+
+fn close(_: &Lua, id: u64) -> mlua::Result<i64> {
+    let core = core()?;
+    match owner_core(id) {
+        Some(owner) if owner == core.index => match core.conn(id) {
+            Some(conn) => {
+                conn.request_close(0);
+                Ok(0)
+            }
+            None => Ok(-1),
+        },
+        Some(owner) if owner < core.node.cores() => {
+            match core.node.send(owner, CoreMsg::Close { id, errno: 0 }) {
+                Ok(()) => Ok(0),
+                Err(_) => Ok(-1),
+            }
+        }
+        _ => Ok(-1),
+    }
+}
+
+fn local_conn(id: u64) -> mlua::Result<Option<Rc<Conn>>> {
+    let core = core()?;
+    match owner_core(id) {
+        Some(owner) if owner != core.index => Err(mlua::Error::runtime(format!(
+            "socket {id} belongs to core {owner}; its fields can only be used there"
+        ))),
+        _ => Ok(core.conn(id)),
+    }
+}
+
+/// `nil`, a negative number or 0 mean "never" for `expire`.
+fn msec_option(value: &Value) -> Option<u64> {
+    value.as_f64().filter(|ms| *ms > 0.0).map(|ms| ms as u64)
+}
+
+fn conn_set(_: &Lua, (id, key, value): (u64, String, Value)) -> mlua::Result<()> {
+    let Some(conn) = local_conn(id)? else {
+        return Ok(());
+    };
+    match key.as_str() {
+        "expire" => conn.expire_ms.set(msec_option(&value)),
+        "commit_interval" => conn.commit_ms.set(msec_option(&value).unwrap_or(0)),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "unknown socket option `{other}`"
+            )))
+        }
+    }
+    conn.request_flush();
+    Ok(())
+}
+
+fn conn_get(lua: &Lua, (id, key): (u64, String)) -> mlua::Result<Value> {
+    let Some(conn) = local_conn(id)? else {
+        return Ok(Value::Nil);
+    };
+    Ok(match key.as_str() {
+        "errno" => Value::Integer(conn.errno.get() as i64),
+        "expire" => conn
+            .expire_ms
+            .get()
+            .map_or(Value::Nil, |ms| Value::Integer(ms as i64)),
+        "commit_interval" => Value::Integer(conn.commit_ms.get() as i64),
+        "local" => match conn.local.get() {
+            Some(addr) => {
+                Value::String(lua.create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))?)
+            }
+            None => Value::Nil,
+        },
+        _ => Value::Nil,
+    })
+}
+
+/// `broker.ready`: binds on this core at once (so the script gets bind errors as an errno),
+/// then every core starts accepting when the current Lua call returns.
+fn ready(lua: &Lua, (url, accept): (String, mlua::String)) -> mlua::Result<MultiValue> {
+    let core = core()?;
+    let fail = |errno: i32| (false, errno).into_lua_multi(lua);
+    let parsed = match BrokerUrl::parse(&url) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            tracing::warn!("broker.ready `{url}`: {err}");
+            return fail(err.errno());
+        }
+    };
+    if parsed.scheme == Scheme::Udp {
+        return Err(mlua::Error::runtime(
+            "broker.ready: udp sockets are not supported yet in this build",
+        ));
+    }
+    let bound = listener::resolve(&parsed).and_then(|addr| {
+        let l = listener::bind(addr)?;
+        let addr = l.local_addr().map_err(std::io::Error::from)?;
+        Ok((l, addr))
+    });
+    let (bound, addr) = match bound {
+        Ok(ok) => ok,
+        Err(err) => {
+            tracing::warn!("broker.ready `{url}`: {err}");
+            return fail(errno_of(&err));
+        }
+    };
+    let id = core.node.next_listener_id();
+    let framing = parsed.frame;
+    let shared = Arc::new(ListenerShared {
+        id,
+        url: parsed,
+        addr,
+        props: Mutex::new(ListenerProps {
+            version: 1,
+            accept: accept.as_bytes().to_vec(),
+            ..ListenerProps::default()
+        }),
+    });
+    tracing::info!(
+        listener = id,
+        "listening on {addr} ({:?}, in {} / out {} bytes) on {} cores",
+        framing.framing,
+        framing.input,
+        framing.output,
+        core.node.cores()
+    );
+    core.node.add_listener(shared.clone());
+    core.prebind(id, bound);
+    core.defer_listen(shared);
+    (true, id).into_lua_multi(lua)
+}
+
+use mlua::IntoLuaMulti;
+
+fn listener(id: u64) -> mlua::Result<Arc<ListenerShared>> {
+    core()?
+        .node
+        .listener(id)
+        .ok_or_else(|| mlua::Error::runtime(format!("listener {id} is closed")))
+}
+
+fn listener_set(_: &Lua, (id, key, value): (u64, String, Value)) -> mlua::Result<()> {
+    let shared = listener(id)?;
+    let mut props = shared.props.lock().unwrap();
+    let bytecode = |v: &Value| match v {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    };
+    match key.as_str() {
+        "receive" => props.receive = bytecode(&value),
+        "close" => props.close = bytecode(&value),
+        "expire" => props.expire = msec_option(&value),
+        "commit_interval" => props.commit = msec_option(&value).unwrap_or(0),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "unknown listener option `{other}`"
+            )))
+        }
+    }
+    props.version += 1;
+    Ok(())
+}
+
+fn listener_get(lua: &Lua, (id, key): (u64, String)) -> mlua::Result<Value> {
+    let Some(shared) = core()?.node.listener(id) else {
+        return Ok(Value::Nil);
+    };
+    let props = shared.props.lock().unwrap();
+    Ok(match key.as_str() {
+        "expire" => props
+            .expire
+            .map_or(Value::Nil, |ms| Value::Integer(ms as i64)),
+        "commit_interval" => Value::Integer(props.commit as i64),
+        "local" => {
+            Value::String(lua.create_string(sockaddr::to_binary(&SockAddr::Inet(shared.addr)))?)
+        }
+        _ => Value::Nil,
+    })
+}
+
+fn listener_version(_: &Lua, id: u64) -> mlua::Result<Option<u64>> {
+    Ok(core()?
+        .node
+        .listener(id)
+        .map(|s| s.props.lock().unwrap().version))
+}
+
+fn listener_props(lua: &Lua, id: u64) -> mlua::Result<MultiValue> {
+    let shared = listener(id)?;
+    let props = shared.props.lock().unwrap().clone();
+    let string = |b: Option<Vec<u8>>| -> mlua::Result<Value> {
+        Ok(match b {
+            Some(b) => Value::String(lua.create_string(b)?),
+            None => Value::Nil,
+        })
+    };
+    (
+        props.version,
+        lua.create_string(props.accept)?,
+        string(props.receive)?,
+        string(props.close)?,
+    )
+        .into_lua_multi(lua)
+}
+
+fn listener_close(_: &Lua, id: u64) -> mlua::Result<i64> {
+    let core = core()?;
+    if core.node.remove_listener(id).is_none() {
+        return Ok(-1);
+    }
+    for other in 0..core.node.cores() {
+        if other == core.index {
+            core.unlisten(id);
+        } else if let Err(err) = core.node.send(other, CoreMsg::Unlisten(id)) {
+            tracing::warn!(listener = id, core = other, "cannot stop listener: {err}");
+        }
+    }
+    Ok(0)
+}
+
+/// `broker.join`: registers the connection now (the script may set callbacks and commit
+/// before it is connected) and connects in the background.
+fn join(lua: &Lua, (url, timeout): (String, f64)) -> mlua::Result<MultiValue> {
+    let core = core()?;
+    let parsed = match BrokerUrl::parse(&url) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            tracing::warn!("broker.join `{url}`: {err}");
+            return (false, err.errno()).into_lua_multi(lua);
+        }
+    };
+    let addr = match listener::resolve(&parsed) {
+        Ok(addr) => addr,
+        Err(err) => {
+            tracing::warn!("broker.join `{url}`: {err}");
+            return (false, errno_of(&err)).into_lua_multi(lua);
+        }
+    };
+    let conn = Conn::new(core.next_conn_id(), parsed.frame);
+    let id = conn.id;
+    core.add_conn(conn.clone());
+    let timeout = Duration::from_millis(timeout.max(1.0) as u64);
+    listener::join(&core, conn, addr, timeout);
+    (true, id).into_lua_multi(lua)
+}
+
+/// `E.load(name)` -> chunk, position, path, mtime; or nil, searched path when not found.
+fn load(lua: &Lua, name: String) -> mlua::Result<MultiValue> {
+    let loader = lua
+        .app_data_ref::<ScriptLoader>()
+        .ok_or_else(|| mlua::Error::runtime("script loader missing"))?;
+    match loader.load(lua, &name)? {
+        Lookup::Found(l) => (l.chunk, l.position, l.path, l.mtime).into_lua_multi(lua),
+        Lookup::NotFound(path) => (Value::Nil, path).into_lua_multi(lua),
+    }
+}

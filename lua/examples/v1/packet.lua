@@ -1,0 +1,16 @@
+-- v1/packet.lua
+-- Packet handlers of the seed's v1 example, keyed by `data.message`. start.lua runs
+-- `stage.load("packet+" .. data.message, ...)` for every packet, so editing this file
+-- changes the running server (picked up within `%reflush` msec).
+
+return {
+    ["login"] = function (socket, data)
+        -- Answer the client: socket.commit sends this table as the BSON document {"v": {...}}.
+        return { message = "login", result = "ok", user = data.user, socket = socket.id }
+    end,
+
+    -- start.lua calls this when a client disconnects.
+    ["__close"] = function (socket)
+        logger.info("client " .. tostring(socket.id) .. " left")
+    end
+}

@@ -1,0 +1,231 @@
+-- Prelude, part 2 of 3: `broker` and socket objects (spec/stage.md §4), over the engine's
+-- natives. A socket object is an empty table whose metatable reaches its state by id, so
+-- `socket.commit(v)` works without `self` and user fields live beside the engine's.
+local E, P = ...
+
+local type, tostring, select, setmetatable, error = type, tostring, select, setmetatable, error
+
+local sockets = {}                        -- id -> object, for live sockets of this core
+local state = setmetatable({}, { __mode = "k" }) -- object -> private state
+local listener_cache = {}                 -- listener id -> re-created callbacks, by version
+
+local Socket = {}
+
+local function new_socket(id, kind)
+  local s = setmetatable({}, Socket)
+  local st = { id = id, kind = kind, user = {} }
+  st.commit = function(v) return E.commit(id, v) end
+  st.close = function()
+    if kind == "listener" then return E.listener_close(id) end
+    return E.close(id)
+  end
+  state[s] = st
+  sockets[id] = s
+  return s, st
+end
+
+local READ_ONLY = { id = true, errno = true, [0] = true, [1] = true, [-1] = true }
+
+Socket.__index = function(s, k)
+  local st = state[s]
+  if k == "id" or k == 0 then return st.id
+  elseif k == "commit" then return st.commit
+  elseif k == "close" then return st.close
+  elseif k == 1 then return st.peer
+  elseif k == -1 then
+    if st.kind == "listener" then return E.listener_get(st.id, "local") end
+    st.localaddr = st.localaddr or E.conn_get(st.id, "local")
+    return st.localaddr
+  elseif k == "errno" then return E.conn_get(st.id, "errno")
+  elseif k == "crypto" then return false
+  elseif k == "receive" then
+    if st.kind == "listener" then return P.listener_callbacks(st.id).receive end
+    return st.receive
+  elseif k == "expire" or k == "commit_interval" then
+    if st.kind == "listener" then return E.listener_get(st.id, k) end
+    return E.conn_get(st.id, k)
+  end
+  return st.user[k]
+end
+
+local function set_callback(st, k, v)
+  if v ~= nil and type(v) ~= "function" then
+    error("socket." .. k .. " must be a function or nil, got " .. type(v), 3)
+  end
+  if st.kind == "listener" then
+    E.listener_set(st.id, k, v and P.dump(v, "socket." .. k))
+  elseif k == "close" then
+    st.on_close = v -- `st.close` is the method
+  else
+    st.receive = v
+  end
+end
+
+local function set_number(st, k, v)
+  if v ~= nil and type(v) ~= "number" then
+    error("socket." .. k .. " must be a number (msec) or nil, got " .. type(v), 3)
+  end
+  if st.kind == "listener" then E.listener_set(st.id, k, v) else E.conn_set(st.id, k, v) end
+end
+
+Socket.__newindex = function(s, k, v)
+  local st = state[s]
+  if k == "receive" or k == "close" then set_callback(st, k, v)
+  elseif k == "expire" then set_number(st, k, v)
+  -- Reading `socket.commit` gives the method; assigning a number sets the flush interval.
+  elseif k == "commit" then set_number(st, "commit_interval", v)
+  elseif k == "crypto" then
+    if v ~= nil then error("socket.crypto is not supported yet in this build", 2) end
+  elseif READ_ONLY[k] then error("socket field `" .. tostring(k) .. "` is read-only", 2)
+  else st.user[k] = v end
+end
+
+-- socket(key, fn): read-modify-write of a user field.
+Socket.__call = function(s, k, fn)
+  local user = state[s].user
+  user[k] = fn(user[k])
+  return user[k]
+end
+
+Socket.__tostring = function(s)
+  local st = state[s]
+  return (st.kind == "listener" and "listener: " or "socket: ") .. tostring(st.id)
+end
+
+-- Callbacks of a listener as this core knows them, re-created when the script changes them.
+function P.listener_callbacks(lid)
+  local cached = listener_cache[lid]
+  local version = E.listener_version(lid)
+  if cached and cached.version == version then return cached end
+  if version == nil then return nil end
+  local _, accept, receive, close = E.listener_props(lid)
+  cached = {
+    version = version,
+    accept = P.undump(accept, "=accept"),
+    receive = receive and P.undump(receive, "=receive"),
+    close = close and P.undump(close, "=close"),
+  }
+  listener_cache[lid] = cached
+  return cached
+end
+
+local function forget(id)
+  sockets[id] = nil
+end
+
+-- Engine hooks -----------------------------------------------------------------------------
+
+-- A connection was accepted on this core; returns false to reject it (spec §4.3).
+function P.hooks.accept(lid, id, peer)
+  local L = P.listener_callbacks(lid)
+  if not L then return false end
+  local s, st = new_socket(id, "conn")
+  st.peer, st.receive, st.on_close = peer, L.receive, L.close
+  local ok, r = P.try("accept callback", L.accept, s, peer)
+  if not ok or r == false then
+    forget(id)
+    return false
+  elseif type(r) == "function" then
+    st.receive = r
+  elseif r ~= true and r ~= nil then
+    E.log("warn", "accept callback returned a " .. type(r) .. "; treating it as true")
+  end
+  return true
+end
+
+local function commit_results(id, ok, ...)
+  if not ok then
+    P.report("receive callback", (...))
+    return
+  end
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if v ~= nil then E.commit(id, v) end
+  end
+end
+
+function P.hooks.receive(id, data)
+  local s = sockets[id]
+  if s == nil then return end
+  local f = state[s].receive
+  if f == nil then return end
+  commit_results(id, xpcall(f, P.handler, s, data))
+end
+
+function P.hooks.close(id, errno)
+  local s = sockets[id]
+  if s == nil then return end
+  local st = state[s]
+  forget(id)
+  local f = st.on_close
+  if f ~= nil then P.try("close callback", f, s, errno) end
+end
+
+function P.hooks.connected(id, peer)
+  local s = sockets[id]
+  if s == nil then return end
+  local st = state[s]
+  st.peer = peer
+  if st.connect then P.try("join callback", st.connect, s, peer) end
+end
+
+-- The broker library ---------------------------------------------------------------------
+
+local function is_udp(url)
+  return type(url) == "string" and url:sub(1, 6) == "udp://"
+end
+
+function broker.ready(url, cb)
+  if type(url) ~= "string" then error("broker.ready: url must be a string", 2) end
+  if is_udp(url) then error("broker.ready: udp sockets are not supported yet in this build", 2) end
+  local bc = P.dump(cb, "broker.ready callback")
+  local ok, v = E.ready(url, bc)
+  if not ok then return v end
+  local s = new_socket(v, "listener")
+  P.last_listener = s
+  return s
+end
+
+function broker.join(url, cb, timeout)
+  if type(url) ~= "string" then error("broker.join: url must be a string", 2) end
+  if is_udp(url) then error("broker.join: Unsupported type (udp)", 2) end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("broker.join: timeout must be a number (msec)", 2)
+  end
+  local f = P.undump(P.dump(cb, "broker.join callback"), "=join")
+  local ok, v = E.join(url, timeout or 3000)
+  if not ok then return v end
+  local s, st = new_socket(v, "conn")
+  st.connect = f
+  return s
+end
+
+local function close_one(x)
+  if type(x) == "number" then
+    if sockets[x] and state[sockets[x]].kind == "listener" then return E.listener_close(x) end
+    return E.close(x)
+  elseif type(x) == "table" and state[x] then
+    return state[x].close()
+  end
+end
+
+function broker.close(x)
+  if type(x) == "table" and not state[x] then
+    for _, v in pairs(x) do close_one(v) end
+  else
+    close_one(x)
+  end
+end
+
+-- Sockets of this core only: an id owned by another core gives nil (see docs/compat.md).
+function broker.f(id)
+  return sockets[id]
+end
+
+local function not_yet(name, why)
+  return function() error(name .. " is not supported yet in this build (" .. why .. ")", 2) end
+end
+broker.signal = not_yet("broker.signal", "arrives with cross-stage messaging")
+broker.submit = not_yet("broker.submit", "arrives with cross-stage messaging")
+broker.encrypt = not_yet("broker.encrypt", "socket crypto is not implemented")
+broker.decrypt = not_yet("broker.decrypt", "socket crypto is not implemented")

@@ -1,0 +1,82 @@
+-- Prelude, part 1 of 3: error handling, callback re-creation and the sandbox.
+-- Runs once in every core's LuaJIT state before any user script, with `E` (the engine's
+-- natives, never visible to users) and `P` (private state shared by the prelude parts).
+local E, P = ...
+
+local tostring, type, select, xpcall, setfenv = tostring, type, select, xpcall, setfenv
+local traceback = debug.traceback
+local raw_load, string_dump = load, string.dump
+
+-- Every user callback runs under this handler: the error and its traceback are logged and
+-- the callback counts as having returned nothing (spec/stage.md §2).
+local function handler(err)
+  return traceback(tostring(err), 2)
+end
+P.handler = handler
+
+function P.report(where, err)
+  E.log("warn", where .. " failed: " .. tostring(err))
+end
+
+-- Calls f(...) protected; on error logs it under `where` and returns false.
+function P.try(where, f, ...)
+  return P.check(where, xpcall(f, handler, ...))
+end
+
+function P.check(where, ok, ...)
+  if not ok then
+    P.report(where, (...))
+    return false
+  end
+  return true, ...
+end
+
+-- A callback that crosses into another context is re-created from its bytecode: it keeps
+-- its code and globals but none of its upvalues (spec/stage.md §1.3).
+function P.dump(f, what)
+  if type(f) ~= "function" then
+    error(what .. " must be a function, got " .. type(f), 3)
+  end
+  local ok, bc = pcall(string_dump, f)
+  if not ok then
+    error(what .. " must be a Lua function (C functions cannot be moved between cores)", 3)
+  end
+  return bc
+end
+
+function P.undump(bc, name)
+  local f, err = raw_load(bc, name or "=callback", "b")
+  if not f then
+    error("cannot re-create callback: " .. tostring(err))
+  end
+  return f
+end
+
+-- The sandbox: scripts never reach the FFI, the JIT controls, the debug library, native
+-- modules, or a loader that accepts bytecode (bytecode from a peer would hand it the VM).
+local function text_only_load(chunk, name, _, env)
+  local f, err = raw_load(chunk, name, "t")
+  if f and env ~= nil then setfenv(f, env) end
+  return f, err
+end
+load = text_only_load
+loadstring = function(s, name) return raw_load(s, name, "t") end
+local raw_loadfile = loadfile
+loadfile = function(path, _, env)
+  local f, err = raw_loadfile(path, "t")
+  if f and env ~= nil then setfenv(f, env) end
+  return f, err
+end
+dofile = function(path)
+  local f = assert(loadfile(path))
+  return f()
+end
+debug = { traceback = traceback }
+jit = nil
+package.loaded.debug, package.loaded.jit, package.loaded.ffi = nil, nil, nil
+package.loaded["jit.opt"], package.loaded["jit.util"] = nil, nil
+package.preload.ffi = nil
+package.loadlib = nil
+package.cpath = ""
+-- Keep only the preload and Lua-file searchers: no C modules.
+package.loaders[3], package.loaders[4] = nil, nil

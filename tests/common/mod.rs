@@ -1,0 +1,403 @@
+//! Test harness for the end-to-end tests: start the real `stage` binary on loopback with a
+//! configuration and scripts in a temporary directory, talk to it over real sockets with a
+//! small independent BSON encoder/decoder, read its log, and stop it with signals.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Tests that must use the examples' fixed port 8081 take this lock (SO_REUSEPORT would
+/// otherwise let two servers share the port and split the connections).
+static PORT_8081: Mutex<()> = Mutex::new(());
+
+pub fn lock_8081() -> MutexGuard<'static, ()> {
+    PORT_8081.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn stage_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_stage")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    log: PathBuf,
+}
+
+/// A configuration with one Lua stage whose main script is `start.lua` in the work dir.
+pub fn config(extra_module_keys: &str) -> String {
+    format!(
+        r#"{{ "#startup": [["lua.so+stage"]],
+             "lua.so": {{ "%package": ["."], "%reflush": 0, "lua.so+stage": "start" {extra_module_keys} }} }}"#
+    )
+}
+
+impl Server {
+    /// Writes `files` into a fresh directory, replaces `PORT` in them with a free port,
+    /// starts `stage -c stage.json` there and waits until the port accepts connections.
+    pub fn start(config_json: &str, files: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stage.json"), config_json).unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text.replace("PORT", &port.to_string())).unwrap();
+        }
+        let mut server = Server::spawn(dir, port, &["-c", "stage.json"], None);
+        server.wait_port();
+        server
+    }
+
+    /// Starts the binary with `args` in `dir` (optionally feeding `stdin`), without waiting.
+    pub fn spawn(dir: tempfile::TempDir, port: u16, args: &[&str], stdin: Option<&str>) -> Server {
+        let log = dir.path().join("stage.log");
+        let child = Command::new(stage_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env("STAGE_LOG", "debug")
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start stage");
+        let mut server = Server {
+            child: Some(child),
+            dir,
+            port,
+            log,
+        };
+        if let Some(text) = stdin {
+            let mut pipe = server.child.as_mut().unwrap().stdin.take().unwrap();
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+        server
+    }
+
+    /// Runs the binary from the repository root with `args` (for the shipped examples).
+    pub fn spawn_in_repo(args: &[&str], port: u16) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stage.log");
+        let child = Command::new(stage_bin())
+            .args(args)
+            .current_dir(repo_root())
+            .env("STAGE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start stage");
+        let mut server = Server {
+            child: Some(child),
+            dir,
+            port,
+            log,
+        };
+        server.wait_port();
+        server
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn wait_port(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("stage exited early with {status}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("stage did not listen on {} in time; log:\n{}", self.port, self.log());
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (panics with the log after 10 s).
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_count(needle, 1)
+    }
+
+    pub fn wait_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never showed {count}x `{needle}`; log:\n{}", self.log());
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("stage did not exit; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `stage` to completion with `args` in `dir`; returns (exit code, stdout, stderr).
+pub fn run_stage(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(stage_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run stage");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// A minimal BSON encoder/decoder, written independently of the engine's codec so the tests
+// check the engine against a second reading of the format.
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bson {
+    Double(f64),
+    Str(Vec<u8>),
+    Doc(Vec<(String, Bson)>),
+    Array(Vec<Bson>),
+    Binary(u8, Vec<u8>),
+    Bool(bool),
+    Null,
+    Int32(i32),
+    Int64(i64),
+}
+
+impl Bson {
+    pub fn str(s: &str) -> Bson {
+        Bson::Str(s.as_bytes().to_vec())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Bson> {
+        match self {
+            Bson::Doc(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Bson::Str(s) => std::str::from_utf8(s).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Bson::Int32(n) => Some(*n as i64),
+            Bson::Int64(n) => Some(*n),
+            Bson::Double(d) => Some(*d as i64),
+            _ => None,
+        }
+    }
+}
+
+pub fn doc(fields: &[(&str, Bson)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_doc(&mut out, fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+    out
+}
+
+fn write_doc(out: &mut Vec<u8>, fields: Vec<(String, Bson)>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (key, value) in fields {
+        let tag = match &value {
+            Bson::Double(_) => 0x01,
+            Bson::Str(_) => 0x02,
+            Bson::Doc(_) => 0x03,
+            Bson::Array(_) => 0x04,
+            Bson::Binary(..) => 0x05,
+            Bson::Bool(_) => 0x08,
+            Bson::Null => 0x0A,
+            Bson::Int32(_) => 0x10,
+            Bson::Int64(_) => 0x12,
+        };
+        out.push(tag);
+        out.extend_from_slice(key.as_bytes());
+        out.push(0);
+        match value {
+            Bson::Double(d) => out.extend_from_slice(&d.to_le_bytes()),
+            Bson::Str(s) => {
+                out.extend_from_slice(&((s.len() + 1) as i32).to_le_bytes());
+                out.extend_from_slice(&s);
+                out.push(0);
+            }
+            Bson::Doc(f) => write_doc(out, f),
+            Bson::Array(items) => write_doc(
+                out,
+                items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            ),
+            Bson::Binary(sub, bytes) => {
+                out.extend_from_slice(&(bytes.len() as i32).to_le_bytes());
+                out.push(sub);
+                out.extend_from_slice(&bytes);
+            }
+            Bson::Bool(b) => out.push(b as u8),
+            Bson::Null => {}
+            Bson::Int32(n) => out.extend_from_slice(&n.to_le_bytes()),
+            Bson::Int64(n) => out.extend_from_slice(&n.to_le_bytes()),
+        }
+    }
+    out.push(0);
+    let len = (out.len() - start) as i32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes one whole document (panics on malformed input: the server must not send any).
+pub fn parse_doc(bytes: &[u8]) -> Bson {
+    let len = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    assert_eq!(len, bytes.len(), "document length");
+    let mut fields = Vec::new();
+    let mut pos = 4;
+    while bytes[pos] != 0 {
+        let tag = bytes[pos];
+        pos += 1;
+        let end = pos + bytes[pos..].iter().position(|&b| b == 0).unwrap();
+        let key = String::from_utf8(bytes[pos..end].to_vec()).unwrap();
+        pos = end + 1;
+        let read_i32 = |p: usize| i32::from_le_bytes(bytes[p..p + 4].try_into().unwrap());
+        let value = match tag {
+            0x01 => {
+                pos += 8;
+                Bson::Double(f64::from_le_bytes(bytes[pos - 8..pos].try_into().unwrap()))
+            }
+            0x02 => {
+                let n = read_i32(pos) as usize;
+                pos += 4 + n;
+                Bson::Str(bytes[pos - n..pos - 1].to_vec())
+            }
+            0x03 | 0x04 => {
+                let n = read_i32(pos) as usize;
+                let inner = parse_doc(&bytes[pos..pos + n]);
+                pos += n;
+                match (tag, inner) {
+                    (0x04, Bson::Doc(f)) => Bson::Array(f.into_iter().map(|(_, v)| v).collect()),
+                    (_, inner) => inner,
+                }
+            }
+            0x05 => {
+                let n = read_i32(pos) as usize;
+                let sub = bytes[pos + 4];
+                pos += 5 + n;
+                Bson::Binary(sub, bytes[pos - n..pos].to_vec())
+            }
+            0x08 => {
+                pos += 1;
+                Bson::Bool(bytes[pos - 1] != 0)
+            }
+            0x0A => Bson::Null,
+            0x10 => {
+                pos += 4;
+                Bson::Int32(read_i32(pos - 4))
+            }
+            0x12 | 0x09 => {
+                pos += 8;
+                Bson::Int64(i64::from_le_bytes(bytes[pos - 8..pos].try_into().unwrap()))
+            }
+            other => panic!("unexpected BSON type {other:#x}"),
+        };
+        fields.push((key, value));
+    }
+    Bson::Doc(fields)
+}
+
+/// Reads one length-prefixed frame.
+pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let len = u32::from_le_bytes(header) as usize;
+    let mut frame = header.to_vec();
+    frame.resize(len, 0);
+    stream.read_exact(&mut frame[4..])?;
+    Ok(frame)
+}
+
+/// Reads one frame and returns the value under `v` (what `socket.commit(table)` sends).
+pub fn read_reply(stream: &mut TcpStream) -> Bson {
+    let frame = read_frame(stream).expect("reply frame");
+    let doc = parse_doc(&frame);
+    doc.get("v").cloned().unwrap_or_else(|| panic!("reply without `v`: {doc:?}"))
+}
+
+/// True when the server closed the connection (EOF or reset) within the read timeout.
+pub fn is_closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+pub fn message(name: &str, extra: &[(&str, Bson)]) -> Vec<u8> {
+    let mut fields = vec![("message".to_string(), Bson::str(name))];
+    fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    doc(&[("v", Bson::Doc(fields))])
+}
