@@ -23,6 +23,12 @@ pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "host has no address"))
 }
 
+/// An IPv4 client of a dual-stack (`[::]`) listener shows up as `::ffff:a.b.c.d`; scripts
+/// (ban lists, logs) expect the plain IPv4 address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(std::io::Error::from)
 }
@@ -62,8 +68,8 @@ fn accept(core: &Rc<Core>, shared: &Arc<ListenerShared>, stream: TcpStream) {
     let id = core.next_conn_id();
     let _ = stream.set_nodelay(true);
     let conn = Conn::new(id, shared.url.frame);
-    conn.peer.set(stream.peer_addr().ok());
-    conn.local.set(stream.local_addr().ok());
+    conn.peer.set(stream.peer_addr().ok().map(canonical));
+    conn.local.set(stream.local_addr().ok().map(canonical));
     {
         let props = shared.props.lock().unwrap();
         conn.expire_ms.set(props.expire);
@@ -86,8 +92,8 @@ pub fn join(core: &Rc<Core>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration
         match TcpStream::connect_timeout(addr, timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                conn.peer.set(stream.peer_addr().ok());
-                conn.local.set(stream.local_addr().ok());
+                conn.peer.set(stream.peer_addr().ok().map(canonical));
+                conn.local.set(stream.local_addr().ok().map(canonical));
                 core.host.dispatch_connected(conn.id, &conn);
                 core.after_lua();
                 conn::serve(core, conn, stream).await;

@@ -160,7 +160,12 @@ fn local_conn(id: u64) -> mlua::Result<Option<Rc<Conn>>> {
 
 /// `nil`, a negative number or 0 mean "never" for `expire`.
 fn msec_option(value: &Value) -> Option<u64> {
-    value.as_f64().filter(|ms| *ms > 0.0).map(|ms| ms as u64)
+    let ms = match value {
+        Value::Integer(n) => *n as f64,
+        Value::Number(n) => *n,
+        _ => return None,
+    };
+    (ms > 0.0).then_some(ms as u64)
 }
 
 fn conn_set(_: &Lua, (id, key, value): (u64, String, Value)) -> mlua::Result<()> {

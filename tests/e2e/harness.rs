@@ -28,7 +28,11 @@ pub fn repo_root() -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Server {
@@ -41,8 +45,8 @@ pub struct Server {
 /// A configuration with one Lua stage whose main script is `start.lua` in the work dir.
 pub fn config(extra_module_keys: &str) -> String {
     format!(
-        r#"{{ "#startup": [["lua.so+stage"]],
-             "lua.so": {{ "%package": ["."], "%reflush": 0, "lua.so+stage": "start" {extra_module_keys} }} }}"#
+        r##"{{ "#startup": [["lua.so+stage"]],
+             "lua.so": {{ "%package": ["."], "%reflush": 0, "lua.so+stage": "start" {extra_module_keys} }} }}"##
     )
 }
 
@@ -70,7 +74,11 @@ impl Server {
             .args(args)
             .current_dir(dir.path())
             .env("STAGE_LOG", "debug")
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -126,7 +134,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("stage did not listen on {} in time; log:\n{}", self.port, self.log());
+        panic!(
+            "stage did not listen on {} in time; log:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -257,7 +269,13 @@ impl Bson {
 
 pub fn doc(fields: &[(&str, Bson)]) -> Vec<u8> {
     let mut out = Vec::new();
-    write_doc(&mut out, fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+    write_doc(
+        &mut out,
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    );
     out
 }
 
@@ -289,7 +307,11 @@ fn write_doc(out: &mut Vec<u8>, fields: Vec<(String, Bson)>) {
             Bson::Doc(f) => write_doc(out, f),
             Bson::Array(items) => write_doc(
                 out,
-                items.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v))
+                    .collect(),
             ),
             Bson::Binary(sub, bytes) => {
                 out.extend_from_slice(&(bytes.len() as i32).to_le_bytes());
@@ -380,7 +402,9 @@ pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 pub fn read_reply(stream: &mut TcpStream) -> Bson {
     let frame = read_frame(stream).expect("reply frame");
     let doc = parse_doc(&frame);
-    doc.get("v").cloned().unwrap_or_else(|| panic!("reply without `v`: {doc:?}"))
+    doc.get("v")
+        .cloned()
+        .unwrap_or_else(|| panic!("reply without `v`: {doc:?}"))
 }
 
 /// True when the server closed the connection (EOF or reset) within the read timeout.

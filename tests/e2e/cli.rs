@@ -1,0 +1,101 @@
+//! The command line: `--check`, configuration on standard input, exit codes, signals.
+
+use crate::harness::*;
+
+#[test]
+fn check_accepts_the_shipped_examples() {
+    for config in [
+        "lua/examples/v1/stage.json",
+        "lua/examples/hello/stage.json",
+    ] {
+        let (code, out, err) = run_stage(&repo_root(), &["--check", "-c", config]);
+        assert_eq!(code, 0, "{config}: {out}{err}");
+        assert!(out.contains("configuration OK"), "{out}");
+    }
+}
+
+#[test]
+fn check_names_every_wrong_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r##"{ "#threads": "ten", "#startup": [["lua.so+stage"]],
+             "lua.so": { "%package": 5, "lua.so+stage": "start" } }"##,
+    )
+    .unwrap();
+    let (code, _, err) = run_stage(dir.path(), &["--check", "-c", "bad.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("#threads"), "{err}");
+    assert!(err.contains("%package"), "{err}");
+}
+
+#[test]
+fn malformed_json_exits_2_with_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.json"), "{ \"#startup\": [ }").unwrap();
+    let (code, _, err) = run_stage(dir.path(), &["-c", "bad.json"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.json"), "{err}");
+}
+
+#[test]
+fn check_reports_scripts_that_do_not_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stage.json"), config("")).unwrap();
+    std::fs::write(dir.path().join("start.lua"), "return 1").unwrap();
+    std::fs::write(
+        dir.path().join("packet.lua"),
+        "return { login = function( }",
+    )
+    .unwrap();
+    let (code, _, err) = run_stage(dir.path(), &["--check", "-c", "stage.json"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("packet.lua"), "{err}");
+}
+
+#[test]
+fn configuration_can_come_from_standard_input() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("start.lua"),
+        format!(
+            "broker.ready('tcp://127.0.0.1:{port}?text=1k,1k', function () return function (s, d) return 'echo ' .. d end end)"
+        ),
+    )
+    .unwrap();
+    let mut server = Server::spawn(dir, port, &["-c", "-"], Some(&config("")));
+    server.wait_port();
+    let mut client = server.connect();
+    use std::io::{BufRead, BufReader, Write};
+    client.write_all(b"ping\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut client).read_line(&mut line).unwrap();
+    assert_eq!(line, "echo ping\n");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn sigterm_runs_close_callbacks_and_exits_0() {
+    let mut server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "local l = broker.ready('tcp://127.0.0.1:PORT', function () return true end)
+             l.close = function (s, errno) logger.info('closed at shutdown ' .. errno) end",
+        )],
+    );
+    let _a = server.connect();
+    let _b = server.connect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(server.stop().success(), "{}", server.log());
+    // (The harness's readiness probe also connected and closed before the signal.)
+    let log = server.log();
+    let after_signal = log.split("received signal").nth(1).unwrap_or_default();
+    assert_eq!(
+        after_signal.matches("closed at shutdown 0").count(),
+        2,
+        "{log}"
+    );
+    assert!(server.log().contains("STAGE stopped"));
+}

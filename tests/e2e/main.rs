@@ -1,0 +1,10 @@
+//! End-to-end tests: every test starts the real `stage` binary and talks to it over loopback
+//! sockets, as a game client would. One test binary, so tests that need the examples' fixed
+//! port can serialize on one lock.
+
+mod harness;
+
+mod cli;
+mod examples;
+mod framing;
+mod scripts;

@@ -1,0 +1,229 @@
+//! Script behaviour users rely on: errors cost nothing but the call, idle sockets expire,
+//! package files reload without a restart, callbacks lose their upvalues when they cross
+//! into another core, the sandbox holds, connections spread over cores, joins work.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn a_lua_error_in_a_receive_callback_is_logged_and_costs_nothing_else() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 if data.message == 'boom' then error('kaboom in handler') end
+                 return data
+               end
+             end)",
+        )],
+    );
+    let mut bad = server.connect();
+    let mut good = server.connect();
+    bad.write_all(&message("boom", &[])).unwrap();
+    server.wait_log("kaboom in handler");
+    assert!(server.log().contains("stack traceback"), "{}", server.log());
+    for client in [&mut good, &mut bad] {
+        client.write_all(&message("ok", &[])).unwrap();
+        assert_eq!(
+            read_reply(client).get("message").and_then(Bson::as_str),
+            Some("ok")
+        );
+    }
+}
+
+#[test]
+fn an_idle_socket_is_closed_after_expire_with_etimedout() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "local l = broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function () return true end)
+             l.expire = 300
+             l.close = function (s, errno) logger.info('closed errno ' .. errno) end",
+        )],
+    );
+    let mut client = server.connect();
+    assert!(is_closed(&mut client));
+    server.wait_log(&format!("closed errno {}", libc::ETIMEDOUT));
+}
+
+#[test]
+fn an_edited_package_file_is_used_by_the_next_packet() {
+    let server = Server::start(
+        &config(""),
+        &[
+            (
+                "start.lua",
+                "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+                   return function (s, data)
+                     return stage.load('packet+' .. data.message, function (f) return f(s, data) end)
+                   end
+                 end)",
+            ),
+            ("packet.lua", "return { version = function () return { v = 1 } end }"),
+        ],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("version", &[])).unwrap();
+    assert_eq!(
+        read_reply(&mut client).get("v").and_then(Bson::as_i64),
+        Some(1)
+    );
+    std::fs::write(
+        server.path("packet.lua"),
+        "return { version = function () return { v = 2 } end }",
+    )
+    .unwrap();
+    client.write_all(&message("version", &[])).unwrap();
+    assert_eq!(
+        read_reply(&mut client).get("v").and_then(Bson::as_i64),
+        Some(2)
+    );
+}
+
+#[test]
+fn callbacks_are_recreated_without_upvalues_and_the_sandbox_holds() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "local secret = 'upvalue'
+             broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 return {
+                   upvalue = tostring(secret),
+                   ffi = tostring((pcall(require, 'ffi'))),
+                   jit = type(jit),
+                   getinfo = type(debug.getinfo),
+                   bytecode = tostring(load(string.dump(function () end)) ~= nil),
+                   text = tostring(load('return 1')()),
+                 }
+               end
+             end)",
+        )],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("x", &[])).unwrap();
+    let reply = read_reply(&mut client);
+    let field = |k: &str| reply.get(k).and_then(Bson::as_str).map(str::to_string);
+    assert_eq!(field("upvalue").as_deref(), Some("nil"));
+    assert_eq!(field("ffi").as_deref(), Some("false"));
+    assert_eq!(field("jit").as_deref(), Some("nil"));
+    assert_eq!(field("getinfo").as_deref(), Some("nil"));
+    assert_eq!(field("bytecode").as_deref(), Some("false"));
+    assert_eq!(field("text").as_deref(), Some("1"));
+}
+
+#[test]
+fn connections_spread_over_every_core() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data) return { id = s.id } end
+             end)",
+        )],
+    );
+    let mut owners = HashSet::new();
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let mut client = server.connect();
+        client.write_all(&message("id", &[])).unwrap();
+        let id = read_reply(&mut client)
+            .get("id")
+            .and_then(Bson::as_i64)
+            .unwrap();
+        owners.insert(id & 0xFF); // socket ids carry their owning core in the low byte
+        clients.push(client);
+    }
+    assert_eq!(owners.len(), cores.min(2), "owners: {owners:?}");
+}
+
+#[test]
+fn join_connects_out_and_both_sides_talk() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?text=1k,1k', function ()
+               return function (s, line) return 'pong ' .. line end
+             end)
+             local c = broker.join('tcp://127.0.0.1:PORT?text=1k,1k', function (s, peer)
+               logger.info('joined ' .. broker.ntoa(peer))
+               s.commit('ping\\n')
+             end)
+             c.receive = function (s, line) logger.info('client got ' .. line) end",
+        )],
+    );
+    server.wait_log("joined 127.0.0.1:");
+    server.wait_log("client got pong ping");
+}
+
+#[test]
+fn a_failed_join_runs_the_close_callback_with_the_error() {
+    let closed = free_port();
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            &format!(
+                "broker.ready('tcp://127.0.0.1:PORT', function () return true end)
+                 local c = broker.join('tcp://127.0.0.1:{closed}', function () logger.info('unexpected') end, 500)
+                 c.close = function (s, errno) logger.info('join failed errno ' .. errno) end"
+            ),
+        )],
+    );
+    server.wait_log(&format!("join failed errno {}", libc::ECONNREFUSED));
+}
+
+#[test]
+fn the_idle_function_is_rescheduled_by_its_return_value() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT', function () return true end)
+             count = 0
+             return function ()
+               count = count + 1
+               logger.info('idle call ' .. count)
+               if count < 3 then return 50 end
+               return 0
+             end",
+        )],
+    );
+    server.wait_log("idle call 3");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!server.log().contains("idle call 4"), "{}", server.log());
+}
+
+#[test]
+fn unsupported_calls_fail_with_a_clear_error_not_a_crash() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 local ok, err = pcall(stage.signal, 'x:y', 1)
+                 local ok2, err2 = pcall(broker.ready, 'udp://127.0.0.1:1', function () end)
+                 return { signal = tostring(err), udp = tostring(err2) }
+               end
+             end)",
+        )],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("x", &[])).unwrap();
+    let reply = read_reply(&mut client);
+    let signal = reply.get("signal").and_then(Bson::as_str).unwrap();
+    assert!(signal.contains("not supported yet"), "{signal}");
+    let udp = reply.get("udp").and_then(Bson::as_str).unwrap();
+    assert!(udp.contains("not supported yet"), "{udp}");
+}
