@@ -227,3 +227,151 @@ fn unsupported_calls_fail_with_a_clear_error_not_a_crash() {
     let udp = reply.get("udp").and_then(Bson::as_str).unwrap();
     assert!(udp.contains("not supported yet"), "{udp}");
 }
+
+#[test]
+fn socket_objects_expose_their_fields_and_keep_user_data() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function (s, addr)
+               s.player = { name = 'bob' }
+               return function (s, data)
+                 s('hits', function (old) return (old or 0) + 1 end)
+                 local ok = pcall(function () s.id = 5 end)
+                 return {
+                   same_id = s.id == s[0],
+                   peer = broker.ntoa(s[1]),
+                   ['local'] = broker.ntoa(s[-1]),
+                   errno = s.errno,
+                   player = s.player.name,
+                   hits = s.hits,
+                   id_read_only = not ok,
+                   found = broker.f(s.id) == s,
+                 }
+               end
+             end)",
+        )],
+    );
+    let mut client = server.connect();
+    for hits in 1..=2 {
+        client.write_all(&message("x", &[])).unwrap();
+        let reply = read_reply(&mut client);
+        assert_eq!(reply.get("same_id"), Some(&Bson::Bool(true)));
+        let peer = client.local_addr().unwrap().to_string();
+        assert_eq!(
+            reply.get("peer").and_then(Bson::as_str),
+            Some(peer.as_str())
+        );
+        let local = format!("127.0.0.1:{}", server.port);
+        assert_eq!(
+            reply.get("local").and_then(Bson::as_str),
+            Some(local.as_str())
+        );
+        assert_eq!(reply.get("errno").and_then(Bson::as_i64), Some(0));
+        assert_eq!(reply.get("player").and_then(Bson::as_str), Some("bob"));
+        assert_eq!(reply.get("hits").and_then(Bson::as_i64), Some(hits));
+        assert_eq!(reply.get("id_read_only"), Some(&Bson::Bool(true)));
+        assert_eq!(reply.get("found"), Some(&Bson::Bool(true)));
+    }
+}
+
+#[test]
+fn an_accept_callback_returning_false_rejects_the_client() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "accepted = 0
+             local l = broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function (s, addr)
+               return false
+             end)
+             l.receive = function (s, data) return data end",
+        )],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("x", &[])).unwrap();
+    assert!(is_closed(&mut client));
+}
+
+#[test]
+fn preload_scripts_run_in_every_core_and_require_loads_once_with_fail_over() {
+    let server = Server::start(
+        r##"{ "#startup": [["lua.so+stage"]],
+              "lua.so": { "%preload": "preload", "%package": ["package", "rollback"],
+                          "%reflush": 0, "lua.so+stage": "start" } }"##,
+        &[
+            (
+                "preload/helpers.lua",
+                "function greet(who) return 'hello ' .. who end",
+            ),
+            (
+                "package/start.lua",
+                "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+                   return function (s, data)
+                     local a = stage.require('counter')
+                     local b = stage.require('counter')
+                     return stage.load('fallback+value', function (v, info)
+                       return { greet = greet('bob'), same = a == b, v = v, position = info[1] }
+                     end)
+                   end
+                 end)",
+            ),
+            ("package/counter.lua", "return {}"),
+            ("package/fallback.lua", "return { value = ("),
+            (
+                "rollback/fallback.lua",
+                "return { value = 'from rollback' }",
+            ),
+        ],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("x", &[])).unwrap();
+    let reply = read_reply(&mut client);
+    assert_eq!(reply.get("greet").and_then(Bson::as_str), Some("hello bob"));
+    assert_eq!(reply.get("same"), Some(&Bson::Bool(true)));
+    assert_eq!(reply.get("v").and_then(Bson::as_str), Some("from rollback"));
+    assert_eq!(reply.get("position").and_then(Bson::as_i64), Some(1));
+}
+
+#[test]
+fn broker_close_by_id_closes_a_socket_owned_by_any_core() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "local l = broker.ready('tcp://127.0.0.1:PORT?text=1k,1k', function () return true end)
+             l.receive = function (s, line)
+               local id = tonumber(line)
+               if id then broker.close(id) return 'closing\\n' end
+               return s.id .. '\\n'
+             end",
+        )],
+    );
+    use std::io::{BufRead, BufReader};
+    // Open victims until one lives on another core than the killer.
+    let mut killer = BufReader::new(server.connect());
+    killer.get_mut().write_all(b"who\n").unwrap();
+    let mut line = String::new();
+    killer.read_line(&mut line).unwrap();
+    let killer_core = line.trim().parse::<u64>().unwrap() & 0xFF;
+    let mut victims = Vec::new();
+    for _ in 0..32 {
+        let mut victim = BufReader::new(server.connect());
+        victim.get_mut().write_all(b"who\n").unwrap();
+        let mut id = String::new();
+        victim.read_line(&mut id).unwrap();
+        let id: u64 = id.trim().parse().unwrap();
+        victims.push((id, victim));
+    }
+    let cross = victims
+        .iter()
+        .position(|(id, _)| id & 0xFF != killer_core)
+        .unwrap_or(0);
+    let (id, mut victim) = victims.swap_remove(cross);
+    killer
+        .get_mut()
+        .write_all(format!("{id}\n").as_bytes())
+        .unwrap();
+    assert!(is_closed(victim.get_mut()));
+}

@@ -264,10 +264,9 @@ impl Config {
                 continue;
             };
             match key.as_str() {
-                "#cluster" | "#license" => out.push(key.clone()),
-                "#services" if !self.services.udp.is_empty() => {
-                    out.push("#services.udp".to_string())
-                }
+                // One process: stage ids are not registered anywhere and every listener
+                // already shares its port between cores with SO_REUSEPORT.
+                "#cluster" | "#license" | "#router" | "#services" => out.push(key.clone()),
                 k if k.starts_with('#') => {}
                 k if is_module_key(k) => match ModuleRef::parse(k).map(|m| m.kind) {
                     Ok(ModuleKind::Lua) | Err(_) => lua_inactive(key, v, &mut out),

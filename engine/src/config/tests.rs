@@ -177,7 +177,9 @@ fn seed_sample_parses_with_every_field() {
     assert_eq!(
         c.inactive_keys(),
         vec![
+            "#services",
             "#license",
+            "#router",
             "#cluster",
             "`curl.so+agent` (curl.so)",
             "`lua.so.%odbc` (odbc)",
@@ -370,7 +372,7 @@ fn services_router_cluster_threads_forms() {
     assert_eq!((c.router.expiry_ms, c.router.notify_ms), (2850, 900));
     assert_eq!(c.cluster, vec![ClusterEntry::Listen(18081)]);
     assert_eq!(c.threads.cores, None);
-    assert_eq!(c.inactive_keys(), vec!["#services.udp", "#cluster"]);
+    assert_eq!(c.inactive_keys(), vec!["#services", "#router", "#cluster"]);
 
     let c =
         ok(r##"{"#startup": ["lua.so+a"], "#cluster": ["=10.0.0.1:18081"], "#threads": [-1]}"##);
