@@ -180,6 +180,7 @@ fn lua_settings(
             continue;
         };
         stages.push(LuaStage {
+            id: module.stage_id.clone().unwrap_or_default(),
             entry: module.entry.clone(),
             main_script,
             main_core: stages.len() % cores,

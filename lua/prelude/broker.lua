@@ -116,11 +116,12 @@ end
 -- Engine hooks -----------------------------------------------------------------------------
 
 -- A connection was accepted on this core; returns false to reject it (spec §4.3).
-function P.hooks.accept(lid, id, peer)
+function P.hooks.accept(lid, id, peer, stage)
+  P.stage = stage
   local L = P.listener_callbacks(lid)
   if not L then return false end
   local s, st = new_socket(id, "conn")
-  st.peer, st.receive, st.on_close = peer, L.receive, L.close
+  st.peer, st.receive, st.on_close, st.stage = peer, L.receive, L.close, stage
   local ok, r = P.try("accept callback", L.accept, s, peer)
   if not ok or r == false then
     forget(id)
@@ -147,9 +148,26 @@ end
 function P.hooks.receive(id, data)
   local s = sockets[id]
   if s == nil then return end
-  local f = state[s].receive
+  local st = state[s]
+  local f = st.receive
   if f == nil then return end
+  P.stage = st.stage
   commit_results(id, xpcall(f, P.handler, s, data))
+end
+
+-- `broker.signal(socket, v)` and `broker.submit(socket, f, ...)` run here, on the owning
+-- core, in order with the socket's receive callbacks.
+P.posts.inject = function(m, payload)
+  local s = sockets[m.id]
+  if s == nil then return end
+  local st = state[s]
+  P.stage = st.stage
+  if m.f ~= nil then
+    local ok, n = P.try("broker.submit function", m.f, s, P.unpack_values(m.v))
+    if ok and type(n) == "number" and n > 0 then E.later(n, "inject", payload) end
+  elseif st.receive ~= nil then
+    commit_results(m.id, xpcall(st.receive, P.handler, s, m.data))
+  end
 end
 
 function P.hooks.close(id, errno)
@@ -157,6 +175,7 @@ function P.hooks.close(id, errno)
   if s == nil then return end
   local st = state[s]
   forget(id)
+  P.stage = st.stage
   local f = st.on_close
   if f ~= nil then P.try("close callback", f, s, errno) end
 end
@@ -166,6 +185,7 @@ function P.hooks.connected(id, peer)
   if s == nil then return end
   local st = state[s]
   st.peer = peer
+  P.stage = st.stage
   if st.connect then P.try("join callback", st.connect, s, peer) end
 end
 
@@ -179,7 +199,7 @@ function broker.ready(url, cb)
   if type(url) ~= "string" then error("broker.ready: url must be a string", 2) end
   if is_udp(url) then error("broker.ready: udp sockets are not supported yet in this build", 2) end
   local bc = P.dump(cb, "broker.ready callback")
-  local ok, v = E.ready(url, bc)
+  local ok, v = E.ready(url, bc, P.stage)
   if not ok then return v end
   local s = new_socket(v, "listener")
   P.last_listener = s
@@ -196,7 +216,7 @@ function broker.join(url, cb, timeout)
   local ok, v = E.join(url, timeout or 3000)
   if not ok then return v end
   local s, st = new_socket(v, "conn")
-  st.connect = f
+  st.connect, st.stage = f, P.stage
   return s
 end
 
@@ -222,10 +242,36 @@ function broker.f(id)
   return sockets[id]
 end
 
-local function not_yet(name, why)
-  return function() error(name .. " is not supported yet in this build (" .. why .. ")", 2) end
+local function owner(x)
+  if type(x) == "table" and state[x] then return state[x].id end
+  if type(x) == "number" then return x end
+  error("expected a socket or a socket id, got " .. type(x), 3)
 end
-broker.signal = not_yet("broker.signal", "arrives with cross-stage messaging")
-broker.submit = not_yet("broker.submit", "arrives with cross-stage messaging")
-broker.encrypt = not_yet("broker.encrypt", "socket crypto is not implemented")
-broker.decrypt = not_yet("broker.decrypt", "socket crypto is not implemented")
+
+function broker.signal(target, v, addr)
+  if type(target) == "table" and not state[target] then
+    -- Group send: socket ids (and one function called afterwards with (elapsed, v)).
+    local started, after = os.clock(), nil
+    for _, x in pairs(target) do
+      if type(x) == "function" then after = x
+      elseif type(x) == "number" then E.commit(x, v)
+      else error("broker.signal: group members must be socket ids or one function", 2) end
+    end
+    if after then P.try("broker.signal callback", after, os.clock() - started, v) end
+    return
+  end
+  if type(target) == "string" then
+    error("broker.signal: udp datagrams are not supported yet in this build", 2)
+  end
+  local id = owner(target)
+  E.post(P.owner_core(id), "inject", E.encode({ id = id, data = v }))
+end
+
+function broker.submit(target, f, ...)
+  if type(f) ~= "function" then error("broker.submit: expected a function", 2) end
+  local id = owner(target)
+  E.post(P.owner_core(id), "inject", E.encode({ id = id, f = f, v = P.pack(...) }))
+end
+
+broker.encrypt = function() error("broker.encrypt is not supported yet in this build (socket crypto)", 2) end
+broker.decrypt = function() error("broker.decrypt is not supported yet in this build (socket crypto)", 2) end

@@ -14,6 +14,39 @@ local function handler(err)
 end
 P.handler = handler
 
+P.posts = {}    -- kind -> function(decoded payload): what other cores (or timers) ask of us
+P.stage = nil   -- the stage the running code belongs to (index), set at every entry
+
+-- Values travel packed, { n = count, ... }, so nils keep their positions.
+function P.pack(...)
+  return { n = select("#", ...), ... }
+end
+
+function P.unpack_values(t)
+  if t == nil then return end
+  return unpack(t, 1, t.n or #t)
+end
+
+-- Socket ids carry their owning core in the low byte (see core::owner_core).
+function P.owner_core(id)
+  return id % 256
+end
+
+function P.hooks.post(kind, payload)
+  local handler = P.posts[kind]
+  if handler == nil then
+    E.log("warn", "no handler for posted message kind " .. tostring(kind))
+    return
+  end
+  local ok, m = pcall(E.decode, payload)
+  if not ok then
+    P.report("posted " .. kind, m)
+    return
+  end
+  -- The raw payload comes along so a job that runs again runs with its original arguments.
+  P.try(kind, handler, m, payload)
+end
+
 function P.report(where, err)
   E.log("warn", where .. " failed: " .. tostring(err))
 end

@@ -59,20 +59,16 @@ function stage.exit()
   E.exit()
 end
 
-local function not_yet(name)
-  stage[name] = function()
-    error("stage." .. name .. " is not supported yet in this build (cross-stage messaging, threads and timers arrive with issue #3)", 2)
-  end
-end
-for _, name in ipairs({ "signal", "waitfor", "addtask", "submit", "call", "once" }) do not_yet(name) end
-
 log4cxx = logger
 
 -- Engine hooks -----------------------------------------------------------------------------
 
 -- Runs a stage's main script in the stage's own global table (callbacks re-created on other
 -- contexts see the core's globals, not these). Returns the idle function, if any.
-function P.hooks.boot(entry, script, args)
+P.stage_env = {}   -- stage index -> the globals of its main script (main core only)
+
+function P.hooks.boot(index, entry, script, args)
+  P.stage = index
   local chunk, position, path = E.load(script)
   if chunk == nil then
     E.log("warn", "main script `" .. script .. "` of `" .. entry .. "` not found in %package; the stage has no handlers")
@@ -87,18 +83,23 @@ function P.hooks.boot(entry, script, args)
       return _G[k]
     end,
   })
+  P.stage_env[index] = env
   setfenv(chunk, env)
   local ok, r = P.try("main script " .. path, chunk, unpack(args))
   if not ok then return nil end
   if type(r) == "function" then return r end
   if type(r) == "table" then
-    E.log("warn", "main script of `" .. entry .. "` returned message handlers, but stage.waitfor is not supported yet in this build")
+    -- Every function field becomes a message handler under its key (spec §3.8).
+    for name, f in pairs(r) do
+      if type(name) == "string" and type(f) == "function" then stage.waitfor(name, f) end
+    end
   end
   return nil
 end
 
 -- Calls the idle function; returns the msec until the next call, or nil to stop.
-function P.hooks.idle(f)
+function P.hooks.idle(stage, f)
+  P.stage = stage
   local ok, n = P.try("idle function", f)
   if ok and type(n) == "number" then return n end
   return nil

@@ -7,4 +7,5 @@ mod harness;
 mod cli;
 mod examples;
 mod framing;
+mod messaging;
 mod scripts;

@@ -5,9 +5,11 @@
 //! inboxes ([`mailbox`]); nothing a core touches per packet is shared.
 
 pub mod affinity;
+pub mod locks;
 pub mod mailbox;
 pub mod notify;
 pub mod runtime;
+pub mod stages;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +46,9 @@ pub enum CoreMsg {
     Close { id: u64, errno: i32 },
     /// Append already-encoded output to a connection owned by the receiving core.
     Commit { id: u64, data: Bytes },
+    /// A message for the receiving core's Lua prelude (routed stage messages, timers set from
+    /// other cores, submitted jobs): `kind` names the prelude hook, `payload` is BSON.
+    Post { kind: String, payload: Bytes },
     /// Graceful shutdown: stop accepting, close connections (running close callbacks), exit.
     Shutdown,
 }
@@ -52,6 +57,9 @@ pub enum CoreMsg {
 /// connections inherit, kept as bytecode because each core re-creates them in its own state.
 pub struct ListenerShared {
     pub id: u64,
+    /// The stage whose script opened the listener: its connections' callbacks run as that
+    /// stage (`stage.signal` from a receive callback has that stage as sender).
+    pub stage: Option<usize>,
     pub url: BrokerUrl,
     pub addr: SocketAddr,
     pub props: Mutex<ListenerProps>,
@@ -75,6 +83,12 @@ pub struct ListenerProps {
 pub struct Node {
     pub cpus: Vec<usize>,
     pub lua: Arc<LuaSettings>,
+    pub stages: stages::StageDirectory,
+    /// Round-robin cursor for `stage.submit(0, ...)` jobs.
+    next_core: std::sync::atomic::AtomicUsize,
+    /// Messages that found no receiver (logged at debug, counted here).
+    pub unrouted: AtomicU64,
+    locks: Mutex<locks::LockTable>,
     inboxes: Mutex<Vec<mailbox::Mailbox<CoreMsg>>>,
     listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
     next_listener: AtomicU64,
@@ -83,9 +97,18 @@ pub struct Node {
 
 impl Node {
     pub fn new(cpus: Vec<usize>, lua: Arc<LuaSettings>) -> Arc<Node> {
+        let stages = stages::StageDirectory::new(
+            lua.stages
+                .iter()
+                .map(|s| (s.id.clone(), s.entry.clone(), s.main_core)),
+        );
         Arc::new(Node {
             cpus,
             lua,
+            stages,
+            next_core: std::sync::atomic::AtomicUsize::new(0),
+            unrouted: AtomicU64::new(0),
+            locks: Mutex::new(locks::LockTable::default()),
             inboxes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
             next_listener: AtomicU64::new(1),
@@ -111,6 +134,15 @@ impl Node {
             .cloned()
             .ok_or(mailbox::SendError::Closed)?;
         inbox.send(msg, INBOX_CAPACITY)
+    }
+
+    /// The core for the next unrestricted job: round-robin over all cores.
+    pub fn next_core(&self) -> usize {
+        self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores()
+    }
+
+    pub fn locks(&self) -> std::sync::MutexGuard<'_, locks::LockTable> {
+        self.locks.lock().unwrap()
     }
 
     pub fn next_listener_id(&self) -> u64 {

@@ -13,6 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::mailbox::{self, Inbox};
@@ -96,12 +98,16 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
 
+    // Main scripts run before the inbox is read: a message another core sends at boot waits
+    // in the inbox until the handlers it is meant for exist. (glommio may run a newly
+    // spawned task at once, so the order is made explicit here.)
+    for (stage_index, stage) in node.lua.stages.iter().enumerate() {
+        if stage.main_core == index {
+            core.boot_stage(stage_index, stage);
+        }
+    }
     let inbox_core = core.clone();
     let inbox_task = glommio::spawn_local(inbox.run(move |msg| inbox_core.handle(msg))).detach();
-
-    for stage in node.lua.stages.iter().filter(|s| s.main_core == index) {
-        core.boot_stage(stage);
-    }
 
     core.stop.wait().await;
     core.close_everything().await;
@@ -147,8 +153,41 @@ impl Core {
                 }
                 None => tracing::debug!(socket = id, "commit for a closed socket dropped"),
             },
+            CoreMsg::Post { kind, payload } => {
+                self.host.dispatch_post(&kind, &payload);
+                self.after_lua();
+            }
             CoreMsg::Shutdown => self.stop.fire(),
         }
+    }
+
+    /// Runs a prelude hook on this core soon (after the current Lua call): messages between
+    /// stages of one core take the same asynchronous path as those between cores.
+    pub fn post_local(self: &Rc<Self>, kind: String, payload: Bytes) {
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            // glommio polls a new task at once; yield so the caller's Lua call finishes first.
+            futures_lite::future::yield_now().await;
+            if !core.stop.is_fired() {
+                core.host.dispatch_post(&kind, &payload);
+                core.after_lua();
+            }
+        })
+        .detach();
+    }
+
+    /// Runs a prelude hook on this core after `delay` (timers, job repetition, lock leases).
+    pub fn post_later(self: &Rc<Self>, delay: Duration, kind: String, payload: Bytes) {
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            futures_lite::future::or(glommio::timer::sleep(delay), core.stop.wait()).await;
+            if !core.stop.is_fired() {
+                core.host.dispatch_post(&kind, &payload);
+                core.after_lua();
+            }
+        })
+        .detach();
     }
 
     /// Starts this core's accept loop for `shared`, once.
@@ -195,12 +234,12 @@ impl Core {
     }
 
     /// Runs a Lua stage's main script on this core and schedules its idle function.
-    fn boot_stage(self: &Rc<Self>, stage: &crate::script::host::LuaStage) {
+    fn boot_stage(self: &Rc<Self>, stage_index: usize, stage: &crate::script::host::LuaStage) {
         tracing::info!(stage = %stage.entry, "starting main script `{}`", stage.main_script);
-        let idle = self.host.boot(stage, &self.node.lua.args);
+        let idle = self.host.boot(stage_index, stage, &self.node.lua.args);
         self.after_lua();
         if let Some(idle) = idle {
-            glommio::spawn_local(run_idle(self.clone(), idle)).detach();
+            glommio::spawn_local(run_idle(self.clone(), stage_index, idle)).detach();
         }
     }
 
@@ -229,9 +268,9 @@ impl Core {
 }
 
 /// Calls a stage's idle function until it returns nothing or a number <= 0 (spec §3.10).
-async fn run_idle(core: Rc<Core>, idle: mlua::Function) {
+async fn run_idle(core: Rc<Core>, stage: usize, idle: mlua::Function) {
     loop {
-        let next = core.host.call_idle(&idle);
+        let next = core.host.call_idle(stage, &idle);
         core.after_lua();
         let Some(ms) = next.filter(|ms| *ms > 0.0) else {
             return;

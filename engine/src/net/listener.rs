@@ -76,7 +76,7 @@ fn accept(core: &Rc<Core>, shared: &Arc<ListenerShared>, stream: TcpStream) {
         conn.commit_ms.set(props.commit);
     }
     core.add_conn(conn.clone());
-    let accepted = core.host.dispatch_accept(shared.id, &conn);
+    let accepted = core.host.dispatch_accept(shared.id, shared.stage, &conn);
     core.after_lua();
     if !accepted {
         core.remove_conn(id);
@@ -89,6 +89,9 @@ fn accept(core: &Rc<Core>, shared: &Arc<ListenerShared>, stream: TcpStream) {
 pub fn join(core: &Rc<Core>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration) {
     let core = core.clone();
     glommio::spawn_local(async move {
+        // glommio polls a new task at once: let `broker.join` return its socket object
+        // before any callback of that socket can run.
+        futures_lite::future::yield_now().await;
         match TcpStream::connect_timeout(addr, timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);

@@ -32,6 +32,10 @@ const PRELUDE: &[(&str, &str)] = &[
         "@prelude/stage.lua",
         include_str!("../../../lua/prelude/stage.lua"),
     ),
+    (
+        "@prelude/messaging.lua",
+        include_str!("../../../lua/prelude/messaging.lua"),
+    ),
 ];
 
 /// What every core needs to build its Lua state; shared read-only by all cores.
@@ -48,6 +52,8 @@ pub struct LuaSettings {
 /// A Lua stage of `#startup` and the core its main script runs on.
 #[derive(Debug, Clone)]
 pub struct LuaStage {
+    /// The stage id (`stage` of `lua.so+stage`); empty when the entry names none.
+    pub id: String,
     pub entry: String,
     pub main_script: String,
     pub main_core: usize,
@@ -60,6 +66,7 @@ struct Hooks {
     connected: Function,
     boot: Function,
     idle: Function,
+    post: Function,
 }
 
 pub struct Host {
@@ -107,9 +114,13 @@ impl Host {
         }
     }
 
-    pub fn dispatch_accept(&self, listener: u64, conn: &Conn) -> bool {
+    pub fn dispatch_accept(&self, listener: u64, stage: Option<usize>, conn: &Conn) -> bool {
         let peer = conn.peer.get().map(|a| self.addr_string(a));
-        match self.hooks.accept.call::<bool>((listener, conn.id, peer)) {
+        match self
+            .hooks
+            .accept
+            .call::<bool>((listener, conn.id, peer, stage))
+        {
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(socket = conn.id, "accept dispatch failed: {err}");
@@ -157,13 +168,25 @@ impl Host {
     }
 
     /// Runs a stage's main script; returns its idle function, if it returned one.
-    pub fn boot(&self, stage: &LuaStage, args: &[String]) -> Option<Function> {
+    /// Runs a prelude hook posted by a core (a stage message, a timer, a job).
+    pub fn dispatch_post(&self, kind: &str, payload: &[u8]) {
+        let result = self
+            .lua
+            .create_string(payload)
+            .and_then(|p| self.hooks.post.call::<()>((kind, p)));
+        if let Err(err) = result {
+            tracing::warn!("{kind} dispatch failed: {err}");
+        }
+    }
+
+    pub fn boot(&self, index: usize, stage: &LuaStage, args: &[String]) -> Option<Function> {
         let result = (|| {
             let arg = self.lua.create_table()?;
             for (i, a) in args.iter().enumerate() {
                 arg.raw_set(i as i64, a.as_str())?;
             }
             self.hooks.boot.call::<Option<Function>>((
+                index,
                 stage.entry.as_str(),
                 stage.main_script.as_str(),
                 arg,
@@ -175,8 +198,8 @@ impl Host {
         })
     }
 
-    pub fn call_idle(&self, idle: &Function) -> Option<f64> {
-        match self.hooks.idle.call::<Option<f64>>(idle) {
+    pub fn call_idle(&self, stage: usize, idle: &Function) -> Option<f64> {
+        match self.hooks.idle.call::<Option<f64>>((stage, idle)) {
             Ok(next) => next,
             Err(err) => {
                 tracing::warn!("idle dispatch failed: {err}");
@@ -220,6 +243,7 @@ fn install_prelude(lua: &Lua) -> mlua::Result<Hooks> {
         connected: hooks.get("connected")?,
         boot: hooks.get("boot")?,
         idle: hooks.get("idle")?,
+        post: hooks.get("post")?,
     })
 }
 

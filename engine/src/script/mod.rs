@@ -3,4 +3,5 @@
 pub mod host;
 pub mod loader;
 pub mod logger;
+pub mod messaging;
 pub mod natives;

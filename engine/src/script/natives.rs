@@ -34,6 +34,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("listener_props", lua.create_function(listener_props)?)?;
     e.set("listener_close", lua.create_function(listener_close)?)?;
     e.set("load", lua.create_function(load)?)?;
+    super::messaging::register(lua, e)?;
     e.set(
         "exit",
         lua.create_function(|_, ()| {
@@ -44,7 +45,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-fn core() -> mlua::Result<Rc<Core>> {
+pub(crate) fn core() -> mlua::Result<Rc<Core>> {
     runtime::try_current().ok_or_else(|| {
         mlua::Error::runtime("the broker is not available while preload scripts run")
     })
@@ -208,7 +209,10 @@ fn conn_get(lua: &Lua, (id, key): (u64, String)) -> mlua::Result<Value> {
 
 /// `broker.ready`: binds on this core at once (so the script gets bind errors as an errno),
 /// then every core starts accepting when the current Lua call returns.
-fn ready(lua: &Lua, (url, accept): (String, mlua::String)) -> mlua::Result<MultiValue> {
+fn ready(
+    lua: &Lua,
+    (url, accept, stage): (String, mlua::String, Option<usize>),
+) -> mlua::Result<MultiValue> {
     let core = core()?;
     let fail = |errno: i32| (false, errno).into_lua_multi(lua);
     let parsed = match BrokerUrl::parse(&url) {
@@ -239,6 +243,7 @@ fn ready(lua: &Lua, (url, accept): (String, mlua::String)) -> mlua::Result<Multi
     let framing = parsed.frame;
     let shared = Arc::new(ListenerShared {
         id,
+        stage,
         url: parsed,
         addr,
         props: Mutex::new(ListenerProps {

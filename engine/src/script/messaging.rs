@@ -1,0 +1,256 @@
+//! Natives behind `stage.signal` / `stage.waitfor` / `stage.addtask` / `stage.submit` /
+//! `stage.once` and the ordered locks: the process-wide handler tables (`core::stages`), the
+//! lock table (`core::locks`), posting prelude messages to a core now or later, and the
+//! engine-internal BSON form of message values (functions travel as bytecode here — between
+//! the engine's own contexts only, never to or from a client socket).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
+
+use super::natives::core;
+use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
+use crate::core::locks::Grant;
+use crate::core::stages::LocalStage;
+use crate::core::CoreMsg;
+
+pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
+    e.set(
+        "cores",
+        lua.create_function(|_, ()| Ok(core()?.node.cores()))?,
+    )?;
+    e.set("core", lua.create_function(|_, ()| Ok(core()?.index))?)?;
+    e.set(
+        "next_core",
+        lua.create_function(|_, ()| Ok(core()?.node.next_core()))?,
+    )?;
+    e.set("post", lua.create_function(post)?)?;
+    e.set("later", lua.create_function(later)?)?;
+    e.set("encode", lua.create_function(encode)?)?;
+    e.set("decode", lua.create_function(decode)?)?;
+    e.set("wall_ms", lua.create_function(|_, ()| Ok(wall_ms()))?)?;
+    e.set("stage_info", lua.create_function(stage_info)?)?;
+    e.set("stage_by_id", lua.create_function(stage_by_id)?)?;
+    e.set("unrouted", lua.create_function(unrouted)?)?;
+    e.set("waitfor_set", lua.create_function(waitfor_set)?)?;
+    e.set("waitfor_args", lua.create_function(waitfor_args)?)?;
+    e.set("waitfor_del", lua.create_function(waitfor_del)?)?;
+    e.set("waitfor_get", lua.create_function(waitfor_get)?)?;
+    e.set("waitfor_find", lua.create_function(waitfor_find)?)?;
+    e.set("waitfor_list", lua.create_function(waitfor_list)?)?;
+    e.set("waitfor_fresh", lua.create_function(waitfor_fresh)?)?;
+    e.set(
+        "once",
+        lua.create_function(|_, key: String| Ok(core()?.node.stages.once(&key)))?,
+    )?;
+    e.set(
+        "once_forget",
+        lua.create_function(|_, key: String| {
+            core()?.node.stages.forget_once(&key);
+            Ok(())
+        })?,
+    )?;
+    e.set("lock_acquire", lua.create_function(lock_acquire)?)?;
+    e.set("lock_extend", lua.create_function(lock_extend)?)?;
+    e.set("lock_release", lua.create_function(lock_release)?)?;
+    e.set("lock_check", lua.create_function(lock_check)?)?;
+    Ok(())
+}
+
+/// Milliseconds since the epoch: message deadlines travel as absolute times (spec §12.20).
+pub fn wall_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64)
+}
+
+fn post(_: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
+    let core = core()?;
+    let payload = Bytes::copy_from_slice(&payload.as_bytes());
+    if target == core.index {
+        core.post_local(kind, payload);
+        return Ok(true);
+    }
+    match core.node.send(target, CoreMsg::Post { kind, payload }) {
+        Ok(()) => Ok(true),
+        Err(err) => {
+            tracing::warn!(core = target, "message dropped: {err}");
+            Ok(false)
+        }
+    }
+}
+
+fn later(_: &Lua, (ms, kind, payload): (f64, String, mlua::String)) -> mlua::Result<()> {
+    let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+    core()?.post_later(delay, kind, Bytes::copy_from_slice(&payload.as_bytes()));
+    Ok(())
+}
+
+const INTERNAL_ENCODE: EncodeOptions = EncodeOptions {
+    allow_functions: true,
+};
+const INTERNAL_DECODE: DecodeOptions = DecodeOptions {
+    load_functions: true,
+};
+
+fn encode(lua: &Lua, table: Table) -> mlua::Result<mlua::String> {
+    let mut out = BytesMut::new();
+    bson::encode_document(lua, &table, &mut out, &INTERNAL_ENCODE)
+        .map_err(|e| mlua::Error::runtime(format!("cannot send this value: {e}")))?;
+    lua.create_string(&out[..])
+}
+
+fn decode(lua: &Lua, data: mlua::String) -> mlua::Result<Table> {
+    bson::decode_document(lua, &data.as_bytes(), &INTERNAL_DECODE)
+        .map_err(|e| mlua::Error::runtime(format!("corrupt internal message: {e}")))
+}
+
+fn with_stage<R>(index: usize, f: impl FnOnce(&LocalStage) -> R) -> mlua::Result<R> {
+    let core = core()?;
+    let stage = core
+        .node
+        .stages
+        .get(index)
+        .ok_or_else(|| mlua::Error::runtime(format!("no stage #{index} in this process")))?;
+    Ok(f(stage))
+}
+
+fn stage_info(_: &Lua, index: usize) -> mlua::Result<(String, usize)> {
+    with_stage(index, |s| (s.id.clone(), s.main_core))
+}
+
+fn stage_by_id(_: &Lua, id: String) -> mlua::Result<Vec<usize>> {
+    Ok(core()?.node.stages.by_id(&id).map(|s| s.index).collect())
+}
+
+fn unrouted(_: &Lua, what: String) -> mlua::Result<()> {
+    let core = core()?;
+    let n = core
+        .node
+        .unrouted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    tracing::debug!(unrouted = n, "no receiver for `{what}`; message dropped");
+    Ok(())
+}
+
+fn bytes_of(v: &Option<mlua::String>) -> Option<Vec<u8>> {
+    v.as_ref().map(|s| s.as_bytes().to_vec())
+}
+
+fn waitfor_set(
+    _: &Lua,
+    (stage, id, code, args): (usize, String, mlua::String, Option<mlua::String>),
+) -> mlua::Result<()> {
+    let core = core()?;
+    let Some(s) = core.node.stages.get(stage) else {
+        return Err(mlua::Error::runtime(format!(
+            "no stage #{stage} in this process"
+        )));
+    };
+    core.node
+        .stages
+        .register(s, &id, code.as_bytes().to_vec(), bytes_of(&args));
+    Ok(())
+}
+
+fn waitfor_args(
+    _: &Lua,
+    (stage, id, args): (usize, String, Option<mlua::String>),
+) -> mlua::Result<bool> {
+    with_stage(stage, |s| s.set_args(&id, bytes_of(&args)))
+}
+
+fn waitfor_del(_: &Lua, (stage, id): (usize, String)) -> mlua::Result<bool> {
+    with_stage(stage, |s| s.remove(&id))
+}
+
+fn handler_values(
+    lua: &Lua,
+    handler: Option<(String, crate::core::stages::Handler)>,
+) -> mlua::Result<MultiValue> {
+    match handler {
+        None => Value::Nil.into_lua_multi(lua),
+        Some((matched, h)) => {
+            let args = match &h.args {
+                Some(a) => Value::String(lua.create_string(&a[..])?),
+                None => Value::Nil,
+            };
+            (matched, h.serial, lua.create_string(&h.code[..])?, args).into_lua_multi(lua)
+        }
+    }
+}
+
+fn waitfor_get(lua: &Lua, (stage, id): (usize, String)) -> mlua::Result<MultiValue> {
+    let found = with_stage(stage, |s| s.get(&id).map(|h| (id.clone(), h)))?;
+    handler_values(lua, found)
+}
+
+fn waitfor_find(lua: &Lua, (stage, msg): (usize, String)) -> mlua::Result<MultiValue> {
+    let found = with_stage(stage, |s| s.find(&msg))?;
+    handler_values(lua, found)
+}
+
+fn waitfor_list(lua: &Lua, stage: usize) -> mlua::Result<Table> {
+    let list = with_stage(stage, |s| s.list())?;
+    let out = lua.create_table()?;
+    for (id, args) in list {
+        match args {
+            Some(a) => out.set(id, lua.create_string(&a[..])?)?,
+            None => out.set(id, false)?,
+        }
+    }
+    Ok(out)
+}
+
+fn waitfor_fresh(_: &Lua, (stage, len): (usize, usize)) -> mlua::Result<String> {
+    with_stage(stage, |s| s.fresh_id(len))
+}
+
+fn grant_values(lua: &Lua, grant: Option<Grant>) -> mlua::Result<MultiValue> {
+    match grant {
+        None => Value::Nil.into_lua_multi(lua),
+        Some(g) => (
+            lua.create_string(&g.payload)?,
+            g.generation,
+            g.lease.as_millis() as f64,
+        )
+            .into_lua_multi(lua),
+    }
+}
+
+fn lock_acquire(lua: &Lua, (key, payload): (String, mlua::String)) -> mlua::Result<MultiValue> {
+    let grant = core()?
+        .node
+        .locks()
+        .acquire(&key, payload.as_bytes().to_vec());
+    grant_values(lua, grant)
+}
+
+fn lock_extend(lua: &Lua, (key, ms): (String, f64)) -> mlua::Result<MultiValue> {
+    let by = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+    match core()?.node.locks().extend(&key, by) {
+        Some((generation, left)) => (generation, left.as_millis() as f64).into_lua_multi(lua),
+        None => Value::Nil.into_lua_multi(lua),
+    }
+}
+
+fn lock_release(lua: &Lua, key: String) -> mlua::Result<MultiValue> {
+    let grant = core()?.node.locks().release(&key);
+    grant_values(lua, grant)
+}
+
+/// `"grant", payload, generation, lease` / `"later", ms` / nil.
+fn lock_check(lua: &Lua, (key, generation): (String, u64)) -> mlua::Result<MultiValue> {
+    let result = core()?.node.locks().check(&key, generation);
+    match result {
+        Ok(None) => Value::Nil.into_lua_multi(lua),
+        Ok(Some(g)) => {
+            let mut values = grant_values(lua, Some(g))?;
+            values.push_front(Value::String(lua.create_string("grant")?));
+            Ok(values)
+        }
+        Err(left) => ("later", left.as_millis() as f64).into_lua_multi(lua),
+    }
+}

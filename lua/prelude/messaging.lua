@@ -1,0 +1,429 @@
+-- Prelude, part 4: messages between stages (spec/stage.md §3.3-3.8, §10). `stage.signal`
+-- parses the target grammar and posts the message to the main core of every receiving stage;
+-- there it meets the stage's handler table (kept process-wide by the engine, so `":msg"`
+-- calls and `stage.waitfor(id)` queries work from any core). Handlers, timers and jobs are
+-- re-created from bytecode: they see the globals of where they run, never upvalues.
+local E, P = ...
+
+local type, select, error, tostring, pairs, setfenv, getfenv, unpack, pcall, xpcall =
+  type, select, error, tostring, pairs, setfenv, getfenv, unpack, pcall, xpcall
+local pack, unpack_values = P.pack, P.unpack_values
+
+local stage_ids = setmetatable({}, {
+  __index = function(t, index)
+    local id = E.stage_info(index)
+    t[index] = id
+    return id
+  end,
+})
+
+local function current_stage(level)
+  local s = P.stage
+  if s == nil then error("not inside a stage: this call needs a stage's script or callback", level + 1) end
+  return s
+end
+
+-- One stored value comes back as itself, several as a table (spec §3.8 query form).
+local function stored_value(args)
+  if args == nil then return nil end
+  local t = E.decode(args)
+  if t.n == 1 then return t[1] end
+  t.n = nil
+  return t
+end
+
+local function encode_values(...)
+  if select("#", ...) == 0 then return nil end
+  return E.encode(pack(...))
+end
+
+-- Compiled handlers of this core, by stage and id, re-created when re-registered.
+local compiled = {}
+local function handler_function(stage, id, serial, code)
+  local key = stage .. "\0" .. id
+  local c = compiled[key]
+  if c ~= nil and c.serial == serial then return c.f end
+  local f = P.undump(code, "=waitfor " .. id)
+  compiled[key] = { serial = serial, f = f }
+  return f
+end
+
+-- f(stored args..., message values...)
+local function call_with(f, stored, values)
+  local args, n = {}, 0
+  if stored ~= nil then
+    local t = E.decode(stored)
+    for i = 1, t.n or #t do args[i] = t[i] end
+    n = t.n or #t
+  end
+  if values ~= nil then
+    for i = 1, values.n or #values do args[n + i] = values[i] end
+    n = n + (values.n or #values)
+  end
+  return f(unpack(args, 1, n))
+end
+
+-- Delivery ---------------------------------------------------------------------------------
+
+local route -- forward
+
+-- Sends values back to the stage that asked (the `_WAITFOR` of the request).
+local function reply(w, ...)
+  local to = w[2]
+  if to == nil then return end
+  local id = w[0]
+  local ret = id:match("=([^?]*)") or id:match("^([^=?]*)")
+  route(to, "", ret, nil, nil, pack(...))
+end
+
+local function finish(w, ok, ...)
+  if not ok then
+    P.report("waitfor handler `" .. tostring(w[-1]) .. "`", (...))
+    return
+  end
+  if select("#", ...) > 0 and w[2] ~= nil then reply(w, ...) end
+end
+
+-- Runs a handler with `_WAITFOR` set in its environment (and restored after).
+local function invoke(stage, env, f, w, stored, values)
+  setfenv(f, env)
+  local prev_env, prev_w, prev_stage = env._WAITFOR, P.waitfor, P.stage
+  env._WAITFOR, P.waitfor, P.stage = w, w, stage
+  finish(w, xpcall(call_with, P.handler, f, stored, values))
+  env._WAITFOR, P.waitfor, P.stage = prev_env, prev_w, prev_stage
+end
+
+-- A routed message reached this stage's main core.
+P.posts.msg = function(m)
+  if m.d ~= nil and E.wall_ms() > m.d then return end -- past its deadline
+  local stage = m.t
+  local env = P.stage_env[stage]
+  if env == nil then
+    E.unrouted(tostring(m.i) .. " (stage not running on this core)")
+    return
+  end
+  local id = m.i
+  local own = stage_ids[stage] .. ":"
+  if id:sub(1, #own) == own then id = id:sub(#own + 1) end
+  local matched, serial, code, stored = E.waitfor_find(stage, (id:match("^([^=]*)")))
+  if matched == nil then
+    E.unrouted(stage_ids[stage] .. ":" .. id .. " (no handler)")
+    return
+  end
+  local f = handler_function(stage, matched, serial, code)
+  invoke(stage, env, f, { [0] = id, [-1] = matched, [2] = m.r }, stored, m.v)
+end
+
+-- Posts message `id` with `values` to the stages of group `group` (policy: "" one, "*" all,
+-- "=" this node, "+" other nodes), replies going to stage `reply_to`.
+route = function(group, policy, id, reply_to, deadline, values)
+  local targets = E.stage_by_id(group)
+  if policy == "+" or #targets == 0 then
+    -- One process: there are no other nodes yet, so "+" never has a receiver.
+    E.unrouted(group .. ":" .. id)
+    return
+  end
+  if policy ~= "*" then targets = { targets[1] } end
+  for _, t in ipairs(targets) do
+    local _, core = E.stage_info(t)
+    E.post(core, "msg", E.encode({ t = t, i = id, r = reply_to, d = deadline, v = values }))
+  end
+end
+
+-- Runs the current stage's handler for `msg` now, on this core (`stage.signal(":msg", ...)`).
+local function call_now(stage, msg, env, values)
+  local matched, serial, code, stored = E.waitfor_find(stage, (msg:match("^([^=]*)")))
+  if matched == nil then
+    E.unrouted(stage_ids[stage] .. ":" .. msg .. " (no handler)")
+    return
+  end
+  invoke(stage, env, handler_function(stage, matched, serial, code), { [0] = msg, [-1] = matched }, stored, values)
+end
+
+-- Locks (spec §10.5) -------------------------------------------------------------------------
+
+local function grant(key, payload, generation, lease)
+  if payload == nil then return end
+  local m = E.decode(payload)
+  route(m.g, "=", m.cb, nil, nil, m.v)
+  E.later(lease, "lease", E.encode({ k = key, g = generation }))
+end
+
+P.posts.lease = function(m)
+  local what, a, b, c = E.lock_check(m.k, m.g)
+  if what == "grant" then grant(m.k, a, b, c)
+  elseif what == "later" then E.later(a, "lease", E.encode(m)) end
+end
+
+local function lock(S, op, rest, values)
+  local name, tail = rest:match("^([^.]*)%.?(.*)$")
+  local key = S .. ">" .. name
+  if op == ">" then
+    grant(key, E.lock_acquire(key, E.encode({ g = S, cb = tail, v = values })))
+  elseif op == ">>" then
+    local generation, left = E.lock_extend(key, tonumber(values[1]) or 0)
+    if generation ~= nil then E.later(left, "lease", E.encode({ k = key, g = generation })) end
+  else
+    grant(key, E.lock_release(key))
+  end
+end
+
+-- stage.signal -------------------------------------------------------------------------------
+
+local function each_group(list, f)
+  for g in list:gmatch("[^,]+") do f(g) end
+end
+
+local function multi(groups, policy, reply_to, deadline, tbl)
+  if type(tbl) ~= "table" then error("stage.signal: a multi-message needs a table of messages", 4) end
+  each_group(groups, function(g)
+    for k, v in pairs(tbl) do
+      if type(k) == "string" then route(g, policy, g .. ":" .. k, reply_to, deadline, pack(v)) end
+    end
+  end)
+end
+
+local function send(target, deadline, env, ...)
+  local s = current_stage(3)
+  local S = stage_ids[s]
+  local values = pack(...)
+  if target == "" then return multi(S, "", nil, deadline, (...)) end
+  local colon = target:find(":", 1, true)
+  if colon then
+    local head, R = target:sub(1, colon - 1), target:sub(colon + 1)
+    local policy, groups = head:match("^([*=+]*)(.*)$")
+    if R == "" then return multi(groups, policy, S, deadline, (...)) end
+    if R:find("^[><]") then
+      error("stage.signal: locks on behalf of another stage (`stage:>L`) are not supported", 3)
+    end
+    if groups == "" then
+      if policy == "" then return call_now(s, R, env, values) end
+      return route(S, policy, S .. ":" .. R, S, deadline, values)
+    end
+    each_group(groups, function(g) route(g, policy, g .. ":" .. R, S, deadline, values) end)
+    return
+  end
+  local first = target:sub(1, 1)
+  if first == "@" then return route(S, "", S .. ":" .. target:sub(2), S, deadline, values) end
+  if target:sub(1, 2) == ">>" then return lock(S, ">>", target:sub(3), values) end
+  if first == ">" or first == "<" then return lock(S, first, target:sub(2), values) end
+  local policy, rest = target:match("^([*=+]*)(.*)$")
+  local plus = rest:find("+", 1, true)
+  if plus then
+    local T = rest:sub(1, plus - 1)
+    return route(T, policy, T .. ":" .. S .. ":" .. rest:sub(plus + 1), S, deadline, values)
+  end
+  route(S, policy, S .. ":" .. rest, S, deadline, values)
+end
+
+function stage.signal(target, ...)
+  if target == nil then
+    local w = P.waitfor
+    if w == nil then error("stage.waitfor() not a callback function.", 2) end
+    return reply(w, ...)
+  end
+  if type(target) == "table" then
+    if target[0] ~= nil then return reply(target, ...) end -- a saved _WAITFOR
+    local id, deadline = target[1], nil
+    for i = 2, 3 do
+      local x = target[i]
+      if type(x) == "number" then deadline = E.wall_ms() + x
+      elseif type(x) == "string" then error("stage.signal: explicit addresses are not supported yet in this build", 2) end
+    end
+    if type(id) ~= "string" then error("stage.signal: target table needs a message id at [1]", 2) end
+    return send(id, deadline, getfenv(2), ...)
+  end
+  if type(target) ~= "string" then error("stage.signal: bad target (" .. type(target) .. ")", 2) end
+  return send(target, nil, getfenv(2), ...)
+end
+
+-- stage.waitfor ------------------------------------------------------------------------------
+
+local function register(s, id, f, ...)
+  E.waitfor_set(s, id, P.dump(f, "stage.waitfor handler"), encode_values(...))
+  return id
+end
+
+function stage.waitfor(...)
+  local n = select("#", ...)
+  local s = current_stage(2)
+  if n == 0 then
+    local out = {}
+    for id, args in pairs(E.waitfor_list(s)) do
+      if args then out[id] = stored_value(args) end
+    end
+    return out
+  end
+  local a, b = ...
+  if type(a) == "function" then return register(s, E.waitfor_fresh(s, 16), a, select(2, ...)) end
+  if type(a) == "number" and type(b) == "function" then
+    return register(s, E.waitfor_fresh(s, a), b, select(3, ...))
+  end
+  if type(a) ~= "string" then error("stage.waitfor: expected an id or a function, got " .. type(a), 2) end
+  if n == 1 then
+    local matched, _, code, stored = E.waitfor_get(s, a)
+    if matched == nil then return end
+    local f = P.undump(code, "=waitfor " .. a)
+    setfenv(f, getfenv(2))
+    return f, stored_value(stored)
+  end
+  if b == nil and n == 2 then
+    E.waitfor_del(s, a)
+    return nil
+  end
+  if type(b) == "function" then return register(s, a, b, select(3, ...)) end
+  E.waitfor_args(s, a, encode_values(select(2, ...)))
+  return b
+end
+
+-- stage.addtask ------------------------------------------------------------------------------
+
+local MAX_TASKS = 2048
+local tasks, task_count, task_seq = {}, 0, 0 -- tasks of stages whose main core is this one
+
+local function schedule(handle, t, delay)
+  t.gen = t.gen + 1
+  E.later(delay, "task", E.encode({ h = handle, g = t.gen }))
+end
+
+local function add_task(s, handle, delay, code, args)
+  if task_count >= MAX_TASKS then
+    E.log("warn", "stage.addtask: more than " .. MAX_TASKS .. " timers on this core; task dropped")
+    return
+  end
+  local t = { s = s, f = P.undump(code, "=addtask"), args = args, interval = delay > 0 and delay or 0, gen = 0 }
+  tasks[handle] = t
+  task_count = task_count + 1
+  schedule(handle, t, delay < 0 and -delay or delay)
+end
+
+local function remove_task(handle)
+  if tasks[handle] ~= nil then
+    tasks[handle] = nil
+    task_count = task_count - 1
+    return true
+  end
+  return false
+end
+
+P.posts.task = function(m)
+  local t = tasks[m.h]
+  if t == nil or t.gen ~= m.g then return end -- cancelled or rescheduled
+  local env = P.stage_env[t.s]
+  setfenv(t.f, env)
+  P.stage, P.waitfor = t.s, nil
+  local ok, n = P.try("addtask function", call_with, t.f, t.args, nil)
+  if tasks[m.h] ~= t then return end -- the task cancelled or replaced itself
+  if ok and type(n) == "number" then
+    if n > 0 then t.interval = n else return remove_task(m.h) end
+  elseif t.interval <= 0 then
+    return remove_task(m.h)
+  end
+  schedule(m.h, t, t.interval)
+end
+
+-- Handle operations sent from another core.
+P.posts.taskop = function(m)
+  P.task_op(m.h, m.n, m.f)
+end
+
+P.posts.addtask = function(m)
+  add_task(m.s, m.h, m.d, m.c, m.a)
+end
+
+local function stage_of_handle(handle)
+  local core, s = handle:match("%[(%x+),(%x+)%]$")
+  if core == nil then return nil end
+  return tonumber(s, 16), tonumber(core, 16)
+end
+
+function P.task_op(handle, n, g)
+  local t = tasks[handle]
+  if t == nil then return false end
+  if n == nil and g == nil then return remove_task(handle) end
+  if g ~= nil then t.f = type(g) == "function" and g or P.undump(g, "=addtask") end
+  if type(n) == "number" then
+    t.interval = n
+    if n > 0 then schedule(handle, t, n) end
+  end
+  return true
+end
+
+function stage.addtask(a, ...)
+  if type(a) == "string" then
+    if not a:find("^task: ") then error("Not a task object", 2) end
+    local s, main = stage_of_handle(a)
+    if s == nil then error("Not a task object", 2) end
+    if s ~= current_stage(2) then error("stage.addtask: the task belongs to another stage", 2) end
+    local n, g = ...
+    if type(n) == "function" then n, g = nil, n end
+    if main == E.core() then return P.task_op(a, n, g) end
+    E.post(main, "taskop", E.encode({ h = a, n = n, f = g }))
+    return true
+  end
+  local delay, f, first = 0, a, 2
+  if type(a) == "number" then delay, f, first = a, (...), 3 end
+  if type(f) ~= "function" then error("stage.addtask: expected a function", 2) end
+  local s = current_stage(2)
+  local _, main = E.stage_info(s)
+  task_seq = task_seq + 1
+  local handle = ("task: %x[%x,%x]"):format(task_seq * 256 + E.core(), main, s)
+  local code, args = P.dump(f, "stage.addtask function"), encode_values(select(first - 1, ...))
+  if main == E.core() then
+    add_task(s, handle, delay, code, args)
+  else
+    E.post(main, "addtask", E.encode({ s = s, h = handle, d = delay, c = code, a = args }))
+  end
+  return handle
+end
+
+-- stage.call / stage.once / stage.submit ------------------------------------------------------
+
+function stage.call(f, ...)
+  local args, n = {}, 0
+  local function add(v) n = n + 1; args[n] = v end
+  if type(f) == "string" then
+    f = stage.load(f)
+  elseif type(f) == "table" then
+    local fn
+    for _, v in pairs(f) do if fn == nil then fn = v else add(v) end end
+    f = fn
+  end
+  if type(f) ~= "function" then return end
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if type(v) == "table" then
+      for _, x in pairs(v) do add(x) end
+    else
+      add(v)
+    end
+  end
+  return f(unpack(args, 1, n))
+end
+
+function stage.once(key, f)
+  if type(key) ~= "string" then key = "" end
+  if f == nil then return E.once_forget(key) end
+  if E.once(key) then f() end
+end
+
+P.posts.job = function(m, payload)
+  local f = m.f
+  if type(f) == "string" then f = stage.load(f) end
+  if type(f) ~= "function" then
+    E.log("warn", "stage.submit: `" .. tostring(m.f) .. "` is not a function")
+    return
+  end
+  P.stage, P.waitfor = m.s, nil
+  local ok, n = P.try("submitted job", f, unpack_values(m.v))
+  if ok and type(n) == "number" and n > 0 then E.later(n, "job", payload) end
+end
+
+function stage.submit(a, ...)
+  local id, f, first = 0, a, 1
+  if type(a) == "number" then id, f, first = a, (...), 2 end
+  if type(f) ~= "function" and type(f) ~= "string" then error("Unsupported data types", 2) end
+  -- Jobs with one non-zero id all run on one core, so they never overlap and keep their order.
+  local core = id == 0 and E.next_core() or (id % E.cores())
+  E.post(core, "job", E.encode({ f = f, s = P.stage, v = pack(select(first, ...)) }))
+end
