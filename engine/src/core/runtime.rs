@@ -84,7 +84,7 @@ pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<
 }
 
 async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyhow::Result<()> {
-    let host = Host::new(&node.lua, index)?;
+    let host = Host::new(&node, Some(index))?;
     let core = Rc::new(Core {
         index,
         node: node.clone(),

@@ -15,6 +15,7 @@ use super::{logger, natives};
 use crate::codec::bson::{self, BsonError, DecodeOptions};
 use crate::codec::framing::Framing;
 use crate::config::PackageEntry;
+use crate::core::Node;
 use crate::net::conn::Conn;
 use crate::net::sockaddr::{self, SockAddr};
 
@@ -75,10 +76,12 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(settings: &Arc<LuaSettings>, core: usize) -> anyhow::Result<Host> {
+    pub fn new(node: &Arc<Node>, core: Option<usize>) -> anyhow::Result<Host> {
+        let settings = &node.lua;
         // SAFETY: the unsafe libraries (debug, ffi, jit) are loaded for the prelude only; the
         // prelude removes them from everything user scripts can reach before any user code runs.
         let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::default()) };
+        lua.set_app_data(natives::NodeRef(node.clone()));
         lua.set_app_data(ScriptLoader::new(
             settings.package.clone(),
             settings.reflush,
@@ -92,11 +95,11 @@ impl Host {
 
     /// Runs the `%preload` scripts: each entry is a file or a directory whose `*.lua` files
     /// (recursively) run in lexicographic order. A failing script is logged and skipped.
-    fn run_preload(&self, entries: &[String], core: usize) {
+    fn run_preload(&self, entries: &[String], core: Option<usize>) {
         for entry in entries {
             let mut files = Vec::new();
             collect_lua_files(std::path::Path::new(entry), &mut files);
-            if files.is_empty() && core == 0 {
+            if files.is_empty() && core == Some(0) {
                 tracing::warn!("%preload entry `{entry}` has no .lua files");
             }
             files.sort();

@@ -9,21 +9,26 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
 
-use super::natives::core;
+use super::natives::{core, node};
 use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
 use crate::core::locks::Grant;
+use crate::core::runtime;
 use crate::core::stages::LocalStage;
 use crate::core::CoreMsg;
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set(
         "cores",
-        lua.create_function(|_, ()| Ok(core()?.node.cores()))?,
+        lua.create_function(|lua, ()| Ok(node(lua)?.cores()))?,
     )?;
-    e.set("core", lua.create_function(|_, ()| Ok(core()?.index))?)?;
+    // The core running this state, or nil on a pool thread.
+    e.set(
+        "core",
+        lua.create_function(|_, ()| Ok(runtime::try_current().map(|c| c.index)))?,
+    )?;
     e.set(
         "next_core",
-        lua.create_function(|_, ()| Ok(core()?.node.next_core()))?,
+        lua.create_function(|lua, ()| Ok(node(lua)?.next_core()))?,
     )?;
     e.set("post", lua.create_function(post)?)?;
     e.set("later", lua.create_function(later)?)?;
@@ -42,12 +47,12 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("waitfor_fresh", lua.create_function(waitfor_fresh)?)?;
     e.set(
         "once",
-        lua.create_function(|_, key: String| Ok(core()?.node.stages.once(&key)))?,
+        lua.create_function(|lua, key: String| Ok(node(lua)?.stages.once(&key)))?,
     )?;
     e.set(
         "once_forget",
-        lua.create_function(|_, key: String| {
-            core()?.node.stages.forget_once(&key);
+        lua.create_function(|lua, key: String| {
+            node(lua)?.stages.forget_once(&key);
             Ok(())
         })?,
     )?;
@@ -65,14 +70,13 @@ pub fn wall_ms() -> f64 {
         .map_or(0.0, |d| d.as_millis() as f64)
 }
 
-fn post(_: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
-    let core = core()?;
+fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
     let payload = Bytes::copy_from_slice(&payload.as_bytes());
-    if target == core.index {
+    if let Some(core) = runtime::try_current().filter(|c| c.index == target) {
         core.post_local(kind, payload);
         return Ok(true);
     }
-    match core.node.send(target, CoreMsg::Post { kind, payload }) {
+    match node(lua)?.send(target, CoreMsg::Post { kind, payload }) {
         Ok(()) => Ok(true),
         Err(err) => {
             tracing::warn!(core = target, "message dropped: {err}");
@@ -106,28 +110,25 @@ fn decode(lua: &Lua, data: mlua::String) -> mlua::Result<Table> {
         .map_err(|e| mlua::Error::runtime(format!("corrupt internal message: {e}")))
 }
 
-fn with_stage<R>(index: usize, f: impl FnOnce(&LocalStage) -> R) -> mlua::Result<R> {
-    let core = core()?;
-    let stage = core
-        .node
+fn with_stage<R>(lua: &Lua, index: usize, f: impl FnOnce(&LocalStage) -> R) -> mlua::Result<R> {
+    let node = node(lua)?;
+    let stage = node
         .stages
         .get(index)
         .ok_or_else(|| mlua::Error::runtime(format!("no stage #{index} in this process")))?;
     Ok(f(stage))
 }
 
-fn stage_info(_: &Lua, index: usize) -> mlua::Result<(String, usize)> {
-    with_stage(index, |s| (s.id.clone(), s.main_core))
+fn stage_info(lua: &Lua, index: usize) -> mlua::Result<(String, usize)> {
+    with_stage(lua, index, |s| (s.id.clone(), s.main_core))
 }
 
-fn stage_by_id(_: &Lua, id: String) -> mlua::Result<Vec<usize>> {
-    Ok(core()?.node.stages.by_id(&id).map(|s| s.index).collect())
+fn stage_by_id(lua: &Lua, id: String) -> mlua::Result<Vec<usize>> {
+    Ok(node(lua)?.stages.by_id(&id).map(|s| s.index).collect())
 }
 
-fn unrouted(_: &Lua, what: String) -> mlua::Result<()> {
-    let core = core()?;
-    let n = core
-        .node
+fn unrouted(lua: &Lua, what: String) -> mlua::Result<()> {
+    let n = node(lua)?
         .unrouted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         + 1;
@@ -140,30 +141,29 @@ fn bytes_of(v: &Option<mlua::String>) -> Option<Vec<u8>> {
 }
 
 fn waitfor_set(
-    _: &Lua,
+    lua: &Lua,
     (stage, id, code, args): (usize, String, mlua::String, Option<mlua::String>),
 ) -> mlua::Result<()> {
-    let core = core()?;
-    let Some(s) = core.node.stages.get(stage) else {
+    let node = node(lua)?;
+    let Some(s) = node.stages.get(stage) else {
         return Err(mlua::Error::runtime(format!(
             "no stage #{stage} in this process"
         )));
     };
-    core.node
-        .stages
+    node.stages
         .register(s, &id, code.as_bytes().to_vec(), bytes_of(&args));
     Ok(())
 }
 
 fn waitfor_args(
-    _: &Lua,
+    lua: &Lua,
     (stage, id, args): (usize, String, Option<mlua::String>),
 ) -> mlua::Result<bool> {
-    with_stage(stage, |s| s.set_args(&id, bytes_of(&args)))
+    with_stage(lua, stage, |s| s.set_args(&id, bytes_of(&args)))
 }
 
-fn waitfor_del(_: &Lua, (stage, id): (usize, String)) -> mlua::Result<bool> {
-    with_stage(stage, |s| s.remove(&id))
+fn waitfor_del(lua: &Lua, (stage, id): (usize, String)) -> mlua::Result<bool> {
+    with_stage(lua, stage, |s| s.remove(&id))
 }
 
 fn handler_values(
@@ -183,17 +183,17 @@ fn handler_values(
 }
 
 fn waitfor_get(lua: &Lua, (stage, id): (usize, String)) -> mlua::Result<MultiValue> {
-    let found = with_stage(stage, |s| s.get(&id).map(|h| (id.clone(), h)))?;
+    let found = with_stage(lua, stage, |s| s.get(&id).map(|h| (id.clone(), h)))?;
     handler_values(lua, found)
 }
 
 fn waitfor_find(lua: &Lua, (stage, msg): (usize, String)) -> mlua::Result<MultiValue> {
-    let found = with_stage(stage, |s| s.find(&msg))?;
+    let found = with_stage(lua, stage, |s| s.find(&msg))?;
     handler_values(lua, found)
 }
 
 fn waitfor_list(lua: &Lua, stage: usize) -> mlua::Result<Table> {
-    let list = with_stage(stage, |s| s.list())?;
+    let list = with_stage(lua, stage, |s| s.list())?;
     let out = lua.create_table()?;
     for (id, args) in list {
         match args {
@@ -204,8 +204,8 @@ fn waitfor_list(lua: &Lua, stage: usize) -> mlua::Result<Table> {
     Ok(out)
 }
 
-fn waitfor_fresh(_: &Lua, (stage, len): (usize, usize)) -> mlua::Result<String> {
-    with_stage(stage, |s| s.fresh_id(len))
+fn waitfor_fresh(lua: &Lua, (stage, len): (usize, usize)) -> mlua::Result<String> {
+    with_stage(lua, stage, |s| s.fresh_id(len))
 }
 
 fn grant_values(lua: &Lua, grant: Option<Grant>) -> mlua::Result<MultiValue> {
@@ -221,8 +221,7 @@ fn grant_values(lua: &Lua, grant: Option<Grant>) -> mlua::Result<MultiValue> {
 }
 
 fn lock_acquire(lua: &Lua, (key, payload): (String, mlua::String)) -> mlua::Result<MultiValue> {
-    let grant = core()?
-        .node
+    let grant = node(lua)?
         .locks()
         .acquire(&key, payload.as_bytes().to_vec());
     grant_values(lua, grant)
@@ -230,20 +229,20 @@ fn lock_acquire(lua: &Lua, (key, payload): (String, mlua::String)) -> mlua::Resu
 
 fn lock_extend(lua: &Lua, (key, ms): (String, f64)) -> mlua::Result<MultiValue> {
     let by = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
-    match core()?.node.locks().extend(&key, by) {
+    match node(lua)?.locks().extend(&key, by) {
         Some((generation, left)) => (generation, left.as_millis() as f64).into_lua_multi(lua),
         None => Value::Nil.into_lua_multi(lua),
     }
 }
 
 fn lock_release(lua: &Lua, key: String) -> mlua::Result<MultiValue> {
-    let grant = core()?.node.locks().release(&key);
+    let grant = node(lua)?.locks().release(&key);
     grant_values(lua, grant)
 }
 
 /// `"grant", payload, generation, lease` / `"later", ms` / nil.
 fn lock_check(lua: &Lua, (key, generation): (String, u64)) -> mlua::Result<MultiValue> {
-    let result = core()?.node.locks().check(&key, generation);
+    let result = node(lua)?.locks().check(&key, generation);
     match result {
         Ok(None) => Value::Nil.into_lua_multi(lua),
         Ok(Some(g)) => {

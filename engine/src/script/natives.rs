@@ -14,7 +14,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 use super::loader::{Lookup, ScriptLoader};
 use crate::codec::bson::{self, EncodeOptions};
 use crate::core::runtime::{self, Core};
-use crate::core::{owner_core, CoreMsg, ListenerProps, ListenerShared};
+use crate::core::{owner_core, CoreMsg, ListenerProps, ListenerShared, Node};
 use crate::net::conn::{errno_of, Conn};
 use crate::net::listener;
 use crate::net::sockaddr::{self, SockAddr};
@@ -37,8 +37,8 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     super::messaging::register(lua, e)?;
     e.set(
         "exit",
-        lua.create_function(|_, ()| {
-            core()?.node.shutdown();
+        lua.create_function(|lua, ()| {
+            node(lua)?.shutdown();
             Ok(())
         })?,
     )?;
@@ -47,8 +47,19 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
 
 pub(crate) fn core() -> mlua::Result<Rc<Core>> {
     runtime::try_current().ok_or_else(|| {
-        mlua::Error::runtime("the broker is not available while preload scripts run")
+        mlua::Error::runtime(
+            "this call needs a core: it is not available in thread.new functions or preload scripts",
+        )
     })
+}
+
+/// The process-wide runtime, reachable from every Lua state (cores and pool threads).
+pub struct NodeRef(pub Arc<Node>);
+
+pub(crate) fn node(lua: &Lua) -> mlua::Result<Arc<Node>> {
+    lua.app_data_ref::<NodeRef>()
+        .map(|n| n.0.clone())
+        .ok_or_else(|| mlua::Error::runtime("runtime not attached to this Lua state"))
 }
 
 fn log(_: &Lua, (level, msg): (String, String)) -> mlua::Result<()> {
@@ -86,67 +97,61 @@ fn encode(lua: &Lua, value: &Value, out: &mut BytesMut) -> mlua::Result<()> {
 }
 
 fn commit(lua: &Lua, (id, value): (u64, Value)) -> mlua::Result<i64> {
-    let core = core()?;
-    match owner_core(id) {
-        Some(owner) if owner == core.index => {
-            let Some(conn) = core.conn(id) else {
-                return Ok(-1);
-            };
-            if value.is_nil() {
-                conn.request_flush();
-                return Ok(0);
-            }
-            match conn.encode_with(|out| encode(lua, &value, out))? {
-                Ok(len) => Ok(len as i64),
-                Err(err) => {
-                    tracing::warn!(socket = id, "commit refused: {err}");
-                    Ok(-1)
-                }
-            }
+    let node = node(lua)?;
+    let Some(owner) = owner_core(id).filter(|c| *c < node.cores()) else {
+        return Ok(-1);
+    };
+    if let Some(core) = runtime::try_current().filter(|c| c.index == owner) {
+        let Some(conn) = core.conn(id) else {
+            return Ok(-1);
+        };
+        if value.is_nil() {
+            conn.request_flush();
+            return Ok(0);
         }
-        Some(owner) if owner < core.node.cores() => {
-            if value.is_nil() {
-                return Ok(0);
+        return match conn.encode_with(|out| encode(lua, &value, out))? {
+            Ok(len) => Ok(len as i64),
+            Err(err) => {
+                tracing::warn!(socket = id, "commit refused: {err}");
+                Ok(-1)
             }
-            let mut out = BytesMut::new();
-            encode(lua, &value, &mut out)?;
-            let len = out.len() as i64;
-            match core.node.send(
-                owner,
-                CoreMsg::Commit {
-                    id,
-                    data: out.freeze(),
-                },
-            ) {
-                Ok(()) => Ok(len),
-                Err(err) => {
-                    tracing::warn!(socket = id, "commit to core {owner} refused: {err}");
-                    Ok(-1)
-                }
-            }
+        };
+    }
+    // Another core owns the socket: encode here, append there.
+    if value.is_nil() {
+        return Ok(0);
+    }
+    let mut out = BytesMut::new();
+    encode(lua, &value, &mut out)?;
+    let len = out.len() as i64;
+    let data = out.freeze();
+    match node.send(owner, CoreMsg::Commit { id, data }) {
+        Ok(()) => Ok(len),
+        Err(err) => {
+            tracing::warn!(socket = id, "commit to core {owner} refused: {err}");
+            Ok(-1)
         }
-        _ => Ok(-1),
     }
 }
 
-fn close(_: &Lua, id: u64) -> mlua::Result<i64> {
-    let core = core()?;
-    match owner_core(id) {
-        Some(owner) if owner == core.index => match core.conn(id) {
+fn close(lua: &Lua, id: u64) -> mlua::Result<i64> {
+    let node = node(lua)?;
+    let Some(owner) = owner_core(id).filter(|c| *c < node.cores()) else {
+        return Ok(-1);
+    };
+    if let Some(core) = runtime::try_current().filter(|c| c.index == owner) {
+        return Ok(match core.conn(id) {
             Some(conn) => {
                 conn.request_close(0);
-                Ok(0)
+                0
             }
-            None => Ok(-1),
-        },
-        Some(owner) if owner < core.node.cores() => {
-            match core.node.send(owner, CoreMsg::Close { id, errno: 0 }) {
-                Ok(()) => Ok(0),
-                Err(_) => Ok(-1),
-            }
-        }
-        _ => Ok(-1),
+            None => -1,
+        });
     }
+    Ok(match node.send(owner, CoreMsg::Close { id, errno: 0 }) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    })
 }
 
 fn local_conn(id: u64) -> mlua::Result<Option<Rc<Conn>>> {
