@@ -1,5 +1,6 @@
 //! The Lua side of a core: the LuaJIT state and the libraries scripts see.
 
+pub mod bundle;
 pub mod host;
 pub mod loader;
 pub mod logger;
