@@ -61,6 +61,10 @@ end
 
 log4cxx = logger
 
+-- The original's preload copies every bundle function into `stage` (spec/stage.md §2).
+for name, f in pairs(bundle) do stage[name] = f end
+package.loaded.broker, package.loaded.bundle, package.loaded.logger = broker, bundle, logger
+
 -- Engine hooks -----------------------------------------------------------------------------
 
 -- Runs a stage's main script in the stage's own global table (callbacks re-created on other

@@ -9,3 +9,4 @@ mod examples;
 mod framing;
 mod messaging;
 mod scripts;
+mod threads;

@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod locks;
 pub mod mailbox;
 pub mod notify;
+pub mod pool;
 pub mod runtime;
 pub mod stages;
 
@@ -89,6 +90,7 @@ pub struct Node {
     /// Messages that found no receiver (logged at debug, counted here).
     pub unrouted: AtomicU64,
     locks: Mutex<locks::LockTable>,
+    pub pool: pool::Pool,
     inboxes: Mutex<Vec<mailbox::Mailbox<CoreMsg>>>,
     listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
     next_listener: AtomicU64,
@@ -109,6 +111,7 @@ impl Node {
             next_core: std::sync::atomic::AtomicUsize::new(0),
             unrouted: AtomicU64::new(0),
             locks: Mutex::new(locks::LockTable::default()),
+            pool: pool::Pool::default(),
             inboxes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
             next_listener: AtomicU64::new(1),

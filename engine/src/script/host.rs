@@ -37,6 +37,10 @@ const PRELUDE: &[(&str, &str)] = &[
         "@prelude/messaging.lua",
         include_str!("../../../lua/prelude/messaging.lua"),
     ),
+    (
+        "@prelude/thread.lua",
+        include_str!("../../../lua/prelude/thread.lua"),
+    ),
 ];
 
 /// What every core needs to build its Lua state; shared read-only by all cores.
@@ -68,6 +72,7 @@ struct Hooks {
     boot: Function,
     idle: Function,
     post: Function,
+    thread: Function,
 }
 
 pub struct Host {
@@ -182,6 +187,17 @@ impl Host {
         }
     }
 
+    /// Runs a `thread.new` function on this pool thread's state.
+    pub fn dispatch_thread(&self, id: u64, payload: &[u8]) {
+        let result = self
+            .lua
+            .create_string(payload)
+            .and_then(|p| self.hooks.thread.call::<()>((id, p)));
+        if let Err(err) = result {
+            tracing::warn!(thread = id, "thread dispatch failed: {err}");
+        }
+    }
+
     pub fn boot(&self, index: usize, stage: &LuaStage, args: &[String]) -> Option<Function> {
         let result = (|| {
             let arg = self.lua.create_table()?;
@@ -229,6 +245,9 @@ fn install_prelude(lua: &Lua) -> mlua::Result<Hooks> {
     logger::register(lua, &log)?;
     globals.set("logger", log)?;
     logger::register_print(lua)?;
+    let bundle = lua.create_table()?;
+    super::bundle::register(lua, &bundle)?;
+    globals.set("bundle", bundle)?;
     globals.set("stage", lua.create_table()?)?;
 
     let private: Table = lua.create_table()?;
@@ -247,6 +266,7 @@ fn install_prelude(lua: &Lua) -> mlua::Result<Hooks> {
         boot: hooks.get("boot")?,
         idle: hooks.get("idle")?,
         post: hooks.get("post")?,
+        thread: hooks.get("thread")?,
     })
 }
 

@@ -31,6 +31,16 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
         lua.create_function(|lua, ()| Ok(node(lua)?.next_core()))?,
     )?;
     e.set("post", lua.create_function(post)?)?;
+    e.set("thread_start", lua.create_function(thread_start)?)?;
+    e.set(
+        "thread_id",
+        // SAFETY: gettid has no preconditions.
+        lua.create_function(|_, ()| Ok(unsafe { libc::gettid() }))?,
+    )?;
+    e.set(
+        "tick",
+        lua.create_function(|_, ()| Ok(monotonic_seconds()))?,
+    )?;
     e.set("later", lua.create_function(later)?)?;
     e.set("encode", lua.create_function(encode)?)?;
     e.set("decode", lua.create_function(decode)?)?;
@@ -83,6 +93,31 @@ fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> ml
             Ok(false)
         }
     }
+}
+
+/// `thread.new`: queues the job on the blocking pool and returns its id.
+fn thread_start(lua: &Lua, payload: mlua::String) -> mlua::Result<u64> {
+    let node = node(lua)?;
+    let id = node.pool.next_id();
+    let job = crate::core::pool::ThreadJob {
+        id,
+        payload: payload.as_bytes().to_vec(),
+    };
+    node.pool
+        .run(&node, job)
+        .map_err(|e| mlua::Error::runtime(format!("thread.new: {e}")))?;
+    Ok(id)
+}
+
+/// Seconds on the monotonic clock (`thread.tick`, `process.tick`).
+pub fn monotonic_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn later(_: &Lua, (ms, kind, payload): (f64, String, mlua::String)) -> mlua::Result<()> {
