@@ -183,6 +183,7 @@ fn lua_settings(
             id: module.stage_id.clone().unwrap_or_default(),
             entry: module.entry.clone(),
             main_script,
+            block_json: simd_json::to_string(&stage.block).unwrap_or_else(|_| "{}".into()),
             main_core: stages.len() % cores,
         });
         first.get_or_insert(stage);

@@ -86,6 +86,8 @@ function P.hooks.boot(index, entry, script, args)
       if k == "socket" then return P.last_listener end
       return _G[k]
     end,
+    -- Shared (`_SANDBOX`) names go to the store, everything else stays in this stage.
+    __newindex = function(t, k, v) P.global_set(t, k, v) end,
   })
   P.stage_env[index] = env
   setfenv(chunk, env)

@@ -9,4 +9,5 @@ mod examples;
 mod framing;
 mod messaging;
 mod scripts;
+mod shared;
 mod threads;

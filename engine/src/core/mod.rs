@@ -10,6 +10,7 @@ pub mod mailbox;
 pub mod notify;
 pub mod pool;
 pub mod runtime;
+pub mod shared;
 pub mod stages;
 
 use std::collections::HashMap;
@@ -91,6 +92,7 @@ pub struct Node {
     pub unrouted: AtomicU64,
     locks: Mutex<locks::LockTable>,
     pub pool: pool::Pool,
+    pub shared: shared::SharedState,
     inboxes: Mutex<Vec<mailbox::Mailbox<CoreMsg>>>,
     listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
     next_listener: AtomicU64,
@@ -112,6 +114,7 @@ impl Node {
             unrouted: AtomicU64::new(0),
             locks: Mutex::new(locks::LockTable::default()),
             pool: pool::Pool::default(),
+            shared: shared::SharedState::default(),
             inboxes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
             next_listener: AtomicU64::new(1),

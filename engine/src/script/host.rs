@@ -41,6 +41,10 @@ const PRELUDE: &[(&str, &str)] = &[
         "@prelude/thread.lua",
         include_str!("../../../lua/prelude/thread.lua"),
     ),
+    (
+        "@prelude/shared.lua",
+        include_str!("../../../lua/prelude/shared.lua"),
+    ),
 ];
 
 /// What every core needs to build its Lua state; shared read-only by all cores.
@@ -61,6 +65,8 @@ pub struct LuaStage {
     pub id: String,
     pub entry: String,
     pub main_script: String,
+    /// The stage's merged configuration block as JSON (for `process["$"]`).
+    pub block_json: String,
     pub main_core: usize,
 }
 

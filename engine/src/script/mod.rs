@@ -6,3 +6,4 @@ pub mod loader;
 pub mod logger;
 pub mod messaging;
 pub mod natives;
+pub mod shared;

@@ -35,6 +35,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("listener_close", lua.create_function(listener_close)?)?;
     e.set("load", lua.create_function(load)?)?;
     super::messaging::register(lua, e)?;
+    super::shared::register(lua, e)?;
     e.set(
         "exit",
         lua.create_function(|lua, ()| {
