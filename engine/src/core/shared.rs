@@ -20,9 +20,12 @@ pub enum Policy {
     ReadOnly,
 }
 
+/// Namespace number -> name -> encoded value.
+type Spaces = HashMap<u32, HashMap<String, Arc<[u8]>>>;
+
 #[derive(Default)]
 pub struct SharedState {
-    spaces: Mutex<HashMap<u32, HashMap<String, Arc<[u8]>>>>,
+    spaces: Mutex<Spaces>,
     policies: Mutex<HashMap<String, Policy>>,
     policy_version: AtomicU64,
 }
@@ -37,7 +40,7 @@ pub struct Reentered;
 
 /// The store, locked; dropping it unlocks.
 pub struct Locked<'a> {
-    spaces: MutexGuard<'a, HashMap<u32, HashMap<String, Arc<[u8]>>>>,
+    spaces: MutexGuard<'a, Spaces>,
 }
 
 impl Locked<'_> {
