@@ -1,0 +1,219 @@
+//! The end-to-end benchmark: in one run, for each (connections, payload) case, start
+//! (a) `baseline-echo` — plain glommio, same framing, no Lua — and (b) `stage` running a Lua
+//! echo (`return data`), alternately A B A B ..., load each with `stage-loadtest`, and report
+//! round trips/s, p50/p99/p99.9 and, the figure that survives this noisy 2-core machine,
+//! **server CPU time per round trip** (utime+stime of the server process over the run ÷
+//! replies) as the ratio b/a. The server is pinned to one CPU and the load generator to
+//! another, as the performance targets in issue #4 ask.
+//!
+//! Usage (after `cargo build --release --workspace`):
+//!   target/release/e2e [--pairs 5] [--seconds 5] [--cases 64x64,1000x64,...] [--server-cpu 0] [--client-cpu 1]
+//! A case is CONNECTIONSxPAYLOAD. Default cases: 1x32 64x32 1000x32 1x1024 64x1024 1000x1024.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+struct Options {
+    pairs: usize,
+    seconds: u64,
+    cases: Vec<(usize, usize)>,
+    server_cpu: usize,
+    client_cpu: usize,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        pairs: 5,
+        seconds: 5,
+        cases: vec![(1, 32), (64, 32), (1000, 32), (1, 1024), (64, 1024), (1000, 1024)],
+        server_cpu: 0,
+        client_cpu: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--pairs" => o.pairs = value.parse()?,
+            "--seconds" => o.seconds = value.parse()?,
+            "--server-cpu" => o.server_cpu = value.parse()?,
+            "--client-cpu" => o.client_cpu = value.parse()?,
+            "--cases" => {
+                o.cases = value
+                    .split(',')
+                    .map(|c| {
+                        let (n, p) = c.split_once('x').context("case is CONNECTIONSxPAYLOAD")?;
+                        Ok((n.parse()?, p.parse()?))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// One loadtest run against one server.
+#[derive(Default, Clone, Copy)]
+struct Sample {
+    replies: u64,
+    throughput: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    cpu_s: f64,
+    errors: u64,
+}
+
+impl Sample {
+    fn cpu_per_rt_us(&self) -> f64 {
+        self.cpu_s * 1e6 / self.replies.max(1) as f64
+    }
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("binary directory")?.join(name);
+    if !path.exists() {
+        bail!("{} not found: run `cargo build --release --workspace` first", path.display());
+    }
+    Ok(path)
+}
+
+/// utime + stime of a process (all its threads), seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("server did not listen on {port}")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Result<Child> {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(cpu.to_string());
+    if which == "baseline" {
+        cmd.arg(bin("baseline-echo")?).arg(format!("127.0.0.1:{port}"));
+    } else {
+        std::fs::write(
+            dir.join("stage.json"),
+            r##"{ "#startup": [["lua.so+echo"]], "lua.so": { "%package": ["."], "echo": "start" } }"##,
+        )?;
+        std::fs::write(
+            dir.join("start.lua"),
+            format!(
+                "broker.ready('tcp://127.0.0.1:{port}?packet=4k,10k', function (socket, addr)\n  return function (socket, data) return data end\nend)\n"
+            ),
+        )?;
+        cmd.arg(bin("stage")?).args(["-c", "stage.json", "-l", "warn"]);
+    }
+    let mut child = cmd
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_port(port, &mut child)?;
+    Ok(child)
+}
+
+fn run_load(port: u16, conns: usize, payload: usize, o: &Options) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(o.client_cpu.to_string())
+        .arg(bin("stage-loadtest")?)
+        .args(["--target", &format!("127.0.0.1:{port}")])
+        .args(["--connections", &conns.to_string()])
+        .args(["--payload-size", &payload.to_string()])
+        .args(["--duration", &format!("{}s", o.seconds)])
+        .args(["--threads", "1", "--quiet", "--json", "-"])
+        .output()?;
+    Ok(serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("loadtest output: {}", String::from_utf8_lossy(&out.stderr)))?)
+}
+
+fn measure(which: &str, conns: usize, payload: usize, o: &Options) -> anyhow::Result<Sample> {
+    let dir = std::env::temp_dir().join(format!("stage-e2e-{}-{which}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port();
+    let mut server = start_server(which, port, o.server_cpu, &dir)?;
+    let pid = server.id();
+    let before = cpu_seconds(pid)?;
+    let report = run_load(port, conns, payload, o);
+    let after = cpu_seconds(pid)?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = report?;
+    let f = |k: &str| r["latency_us"][k].as_f64().unwrap_or(0.0);
+    Ok(Sample {
+        replies: r["received"].as_u64().unwrap_or(0),
+        throughput: r["throughput_msgs_per_s"].as_f64().unwrap_or(0.0),
+        p50: f("p50"),
+        p99: f("p99"),
+        p999: f("p999"),
+        cpu_s: after - before,
+        errors: r["errors_total"].as_u64().unwrap_or(0),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = parse_options()?;
+    println!(
+        "server on CPU {}, load generator on CPU {}, {} A/B pairs of {} s per case; medians",
+        o.server_cpu, o.client_cpu, o.pairs, o.seconds
+    );
+    println!(
+        "{:>6} {:>7} | {:>10} {:>10} {:>6} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>6}",
+        "conns", "payload", "base rt/s", "stage rt/s", "b/a", "base p50", "p99", "p99.9",
+        "stg p50", "p99", "p99.9", "base cpu", "stg cpu", "b/a"
+    );
+    for &(conns, payload) in &o.cases {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..o.pairs {
+            a.push(measure("baseline", conns, payload, &o)?);
+            b.push(measure("stage", conns, payload, &o)?);
+        }
+        let errors: u64 = a.iter().chain(&b).map(|s| s.errors).sum();
+        let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+        let (ta, tb) = (m(&a, |s| s.throughput), m(&b, |s| s.throughput));
+        let (ca, cb) = (m(&a, Sample::cpu_per_rt_us), m(&b, Sample::cpu_per_rt_us));
+        println!(
+            "{:>6} {:>7} | {:>10.0} {:>10.0} {:>6.2} | {:>6.0}us {:>6.0}us {:>6.0}us | {:>6.0}us {:>6.0}us {:>6.0}us | {:>5.2}us {:>5.2}us {:>6.2}{}",
+            conns, payload, ta, tb, tb / ta,
+            m(&a, |s| s.p50), m(&a, |s| s.p99), m(&a, |s| s.p999),
+            m(&b, |s| s.p50), m(&b, |s| s.p99), m(&b, |s| s.p999),
+            ca, cb, cb / ca,
+            if errors > 0 { format!("  ({errors} errors)") } else { String::new() }
+        );
+    }
+    Ok(())
+}
