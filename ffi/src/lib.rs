@@ -32,18 +32,19 @@ pub struct OutputReservation {
 /// it cannot serve the call here (no core, a socket of another core, a closed socket), and
 /// the prelude then takes the classic path through the Lua C API.
 pub type CommitBytesFn =
-    unsafe extern "C" fn(ctx: *mut c_void, id: u64, data: *const u8, len: usize) -> i64;
+    unsafe extern "C" fn(ctx: *mut c_void, id: u64, data: *const u8, len: usize) -> i32;
 pub type ReserveFn = unsafe extern "C" fn(
     ctx: *mut c_void,
     id: u64,
     want: usize,
     out: *mut OutputReservation,
 ) -> i32;
-pub type AdvanceFn = unsafe extern "C" fn(ctx: *mut c_void, id: u64, used: usize) -> i64;
+pub type AdvanceFn = unsafe extern "C" fn(ctx: *mut c_void, id: u64, used: usize) -> i32;
 pub type SocketAddrFn =
     unsafe extern "C" fn(ctx: *mut c_void, id: u64, side: i32, buf: *mut u8, cap: usize) -> i32;
 
-/// Status codes shared by the functions above.
+/// Status codes shared by the functions above. Results are `int32_t` on purpose: LuaJIT
+/// hands 64-bit integers back as boxed cdata, 32-bit ones as plain numbers.
 pub const STAGE_NOT_HERE: i64 = -2;
 pub const STAGE_REFUSED: i64 = -1;
 
@@ -52,9 +53,9 @@ pub const STAGE_REFUSED: i64 = -1;
 pub const CDEF: &str = r#"
 typedef struct { const uint8_t *ptr; size_t len; } stage_packet_view;
 typedef struct { uint8_t *ptr; size_t cap; } stage_output_reservation;
-typedef int64_t (*stage_commit_bytes_fn)(void *ctx, uint64_t id, const char *data, size_t len);
+typedef int32_t (*stage_commit_bytes_fn)(void *ctx, uint64_t id, const char *data, size_t len);
 typedef int32_t (*stage_reserve_fn)(void *ctx, uint64_t id, size_t want, stage_output_reservation *out);
-typedef int64_t (*stage_advance_fn)(void *ctx, uint64_t id, size_t used);
+typedef int32_t (*stage_advance_fn)(void *ctx, uint64_t id, size_t used);
 typedef int32_t (*stage_socket_addr_fn)(void *ctx, uint64_t id, int32_t side, uint8_t *buf, size_t cap);
 "#;
 
@@ -137,7 +138,7 @@ mod tests {
             (dummy_commit, dummy_reserve, dummy_advance, dummy_addr);
     }
 
-    unsafe extern "C" fn dummy_commit(_: *mut c_void, _: u64, _: *const u8, _: usize) -> i64 {
+    unsafe extern "C" fn dummy_commit(_: *mut c_void, _: u64, _: *const u8, _: usize) -> i32 {
         0
     }
     unsafe extern "C" fn dummy_reserve(
@@ -148,7 +149,7 @@ mod tests {
     ) -> i32 {
         0
     }
-    unsafe extern "C" fn dummy_advance(_: *mut c_void, _: u64, _: usize) -> i64 {
+    unsafe extern "C" fn dummy_advance(_: *mut c_void, _: u64, _: usize) -> i32 {
         0
     }
     unsafe extern "C" fn dummy_addr(_: *mut c_void, _: u64, _: i32, _: *mut u8, _: usize) -> i32 {

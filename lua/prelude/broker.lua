@@ -11,10 +11,20 @@ local listener_cache = {}                 -- listener id -> re-created callbacks
 
 local Socket = {}
 
+-- socket.commit for one socket; fastpath.lua replaces this with the FFI version.
+function P.make_commit(id)
+  return function(v) return E.commit(id, v) end
+end
+
+-- The local address of a connection (binary sockaddr); fastpath.lua has an FFI version.
+function P.local_addr(id)
+  return E.conn_get(id, "local")
+end
+
 local function new_socket(id, kind)
   local s = setmetatable({}, Socket)
   local st = { id = id, kind = kind, user = {} }
-  st.commit = function(v) return E.commit(id, v) end
+  st.commit = P.make_commit(id)
   st.close = function()
     if kind == "listener" then return E.listener_close(id) end
     return E.close(id)
@@ -34,7 +44,7 @@ Socket.__index = function(s, k)
   elseif k == 1 then return st.peer
   elseif k == -1 then
     if st.kind == "listener" then return E.listener_get(st.id, "local") end
-    st.localaddr = st.localaddr or E.conn_get(st.id, "local")
+    st.localaddr = st.localaddr or P.local_addr(st.id)
     return st.localaddr
   elseif k == "errno" then return E.conn_get(st.id, "errno")
   elseif k == "crypto" then return false
@@ -134,26 +144,30 @@ function P.hooks.accept(lid, id, peer, stage)
   return true
 end
 
-local function commit_results(id, ok, ...)
+local function commit_results(commit, ok, ...)
   if not ok then
     P.report("receive callback", (...))
     return
   end
   for i = 1, select("#", ...) do
     local v = select(i, ...)
-    if v ~= nil then E.commit(id, v) end
+    if v ~= nil then commit(v) end
   end
 end
 
-function P.hooks.receive(id, data)
+-- One received message for socket `id`: its receive callback runs and every value it
+-- returns is committed back (spec/stage.md §4.5).
+function P.deliver(id, data)
   local s = sockets[id]
   if s == nil then return end
   local st = state[s]
   local f = st.receive
   if f == nil then return end
   P.stage = st.stage
-  commit_results(id, xpcall(f, P.handler, s, data))
+  commit_results(st.commit, xpcall(f, P.handler, s, data))
 end
+
+P.hooks.receive = P.deliver
 
 -- `broker.signal(socket, v)` and `broker.submit(socket, f, ...)` run here, on the owning
 -- core, in order with the socket's receive callbacks.
@@ -166,7 +180,7 @@ P.posts.inject = function(m, payload)
     local ok, n = P.try("broker.submit function", m.f, s, P.unpack_values(m.v))
     if ok and type(n) == "number" and n > 0 then E.later(n, "inject", payload) end
   elseif st.receive ~= nil then
-    commit_results(m.id, xpcall(st.receive, P.handler, s, m.data))
+    commit_results(st.commit, xpcall(st.receive, P.handler, s, m.data))
   end
 end
 

@@ -4,6 +4,9 @@
 local E, P = ...
 
 local tostring, type, select, xpcall, setfenv = tostring, type, select, xpcall, setfenv
+-- The FFI is the engine's own tool (the fast path in fastpath.lua); kept here before the
+-- sandbox below takes it away from everything user scripts can reach.
+P.ffi = require("ffi")
 local traceback = debug.traceback
 local raw_load, string_dump = load, string.dump
 

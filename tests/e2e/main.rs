@@ -6,6 +6,7 @@ mod harness;
 
 mod cli;
 mod examples;
+mod ffi_path;
 mod framing;
 mod messaging;
 mod scripts;

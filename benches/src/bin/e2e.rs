@@ -29,13 +29,22 @@ fn parse_options() -> anyhow::Result<Options> {
     let mut o = Options {
         pairs: 5,
         seconds: 5,
-        cases: vec![(1, 32), (64, 32), (1000, 32), (1, 1024), (64, 1024), (1000, 1024)],
+        cases: vec![
+            (1, 32),
+            (64, 32),
+            (1000, 32),
+            (1, 1024),
+            (64, 1024),
+            (1000, 1024),
+        ],
         server_cpu: 0,
         client_cpu: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--pairs" => o.pairs = value.parse()?,
             "--seconds" => o.seconds = value.parse()?,
@@ -78,7 +87,10 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.parent().context("binary directory")?.join(name);
     if !path.exists() {
-        bail!("{} not found: run `cargo build --release --workspace` first", path.display());
+        bail!(
+            "{} not found: run `cargo build --release --workspace` first",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -110,14 +122,19 @@ fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Result<Child> {
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg(cpu.to_string());
     if which == "baseline" {
-        cmd.arg(bin("baseline-echo")?).arg(format!("127.0.0.1:{port}"));
+        cmd.arg(bin("baseline-echo")?)
+            .arg(format!("127.0.0.1:{port}"));
     } else {
         std::fs::write(
             dir.join("stage.json"),
@@ -129,7 +146,8 @@ fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Resul
                 "broker.ready('tcp://127.0.0.1:{port}?packet=4k,10k', function (socket, addr)\n  return function (socket, data) return data end\nend)\n"
             ),
         )?;
-        cmd.arg(bin("stage")?).args(["-c", "stage.json", "-l", "warn"]);
+        cmd.arg(bin("stage")?)
+            .args(["-c", "stage.json", "-l", "warn"]);
     }
     let mut child = cmd
         .current_dir(dir)
@@ -140,7 +158,12 @@ fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Resul
     Ok(child)
 }
 
-fn run_load(port: u16, conns: usize, payload: usize, o: &Options) -> anyhow::Result<serde_json::Value> {
+fn run_load(
+    port: u16,
+    conns: usize,
+    payload: usize,
+    o: &Options,
+) -> anyhow::Result<serde_json::Value> {
     let out = Command::new("taskset")
         .arg("-c")
         .arg(o.client_cpu.to_string())
@@ -151,8 +174,8 @@ fn run_load(port: u16, conns: usize, payload: usize, o: &Options) -> anyhow::Res
         .args(["--duration", &format!("{}s", o.seconds)])
         .args(["--threads", "1", "--quiet", "--json", "-"])
         .output()?;
-    Ok(serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("loadtest output: {}", String::from_utf8_lossy(&out.stderr)))?)
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("loadtest output: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn measure(which: &str, conns: usize, payload: usize, o: &Options) -> anyhow::Result<Sample> {

@@ -19,7 +19,7 @@ use super::modules::{module_kind, ModuleKind, ModuleRef};
 pub const DEFAULT_REFLUSH_MS: u64 = 1000;
 
 /// The `%` keys a Lua block may contain; anything else starting with `%` is a typo.
-const PERCENT_KEYS: &str = "%preload, %package, %reflush, %odbc, %cluster";
+const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %odbc, %cluster";
 
 /// One `%package` search-path entry (spec 8.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,9 @@ pub struct LuaStageConfig {
     pub package: Vec<PackageEntry>,
     /// `%reflush`, msec; see [`DEFAULT_REFLUSH_MS`].
     pub reflush_ms: u64,
+    /// `%ffi`: the packet path through LuaJIT's FFI (default true); false takes the classic
+    /// Lua C API path everywhere (same bytes on the wire, slower).
+    pub ffi: bool,
     /// Main script name, if configured anywhere (a missing one is a boot-time warning).
     pub main_script: Option<String>,
     /// `%odbc`: named DSN objects (or raw connection strings) for `odbc.new`.
@@ -99,6 +102,7 @@ fn parse_keys(
             prefix: String::new(),
         }],
         reflush_ms: DEFAULT_REFLUSH_MS,
+        ffi: true,
         main_script: None,
         odbc: None,
         cluster: None,
@@ -140,6 +144,10 @@ fn parse_keys(
                     u32::MAX
                 ))),
                 None => errs.push(at.type_err("an integer (msec)", v)),
+            },
+            "%ffi" => match simd_json::prelude::ValueAsScalar::as_bool(v) {
+                Some(b) => out.ffi = b,
+                None => errs.push(at.type_err("true or false", v)),
             },
             "%odbc" => {
                 check_odbc(v, &at, errs);

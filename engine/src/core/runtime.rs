@@ -29,6 +29,16 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+    /// The same core as a raw pointer, for the FFI functions: no refcount traffic per call.
+    static CURRENT_RAW: Cell<*const Core> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Runs `f` with this thread's core, if it has one. For the hot FFI entry points.
+pub fn with_current<R>(f: impl FnOnce(&Core) -> R) -> Option<R> {
+    let ptr = CURRENT_RAW.with(Cell::get);
+    // SAFETY: the pointer is set from a live `Rc<Core>` that CURRENT keeps alive, and it is
+    // cleared in the same place CURRENT is; a core is only used by its own thread.
+    unsafe { ptr.as_ref() }.map(f)
 }
 
 /// The core running on this thread (none while the core is still being built, e.g. during
@@ -97,6 +107,7 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
         stop: Notify::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
+    CURRENT_RAW.with(|c| c.set(Rc::as_ptr(&core)));
 
     // Main scripts run before the inbox is read: a message another core sends at boot waits
     // in the inbox until the handlers it is meant for exist. (glommio may run a newly
@@ -112,6 +123,7 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     core.stop.wait().await;
     core.close_everything().await;
     inbox_task.cancel();
+    CURRENT_RAW.with(|c| c.set(std::ptr::null()));
     CURRENT.with(|c| c.borrow_mut().take());
     Ok(())
 }

@@ -109,6 +109,48 @@ impl Conn {
         Ok(Ok(len))
     }
 
+    /// Room for at least `want` more output bytes, for an encoder that writes in place
+    /// (the FFI path). Nothing counts until [`Conn::advance`]. `None` while closing.
+    pub fn reserve_raw(&self, want: usize) -> Option<(*mut u8, usize)> {
+        if self.close_requested.get().is_some() {
+            return None;
+        }
+        let mut out = self.out.try_borrow_mut().ok()?;
+        out.reserve(want);
+        let spare = out.spare_capacity_mut();
+        Some((spare.as_mut_ptr().cast::<u8>(), spare.len()))
+    }
+
+    /// Counts `used` bytes written after a [`Conn::reserve_raw`] as one message, with the same
+    /// `OUT` rules as [`Conn::encode_with`].
+    pub fn advance(&self, used: usize) -> Result<usize, OutputError> {
+        let Ok(mut out) = self.out.try_borrow_mut() else {
+            return Err(OutputError::Busy);
+        };
+        if used > out.capacity() - out.len() {
+            return Err(OutputError::TooLarge {
+                len: used,
+                limit: self.spec.output,
+            });
+        }
+        let limit = self.spec.output;
+        if used > limit {
+            return Err(OutputError::TooLarge { len: used, limit });
+        }
+        // SAFETY: the caller wrote `used` bytes into the spare capacity handed out by
+        // `reserve_raw`, and nothing touched the buffer in between (one thread, no Lua).
+        let filled = out.len() + used;
+        unsafe { out.set_len(filled) };
+        if out.len() > limit {
+            drop(out);
+            self.request_close(libc::ENOBUFS);
+            return Err(OutputError::SlowConsumer { limit });
+        }
+        drop(out);
+        self.signal();
+        Ok(used)
+    }
+
     /// Appends bytes that were encoded elsewhere (a commit from another core).
     pub fn append(&self, data: &[u8]) -> Result<usize, OutputError> {
         self.encode_with(|out| {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
+use mlua::{Function, LightUserData, Lua, LuaOptions, StdLib, Table, Value};
 
 use super::loader::{Embedded, ScriptLoader};
 use super::{logger, natives};
@@ -45,6 +45,10 @@ const PRELUDE: &[(&str, &str)] = &[
         "@prelude/shared.lua",
         include_str!("../../../lua/prelude/shared.lua"),
     ),
+    (
+        "@prelude/fastpath.lua",
+        include_str!("../../../lua/prelude/fastpath.lua"),
+    ),
 ];
 
 /// What every core needs to build its Lua state; shared read-only by all cores.
@@ -52,6 +56,8 @@ pub struct LuaSettings {
     pub package: Vec<PackageEntry>,
     pub preload: Vec<String>,
     pub reflush: Duration,
+    /// `%ffi`: take the packet path through LuaJIT's FFI.
+    pub ffi: bool,
     pub stages: Vec<LuaStage>,
     /// `arg[0]` is the program, then the extra command-line arguments.
     pub args: Vec<String>,
@@ -79,6 +85,8 @@ struct Hooks {
     idle: Function,
     post: Function,
     thread: Function,
+    /// The FFI receive path (`None` when `%ffi` is off).
+    receive_view: Option<Function>,
 }
 
 pub struct Host {
@@ -151,6 +159,20 @@ impl Host {
         frame: Bytes,
         framing: Framing,
     ) -> Result<(), BsonError> {
+        if let Some(view) = &self.hooks.receive_view {
+            // The prelude reads the frame in place; it declines what it does not handle
+            // exactly like the Rust codec, which then takes over below.
+            let ptr = LightUserData(frame.as_ptr() as *mut std::ffi::c_void);
+            let packet = framing == Framing::Packet;
+            match view.call::<bool>((id, ptr, frame.len(), packet)) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
+                    return Ok(());
+                }
+            }
+        }
         let data = match framing {
             Framing::Packet => bson::decode_first(&self.lua, &frame, &DecodeOptions::default())?,
             Framing::Text | Framing::Raw => match self.lua.create_string(&frame[..]) {
@@ -273,6 +295,7 @@ fn install_prelude(lua: &Lua) -> mlua::Result<Hooks> {
         idle: hooks.get("idle")?,
         post: hooks.get("post")?,
         thread: hooks.get("thread")?,
+        receive_view: hooks.get("receive_view")?,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The Lua side of a core: the LuaJIT state and the libraries scripts see.
 
 pub mod bundle;
+pub mod fastpath;
 pub mod host;
 pub mod loader;
 pub mod logger;

@@ -1,0 +1,337 @@
+-- Prelude, part 7: the packet path through LuaJIT's FFI. Received frames are decoded from
+-- the engine's buffer by a LuaJIT BSON decoder reading through a pointer, and replies are
+-- BSON-encoded by LuaJIT straight into the connection's output buffer (reserve, write,
+-- advance) — no Lua C API call on the way, so the JIT compiles through it.
+--
+-- This path only does the common case. Anything unusual — a malformed or exotic frame, a
+-- key with an `@type` suffix, a function value, -0.0, a socket of another core — makes it
+-- step aside, and the classic path (Rust codec over the C API) handles it: the same bytes
+-- reach the wire either way, and errors are reported by one implementation only.
+local E, P = ...
+
+if not E.ffi_enabled() then return end
+
+local ffi = P.ffi
+local ptrs = E.ffi_pointers()
+ffi.cdef(ptrs.cdef)
+
+local commit_bytes = ffi.cast("stage_commit_bytes_fn", ptrs.commit_bytes)
+local reserve = ffi.cast("stage_reserve_fn", ptrs.reserve)
+local advance = ffi.cast("stage_advance_fn", ptrs.advance)
+local socket_addr = ffi.cast("stage_socket_addr_fn", ptrs.socket_addr)
+local NOT_HERE = ptrs.not_here
+
+local type, rawget, next, floor, format, byte, find =
+  type, rawget, next, math.floor, string.format, string.byte, string.find
+local ffi_string, ffi_copy, ffi_cast = ffi.string, ffi.copy, ffi.cast
+local table_new = require("table.new")
+
+local i32w = ffi.typeof("int32_t *")
+local i64w = ffi.typeof("int64_t *")
+local dblw = ffi.typeof("double *")
+local i32r = ffi.typeof("const int32_t *")
+local u32r = ffi.typeof("const uint32_t *")
+local dblr = ffi.typeof("const double *")
+local u8r = ffi.typeof("const uint8_t *")
+
+local MAX_DEPTH = 64
+local TWO63 = 2 ^ 63
+local TWO32 = 4294967296
+
+-- Encoder ------------------------------------------------------------------------------------
+-- State of the encode in progress: output pointer, capacity, position, and why it stopped
+-- (1 = out of room, retry bigger; 2 = not for this path, use the classic one).
+
+local reservation = ffi.new("stage_output_reservation")
+local out, cap, pos, fail
+
+local function put_u8(b)
+  if pos >= cap then fail = fail or 1 return end
+  out[pos] = b
+  pos = pos + 1
+end
+
+local function put_i32(v)
+  if pos + 4 > cap then fail = fail or 1 return end
+  ffi_cast(i32w, out + pos)[0] = v
+  pos = pos + 4
+end
+
+local function put_bytes(s, n)
+  if pos + n > cap then fail = fail or 1 return end
+  ffi_copy(out + pos, s, n)
+  pos = pos + n
+end
+
+local function put_key(ty, key)
+  put_u8(ty)
+  put_bytes(key, #key)
+  put_u8(0)
+end
+
+local encode_table
+
+local function encode_value(key, v, depth)
+  local tv = type(v)
+  if tv == "string" then
+    put_key(0x02, key)
+    put_i32(#v + 1)
+    put_bytes(v, #v)
+    put_u8(0)
+  elseif tv == "number" then
+    if v == floor(v) and v >= -TWO63 and v < TWO63 then
+      if v == 0 and 1 / v < 0 then fail = 2 return end
+      put_key(0x12, key)
+      if pos + 8 > cap then fail = fail or 1 return end
+      ffi_cast(i64w, out + pos)[0] = v
+      pos = pos + 8
+    else
+      put_key(0x01, key)
+      if pos + 8 > cap then fail = fail or 1 return end
+      ffi_cast(dblw, out + pos)[0] = v
+      pos = pos + 8
+    end
+  elseif tv == "boolean" then
+    put_key(0x08, key)
+    put_u8(v and 1 or 0)
+  elseif tv == "table" then
+    put_key(0x03, key)
+    encode_table(v, depth + 1)
+  else
+    fail = 2
+  end
+end
+
+-- The sequence 1..n first as "#1".."#n", then the other keys in next() order, raw access:
+-- the same order and keys as the Rust encoder.
+encode_table = function(t, depth)
+  if depth > MAX_DEPTH then fail = 2 return end
+  local start = pos
+  put_i32(0)
+  local n = 0
+  while true do
+    local v = rawget(t, n + 1)
+    if v == nil then break end
+    n = n + 1
+    encode_value("#" .. n, v, depth)
+    if fail then return end
+  end
+  for k, v in next, t do
+    local tk = type(k)
+    if tk == "string" then
+      if find(k, "[@%z]") then fail = 2 return end
+      encode_value(k, v, depth)
+    elseif tk == "number" and k == floor(k) and k > -2 ^ 53 and k < 2 ^ 53 then
+      if k > n then
+        encode_value(format("#%d", k), v, depth)
+      elseif k < 1 then
+        encode_value(format("%d", k), v, depth)
+      end
+    else
+      fail = 2
+    end
+    if fail then return end
+  end
+  put_u8(0)
+  if fail then return end
+  ffi_cast(i32w, out + start)[0] = pos - start
+end
+
+-- socket.commit(table): {"v": t} written in place; nil when the classic path must do it.
+local function commit_table(id, t)
+  local want = 512
+  for _ = 1, 12 do
+    if reserve(nil, id, want, reservation) ~= 0 then return nil end
+    out, cap, pos, fail = reservation.ptr, tonumber(reservation.cap), 0, nil
+    put_i32(0)
+    encode_value("v", t, 1)
+    put_u8(0)
+    if not fail then
+      ffi_cast(i32w, out)[0] = pos
+      return advance(nil, id, pos)
+    end
+    if fail == 2 then return nil end
+    want = want * 4
+  end
+  return nil
+end
+
+function P.make_commit(id)
+  return function(v)
+    local tv = type(v)
+    if tv == "string" then
+      local r = commit_bytes(nil, id, v, #v)
+      if r ~= NOT_HERE then return r end
+    elseif tv == "table" then
+      local r = commit_table(id, v)
+      if r ~= nil then return r end
+    end
+    return E.commit(id, v)
+  end
+end
+
+local addr_buf = ffi.new("uint8_t[128]")
+function P.local_addr(id)
+  local n = socket_addr(nil, id, -1, addr_buf, 128)
+  if n == NOT_HERE then return E.conn_get(id, "local") end
+  if n < 0 then return nil end
+  return ffi_string(addr_buf, n)
+end
+
+-- Decoder ------------------------------------------------------------------------------------
+-- Reads the frame in place; returns nil at the first thing it does not handle exactly like
+-- the Rust decoder, which then decodes the frame itself (and closes the connection if the
+-- frame is bad).
+
+local rd
+
+local function i32at(p) return ffi_cast(i32r, rd + p)[0] end
+
+local function i64at(p)
+  -- Two 32-bit halves: no boxed int64, and one rounding, like Rust's `i64 as f64`.
+  return ffi_cast(i32r, rd + p + 4)[0] * TWO32 + ffi_cast(u32r, rd + p)[0]
+end
+
+local decode_doc
+
+-- Bytes taken by a value of type `ty` at `q`, or nil: the sizing scan the Rust decoder does
+-- before it creates a table, mirrored so both create tables of the same shape (and so
+-- iterate them in the same order when they are sent on).
+local FIXED = { [0x0A] = 0, [0x06] = 0, [0x08] = 1, [0x10] = 4, [0x01] = 8, [0x09] = 8,
+  [0x11] = 8, [0x12] = 8, [0x07] = 12 }
+local function value_size(ty, q, limit)
+  local size = FIXED[ty]
+  if size == nil then
+    if q + 4 > limit then return nil end
+    local n = i32at(q)
+    if n < 0 then return nil end
+    if ty == 0x02 or ty == 0x0D or ty == 0x0E then size = 4 + n
+    elseif ty == 0x03 or ty == 0x04 then size = n
+    elseif ty == 0x05 then size = 5 + n
+    else return nil end
+  end
+  if size > limit - q then return nil end
+  return size
+end
+
+-- How many array-part and hash-part slots a document's table gets (as `count` in bson.rs).
+local function shape(q, stop, is_array)
+  local narr, nrec = 0, 0
+  while q < stop do
+    local ty = rd[q]
+    local k = q + 1
+    while k < stop and rd[k] ~= 0 do k = k + 1 end
+    if k >= stop then break end
+    local size = value_size(ty, k + 1, stop)
+    if size == nil then break end
+    if is_array or rd[q + 1] == 35 then narr = narr + 1 else nrec = nrec + 1 end
+    q = k + 1 + size
+  end
+  return narr, nrec
+end
+
+-- One element's value starting at `q` (after its key); returns ok, value, next position.
+local function decode_value(ty, q, stop, depth)
+  if ty == 0x02 or ty == 0x0D or ty == 0x0E then
+    if q + 4 > stop then return false end
+    local n = i32at(q)
+    if n < 1 or q + 4 + n > stop or rd[q + 3 + n] ~= 0 then return false end
+    return true, ffi_string(rd + q + 4, n - 1), q + 4 + n
+  elseif ty == 0x10 then
+    if q + 4 > stop then return false end
+    return true, i32at(q), q + 4
+  elseif ty == 0x12 or ty == 0x09 then
+    if q + 8 > stop then return false end
+    return true, i64at(q), q + 8
+  elseif ty == 0x01 then
+    if q + 8 > stop then return false end
+    return true, ffi_cast(dblr, rd + q)[0], q + 8
+  elseif ty == 0x03 or ty == 0x04 then
+    local t, next_q = decode_doc(q, stop, depth + 1, ty == 0x04)
+    if t == nil then return false end
+    return true, t, next_q
+  elseif ty == 0x08 then
+    if q + 1 > stop then return false end
+    local b = rd[q]
+    if b > 1 then return false end
+    return true, b == 1, q + 1
+  elseif ty == 0x0A or ty == 0x06 then
+    return true, nil, q
+  elseif ty == 0x05 then
+    if q + 5 > stop then return false end
+    local n = i32at(q)
+    local sub = rd[q + 4]
+    if n < 0 or q + 5 + n > stop or sub == 0x02 then return false end
+    return true, ffi_string(rd + q + 5, n), q + 5 + n
+  elseif ty == 0x07 then
+    if q + 12 > stop then return false end
+    return true, ffi_string(rd + q, 12), q + 12
+  elseif ty == 0x11 then
+    if q + 8 > stop or ffi_cast(u32r, rd + q + 4)[0] >= 2147483648 then return false end
+    return true, i64at(q), q + 8
+  end
+  return false
+end
+
+-- A document at `p` that must end by `limit`: its table and the position after it, or nil.
+-- With `first`, the value of its first element instead of the table (all elements are
+-- still checked).
+decode_doc = function(p, limit, depth, is_array, first)
+  if depth > MAX_DEPTH or p + 5 > limit then return nil end
+  local len = i32at(p)
+  if len < 5 or p + len > limit then return nil end
+  local stop = p + len - 1
+  if rd[stop] ~= 0 then return nil end
+  local t
+  if not first then t = table_new(shape(p + 4, stop, is_array)) end
+  local value, seen = nil, false
+  local q, index = p + 4, 0
+  while q < stop do
+    local ty = rd[q]
+    local k = q + 1
+    while k < stop and rd[k] ~= 0 do k = k + 1 end
+    if k >= stop then return nil end
+    local key_at, key_len = q + 1, k - q - 1
+    local ok, v, next_q = decode_value(ty, k + 1, stop, depth)
+    if not ok then return nil end
+    if first then
+      if not seen then value, seen = v, true end
+    elseif is_array then
+      index = index + 1
+      if v ~= nil then t[index] = v end
+    elseif v ~= nil then
+      if key_len > 1 and rd[key_at] == 35 then -- "#n" keys become integer keys
+        local key = ffi_string(rd + key_at, key_len)
+        local digits = key:match("^#([1-9]%d*)$")
+        if digits == nil then
+          t[key] = v
+        elseif #digits <= 15 then
+          t[tonumber(digits)] = v
+        else
+          return nil -- very large index: leave exact rounding to the Rust decoder
+        end
+      else
+        t[ffi_string(rd + key_at, key_len)] = v
+      end
+    end
+    q = next_q
+  end
+  if first then return value, stop + 1, true end
+  return t, stop + 1
+end
+
+-- A received frame: deliver it and return true, or false to let the engine decode it.
+function P.hooks.receive_view(id, ptr, len, packet)
+  rd = ffi_cast(u8r, ptr)
+  if not packet then
+    P.deliver(id, ffi_string(rd, len))
+    return true
+  end
+  if len < 5 or i32at(0) ~= len then return false end
+  local value, _, ok = decode_doc(0, len, 1, false, true)
+  if not ok then return false end
+  P.deliver(id, value)
+  return true
+end
+
+P.fast = true
