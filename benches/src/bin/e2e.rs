@@ -6,6 +6,9 @@
 //! replies) as the ratio b/a. The server is pinned to one CPU and the load generator to
 //! another, as the performance targets in issue #4 ask.
 //!
+//! A third server, `stage-capi`, is the same `stage` with `"%ffi": false` (the classic Lua C
+//! API packet path), so one run also shows what the FFI path buys.
+//!
 //! Usage (after `cargo build --release --workspace`):
 //!   target/release/e2e [--pairs 5] [--seconds 5] [--cases 64x64,1000x64,...] [--server-cpu 0] [--client-cpu 1]
 //! A case is CONNECTIONSxPAYLOAD. Default cases: 1x32 64x32 1000x32 1x1024 64x1024 1000x1024.
@@ -138,7 +141,10 @@ fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Resul
     } else {
         std::fs::write(
             dir.join("stage.json"),
-            r##"{ "#startup": [["lua.so+echo"]], "lua.so": { "%package": ["."], "echo": "start" } }"##,
+            format!(
+                r##"{{ "#startup": [["lua.so+echo"]], "lua.so": {{ "%package": ["."], "%ffi": {}, "echo": "start" }} }}"##,
+                which != "stage-capi"
+            ),
         )?;
         std::fs::write(
             dir.join("start.lua"),
@@ -215,26 +221,38 @@ fn main() -> anyhow::Result<()> {
         o.server_cpu, o.client_cpu, o.pairs, o.seconds
     );
     println!(
-        "{:>6} {:>7} | {:>10} {:>10} {:>6} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>6}",
-        "conns", "payload", "base rt/s", "stage rt/s", "b/a", "base p50", "p99", "p99.9",
-        "stg p50", "p99", "p99.9", "base cpu", "stg cpu", "b/a"
+        "{:>6} {:>7} | {:>10} | {:>10} {:>5} | {:>10} {:>5} | {:>23} | {:>23} | {:>8} | {:>8} {:>5} | {:>8} {:>5}",
+        "conns", "payload", "base rt/s", "stage", "b/a", "capi", "c/a",
+        "base p50/p99/p99.9 us", "stage p50/p99/p99.9 us",
+        "base cpu", "stage", "b/a", "capi", "c/a"
     );
     for &(conns, payload) in &o.cases {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..o.pairs {
             a.push(measure("baseline", conns, payload, &o)?);
             b.push(measure("stage", conns, payload, &o)?);
+            c.push(measure("stage-capi", conns, payload, &o)?);
         }
-        let errors: u64 = a.iter().chain(&b).map(|s| s.errors).sum();
+        let errors: u64 = a.iter().chain(&b).chain(&c).map(|s| s.errors).sum();
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-        let (ta, tb) = (m(&a, |s| s.throughput), m(&b, |s| s.throughput));
-        let (ca, cb) = (m(&a, Sample::cpu_per_rt_us), m(&b, Sample::cpu_per_rt_us));
+        let (ta, tb, tc) = (
+            m(&a, |s| s.throughput),
+            m(&b, |s| s.throughput),
+            m(&c, |s| s.throughput),
+        );
+        let cpu = Sample::cpu_per_rt_us;
+        let (ca, cb, cc) = (m(&a, cpu), m(&b, cpu), m(&c, cpu));
+        let lat = |v: &[Sample]| {
+            format!(
+                "{:.0}/{:.0}/{:.0}",
+                m(v, |s| s.p50),
+                m(v, |s| s.p99),
+                m(v, |s| s.p999)
+            )
+        };
         println!(
-            "{:>6} {:>7} | {:>10.0} {:>10.0} {:>6.2} | {:>6.0}us {:>6.0}us {:>6.0}us | {:>6.0}us {:>6.0}us {:>6.0}us | {:>5.2}us {:>5.2}us {:>6.2}{}",
-            conns, payload, ta, tb, tb / ta,
-            m(&a, |s| s.p50), m(&a, |s| s.p99), m(&a, |s| s.p999),
-            m(&b, |s| s.p50), m(&b, |s| s.p99), m(&b, |s| s.p999),
-            ca, cb, cb / ca,
+            "{:>6} {:>7} | {:>10.0} | {:>10.0} {:>5.2} | {:>10.0} {:>5.2} | {:>23} | {:>23} | {:>6.2}us | {:>6.2}us {:>5.2} | {:>6.2}us {:>5.2}{}",
+            conns, payload, ta, tb, tb / ta, tc, tc / ta, lat(&a), lat(&b), ca, cb, cb / ca, cc, cc / ca,
             if errors > 0 { format!("  ({errors} errors)") } else { String::new() }
         );
     }
