@@ -8,6 +8,7 @@ mod cli;
 mod examples;
 mod framing;
 mod messaging;
+mod processes;
 mod scripts;
 mod shared;
 mod threads;
