@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod locks;
 pub mod mailbox;
 pub mod notify;
+pub mod outbox;
 pub mod peers;
 pub mod pool;
 pub mod runtime;

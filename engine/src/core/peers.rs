@@ -5,9 +5,12 @@
 //! last heartbeat is younger than `#router`'s expiry; `pick` rotates among the eligible
 //! processes of a group (this process included when it hosts the group).
 //!
-//! There is no router process: every child keeps its own registry. Core 0 reads the socket
-//! and sends the heartbeats; any thread sends messages through a non-blocking unbound socket,
-//! so a full or missing peer costs an error value, never a blocked core.
+//! There is no router process: every child keeps its own registry. A reader thread drains
+//! the socket into the cores' inboxes (it never runs Lua, so the socket's short queue does
+//! not overflow while a core is busy in a script); core 0 sends the heartbeats, so a process
+//! whose core 0 is stuck ages out of routing. Any thread sends messages through a
+//! non-blocking unbound socket: a full or missing peer costs an error value, never a
+//! blocked core.
 //!
 //! Datagrams: `H` + process number (u32 LE) + stage ids separated by NUL; `M` + flags (1 =
 //! every stage of the group in the receiving process) + group length (u8) + group + the
@@ -23,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::outbox::Outbox;
 use super::runtime::Core;
-use super::CoreMsg;
+use super::{CoreMsg, Node};
 
 /// The largest datagram between processes (spec stage.md 1.1.5).
 pub const MAX_DATAGRAM: usize = 65_000;
@@ -57,6 +61,8 @@ pub struct Peers {
     notify: Duration,
     expiry: Duration,
     sender: UnixDatagram,
+    /// Datagrams a busy receiver could not take at once (sent by the outbox thread).
+    outbox: Outbox,
     registry: Mutex<Registry>,
 }
 
@@ -92,6 +98,19 @@ impl Peers {
     pub fn new(settings: PeerSettings) -> std::io::Result<Peers> {
         let sender = UnixDatagram::unbound()?;
         sender.set_nonblocking(true)?;
+        // Datagrams in flight are charged to the sender until read: room for bursts of
+        // large messages (the kernel caps this at net.core.wmem_max).
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt reads the int we pass, on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sender),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         Ok(Peers {
             me: settings.me,
             supervisor: settings.supervisor,
@@ -105,6 +124,7 @@ impl Peers {
             notify: settings.notify,
             expiry: settings.expiry,
             sender,
+            outbox: Outbox::default(),
             registry: Mutex::new(Registry::default()),
         })
     }
@@ -114,10 +134,18 @@ impl Peers {
         self.dir.join(format!("{n}.sock"))
     }
 
-    /// Sends one datagram to process `n` without waiting: a full queue (EAGAIN), a process
-    /// that is down (ECONNREFUSED, ENOENT) come back as errors.
+    /// Sends one datagram to process `n` without waiting. A receiver whose queue is full
+    /// gets it later through the outbox; a process that is down (ECONNREFUSED, ENOENT) or a
+    /// full outbox (EAGAIN) come back as errors.
     pub fn send(&self, n: u32, frame: &[u8]) -> std::io::Result<()> {
-        self.sender.send_to(frame, self.path(n)).map(drop)
+        let path = self.path(n);
+        if !self.outbox.is_pending(n) {
+            match self.sender.send_to(frame, &path) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return other.map(drop),
+            }
+        }
+        self.outbox.push(n, path, frame)
     }
 
     /// A heartbeat from process `n` listing the stage ids it hosts.
@@ -263,13 +291,17 @@ pub fn with_stage_index(doc: &[u8], index: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Core 0 of a child: binds this process's socket, then reads datagrams and sends
-/// heartbeats until the core stops. Started after the core booted its stages.
+/// Called by core 0 of a child once its stages have booted: binds this process's socket,
+/// starts the reader thread and core 0's heartbeat task.
 pub fn start(core: &Rc<Core>, peers: Arc<Peers>) {
     let path = peers.path(peers.me);
     // A socket left by an earlier run of this process number (killed, restarted).
     let _ = std::fs::remove_file(&path);
-    let socket = match glommio::net::UnixDatagram::bind(&path) {
+    let socket = UnixDatagram::bind(&path).and_then(|s| {
+        s.set_read_timeout(Some(READ_POLL))?;
+        Ok(s)
+    });
+    let socket = match socket {
         Ok(socket) => socket,
         Err(err) => {
             tracing::error!(
@@ -280,38 +312,71 @@ pub fn start(core: &Rc<Core>, peers: Arc<Peers>) {
             return;
         }
     };
-    glommio::spawn_local(receive(core.clone(), peers.clone(), socket)).detach();
+    let node = core.node.clone();
+    let reader = std::thread::Builder::new()
+        .name("stage-peers".into())
+        .spawn(move || receive(node, socket));
+    let node = core.node.clone();
+    let outbox = std::thread::Builder::new()
+        .name("stage-outbox".into())
+        .spawn(move || {
+            let Some(peers) = node.peers.clone() else {
+                return;
+            };
+            peers.outbox.run(
+                || node.is_shutting_down(),
+                |n, err| node.count_unrouted(&format!("a message to process {n} ({err})")),
+            );
+        });
+    if let Err(err) = reader.and(outbox) {
+        tracing::error!(
+            "process {}: cannot start the datagram threads: {err}",
+            peers.me
+        );
+        return;
+    }
     glommio::spawn_local(heartbeats(core.clone(), peers)).detach();
 }
 
-async fn receive(core: Rc<Core>, peers: Arc<Peers>, socket: glommio::net::UnixDatagram) {
+/// How often the reader looks up from its socket to notice a shutdown.
+const READ_POLL: Duration = Duration::from_millis(200);
+
+/// The reader thread: drains the socket into the cores' inboxes. A datagram socket queues
+/// only a few datagrams (`net.unix.max_dgram_qlen`, 10 by default) before senders get
+/// EAGAIN, so it is read by a thread that never runs Lua rather than by a core that may be
+/// busy in a script.
+fn receive(node: Arc<Node>, socket: UnixDatagram) {
+    let Some(peers) = node.peers.clone() else {
+        return;
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM + 1024];
-    loop {
-        let got = futures_lite::future::or(async { Some(socket.recv(&mut buf).await) }, async {
-            core.stop.wait().await;
-            None
-        })
-        .await;
-        match got {
-            None => break,
-            Some(Ok(len)) => handle(&core, &peers, &buf[..len]),
-            Some(Err(err)) => {
+    while !node.is_shutting_down() {
+        match socket.recv(&mut buf) {
+            Ok(len) => handle(&node, &peers, &buf[..len]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(err) => {
                 tracing::warn!("process {}: datagram receive failed: {err}", peers.me);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
     let _ = std::fs::remove_file(peers.path(peers.me));
 }
 
-fn handle(core: &Rc<Core>, peers: &Peers, frame: &[u8]) {
+fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
     match decode(frame) {
         Some(Frame::Heartbeat { n, ids }) => peers.heard(
             n,
             ids.into_iter().map(str::to_string).collect(),
             Instant::now(),
         ),
-        Some(Frame::Message { every, group, doc }) => deliver(core, group, every, doc),
+        Some(Frame::Message { every, group, doc }) => deliver(node, group, every, doc),
         None => tracing::debug!(
             "process {}: malformed datagram ({} bytes) dropped",
             peers.me,
@@ -321,9 +386,8 @@ fn handle(core: &Rc<Core>, peers: &Peers, frame: &[u8]) {
 }
 
 /// Posts a message from another process to the main core of the stage(s) of `group` here,
-/// exactly as a local `stage.signal` would.
-fn deliver(core: &Rc<Core>, group: &str, every: bool, doc: &[u8]) {
-    let node = &core.node;
+/// exactly as a local `stage.signal` from another core would.
+fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
     let mut delivered = false;
     for stage in node.stages.by_id(group) {
         let Some(payload) = with_stage_index(doc, stage.index) else {
@@ -331,17 +395,14 @@ fn deliver(core: &Rc<Core>, group: &str, every: bool, doc: &[u8]) {
             return;
         };
         delivered = true;
-        let payload = Bytes::from(payload);
-        if stage.main_core == core.index {
-            core.post_local("msg".into(), payload);
-        } else if let Err(err) = node.send(
-            stage.main_core,
-            CoreMsg::Post {
-                kind: "msg".into(),
-                payload,
-            },
-        ) {
-            tracing::warn!(core = stage.main_core, "message dropped: {err}");
+        let msg = CoreMsg::Post {
+            kind: "msg".into(),
+            payload: Bytes::from(payload),
+        };
+        if let Err(err) = node.send(stage.main_core, msg) {
+            if !node.is_shutting_down() {
+                tracing::warn!(core = stage.main_core, "message dropped: {err}");
+            }
         }
         if !every {
             break;
