@@ -217,7 +217,7 @@ fn lua_settings(
     {
         if stages.iter().any(|s| s.entry == module.entry) {
             tracing::info!(
-                "`{}` is listed more than once for this process; running it once",
+                "`{}` is listed more than once; it runs once per process",
                 module.entry
             );
             continue;

@@ -387,3 +387,25 @@ fn children_die_with_a_killed_supervisor() {
         wait_gone(pid);
     }
 }
+
+#[test]
+fn stage_exit_in_one_process_stops_the_whole_node() {
+    let a = "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 if data.message == 'exit' then stage.exit() end
+                 return { n = process.stage, pid = process.id }
+               end
+             end)";
+    let mut server = Server::start(
+        &node_config(r#"[["lua.so+a"], ["lua.so+b"]]"#),
+        &[("a.lua", a), ("b.lua", "logger.info('b runs')")],
+    );
+    server.wait_log("b runs");
+    let mut client = server.connect();
+    client.write_all(&message("exit", &[])).unwrap();
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let log = server.log();
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(log.contains("every process has stopped"), "{log}");
+}

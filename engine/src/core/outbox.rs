@@ -5,9 +5,10 @@
 //! own sends it with a blocking socket (bounded by a send timeout). Once a process has
 //! datagrams queued, later ones to it queue behind them, so messages from one sender to one
 //! process keep their order. The queue is bounded in bytes: past that, the send fails as
-//! before (EAGAIN) and the message counts as unrouted.
+//! before (EAGAIN) and the message counts as unrouted. A receiver that takes nothing for
+//! [`SEND_TIMEOUT`] (a stopped process) loses what is queued for it, not the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -100,13 +101,30 @@ impl Outbox {
                 return;
             }
         };
+        // Processes whose receiver did not take a datagram within the timeout: what is
+        // queued for them is dropped at once, so they do not hold up everybody else.
+        let mut stalled = HashSet::new();
         while !stopped() {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(q) => {
-                    if let Err(err) = socket.send_to(&q.frame, &q.path) {
+                    let result = if stalled.contains(&q.n) {
+                        Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                    } else {
+                        socket.send_to(&q.frame, &q.path).map(drop)
+                    };
+                    if let Err(err) = result {
+                        if matches!(
+                            err.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) {
+                            stalled.insert(q.n);
+                        }
                         dropped(q.n, &err);
                     }
                     self.done(q.n, q.frame.len());
+                    if !self.is_pending(q.n) {
+                        stalled.remove(&q.n);
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
