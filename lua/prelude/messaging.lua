@@ -1,8 +1,9 @@
 -- Prelude, part 4: messages between stages (spec/stage.md §3.3-3.8, §10). `stage.signal`
 -- parses the target grammar and `route` posts the message to the main core of every receiving
--- stage of this process, or sends it as a datagram to another process of the node, whose
--- core 0 posts it the same way; there it meets the stage's handler table (kept process-wide by the engine, so `":msg"`
--- calls and `stage.waitfor(id)` queries work from any core). Handlers, timers and jobs are
+-- stage of this process, or sends it as a datagram to another process of the node, which
+-- posts it the same way on arrival; there it meets the stage's handler table (kept
+-- process-wide by the engine, so `":msg"` calls and `stage.waitfor(id)` queries work from any
+-- core). Handlers, timers and jobs are
 -- re-created from bytecode: they see the globals of where they run, never upvalues.
 local E, P = ...
 
