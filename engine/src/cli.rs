@@ -2,6 +2,11 @@
 //! embedded default that serves the seed's example on port 8081), or validate a configuration
 //! and compile its scripts (`stage --check`). Exit codes: 0 fine, 1 scripts do not compile
 //! or the runtime failed to start, 2 the configuration (or command line) is wrong.
+//!
+//! When more than one `#startup` process runs Lua stages, this process becomes the
+//! [`supervisor`] and each process is a child started as `stage --child N --parent PID
+//! --run-dir DIR -c DIR/config.json` (hidden options), which runs only the Lua stages of
+//! process entry N.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,10 +15,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef, Startup, StartupEntry};
+use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef};
+use crate::core::peers::{PeerSettings, Peers};
 use crate::core::{affinity, runtime, Node};
 use crate::script::host::{LuaSettings, LuaStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
+use crate::supervisor;
 
 /// The configuration used when no `-c` is given: the seed's v1 example, served from scripts
 /// compiled into the binary so a fresh checkout needs nothing else.
@@ -56,11 +63,28 @@ struct Args {
     /// Arguments for the scripts (`arg[1..]`), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+    /// Internal: run process N of a multi-process node (started by the supervisor).
+    #[arg(long, hide = true, value_name = "N", requires_all = ["parent", "run_dir"])]
+    child: Option<u32>,
+    /// Internal: the supervisor's pid (a child dies with it).
+    #[arg(long, hide = true, value_name = "PID", requires = "child")]
+    parent: Option<u32>,
+    /// Internal: the node's runtime directory (the children's sockets).
+    #[arg(long = "run-dir", hide = true, value_name = "DIR", requires = "child")]
+    run_dir: Option<std::path::PathBuf>,
 }
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log.as_deref());
+    if let Some(parent) = args.parent {
+        supervisor::bind_to_parent(parent);
+    }
+    let log_filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("STAGE_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    init_logging(&log_filter);
     let sources = match &args.config {
         None => vec![ConfigSource {
             name: "<embedded>".into(),
@@ -84,6 +108,29 @@ pub fn main() -> ExitCode {
         }
     };
     let program = std::env::args().next().unwrap_or_else(|| "stage".into());
+    if args.child.is_none() && !args.check && config.multi_process() {
+        for key in config.inactive_keys() {
+            tracing::info!("config {key} is not active in this build");
+        }
+        return supervisor::run(
+            &config,
+            supervisor::ChildArgs {
+                program,
+                log_filter,
+                script_args: args.args.clone(),
+            },
+        );
+    }
+    let modules = match args.child {
+        None => config.startup.modules().collect(),
+        Some(n) => match config.lua_processes().into_iter().find(|(p, _)| *p == n) {
+            Some((_, mods)) => mods.iter().collect(),
+            None => {
+                eprintln!("error: #startup has no Lua process {n}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let mut script_args = vec![program];
     script_args.extend(args.args.iter().cloned());
     let cpus = match affinity::allowed_cpus() {
@@ -93,7 +140,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let settings = match lua_settings(&config, cpus.len(), script_args) {
+    let settings = match lua_settings(&config, modules, cpus.len(), script_args) {
         Ok(settings) => Arc::new(settings),
         Err(errors) => {
             for err in &errors {
@@ -105,10 +152,33 @@ pub fn main() -> ExitCode {
     if args.check {
         return check(&settings);
     }
-    for key in config.inactive_keys() {
-        tracing::info!("config {key} is not active in this build");
-    }
-    match run(cpus, settings) {
+    let peers = match (args.child, &args.run_dir, args.parent) {
+        (Some(me), Some(dir), Some(supervisor)) => {
+            let settings = PeerSettings {
+                me,
+                processes: config.lua_processes().iter().map(|(n, _)| *n).collect(),
+                dir: dir.clone(),
+                supervisor,
+                notify: Duration::from_millis(config.router.notify_ms),
+                expiry: Duration::from_millis(config.router.expiry_ms),
+            };
+            match Peers::new(settings) {
+                Ok(peers) => Some(Arc::new(peers)),
+                Err(err) => {
+                    eprintln!("error: process {me}: cannot open a datagram socket: {err}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        _ => {
+            // The supervisor already said it for the whole node.
+            for key in config.inactive_keys() {
+                tracing::info!("config {key} is not active in this build");
+            }
+            None
+        }
+    };
+    match run(cpus, settings, peers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -117,12 +187,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
-    let filter = filter
-        .map(str::to_string)
-        .or_else(|| std::env::var("STAGE_LOG").ok())
-        .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|err| {
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|err| {
         eprintln!("warning: bad log filter `{filter}` ({err}); using info");
         tracing_subscriber::EnvFilter::new("info")
     });
@@ -134,23 +200,14 @@ fn init_logging(filter: Option<&str>) {
         .init();
 }
 
-/// The Lua stages of `#startup`, each run once in this process on core `i % cores`.
+/// The Lua stages among `modules` (all of `#startup` in a single-process node, one process
+/// entry in a child), each run once in this process on core `i % cores`.
 fn lua_settings(
     config: &Config,
+    modules: Vec<&ModuleRef>,
     cores: usize,
     args: Vec<String>,
 ) -> Result<LuaSettings, Vec<String>> {
-    let modules: Vec<&ModuleRef> = match &config.startup {
-        Startup::Array(entries) => entries
-            .iter()
-            .filter_map(|e| match e {
-                StartupEntry::Process(mods) => Some(mods.iter()),
-                StartupEntry::Delay(_) => None,
-            })
-            .flatten()
-            .collect(),
-        Startup::Single(mods) => mods.iter().collect(),
-    };
     let mut stages: Vec<LuaStage> = Vec::new();
     let mut first = None;
     let mut errors = Vec::new();
@@ -160,7 +217,7 @@ fn lua_settings(
     {
         if stages.iter().any(|s| s.entry == module.entry) {
             tracing::info!(
-                "several `{}` processes in #startup: the multi-process node is not active in this build, running it once",
+                "`{}` is listed more than once; it runs once per process",
                 module.entry
             );
             continue;
@@ -299,10 +356,17 @@ fn lua_files(path: &Path, recursive: bool, out: &mut Vec<std::path::PathBuf>) {
 
 /// Runs the node until SIGINT/SIGTERM (graceful) or `stage.exit()`. A second signal during
 /// the graceful shutdown exits at once.
-fn run(cpus: Vec<usize>, settings: Arc<LuaSettings>) -> anyhow::Result<()> {
+fn run(
+    cpus: Vec<usize>,
+    settings: Arc<LuaSettings>,
+    peers: Option<Arc<Peers>>,
+) -> anyhow::Result<()> {
     block_shutdown_signals();
-    tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE");
-    let node = Node::new(cpus, settings);
+    match &peers {
+        Some(p) => tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE process {}", p.me),
+        None => tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE"),
+    }
+    let node = Node::new(cpus, settings, peers);
     let handles = runtime::start(node.clone())?;
     let signals = node.clone();
     std::thread::Builder::new()

@@ -8,6 +8,7 @@
 //! - [`net`]     — broker URLs, binary socket addresses, listeners and connections.
 //! - [`core`]    — one pinned glommio executor per core, cross-core mailboxes, shutdown.
 //! - [`script`]  — the per-core LuaJIT state, the prelude, `stage.load`, the logger.
+//! - [`supervisor`] — the multi-process node: start, watch and restart the child processes.
 //! - [`cli`]     — command line: run, `--check`, embedded default configuration.
 
 pub mod cli;
@@ -16,3 +17,4 @@ pub mod config;
 pub mod core;
 pub mod net;
 pub mod script;
+pub mod supervisor;

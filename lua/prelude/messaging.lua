@@ -1,7 +1,9 @@
 -- Prelude, part 4: messages between stages (spec/stage.md §3.3-3.8, §10). `stage.signal`
--- parses the target grammar and posts the message to the main core of every receiving stage;
--- there it meets the stage's handler table (kept process-wide by the engine, so `":msg"`
--- calls and `stage.waitfor(id)` queries work from any core). Handlers, timers and jobs are
+-- parses the target grammar and `route` posts the message to the main core of every receiving
+-- stage of this process, or sends it as a datagram to another process of the node, which
+-- posts it the same way on arrival; there it meets the stage's handler table (kept
+-- process-wide by the engine, so `":msg"` calls and `stage.waitfor(id)` queries work from any
+-- core). Handlers, timers and jobs are
 -- re-created from bytecode: they see the globals of where they run, never upvalues.
 local E, P = ...
 
@@ -67,13 +69,40 @@ end
 
 local route -- forward
 
--- Sends values back to the stage that asked (the `_WAITFOR` of the request).
+-- This process's number, and whether the node has other processes (spec §1.1, §10.3).
+local ME, MULTI = E.process_info()
+
+-- Posts message `id` to the main core of the stages `targets` of this process (all of
+-- them, or the first). `rp` is the process of the sender when it is another one.
+local function post_local(targets, every, id, reply_to, deadline, values, rp)
+  for k, t in ipairs(targets) do
+    local _, core = E.stage_info(t)
+    E.post(core, "msg", E.encode({ t = t, i = id, r = reply_to, rp = rp, d = deadline, v = values }))
+    if not every and k == 1 then return end
+  end
+end
+
+-- Delivers to the stages of `group` in this process only (replies, lock grants).
+local function deliver_here(group, id, reply_to, deadline, values)
+  local targets = E.stage_by_id(group)
+  if #targets == 0 then return E.unrouted(group .. ":" .. id) end
+  post_local(targets, false, id, reply_to, deadline, values)
+end
+
+-- Sends values back to the stage that asked (the `_WAITFOR` of the request): straight to
+-- the requesting process (`_WAITFOR[1]`), never load-balanced (spec §10.4).
 local function reply(w, ...)
   local to = w[2]
   if to == nil then return end
   local id = w[0]
   local ret = id:match("=([^?]*)") or id:match("^([^=?]*)")
-  route(to, "", ret, nil, nil, pack(...))
+  if not MULTI then return route(to, "", ret, nil, nil, pack(...)) end
+  local rp = w[1]
+  if rp ~= nil and rp ~= ME then
+    E.send_process(rp, to, false, E.encode({ i = ret, v = pack(...) }))
+    return
+  end
+  deliver_here(to, ret, nil, nil, pack(...))
 end
 
 local function finish(w, ok, ...)
@@ -111,23 +140,45 @@ P.posts.msg = function(m)
     return
   end
   local f = handler_function(stage, matched, serial, code)
-  invoke(stage, env, f, { [0] = id, [-1] = matched, [2] = m.r }, stored, m.v)
+  invoke(stage, env, f, { [0] = id, [-1] = matched, [1] = m.rp, [2] = m.r }, stored, m.v)
+end
+
+-- Between processes: `*` goes to every eligible process hosting the group (and to the stages
+-- here), anything else to one process, round-robin over the eligible ones (this one included
+-- when it hosts the group). Remote sends go first, so a message too large for a datagram
+-- raises before anything was delivered.
+local function route_processes(targets, group, policy, id, reply_to, deadline, values)
+  if policy == "*" then
+    local procs = E.processes_of(group)
+    if #procs > 0 then
+      local payload = E.encode({ i = id, r = reply_to, rp = ME, d = deadline, v = values })
+      for _, n in ipairs(procs) do E.send_process(n, group, true, payload) end
+    elseif #targets == 0 then
+      return E.unrouted(group .. ":" .. id)
+    end
+    return post_local(targets, true, id, reply_to, deadline, values)
+  end
+  local n = E.pick_process(group, #targets > 0)
+  if n == nil then return E.unrouted(group .. ":" .. id) end
+  if n == ME then return post_local(targets, false, id, reply_to, deadline, values) end
+  E.send_process(n, group, false, E.encode({ i = id, r = reply_to, rp = ME, d = deadline, v = values }))
 end
 
 -- Posts message `id` with `values` to the stages of group `group` (policy: "" one, "*" all,
--- "=" this node, "+" other nodes), replies going to stage `reply_to`.
+-- "=" this node, "+" other nodes), replies going to stage `reply_to`. The one place where a
+-- message's receivers are chosen.
 route = function(group, policy, id, reply_to, deadline, values)
+  if policy == "+" then
+    -- No clustering yet: there are no other nodes, so "+" never has a receiver.
+    return E.unrouted(group .. ":" .. id)
+  end
   local targets = E.stage_by_id(group)
-  if policy == "+" or #targets == 0 then
-    -- One process: there are no other nodes yet, so "+" never has a receiver.
-    E.unrouted(group .. ":" .. id)
-    return
+  if MULTI then
+    -- "=" is every process of this node: the same as no policy until nodes cluster.
+    return route_processes(targets, group, policy, id, reply_to, deadline, values)
   end
-  if policy ~= "*" then targets = { targets[1] } end
-  for _, t in ipairs(targets) do
-    local _, core = E.stage_info(t)
-    E.post(core, "msg", E.encode({ t = t, i = id, r = reply_to, d = deadline, v = values }))
-  end
+  if #targets == 0 then return E.unrouted(group .. ":" .. id) end
+  post_local(targets, policy == "*", id, reply_to, deadline, values)
 end
 
 -- Runs the current stage's handler for `msg` now, on this core (`stage.signal(":msg", ...)`).
@@ -145,7 +196,8 @@ end
 local function grant(key, payload, generation, lease)
   if payload == nil then return end
   local m = E.decode(payload)
-  route(m.g, "=", m.cb, nil, nil, m.v)
+  -- Locks belong to this process: the grant goes to the requesting stage here.
+  deliver_here(m.g, m.cb, nil, nil, m.v)
   E.later(lease, "lease", E.encode({ k = key, g = generation }))
 end
 

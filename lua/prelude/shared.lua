@@ -120,8 +120,8 @@ process = setmetatable({}, {
       args_cache = args_cache or E.args()
       return args_cache
     end
-    -- One process hosts every stage in this build: it is the first #startup process.
-    if k == "stage" then return 1 end
+    -- This process's number among the #startup processes (1 in a single-process node).
+    if k == "stage" then return (E.process_info()) end
     if type(k) ~= "string" then return nil end
     local first = k:sub(1, 1)
     if first == "%" then return os.getenv(k:sub(2)) end

@@ -9,6 +9,7 @@ mod examples;
 mod ffi_path;
 mod framing;
 mod messaging;
+mod processes;
 mod scripts;
 mod shared;
 mod threads;

@@ -6,9 +6,9 @@ use std::io::Write;
 
 use crate::harness::*;
 
-/// Stages `a` (main script a.lua) and `b` (b.lua), one per core.
+/// Stages `a` (main script a.lua) and `b` (b.lua) in one process, one per core.
 fn two_stages() -> String {
-    r##"{ "#startup": [["lua.so+a"], ["lua.so+b"]],
+    r##"{ "#startup": [["lua.so+a", "lua.so+b"]],
           "lua.so": { "%package": ["."], "%reflush": 0, "a": "a", "b": "b" } }"##
         .to_string()
 }

@@ -251,6 +251,47 @@ impl Config {
         }
     }
 
+    /// The merged configuration as one JSON document, top-level keys in the order they were
+    /// first defined: what the supervisor hands its children (`-c FILE`), so every process
+    /// of the node runs exactly what the supervisor loaded, whatever its sources were.
+    pub fn to_json(&self) -> String {
+        let top = match &self.raw {
+            OwnedValue::Object(o) => o.as_ref(),
+            _ => return "{}".into(),
+        };
+        let mut out = String::from("{");
+        for key in &self.order {
+            let Some(v) = top.get(key.as_str()) else {
+                continue;
+            };
+            if out.len() > 1 {
+                out.push(',');
+            }
+            let key = OwnedValue::String(key.clone());
+            out.push_str(&simd_json::to_string(&key).unwrap_or_default());
+            out.push(':');
+            out.push_str(&simd_json::to_string(v).unwrap_or_else(|_| "null".into()));
+        }
+        out.push('}');
+        out
+    }
+
+    /// The processes of `#startup` that run at least one Lua stage (the others host only
+    /// modules this build does not run), with their process numbers.
+    pub fn lua_processes(&self) -> Vec<(u32, &[ModuleRef])> {
+        self.startup
+            .processes()
+            .into_iter()
+            .filter(|(_, mods)| mods.iter().any(|m| m.kind == ModuleKind::Lua))
+            .collect()
+    }
+
+    /// More than one process runs Lua stages: the node is a supervisor plus one child per
+    /// such process (services.md 6.1). Otherwise one process runs everything, as before.
+    pub fn multi_process(&self) -> bool {
+        matches!(self.startup, Startup::Array(_)) && self.lua_processes().len() > 1
+    }
+
     /// Configured things this build accepts but does not act on yet, for one info line at boot
     /// so that nobody wonders why, say, `#cluster` has no effect.
     pub fn inactive_keys(&self) -> Vec<String> {
@@ -264,8 +305,10 @@ impl Config {
                 continue;
             };
             match key.as_str() {
-                // One process: stage ids are not registered anywhere and every listener
-                // already shares its port between cores with SO_REUSEPORT.
+                // Every listener already shares its port (between cores and processes) with
+                // SO_REUSEPORT. `#router` drives the heartbeats between the processes of a
+                // multi-process node; with one process there is nothing to register.
+                "#router" if self.multi_process() => {}
                 "#cluster" | "#license" | "#router" | "#services" => out.push(key.clone()),
                 k if k.starts_with('#') => {}
                 k if is_module_key(k) => match ModuleRef::parse(k).map(|m| m.kind) {

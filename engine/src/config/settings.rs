@@ -99,6 +99,24 @@ impl Startup {
             StartupEntry::Delay(_) => &[],
         }))
     }
+
+    /// The processes of the layout with their numbers: 1-based, counting process entries
+    /// only (delays are not processes), so `process.stage` does not shift when a delay is
+    /// added. A non-array `#startup` is process 1.
+    pub fn processes(&self) -> Vec<(u32, &[ModuleRef])> {
+        match self {
+            Startup::Single(m) => vec![(1, m.as_slice())],
+            Startup::Array(a) => a
+                .iter()
+                .filter_map(|e| match e {
+                    StartupEntry::Process(m) => Some(m.as_slice()),
+                    StartupEntry::Delay(_) => None,
+                })
+                .enumerate()
+                .map(|(i, m)| (i as u32 + 1, m))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

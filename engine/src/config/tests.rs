@@ -603,3 +603,57 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+#[test]
+fn processes_are_numbered_by_process_entries_and_lua_ones_pick_the_mode() {
+    let c = ok(r##"{
+        "#router": [400, 100],
+        "#startup": [["lua.so+a"], 500, ["curl.so+c"], ["lua.so+b", "lua.so+c"], "lua.so+a"]
+    }"##);
+    let numbers: Vec<(u32, Vec<&str>)> = c
+        .startup
+        .processes()
+        .into_iter()
+        .map(|(n, m)| (n, m.iter().map(|m| m.entry.as_str()).collect()))
+        .collect();
+    assert_eq!(
+        numbers,
+        vec![
+            (1, vec!["lua.so+a"]),
+            (2, vec!["curl.so+c"]),
+            (3, vec!["lua.so+b", "lua.so+c"]),
+            (4, vec!["lua.so+a"]),
+        ]
+    );
+    let lua: Vec<u32> = c.lua_processes().iter().map(|(n, _)| *n).collect();
+    assert_eq!(lua, vec![1, 3, 4]);
+    assert!(c.multi_process());
+    assert!(!c.inactive_keys().contains(&"#router".to_string()));
+
+    // One Lua process (whatever else `#startup` lists) keeps the single-process node.
+    let c = ok(r##"{"#router": [400], "#startup": [["lua.so+a"], ["curl.so+c"]]}"##);
+    assert!(!c.multi_process());
+    assert!(c.inactive_keys().contains(&"#router".to_string()));
+    let c = ok(r##"{"#startup": "lua.so+a"}"##);
+    assert_eq!(c.startup.processes().len(), 1);
+    assert!(!c.multi_process());
+}
+
+#[test]
+fn to_json_reproduces_the_merged_configuration() {
+    let sources = vec![
+        ConfigSource::new(
+            "a.json",
+            r##"{"#threads": 4, "lua.so": {"%package": ["x\"y"]}}"##,
+        ),
+        ConfigSource::new(
+            "b.json",
+            r##"{"#threads": 9, "#startup": [["lua.so+a"], ["lua.so+b"]], "lua.so+a": "start"}"##,
+        ),
+    ];
+    let c = load(sources).unwrap();
+    let again = load(vec![ConfigSource::new("child.json", c.to_json())]).unwrap();
+    assert_eq!(again.raw, c.raw);
+    assert_eq!(again.order, c.order);
+    assert_eq!(again.threads.cores, Some(4));
+}

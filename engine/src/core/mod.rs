@@ -8,6 +8,8 @@ pub mod affinity;
 pub mod locks;
 pub mod mailbox;
 pub mod notify;
+pub mod outbox;
+pub mod peers;
 pub mod pool;
 pub mod runtime;
 pub mod shared;
@@ -85,6 +87,10 @@ pub struct ListenerProps {
 pub struct Node {
     pub cpus: Vec<usize>,
     pub lua: Arc<LuaSettings>,
+    /// This process's number in `#startup` (`process.stage`): 1 in a single-process node.
+    pub process: u32,
+    /// The other processes of a multi-process node; `None` in a single-process node.
+    pub peers: Option<Arc<peers::Peers>>,
     pub stages: stages::StageDirectory,
     /// Round-robin cursor for `stage.submit(0, ...)` jobs.
     next_core: std::sync::atomic::AtomicUsize,
@@ -100,7 +106,11 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(cpus: Vec<usize>, lua: Arc<LuaSettings>) -> Arc<Node> {
+    pub fn new(
+        cpus: Vec<usize>,
+        lua: Arc<LuaSettings>,
+        peers: Option<Arc<peers::Peers>>,
+    ) -> Arc<Node> {
         let stages = stages::StageDirectory::new(
             lua.stages
                 .iter()
@@ -109,6 +119,8 @@ impl Node {
         Arc::new(Node {
             cpus,
             lua,
+            process: peers.as_ref().map_or(1, |p| p.me),
+            peers,
             stages,
             next_core: std::sync::atomic::AtomicUsize::new(0),
             unrouted: AtomicU64::new(0),
@@ -165,6 +177,24 @@ impl Node {
 
     pub fn remove_listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
         self.listeners.lock().unwrap().remove(&id)
+    }
+
+    /// Counts a message that found no receiver and says so at debug level.
+    pub fn count_unrouted(&self, what: &str) {
+        let n = self.unrouted.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(unrouted = n, "no receiver for {what}; message dropped");
+    }
+
+    /// `stage.exit()`: stops the whole node. In a child of a multi-process node that means
+    /// asking the supervisor, which stops every process gracefully (spec stage.md 3.10).
+    pub fn exit(&self) {
+        if let Some(peers) = &self.peers {
+            // SAFETY: plain kill(2) on the supervisor's pid.
+            if unsafe { libc::kill(peers.supervisor as i32, libc::SIGTERM) } == 0 {
+                return;
+            }
+        }
+        self.shutdown();
     }
 
     pub fn is_shutting_down(&self) -> bool {

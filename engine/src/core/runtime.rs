@@ -1,6 +1,7 @@
 //! One core: a pinned glommio executor running one LuaJIT state, the accept loops of every
 //! listener, the connection tasks it accepted, its inbox, and the main scripts of the Lua
-//! stages whose main core it is. Everything here is `Rc`/`RefCell`: a core is one thread.
+//! stages whose main core it is. In a child of a multi-process node, core 0 also owns the
+//! datagram socket to the other processes and sends the heartbeats (`peers`). Everything here is `Rc`/`RefCell`: a core is one thread.
 //!
 //! Invariants: a connection is read, written and closed only by the core that accepted (or
 //! joined) it; Lua is entered only from this core's tasks, one call at a time, and no
@@ -80,7 +81,10 @@ pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("stage-core-{index}"))
             .spawn(move || async move {
-                let span = tracing::info_span!("core", index, cpu);
+                let span = match node.peers {
+                    Some(_) => tracing::info_span!("core", process = node.process, index, cpu),
+                    None => tracing::info_span!("core", index, cpu),
+                };
                 let _enter = span.enter();
                 if let Err(err) = run_core(index, node.clone(), inbox).await {
                     tracing::error!("core {index} failed: {err:#}");
@@ -119,6 +123,10 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     }
     let inbox_core = core.clone();
     let inbox_task = glommio::spawn_local(inbox.run(move |msg| inbox_core.handle(msg))).detach();
+    // Other processes learn about this one only now that core 0's stages have booted.
+    if let Some(peers) = node.peers.clone().filter(|_| index == 0) {
+        super::peers::start(&core, peers);
+    }
 
     core.stop.wait().await;
     core.close_everything().await;

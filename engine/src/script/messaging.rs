@@ -2,9 +2,12 @@
 //! `stage.once` and the ordered locks: the process-wide handler tables (`core::stages`), the
 //! lock table (`core::locks`), posting prelude messages to a core now or later, and the
 //! engine-internal BSON form of message values (functions travel as bytecode here — between
-//! the engine's own contexts only, never to or from a client socket).
+//! the engine's own contexts only, never to or from a client socket). In a multi-process
+//! node, `pick_process` / `processes_of` / `send_process` reach the other processes through
+//! `core::peers`; the decision which process gets a message stays in the prelude's `route`.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
@@ -12,6 +15,7 @@ use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
 use super::natives::{core, node};
 use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
 use crate::core::locks::Grant;
+use crate::core::peers::{self, Peers};
 use crate::core::runtime;
 use crate::core::stages::LocalStage;
 use crate::core::CoreMsg;
@@ -48,6 +52,10 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("stage_info", lua.create_function(stage_info)?)?;
     e.set("stage_by_id", lua.create_function(stage_by_id)?)?;
     e.set("unrouted", lua.create_function(unrouted)?)?;
+    e.set("process_info", lua.create_function(process_info)?)?;
+    e.set("pick_process", lua.create_function(pick_process)?)?;
+    e.set("processes_of", lua.create_function(processes_of)?)?;
+    e.set("send_process", lua.create_function(send_process)?)?;
     e.set("waitfor_set", lua.create_function(waitfor_set)?)?;
     e.set("waitfor_args", lua.create_function(waitfor_args)?)?;
     e.set("waitfor_del", lua.create_function(waitfor_del)?)?;
@@ -163,12 +171,58 @@ fn stage_by_id(lua: &Lua, id: String) -> mlua::Result<Vec<usize>> {
 }
 
 fn unrouted(lua: &Lua, what: String) -> mlua::Result<()> {
-    let n = node(lua)?
-        .unrouted
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        + 1;
-    tracing::debug!(unrouted = n, "no receiver for `{what}`; message dropped");
+    node(lua)?.count_unrouted(&format!("`{what}`"));
     Ok(())
+}
+
+/// `E.process_info()` -> this process's number, and whether other processes exist.
+fn process_info(lua: &Lua, (): ()) -> mlua::Result<(u32, bool)> {
+    let node = node(lua)?;
+    Ok((node.process, node.peers.is_some()))
+}
+
+fn peers(lua: &Lua) -> mlua::Result<Arc<Peers>> {
+    node(lua)?
+        .peers
+        .clone()
+        .ok_or_else(|| mlua::Error::runtime("this process has no peer processes"))
+}
+
+/// `E.pick_process(group, hosted_here)` -> the process that gets the next one-receiver
+/// message for `group` (this process's own number = deliver here), or nil: nobody.
+fn pick_process(lua: &Lua, (group, local): (String, bool)) -> mlua::Result<Option<u32>> {
+    Ok(peers(lua)?.pick(&group, local, Instant::now()))
+}
+
+/// `E.processes_of(group)` -> the other processes eligible for `group` (for `*`).
+fn processes_of(lua: &Lua, group: String) -> mlua::Result<Vec<u32>> {
+    Ok(peers(lua)?.hosting(&group, Instant::now()))
+}
+
+/// `E.send_process(n, group, every, payload)`: one datagram to process `n`, for the first
+/// (or `every`) stage of `group` there. Too large for a datagram: a Lua error (spec 1.1.5).
+/// Not deliverable now (queue full, process down): counted as unrouted, returns false.
+fn send_process(
+    lua: &Lua,
+    (n, group, every, payload): (u32, String, bool, mlua::String),
+) -> mlua::Result<bool> {
+    let peers = peers(lua)?;
+    let frame = peers::message_frame(&group, every, &payload.as_bytes())
+        .ok_or_else(|| mlua::Error::runtime(format!("bad stage id `{group}`")))?;
+    if frame.len() > peers::MAX_DATAGRAM {
+        return Err(mlua::Error::runtime(format!(
+            "stage.signal: the message is {} bytes, more than the {} bytes a datagram between processes can carry (EMSGSIZE)",
+            frame.len(),
+            peers::MAX_DATAGRAM
+        )));
+    }
+    match peers.send(n, &frame) {
+        Ok(()) => Ok(true),
+        Err(err) => {
+            node(lua)?.count_unrouted(&format!("`{group}` in process {n} ({err})"));
+            Ok(false)
+        }
+    }
 }
 
 fn bytes_of(v: &Option<mlua::String>) -> Option<Vec<u8>> {

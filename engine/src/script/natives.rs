@@ -40,7 +40,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set(
         "exit",
         lua.create_function(|lua, ()| {
-            node(lua)?.shutdown();
+            node(lua)?.exit();
             Ok(())
         })?,
     )?;

@@ -1,0 +1,524 @@
+//! The other processes of a multi-process node (spec stage.md 10.3, services.md 6.3): the
+//! datagram socket each child owns in the node's runtime directory, the heartbeats that tell
+//! every other child which stage ids this process hosts, and the registry built from theirs:
+//! `process N -> (stage ids, last heard)`. A process is eligible for a stage id while its
+//! last heartbeat is younger than `#router`'s expiry; `pick` rotates among the eligible
+//! processes of a group (this process included when it hosts the group).
+//!
+//! There is no router process: every child keeps its own registry. A reader thread drains
+//! the socket into the cores' inboxes (it never runs Lua, so the socket's short queue does
+//! not overflow while a core is busy in a script); core 0 sends the heartbeats, so a process
+//! whose core 0 is stuck ages out of routing. Any thread sends messages through a
+//! non-blocking unbound socket: a full or missing peer costs an error value, never a
+//! blocked core.
+//!
+//! Datagrams: `H` + process number (u32 LE) + stage ids separated by NUL; `M` + flags (1 =
+//! every stage of the group in the receiving process) + group length (u8) + group + the
+//! engine-internal BSON of the message (`{i, r, rp, d, v}`). On arrival the receiving stage's
+//! index is appended as `t`, which makes it exactly the payload of a local `msg` post.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::outbox::Outbox;
+use super::runtime::Core;
+use super::{CoreMsg, Node};
+
+/// The largest datagram between processes (spec stage.md 1.1.5).
+pub const MAX_DATAGRAM: usize = 65_000;
+
+const HEARTBEAT: u8 = b'H';
+const MESSAGE: u8 = b'M';
+/// Message flag: deliver to every stage of the group in the receiving process.
+const EVERY_STAGE: u8 = 1;
+
+/// Where this process sits in the node.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// This process's number (its place among the process entries of `#startup`).
+    pub me: u32,
+    /// The numbers of every Lua process of the node, this one included.
+    pub processes: Vec<u32>,
+    /// The node's runtime directory (one socket per process in it).
+    pub dir: PathBuf,
+    /// The supervisor, which `stage.exit()` asks to stop the whole node.
+    pub supervisor: u32,
+    pub notify: Duration,
+    pub expiry: Duration,
+}
+
+pub struct Peers {
+    pub me: u32,
+    pub supervisor: u32,
+    others: Vec<u32>,
+    dir: PathBuf,
+    notify: Duration,
+    expiry: Duration,
+    sender: UnixDatagram,
+    /// Datagrams a busy receiver could not take at once (sent by the outbox thread).
+    outbox: Outbox,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    peers: HashMap<u32, Peer>,
+    /// Round-robin position per stage id.
+    cursors: HashMap<String, usize>,
+}
+
+struct Peer {
+    ids: Vec<String>,
+    seen: Instant,
+    /// Logged as up (so going down is logged once).
+    up: bool,
+}
+
+/// A decoded datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Heartbeat {
+        n: u32,
+        ids: Vec<&'a str>,
+    },
+    Message {
+        every: bool,
+        group: &'a str,
+        doc: &'a [u8],
+    },
+}
+
+impl Peers {
+    pub fn new(settings: PeerSettings) -> std::io::Result<Peers> {
+        let sender = UnixDatagram::unbound()?;
+        sender.set_nonblocking(true)?;
+        // Datagrams in flight are charged to the sender until read: room for bursts of
+        // large messages (the kernel caps this at net.core.wmem_max).
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt reads the int we pass, on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sender),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        Ok(Peers {
+            me: settings.me,
+            supervisor: settings.supervisor,
+            others: settings
+                .processes
+                .iter()
+                .copied()
+                .filter(|n| *n != settings.me)
+                .collect(),
+            dir: settings.dir,
+            notify: settings.notify,
+            expiry: settings.expiry,
+            sender,
+            outbox: Outbox::default(),
+            registry: Mutex::new(Registry::default()),
+        })
+    }
+
+    /// The socket of process `n`.
+    pub fn path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("{n}.sock"))
+    }
+
+    /// Sends one datagram to process `n` without waiting. A receiver whose queue is full
+    /// gets it later through the outbox; a process that is down (ECONNREFUSED, ENOENT) or a
+    /// full outbox (EAGAIN) come back as errors.
+    pub fn send(&self, n: u32, frame: &[u8]) -> std::io::Result<()> {
+        let path = self.path(n);
+        if !self.outbox.is_pending(n) {
+            match self.sender.send_to(frame, &path) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return other.map(drop),
+            }
+        }
+        self.outbox.push(n, path, frame)
+    }
+
+    /// A heartbeat from process `n` listing the stage ids it hosts.
+    pub fn heard(&self, n: u32, ids: Vec<String>, now: Instant) {
+        if n == self.me {
+            return;
+        }
+        let mut reg = self.registry.lock().unwrap();
+        let peer = reg.peers.entry(n).or_insert_with(|| Peer {
+            ids: Vec::new(),
+            seen: now,
+            up: false,
+        });
+        if !peer.up {
+            tracing::info!(
+                "process {}: peer process {n} is up, hosting [{}]",
+                self.me,
+                ids.join(", ")
+            );
+        }
+        peer.up = true;
+        peer.seen = now;
+        peer.ids = ids;
+    }
+
+    /// Logs the peers whose heartbeats stopped (they are no longer eligible anyway).
+    pub fn sweep(&self, now: Instant) {
+        let mut reg = self.registry.lock().unwrap();
+        for (n, peer) in reg.peers.iter_mut() {
+            if peer.up && now.duration_since(peer.seen) >= self.expiry {
+                peer.up = false;
+                tracing::info!(
+                    "process {}: peer process {n} is down (no heartbeat for {} ms)",
+                    self.me,
+                    now.duration_since(peer.seen).as_millis()
+                );
+            }
+        }
+    }
+
+    fn hosting_now(&self, reg: &Registry, group: &str, now: Instant) -> Vec<u32> {
+        let mut out: Vec<u32> = reg
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                now.duration_since(p.seen) < self.expiry && p.ids.iter().any(|id| id == group)
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The other processes currently eligible for `group`, in number order.
+    pub fn hosting(&self, group: &str, now: Instant) -> Vec<u32> {
+        let reg = self.registry.lock().unwrap();
+        self.hosting_now(&reg, group, now)
+    }
+
+    /// The next process (round-robin) among those eligible for `group`; this process is a
+    /// candidate when `local` (it hosts the group). `None`: nobody.
+    pub fn pick(&self, group: &str, local: bool, now: Instant) -> Option<u32> {
+        let mut reg = self.registry.lock().unwrap();
+        let mut candidates = self.hosting_now(&reg, group, now);
+        if local {
+            candidates.push(self.me);
+            candidates.sort_unstable();
+        }
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            len => {
+                let cursor = reg.cursors.entry(group.to_string()).or_insert(0);
+                let n = candidates[*cursor % len];
+                *cursor = cursor.wrapping_add(1);
+                Some(n)
+            }
+        }
+    }
+}
+
+pub fn heartbeat_frame(me: u32, ids: &[&str]) -> Vec<u8> {
+    let mut out = vec![HEARTBEAT];
+    out.extend_from_slice(&me.to_le_bytes());
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+/// A message datagram; `None` if the group name does not fit (stage ids are at most 40
+/// bytes, so only a forged group can fail).
+pub fn message_frame(group: &str, every: bool, doc: &[u8]) -> Option<Vec<u8>> {
+    let len = u8::try_from(group.len()).ok()?;
+    let mut out = Vec::with_capacity(3 + group.len() + doc.len());
+    out.push(MESSAGE);
+    out.push(if every { EVERY_STAGE } else { 0 });
+    out.push(len);
+    out.extend_from_slice(group.as_bytes());
+    out.extend_from_slice(doc);
+    Some(out)
+}
+
+pub fn decode(frame: &[u8]) -> Option<Frame<'_>> {
+    match *frame.first()? {
+        HEARTBEAT => {
+            let n = u32::from_le_bytes(frame.get(1..5)?.try_into().ok()?);
+            let rest = std::str::from_utf8(&frame[5..]).ok()?;
+            let ids = rest.split('\0').filter(|s| !s.is_empty()).collect();
+            Some(Frame::Heartbeat { n, ids })
+        }
+        MESSAGE => {
+            let flags = *frame.get(1)?;
+            let len = *frame.get(2)? as usize;
+            let group = std::str::from_utf8(frame.get(3..3 + len)?).ok()?;
+            Some(Frame::Message {
+                every: flags & EVERY_STAGE != 0,
+                group,
+                doc: &frame[3 + len..],
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The BSON document `doc` with an int32 `t = index` appended: the local `msg` payload.
+pub fn with_stage_index(doc: &[u8], index: usize) -> Option<Vec<u8>> {
+    let declared = u32::from_le_bytes(doc.get(..4)?.try_into().ok()?) as usize;
+    if declared != doc.len() || declared < 5 || doc[declared - 1] != 0 {
+        return None;
+    }
+    let index = i32::try_from(index).ok()?;
+    let mut out = Vec::with_capacity(doc.len() + 7);
+    out.extend_from_slice(&doc[..doc.len() - 1]);
+    out.extend_from_slice(&[0x10, b't', 0]);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.push(0);
+    let len = out.len() as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    Some(out)
+}
+
+/// Called by core 0 of a child once its stages have booted: binds this process's socket,
+/// starts the reader thread and core 0's heartbeat task.
+pub fn start(core: &Rc<Core>, peers: Arc<Peers>) {
+    let path = peers.path(peers.me);
+    // A socket left by an earlier run of this process number (killed, restarted).
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).and_then(|s| {
+        s.set_read_timeout(Some(READ_POLL))?;
+        Ok(s)
+    });
+    let socket = match socket {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::error!(
+                "process {}: cannot bind {}: {err}; other processes cannot reach this one",
+                peers.me,
+                path.display()
+            );
+            return;
+        }
+    };
+    let node = core.node.clone();
+    let reader = std::thread::Builder::new()
+        .name("stage-peers".into())
+        .spawn(move || receive(node, socket));
+    let node = core.node.clone();
+    let outbox = std::thread::Builder::new()
+        .name("stage-outbox".into())
+        .spawn(move || {
+            let Some(peers) = node.peers.clone() else {
+                return;
+            };
+            peers.outbox.run(
+                || node.is_shutting_down(),
+                |n, err| node.count_unrouted(&format!("a message to process {n} ({err})")),
+            );
+        });
+    if let Err(err) = reader.and(outbox) {
+        tracing::error!(
+            "process {}: cannot start the datagram threads: {err}",
+            peers.me
+        );
+        return;
+    }
+    glommio::spawn_local(heartbeats(core.clone(), peers)).detach();
+}
+
+/// How often the reader looks up from its socket to notice a shutdown.
+const READ_POLL: Duration = Duration::from_millis(200);
+
+/// The reader thread: drains the socket into the cores' inboxes. A datagram socket queues
+/// only a few datagrams (`net.unix.max_dgram_qlen`, 10 by default) before senders get
+/// EAGAIN, so it is read by a thread that never runs Lua rather than by a core that may be
+/// busy in a script.
+fn receive(node: Arc<Node>, socket: UnixDatagram) {
+    let Some(peers) = node.peers.clone() else {
+        return;
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1024];
+    while !node.is_shutting_down() {
+        match socket.recv(&mut buf) {
+            Ok(len) => handle(&node, &peers, &buf[..len]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(err) => {
+                tracing::warn!("process {}: datagram receive failed: {err}", peers.me);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(peers.path(peers.me));
+}
+
+fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
+    match decode(frame) {
+        Some(Frame::Heartbeat { n, ids }) => peers.heard(
+            n,
+            ids.into_iter().map(str::to_string).collect(),
+            Instant::now(),
+        ),
+        Some(Frame::Message { every, group, doc }) => deliver(node, group, every, doc),
+        None => tracing::debug!(
+            "process {}: malformed datagram ({} bytes) dropped",
+            peers.me,
+            frame.len()
+        ),
+    }
+}
+
+/// Posts a message from another process to the main core of the stage(s) of `group` here,
+/// exactly as a local `stage.signal` from another core would.
+fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
+    let mut delivered = false;
+    for stage in node.stages.by_id(group) {
+        let Some(payload) = with_stage_index(doc, stage.index) else {
+            tracing::debug!("malformed message for `{group}` from another process dropped");
+            return;
+        };
+        delivered = true;
+        let msg = CoreMsg::Post {
+            kind: "msg".into(),
+            payload: Bytes::from(payload),
+        };
+        if let Err(err) = node.send(stage.main_core, msg) {
+            if !node.is_shutting_down() {
+                tracing::warn!(core = stage.main_core, "message dropped: {err}");
+            }
+        }
+        if !every {
+            break;
+        }
+    }
+    if !delivered {
+        node.count_unrouted(&format!(
+            "a message from another process for `{group}` (no such stage here)"
+        ));
+    }
+}
+
+async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
+    let mut ids: Vec<&str> = core
+        .node
+        .stages
+        .iter()
+        .map(|s| s.id.as_str())
+        .filter(|id| !id.is_empty())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let frame = heartbeat_frame(peers.me, &ids);
+    loop {
+        peers.sweep(Instant::now());
+        for n in &peers.others {
+            if let Err(err) = peers.send(*n, &frame) {
+                tracing::trace!("heartbeat to process {n} not sent: {err}");
+            }
+        }
+        let sleep = glommio::timer::sleep(peers.notify);
+        futures_lite::future::or(sleep, core.stop.wait()).await;
+        if core.stop.is_fired() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(me: u32) -> Peers {
+        Peers::new(PeerSettings {
+            me,
+            processes: vec![1, 2, 3],
+            dir: std::env::temp_dir(),
+            supervisor: 1,
+            notify: Duration::from_millis(100),
+            expiry: Duration::from_millis(500),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let h = heartbeat_frame(7, &["game", "lobby"]);
+        assert_eq!(
+            decode(&h),
+            Some(Frame::Heartbeat {
+                n: 7,
+                ids: vec!["game", "lobby"]
+            })
+        );
+        assert_eq!(
+            decode(&heartbeat_frame(2, &[])),
+            Some(Frame::Heartbeat { n: 2, ids: vec![] })
+        );
+        let m = message_frame("game", true, b"DOC").unwrap();
+        assert_eq!(
+            decode(&m),
+            Some(Frame::Message {
+                every: true,
+                group: "game",
+                doc: b"DOC"
+            })
+        );
+        assert_eq!(decode(b"M\0\x09ab"), None);
+        assert_eq!(decode(b"X"), None);
+        assert_eq!(decode(b""), None);
+        assert!(message_frame(&"x".repeat(300), false, b"").is_none());
+    }
+
+    #[test]
+    fn the_stage_index_is_appended_to_the_document() {
+        let empty = [5u8, 0, 0, 0, 0];
+        let out = with_stage_index(&empty, 3).unwrap();
+        assert_eq!(out, vec![12, 0, 0, 0, 0x10, b't', 0, 3, 0, 0, 0, 0]);
+        assert!(with_stage_index(&[6, 0, 0, 0, 0], 1).is_none());
+        assert!(with_stage_index(&[1, 2], 1).is_none());
+    }
+
+    #[test]
+    fn pick_rotates_over_eligible_processes_and_forgets_silent_ones() {
+        let p = peers(1);
+        let t0 = Instant::now();
+        assert_eq!(p.pick("game", false, t0), None);
+        assert_eq!(p.pick("game", true, t0), Some(1));
+        p.heard(2, vec!["game".into()], t0);
+        p.heard(3, vec!["game".into(), "lobby".into()], t0);
+        let picks: Vec<u32> = (0..4).map(|_| p.pick("game", false, t0).unwrap()).collect();
+        assert_eq!(picks, vec![2, 3, 2, 3]);
+        let with_me: Vec<u32> = (0..3).map(|_| p.pick("lobby", true, t0).unwrap()).collect();
+        assert_eq!(with_me, vec![1, 3, 1]);
+        assert_eq!(p.hosting("game", t0), vec![2, 3]);
+        // Process 2 goes silent: after the expiry only 3 is left.
+        let later = t0 + Duration::from_millis(600);
+        p.heard(3, vec!["game".into()], later);
+        assert_eq!(p.hosting("game", later), vec![3]);
+        assert_eq!(p.pick("game", false, later), Some(3));
+        assert_eq!(p.pick("lobby", false, later), None);
+        // Its heartbeats resume: eligible again.
+        p.heard(2, vec!["game".into()], later);
+        assert_eq!(p.hosting("game", later), vec![2, 3]);
+        // Our own heartbeat (never sent, but harmless) does not register us as a peer.
+        p.heard(1, vec!["game".into()], later);
+        assert_eq!(p.hosting("game", later), vec![2, 3]);
+    }
+}

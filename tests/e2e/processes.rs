@@ -1,0 +1,411 @@
+//! The multi-process node: a supervisor starting one child per `#startup` process, sharing
+//! a port between processes, messages routed between processes (round-robin, `*`, replies
+//! straight back to the requester, no receiver), restarts after a SIGKILL, the "TIME BREAK"
+//! of a child that dies at once, and the graceful stop of the whole node.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A short heartbeat (100 ms) and expiry (760 ms), so the processes find each other fast.
+const ROUTER: &str = r##""#router": [400, 100]"##;
+
+fn node_config(startup: &str) -> String {
+    format!(
+        r##"{{ {ROUTER}, "#startup": {startup},
+              "lua.so": {{ "%package": ["."], "%reflush": 0, "game": "game", "lobby": "lobby",
+                           "a": "a", "b": "b" }} }}"##
+    )
+}
+
+/// A game stage that answers every packet with its process (`n`, `pid`) and logs a handler
+/// run per routed message.
+const GAME: &str = r#"
+    broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+      return function (s, data) return { n = process.stage, pid = process.id } end
+    end)
+"#;
+
+/// The game stage's message handlers.
+const GAME_HANDLERS: &str = r#"
+    return {
+      hit = function (i) logger.info("game hit " .. i .. " in process " .. process.stage); return process.stage end,
+      all = function () logger.info("game all in process " .. process.stage) end,
+      tick = function (i) logger.info("game tick " .. i .. " in process " .. process.stage) end,
+    }
+"#;
+
+fn game() -> String {
+    format!("{GAME}\n{GAME_HANDLERS}")
+}
+
+/// The pid the supervisor logged for each start of process `n`, in order.
+fn started_pids(log: &str, n: u32) -> Vec<i32> {
+    let needle = format!("started process {n} (pid ");
+    log.match_indices(&needle)
+        .filter_map(|(at, _)| {
+            let rest = &log[at + needle.len()..];
+            rest[..rest.find(')')?].parse().ok()
+        })
+        .collect()
+}
+
+/// Sends one packet and returns the answering process: (`process.stage`, `process.id`).
+fn ask(stream: &mut TcpStream) -> std::io::Result<(i64, i64)> {
+    stream.write_all(&message("who", &[]))?;
+    let frame = read_frame(stream)?;
+    let v = parse_doc(&frame).get("v").cloned().expect("reply");
+    Ok((
+        v.get("n").and_then(Bson::as_i64).expect("n"),
+        v.get("pid").and_then(Bson::as_i64).expect("pid"),
+    ))
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects until every process in `want` holds at least `per` connections; returns them
+/// by process number (connections to other processes are dropped).
+fn connections_on(server: &Server, want: &[i64], per: usize) -> HashMap<i64, Vec<TcpStream>> {
+    let mut out: HashMap<i64, Vec<TcpStream>> = HashMap::new();
+    for _ in 0..400 {
+        if want
+            .iter()
+            .all(|n| out.get(n).is_some_and(|v| v.len() >= per))
+        {
+            return out;
+        }
+        let mut s = server.connect();
+        let (n, _) = ask(&mut s).expect("answer");
+        out.entry(n).or_default().push(s);
+    }
+    panic!("the kernel never spread connections over processes {want:?}");
+}
+
+#[test]
+fn processes_share_one_port() {
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+game"]]"#),
+        &[("game.lua", &game())],
+    );
+    server.wait_log_count("listening on", 2);
+    let mut seen = HashSet::new();
+    let mut stages = HashSet::new();
+    for _ in 0..40 {
+        let (n, pid) = ask(&mut server.connect()).unwrap();
+        seen.insert(pid);
+        stages.insert(n);
+    }
+    assert_eq!(seen.len(), 2, "40 connections all reached one process");
+    assert_eq!(stages, HashSet::from([1, 2]));
+    let log = server.log();
+    let mut pids: Vec<i64> = started_pids(&log, 1)
+        .into_iter()
+        .chain(started_pids(&log, 2))
+        .map(i64::from)
+        .collect();
+    pids.sort();
+    let mut seen: Vec<i64> = seen.into_iter().collect();
+    seen.sort();
+    assert_eq!(pids, seen, "{log}");
+}
+
+#[test]
+fn messages_between_processes_round_robin_broadcast_and_reply_to_the_sender() {
+    // lobby runs in processes 1 and 2 (only 1 listens); game in processes 2 and 3.
+    let lobby = r#"
+        stage.waitfor("ret", function (from)
+          logger.info("lobby reply from " .. tostring(from) .. " in process " .. process.stage)
+        end)
+        if process.stage == 1 then
+          broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+            return function (s, data)
+              if data.message == "go" then
+                for i = 1, 100 do stage.signal("game:hit=ret", i) end
+                stage.signal("*game:all")
+                stage.signal("nobody:hello", 1)
+                local ok, err = pcall(stage.signal, "game:big", string.rep("x", 70000))
+                logger.info("big message refused: " .. tostring(not ok) .. " " .. tostring(err))
+              end
+              return { n = process.stage, pid = process.id }
+            end
+          end)
+        end
+    "#;
+    let server = Server::start(
+        &node_config(r#"[["lua.so+lobby"], ["lua.so+game", "lua.so+lobby"], ["lua.so+game"]]"#),
+        &[("lobby.lua", lobby), ("game.lua", GAME_HANDLERS)],
+    );
+    server.wait_log("process 1: peer process 2 is up");
+    server.wait_log("process 1: peer process 3 is up");
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(&message("go", &[])).unwrap();
+    read_reply(&mut client);
+    server.wait_log_count("lobby reply from", 100);
+    server.wait_log_count("game all in process", 2);
+    server.wait_log("big message refused: true");
+    // The sender keeps working after a message nobody takes.
+    client.write_all(&message("again", &[])).unwrap();
+    assert_eq!(
+        read_reply(&mut client).get("n").and_then(Bson::as_i64),
+        Some(1)
+    );
+    let log = server.log();
+    assert!(log.contains("no receiver for `nobody:"), "{log}");
+    assert!(log.contains("65000"), "{log}");
+
+    // One process per message, alternating between the two game processes; a burst of 100
+    // is more than a datagram socket queues (the outbox takes the rest).
+    let mut by_hit = HashMap::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("game hit ").nth(1) {
+            let mut words = rest.split_whitespace();
+            let i: u32 = words.next().unwrap().parse().unwrap();
+            let n: u32 = words.nth(2).unwrap().parse().unwrap();
+            assert!(by_hit.insert(i, n).is_none(), "hit {i} ran twice: {log}");
+        }
+    }
+    assert_eq!(by_hit.len(), 100, "{log}");
+    let odd: HashSet<u32> = (1..=100).step_by(2).map(|i| by_hit[&i]).collect();
+    let even: HashSet<u32> = (2..=100).step_by(2).map(|i| by_hit[&i]).collect();
+    assert_eq!(odd.len(), 1, "{by_hit:?}");
+    assert_eq!(even.len(), 1, "{by_hit:?}");
+    assert_eq!(
+        odd.union(&even).copied().collect::<HashSet<_>>(),
+        HashSet::from([2, 3])
+    );
+    // `*` reached both game processes once each.
+    assert_eq!(log.matches("game all in process 2").count(), 1, "{log}");
+    assert_eq!(log.matches("game all in process 3").count(), 1, "{log}");
+    // Every reply came back to process 1, which asked, not to process 2 (also a lobby).
+    assert!(!log.contains("lobby reply from 2 in process 2"), "{log}");
+    assert!(!log.contains("lobby reply from 3 in process 2"), "{log}");
+    assert_eq!(log.matches("lobby reply from 2 in process 1").count(), 50);
+    assert_eq!(log.matches("lobby reply from 3 in process 1").count(), 50);
+}
+
+#[test]
+fn a_killed_process_is_restarted_while_the_others_keep_answering() {
+    // game in processes 1 and 2 (sharing the port); lobby in 3 broadcasts a tick every 50 ms.
+    let lobby = r#"
+        n = 0
+        stage.addtask(50, function () n = n + 1; stage.signal("*game:tick", n) end)
+    "#;
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+game"], ["lua.so+lobby"]]"#),
+        &[("lobby.lua", lobby), ("game.lua", &game())],
+    );
+    server.wait_log_count("listening on", 2);
+    server.wait_log("process 3: peer process 1 is up");
+    server.wait_log("process 3: peer process 2 is up");
+    server.wait_log("in process 2");
+    let log = server.log();
+    let (p1, p2) = (started_pids(&log, 1)[0], started_pids(&log, 2)[0]);
+
+    // Two clients on each game process, hammering until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let mut threads = Vec::new();
+    for (n, streams) in connections_on(&server, &[1, 2], 2) {
+        for mut stream in streams {
+            let (stop, answered, port) = (stop.clone(), answered.clone(), server.port);
+            threads.push(std::thread::spawn(move || {
+                let mut on = n;
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match ask(&mut stream) {
+                        Ok((n, _)) => {
+                            on = n;
+                            answered[n as usize].fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A client of the killed process reconnects (and lands anywhere).
+                        Err(_) if on != 1 => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                stream = s;
+                                on = 0;
+                            }
+                        }
+                        Err(err) => {
+                            failures.push(format!("process {on} did not answer: {err}"));
+                            break;
+                        }
+                    }
+                }
+                failures
+            }));
+        }
+    }
+    // Under load for a while, and past the first second (an earlier death is a TIME BREAK).
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = answered[1].load(Ordering::Relaxed);
+    // SAFETY: plain kill(2) on a process of this test's node.
+    unsafe { libc::kill(p2, libc::SIGKILL) };
+    server.wait_log(&format!(
+        "process 2 (pid {p2}) was killed by signal 9 (SIGKILL)"
+    ));
+    server.wait_log_count("started process 2 (pid", 2);
+    let p2_again = started_pids(&server.log(), 2)[1];
+    assert_ne!(p2, p2_again);
+
+    // The restarted process serves clients again...
+    let mut served = false;
+    for _ in 0..400 {
+        if let Ok((2, pid)) = ask(&mut server.connect()) {
+            assert_eq!(pid, p2_again as i64);
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the restarted process 2 never answered");
+    // ...and receives routed messages again: its heartbeats reached process 3.
+    let mark = server.log().len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log()[mark..].contains("in process 2") {
+        assert!(Instant::now() < deadline, "no tick reached process 2 again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
+    assert!(answered[1].load(Ordering::Relaxed) > before);
+    assert!(alive(p1));
+    let log = server.log();
+    assert!(log.contains("restarting it"), "{log}");
+    assert_eq!(started_pids(&log, 1).len(), 1, "{log}");
+}
+
+#[test]
+fn a_process_that_dies_at_once_is_not_restarted() {
+    let a = "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function () return { n = process.stage, pid = process.id } end
+             end)";
+    let server = Server::start(
+        &node_config(r#"[["lua.so+a"], ["lua.so+b"]]"#),
+        &[("a.lua", a), ("b.lua", "os.exit(3)")],
+    );
+    server.wait_log("TIME BREAK: process 2");
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = server.log();
+    assert!(log.contains("exited with code 3"), "{log}");
+    assert!(log.contains("it is not restarted"), "{log}");
+    assert_eq!(started_pids(&log, 2).len(), 1, "{log}");
+    // The other process runs on.
+    assert_eq!(ask(&mut server.connect()).unwrap().0, 1);
+}
+
+#[test]
+fn the_supervisor_exits_when_no_process_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stage.json"),
+        node_config(r#"[["lua.so+b"], ["lua.so+b"]]"#),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.lua"), "os.exit(0)").unwrap();
+    let mut server = Server::spawn(dir, 0, &["-c", "stage.json"], None);
+    let status = server.wait_exit();
+    assert_ne!(status.code(), Some(0), "{}", server.log());
+    assert!(server.log().contains("CRITICAL BREAK"), "{}", server.log());
+}
+
+#[test]
+fn sigterm_stops_every_process_gracefully() {
+    // The configuration comes from standard input: the children get it from the supervisor.
+    let game = r#"
+        local sp = broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function () return { n = process.stage, pid = process.id } end
+        end)
+        sp.close = function (s, errno) logger.info("close callback in process " .. process.stage) end
+    "#;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("game.lua"),
+        game.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let config = node_config(r#"[["lua.so+game"], ["lua.so+game"]]"#);
+    let mut server = Server::spawn(dir, port, &["-c", "-"], Some(&config));
+    server.wait_port();
+    server.wait_log_count("listening on", 2);
+    let conns = connections_on(&server, &[1, 2], 1);
+    let log = server.log();
+    let pids = [started_pids(&log, 1)[0], started_pids(&log, 2)[0]];
+    let status = server.stop();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("close callback in process 1"), "{log}");
+    assert!(log.contains("close callback in process 2"), "{log}");
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived the supervisor");
+    }
+    drop(conns);
+}
+
+#[test]
+fn children_die_with_a_killed_supervisor() {
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+game"]]"#),
+        &[("game.lua", &game())],
+    );
+    server.wait_log_count("listening on", 2);
+    let log = server.log();
+    let pids = [started_pids(&log, 1)[0], started_pids(&log, 2)[0]];
+    server.signal(libc::SIGKILL);
+    for pid in pids {
+        wait_gone(pid);
+    }
+}
+
+#[test]
+fn stage_exit_in_one_process_stops_the_whole_node() {
+    let a = "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 if data.message == 'exit' then stage.exit() end
+                 return { n = process.stage, pid = process.id }
+               end
+             end)";
+    let mut server = Server::start(
+        &node_config(r#"[["lua.so+a"], ["lua.so+b"]]"#),
+        &[("a.lua", a), ("b.lua", "logger.info('b runs')")],
+    );
+    server.wait_log("b runs");
+    let mut client = server.connect();
+    client.write_all(&message("exit", &[])).unwrap();
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let log = server.log();
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(log.contains("every process has stopped"), "{log}");
+}
