@@ -99,3 +99,49 @@ fn sigterm_runs_close_callbacks_and_exits_0() {
     );
     assert!(server.log().contains("STAGE stopped"));
 }
+
+#[test]
+fn cores_follow_the_affinity_mask() {
+    // `taskset -c 1 stage ...`: one core, pinned to CPU 1, and no thread outside the mask.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return; // needs a CPU 1
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stage.json"), config("")).unwrap();
+    std::fs::write(
+        dir.path().join("start.lua"),
+        format!("broker.ready('tcp://127.0.0.1:{port}', function () return true end)"),
+    )
+    .unwrap();
+    let log = dir.path().join("stage.log");
+    let mut child = std::process::Command::new("taskset")
+        .args(["-c", "1", stage_bin(), "-c", "stage.json"])
+        .current_dir(dir.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "not listening");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id();
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(allowed, "1", "a thread may run outside the mask");
+        threads += 1;
+    }
+    assert!(threads >= 2);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("cores=1 cpus=[1]"), "{text}");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

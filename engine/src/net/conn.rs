@@ -25,6 +25,10 @@ use crate::core::runtime::Core;
 
 /// The most a single read asks the kernel for; bounds the bytes zeroed before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// The first read window: small, so an idle connection costs little memory; it doubles
+/// (up to `READ_CHUNK`, never past `IN`) while reads keep filling it, and a frame whose
+/// header is known gets room for all of it at once.
+const FIRST_WINDOW: usize = 512;
 
 pub struct Conn {
     pub id: u64,
@@ -225,6 +229,7 @@ async fn pump(
     spare: &mut BytesMut,
 ) -> i32 {
     let mut input = BytesMut::new();
+    let mut window = FIRST_WINDOW.min(conn.spec.input);
     let mut last_rx = Instant::now();
     let mut last_flush: Option<Instant> = None;
     let mut timer: Option<(Instant, Timer)> = None;
@@ -268,7 +273,14 @@ async fn pump(
         }
 
         let filled = input.len();
-        let want = (conn.spec.input.saturating_sub(filled)).clamp(1, READ_CHUNK);
+        let frame_rest = conn
+            .spec
+            .pending_frame_len(&input)
+            .map_or(0, |len| len - filled);
+        let want = window
+            .max(frame_rest)
+            .min(conn.spec.input.saturating_sub(filled))
+            .clamp(1, READ_CHUNK);
         input.resize(filled + want, 0);
         conn.signalled.set(false);
         let event = std::future::poll_fn(|cx| {
@@ -291,6 +303,9 @@ async fn pump(
             Event::Read(Ok(0)) => return 0,
             Event::Read(Ok(n)) => {
                 input.truncate(filled + n);
+                if n == want {
+                    window = (window * 2).min(READ_CHUNK);
+                }
                 last_rx = Instant::now();
                 if let Err(errno) = dispatch_frames(core, conn, &mut input, stream, spare).await {
                     return errno;

@@ -18,6 +18,7 @@ use crate::config::PackageEntry;
 use crate::core::Node;
 use crate::net::conn::Conn;
 use crate::net::sockaddr::{self, SockAddr};
+use stage_ffi::PacketView;
 
 /// The prelude, in load order; each part is a chunk called with `(E, P)`.
 const PRELUDE: &[(&str, &str)] = &[
@@ -92,6 +93,9 @@ struct Hooks {
 pub struct Host {
     pub lua: Lua,
     hooks: Hooks,
+    /// Where the FFI receive path finds the frame being delivered: the prelude casts this
+    /// address once, so handing a frame to Lua allocates nothing.
+    view: Box<std::cell::UnsafeCell<PacketView>>,
 }
 
 impl Host {
@@ -106,8 +110,13 @@ impl Host {
             settings.reflush,
             settings.embedded,
         ));
-        let hooks = install_prelude(&lua).map_err(|e| anyhow::anyhow!("prelude failed: {e}"))?;
-        let host = Host { lua, hooks };
+        let view = Box::new(std::cell::UnsafeCell::new(PacketView {
+            ptr: std::ptr::null(),
+            len: 0,
+        }));
+        let hooks = install_prelude(&lua, view.get())
+            .map_err(|e| anyhow::anyhow!("prelude failed: {e}"))?;
+        let host = Host { lua, hooks, view };
         host.run_preload(&settings.preload, core);
         Ok(host)
     }
@@ -162,9 +171,16 @@ impl Host {
         if let Some(view) = &self.hooks.receive_view {
             // The prelude reads the frame in place; it declines what it does not handle
             // exactly like the Rust codec, which then takes over below.
-            let ptr = LightUserData(frame.as_ptr() as *mut std::ffi::c_void);
+            // SAFETY: the view is only read by this state's prelude during the call below,
+            // while `frame` is alive; nothing else writes it (one thread).
+            unsafe {
+                *self.view.get() = PacketView {
+                    ptr: frame.as_ptr(),
+                    len: frame.len(),
+                }
+            };
             let packet = framing == Framing::Packet;
-            match view.call::<bool>((id, ptr, frame.len(), packet)) {
+            match view.call::<bool>((id, packet)) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(err) => {
@@ -262,10 +278,14 @@ impl Host {
     }
 }
 
-fn install_prelude(lua: &Lua) -> mlua::Result<Hooks> {
+fn install_prelude(lua: &Lua, view: *mut PacketView) -> mlua::Result<Hooks> {
     let globals = lua.globals();
     let engine = lua.create_table()?;
     natives::register(lua, &engine)?;
+    engine.set(
+        "packet_view",
+        LightUserData(view.cast::<std::ffi::c_void>()),
+    )?;
     let broker = lua.create_table()?;
     sockaddr::register(lua, &broker)?;
     globals.set("broker", broker)?;
