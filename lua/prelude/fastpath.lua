@@ -26,12 +26,11 @@ local type, rawget, next, floor, format, byte, find =
 local ffi_string, ffi_copy, ffi_cast = ffi.string, ffi.copy, ffi.cast
 local table_new = require("table.new")
 
-local i32w = ffi.typeof("int32_t *")
-local i64w = ffi.typeof("int64_t *")
-local dblw = ffi.typeof("double *")
-local i32r = ffi.typeof("const int32_t *")
-local u32r = ffi.typeof("const uint32_t *")
-local dblr = ffi.typeof("const double *")
+local band, rshift = bit.band, bit.rshift
+
+-- Numbers go through bytes and one persistent union: a cast pointer would be a new cdata
+-- object per field whenever the code runs in the interpreter (garbage on every packet).
+local scratch = ffi.new("union { double d; uint8_t b[8]; }")
 
 local MAX_DEPTH = 64
 local TWO63 = 2 ^ 63
@@ -52,8 +51,34 @@ end
 
 local function put_i32(v)
   if pos + 4 > cap then fail = fail or 1 return end
-  ffi_cast(i32w, out + pos)[0] = v
+  out[pos] = band(v, 255)
+  out[pos + 1] = band(rshift(v, 8), 255)
+  out[pos + 2] = band(rshift(v, 16), 255)
+  out[pos + 3] = band(rshift(v, 24), 255)
   pos = pos + 4
+end
+
+-- An integral double in [-2^63, 2^63) as a little-endian two's-complement int64.
+local function put_i64(v)
+  if pos + 8 > cap then fail = fail or 1 return end
+  local hi = floor(v / TWO32)
+  local lo = v - hi * TWO32
+  out[pos] = band(lo, 255)
+  out[pos + 1] = band(rshift(lo, 8), 255)
+  out[pos + 2] = band(rshift(lo, 16), 255)
+  out[pos + 3] = band(rshift(lo, 24), 255)
+  out[pos + 4] = band(hi, 255)
+  out[pos + 5] = band(rshift(hi, 8), 255)
+  out[pos + 6] = band(rshift(hi, 16), 255)
+  out[pos + 7] = band(rshift(hi, 24), 255)
+  pos = pos + 8
+end
+
+local function put_double(v)
+  if pos + 8 > cap then fail = fail or 1 return end
+  scratch.d = v
+  for i = 0, 7 do out[pos + i] = scratch.b[i] end
+  pos = pos + 8
 end
 
 local function put_bytes(s, n)
@@ -81,14 +106,10 @@ local function encode_value(key, v, depth)
     if v == floor(v) and v >= -TWO63 and v < TWO63 then
       if v == 0 and 1 / v < 0 then fail = 2 return end
       put_key(0x12, key)
-      if pos + 8 > cap then fail = fail or 1 return end
-      ffi_cast(i64w, out + pos)[0] = v
-      pos = pos + 8
+      put_i64(v)
     else
       put_key(0x01, key)
-      if pos + 8 > cap then fail = fail or 1 return end
-      ffi_cast(dblw, out + pos)[0] = v
-      pos = pos + 8
+      put_double(v)
     end
   elseif tv == "boolean" then
     put_key(0x08, key)
@@ -134,7 +155,11 @@ encode_table = function(t, depth)
   end
   put_u8(0)
   if fail then return end
-  ffi_cast(i32w, out + start)[0] = pos - start
+  local len = pos - start
+  out[start] = band(len, 255)
+  out[start + 1] = band(rshift(len, 8), 255)
+  out[start + 2] = band(rshift(len, 16), 255)
+  out[start + 3] = band(rshift(len, 24), 255)
 end
 
 -- socket.commit(table): {"v": t} written in place; nil when the classic path must do it.
@@ -147,7 +172,8 @@ local function commit_table(id, t)
     encode_value("v", t, 1)
     put_u8(0)
     if not fail then
-      ffi_cast(i32w, out)[0] = pos
+      out[0], out[1] = band(pos, 255), band(rshift(pos, 8), 255)
+      out[2], out[3] = band(rshift(pos, 16), 255), band(rshift(pos, 24), 255)
       return advance(nil, id, pos)
     end
     if fail == 2 then return nil end
@@ -185,11 +211,24 @@ end
 
 local rd
 
-local function i32at(p) return ffi_cast(i32r, rd + p)[0] end
+local function u32at(p)
+  return rd[p] + rd[p + 1] * 256 + rd[p + 2] * 65536 + rd[p + 3] * 16777216
+end
+
+local function i32at(p)
+  local v = u32at(p)
+  if v >= 2147483648 then v = v - TWO32 end
+  return v
+end
 
 local function i64at(p)
   -- Two 32-bit halves: no boxed int64, and one rounding, like Rust's `i64 as f64`.
-  return ffi_cast(i32r, rd + p + 4)[0] * TWO32 + ffi_cast(u32r, rd + p)[0]
+  return i32at(p + 4) * TWO32 + u32at(p)
+end
+
+local function double_at(p)
+  for i = 0, 7 do scratch.b[i] = rd[p + i] end
+  return scratch.d
 end
 
 local decode_doc
@@ -245,7 +284,7 @@ local function decode_value(ty, q, stop, depth)
     return true, i64at(q), q + 8
   elseif ty == 0x01 then
     if q + 8 > stop then return false end
-    return true, ffi_cast(dblr, rd + q)[0], q + 8
+    return true, double_at(q), q + 8
   elseif ty == 0x03 or ty == 0x04 then
     local t, next_q = decode_doc(q, stop, depth + 1, ty == 0x04)
     if t == nil then return false end
@@ -267,7 +306,7 @@ local function decode_value(ty, q, stop, depth)
     if q + 12 > stop then return false end
     return true, ffi_string(rd + q, 12), q + 12
   elseif ty == 0x11 then
-    if q + 8 > stop or ffi_cast(u32r, rd + q + 4)[0] >= 2147483648 then return false end
+    if q + 8 > stop or u32at(q + 4) >= 2147483648 then return false end
     return true, i64at(q), q + 8
   end
   return false
