@@ -69,10 +69,30 @@ impl Server {
 
     /// Starts the binary with `args` in `dir` (optionally feeding `stdin`), without waiting.
     pub fn spawn(dir: tempfile::TempDir, port: u16, args: &[&str], stdin: Option<&str>) -> Server {
+        let cwd = dir.path().to_path_buf();
+        Server::launch(dir, &cwd, port, args, stdin)
+    }
+
+    /// Runs the binary from the repository root with `args` (for the shipped examples).
+    pub fn spawn_in_repo(args: &[&str], port: u16) -> Server {
+        let mut server =
+            Server::launch(tempfile::tempdir().unwrap(), &repo_root(), port, args, None);
+        server.wait_port();
+        server
+    }
+
+    /// Starts `stage args` in `cwd`, logging (at debug) into `dir/stage.log`.
+    fn launch(
+        dir: tempfile::TempDir,
+        cwd: &Path,
+        port: u16,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Server {
         let log = dir.path().join("stage.log");
         let child = Command::new(stage_bin())
             .args(args)
-            .current_dir(dir.path())
+            .current_dir(cwd)
             .env("STAGE_LOG", "debug")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -93,29 +113,6 @@ impl Server {
             let mut pipe = server.child.as_mut().unwrap().stdin.take().unwrap();
             pipe.write_all(text.as_bytes()).unwrap();
         }
-        server
-    }
-
-    /// Runs the binary from the repository root with `args` (for the shipped examples).
-    pub fn spawn_in_repo(args: &[&str], port: u16) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stage.log");
-        let child = Command::new(stage_bin())
-            .args(args)
-            .current_dir(repo_root())
-            .env("STAGE_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start stage");
-        let mut server = Server {
-            child: Some(child),
-            dir,
-            port,
-            log,
-        };
-        server.wait_port();
         server
     }
 
