@@ -1,0 +1,11 @@
+//! Built-in services (spec/services.md) as core-local Rust state machines; each is owned by one core and reached by messages.
+//!
+//! The services do no I/O: a command goes in with the current time and the sender's reply
+//! address, and the messages to send come out. `tick` runs what is due (lease expiry, offer
+//! timeouts) and `next_deadline` says when that is, so the owning core can sleep until then.
+
+mod address;
+pub mod route;
+pub mod ticket;
+
+pub use address::{reply_key, Payload, Requester};
