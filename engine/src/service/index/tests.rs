@@ -206,39 +206,19 @@ fn batch_runs_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut svc = IndexService::new(cfg(&dir));
     let keys = ["get:b", "#2.get:b", "#1.set:b"];
-    let mut reqs: Vec<(String, Request)> = keys
-        .iter()
-        .map(|k| {
-            let (kind, index, tier) = parse_spec(parse_batch_key(k).1).unwrap();
-            let command = match kind {
-                Kind::Set => match set(&index, "p", 9).command {
-                    c @ Command::Set(_) => c,
-                    _ => unreachable!(),
-                },
-                _ => Command::Get(vec!["p".into()]),
-            };
-            (
-                k.to_string(),
-                Request {
-                    index,
-                    tier,
-                    command,
-                },
-            )
-        })
-        .map(Some)
-        .collect::<Vec<_>>()
+    // The router's job, done by hand: order the keys, parse each spec, decode each payload.
+    let ordered: Vec<(String, Request)> = batch_order(&keys)
         .into_iter()
-        .flatten()
+        .map(|i| {
+            let key = keys[i];
+            let (kind, index, tier) = parse_spec(parse_batch_key(key).1).unwrap();
+            let request = match kind {
+                Kind::Set => set(&index, "p", 9),
+                _ => req(&index, tier, Command::Get(vec!["p".into()])),
+            };
+            (key.to_string(), request)
+        })
         .collect();
-    let order = batch_order(&keys);
-    let mut ordered = Vec::new();
-    for i in order {
-        ordered.push(std::mem::replace(
-            &mut reqs[i],
-            (String::new(), req("b", TierSel::Default, Command::Total)),
-        ));
-    }
     let replies = svc.execute_batch(ordered);
     assert_eq!(
         replies[0],
