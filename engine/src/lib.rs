@@ -8,7 +8,7 @@
 //! - [`net`]     — broker URLs, binary socket addresses, listeners and connections.
 //! - [`core`]    — one pinned glommio executor per core, cross-core mailboxes, shutdown.
 //! - [`script`]  — the per-core LuaJIT state, the prelude, `stage.load`, the logger.
-//! - [`service`] — built-in services (`=ticket`, `=route`) as core-local state machines.
+//! - [`service`] — built-in services (index.so, `=ticket`, `=route`) as core-local state machines.
 //! - [`supervisor`] — the multi-process node: start, watch and restart the child processes.
 //! - [`cli`]     — command line: run, `--check`, embedded default configuration.
 

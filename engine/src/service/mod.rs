@@ -1,10 +1,12 @@
 //! Built-in services (spec/services.md) as core-local Rust state machines; each is owned by one core and reached by messages.
 //!
-//! The services do no I/O: a command goes in with the current time and the sender's reply
-//! address, and the messages to send come out. `tick` runs what is due (lease expiry, offer
+//! `=ticket` and `=route` do no I/O: a command goes in with the current time and the sender's
+//! reply address, and the messages to send come out; index.so keeps its rankings in memory and
+//! its log and snapshots in its directory. `tick` runs what is due (lease expiry, offer
 //! timeouts) and `next_deadline` says when that is, so the owning core can sleep until then.
 
 mod address;
+pub mod index;
 pub mod route;
 pub mod ticket;
 

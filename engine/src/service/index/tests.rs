@@ -1,0 +1,317 @@
+//! Service-level tests: persistence across a simulated kill, torn tails, the fixed `total`,
+//! batches, and a 200k-id ranking checked against a sorted model.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+
+use super::*;
+
+fn cfg(dir: &tempfile::TempDir) -> IndexConfig {
+    IndexConfig::new(format!("{}/", dir.path().display()))
+}
+
+fn set(index: &str, id: &str, score: i64) -> Request {
+    Request {
+        index: index.into(),
+        tier: TierSel::Default,
+        command: Command::Set(vec![SetItem {
+            id: id.into(),
+            scores: Some(vec![Score::Int(score)]),
+            v: Some(bytes::Bytes::from(format!("v{id}"))),
+            ..SetItem::default()
+        }]),
+    }
+}
+
+fn req(index: &str, tier: TierSel, command: Command) -> Request {
+    Request {
+        index: index.into(),
+        tier,
+        command,
+    }
+}
+
+fn all(svc: &mut IndexService, index: &str) -> Vec<(String, i64, u64)> {
+    let r = svc.execute(req(
+        index,
+        TierSel::One(1),
+        Command::ForEach {
+            start: 1,
+            count: i64::MAX,
+        },
+    ));
+    let Reply::Entries(es) = r else {
+        panic!("{r:?}")
+    };
+    es.into_iter()
+        .map(|e| {
+            let Score::Int(n) = e.i else { panic!() };
+            assert_eq!(e.v.as_deref(), Some(format!("v{}", e.k).as_bytes()));
+            (e.k.to_string(), n, e.d)
+        })
+        .collect()
+}
+
+#[test]
+fn survives_kill_and_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 500;
+    let before = {
+        let mut svc = IndexService::new(cfg(&dir));
+        for i in 0..n {
+            let r = svc.execute(set("sub/board", &format!("p{i}"), (i * 7 % 101) as i64));
+            assert!(
+                matches!(r, Reply::Set(ref v) if v[0].1.d().unwrap() >= 1),
+                "{r:?}"
+            );
+        }
+        svc.execute(req(
+            "sub/board",
+            TierSel::All,
+            Command::Del(vec!["p3".into()]),
+        ));
+        let state = all(&mut svc, "sub/board");
+        // Simulate SIGKILL: no snapshot, no close path, just forget the service.
+        std::mem::forget(svc);
+        state
+    };
+    assert_eq!(before.len(), n - 1);
+    let mut svc = IndexService::new(cfg(&dir));
+    assert_eq!(all(&mut svc, "sub/board"), before);
+    assert_eq!(
+        svc.execute(req("sub/board", TierSel::Default, Command::Total)),
+        Reply::Total(n as u64 - 1)
+    );
+    drop(svc);
+
+    // A torn last record (a crash mid-write) plus garbage: complete records all survive.
+    let log = dir.path().join("sub/board.log");
+    let len = std::fs::metadata(&log).unwrap().len();
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 1, 2]).unwrap();
+    drop(f);
+    let mut svc = IndexService::new(cfg(&dir));
+    assert_eq!(all(&mut svc, "sub/board"), before);
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().len(),
+        len,
+        "torn tail truncated"
+    );
+    // And writing after the repair appends cleanly.
+    svc.execute(set("sub/board", "late", 1000));
+    drop(svc);
+    let mut svc = IndexService::new(cfg(&dir));
+    let now = all(&mut svc, "sub/board");
+    assert_eq!(now[0], ("late".into(), 1000, 1));
+    assert_eq!(now.len(), before.len() + 1);
+    drop(svc);
+
+    // Cutting the last complete record in half loses exactly that record.
+    let len = std::fs::metadata(&log).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let mut svc = IndexService::new(cfg(&dir));
+    assert_eq!(all(&mut svc, "sub/board"), before);
+}
+
+#[test]
+fn snapshot_then_log_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(&dir);
+    c.snapshot_log_bytes = 4096; // snapshot every few dozen sets
+    let mut svc = IndexService::new(c.clone());
+    for i in 0..300 {
+        svc.execute(set("s", &format!("id{}", i % 120), i));
+    }
+    // Ties across the snapshot boundary: the newest must still rank first after reload.
+    svc.execute(set("s", "tieA", 5000));
+    svc.execute(set("s", "tieB", 5000));
+    let state = all(&mut svc, "s");
+    assert_eq!(state[0].0, "tieB");
+    assert!(std::fs::metadata(dir.path().join("s.snap")).is_ok());
+    assert!(std::fs::metadata(dir.path().join("s.log")).unwrap().len() < 4096);
+    std::mem::forget(svc);
+    let mut svc = IndexService::new(c.clone());
+    assert_eq!(all(&mut svc, "s"), state);
+    // A new tie after reload still outranks both.
+    svc.execute(set("s", "tieC", 5000));
+    assert_eq!(all(&mut svc, "s")[0].0, "tieC");
+    svc.snapshot_all().unwrap();
+    assert_eq!(
+        std::fs::metadata(dir.path().join("s.log")).unwrap().len(),
+        0
+    );
+    drop(svc);
+    let mut svc = IndexService::new(c);
+    assert_eq!(all(&mut svc, "s")[0].0, "tieC");
+    assert_eq!(all(&mut svc, "s").len(), state.len() + 1);
+}
+
+#[test]
+fn interval_policy_and_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(&dir);
+    c.sync = SyncPolicy::Interval(std::time::Duration::from_millis(1));
+    let mut svc = IndexService::new(c.clone());
+    svc.execute(set("i", "a", 1));
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    svc.idle();
+    std::mem::forget(svc);
+    let mut svc = IndexService::new(c);
+    assert_eq!(all(&mut svc, "i"), vec![("a".into(), 1, 1)]);
+}
+
+#[test]
+fn total_tiers_and_null_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = IndexService::new(cfg(&dir));
+    let mut item = SetItem {
+        id: "a".into(),
+        ..SetItem::default()
+    };
+    item.tiers[0] = Some(vec![Score::Int(1), Score::Int(2)]);
+    item.tiers[2] = Some(vec![Score::str("x")]);
+    svc.execute(req("t", TierSel::All, Command::Set(vec![item])));
+    svc.execute(set("t", "b", 3));
+    let total = |svc: &mut IndexService, tier| svc.execute(req("t", tier, Command::Total));
+    assert_eq!(total(&mut svc, TierSel::Default), Reply::Total(2)); // ids
+    assert_eq!(total(&mut svc, TierSel::All), Reply::Total(2));
+    assert_eq!(total(&mut svc, TierSel::One(1)), Reply::Total(3)); // tier-1 entries
+    assert_eq!(total(&mut svc, TierSel::One(3)), Reply::Total(1));
+    assert_eq!(total(&mut svc, TierSel::One(4)), Reply::Total(0));
+    let fe = req("t", TierSel::All, Command::ForEach { start: 1, count: 1 });
+    assert_eq!(svc.execute(fe), Reply::Null);
+    assert_eq!(
+        svc.execute(req("../x", TierSel::Default, Command::Total)),
+        Reply::Null
+    );
+    // forEach with count 0 still returns one entry.
+    let fe = req(
+        "t",
+        TierSel::Default,
+        Command::ForEach { start: 0, count: 0 },
+    );
+    let Reply::Entries(es) = svc.execute(fe) else {
+        panic!()
+    };
+    assert_eq!((es.len(), &*es[0].k, es[0].d), (1, "b", 1));
+}
+
+#[test]
+fn batch_runs_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = IndexService::new(cfg(&dir));
+    let keys = ["get:b", "#2.get:b", "#1.set:b"];
+    // The router's job, done by hand: order the keys, parse each spec, decode each payload.
+    let ordered: Vec<(String, Request)> = batch_order(&keys)
+        .into_iter()
+        .map(|i| {
+            let key = keys[i];
+            let (kind, index, tier) = parse_spec(parse_batch_key(key).1).unwrap();
+            let request = match kind {
+                Kind::Set => set(&index, "p", 9),
+                _ => req(&index, tier, Command::Get(vec!["p".into()])),
+            };
+            (key.to_string(), request)
+        })
+        .collect();
+    let replies = svc.execute_batch(ordered);
+    assert_eq!(
+        replies[0],
+        (
+            "#1.set:b".into(),
+            Reply::Set(vec![("p".into(), SetResult::Rank(1))])
+        )
+    );
+    let found = Reply::Get(vec![(
+        "p".into(),
+        GetResult::Tier {
+            v: Some(bytes::Bytes::from("vp")),
+            scores: vec![(Score::Int(9), 1)],
+        },
+    )]);
+    assert_eq!(replies[1], ("#2.get:b".into(), found.clone()));
+    assert_eq!(replies[2], ("get:b".into(), found));
+}
+
+/// 200k ids with random updates and deletes: ranks and selects match a sorted model.
+#[test]
+fn many_ids_rank_and_select() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(&dir);
+    c.sync = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
+    c.snapshot_log_bytes = u64::MAX;
+    let mut svc = IndexService::new(c);
+    let mut x = 0x1234_5678_9ABC_DEF0u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let n = 200_000u64;
+    // model: id -> (score, seq) ; order = score desc, seq desc
+    let mut model: Vec<Option<(i64, u64)>> = vec![None; n as usize];
+    let mut seq = 0u64;
+    for i in 0..n {
+        let s = (rnd() % 50_000) as i64;
+        svc.execute(set("big", &i.to_string(), s));
+        model[i as usize] = Some((s, seq));
+        seq += 1;
+    }
+    for _ in 0..20_000 {
+        let i = rnd() % n;
+        if rnd() % 4 == 0 {
+            svc.execute(req("big", TierSel::All, Command::Del(vec![i.to_string()])));
+            model[i as usize] = None;
+        } else {
+            let s = (rnd() % 50_000) as i64;
+            svc.execute(set("big", &i.to_string(), s));
+            if model[i as usize].map(|m| m.0) != Some(s) {
+                model[i as usize] = Some((s, seq));
+                seq += 1;
+            }
+        }
+    }
+    let mut sorted: Vec<(i64, u64, u64)> = model
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.map(|(s, q)| (s, q, i as u64)))
+        .collect();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    assert_eq!(
+        svc.execute(req("big", TierSel::One(1), Command::Total)),
+        Reply::Total(sorted.len() as u64)
+    );
+    for _ in 0..2_000 {
+        let r = (rnd() % sorted.len() as u64) as usize;
+        let (s, _, id) = sorted[r];
+        let fe = svc.execute(req(
+            "big",
+            TierSel::Default,
+            Command::ForEach {
+                start: r as i64 + 1,
+                count: 1,
+            },
+        ));
+        let Reply::Entries(es) = fe else { panic!() };
+        assert_eq!(
+            (&*es[0].k, es[0].d),
+            (id.to_string().as_str(), r as u64 + 1)
+        );
+        let g = svc.execute(req(
+            "big",
+            TierSel::Default,
+            Command::Get(vec![id.to_string()]),
+        ));
+        let Reply::Get(g) = g else { panic!() };
+        let GetResult::Tier { scores, .. } = &g[0].1 else {
+            panic!()
+        };
+        assert_eq!(scores, &vec![(Score::Int(s), r as u64 + 1)]);
+    }
+}

@@ -1,0 +1,373 @@
+//! An order-statistic treap: a sorted set of unique keys with a value each, where insert,
+//! remove, rank-of-key and key-at-rank all cost O(log n) expected (spec/services.md §2.2
+//! "Storage engine": rank and key-at-rank must both be logarithmic).
+//!
+//! Every node keeps the size of its subtree, which is what turns an ordinary balanced search
+//! tree into one that can count. Nodes live in one `Vec` (indices instead of boxes) so a tier
+//! of a million entries is one allocation plus a free list, and dropping it is not a deep
+//! recursion. Balance comes from random heap priorities (a deterministic xorshift, so runs are
+//! reproducible); the expected depth is O(log n), which also bounds the recursion below.
+
+use std::cmp::Ordering;
+
+const NIL: u32 = u32::MAX;
+
+struct Node<K, V> {
+    key: K,
+    val: V,
+    left: u32,
+    right: u32,
+    prio: u32,
+    /// Number of nodes in the subtree rooted here, this one included.
+    size: u32,
+}
+
+pub struct Treap<K, V> {
+    nodes: Vec<Option<Node<K, V>>>,
+    free: Vec<u32>,
+    root: u32,
+    rng: u64,
+}
+
+impl<K: Ord, V> Default for Treap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Ord, V> Treap<K, V> {
+    pub fn new() -> Self {
+        Treap {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            root: NIL,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.size(self.root) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.root == NIL
+    }
+
+    fn node(&self, i: u32) -> &Node<K, V> {
+        self.nodes[i as usize].as_ref().expect("live node")
+    }
+
+    fn node_mut(&mut self, i: u32) -> &mut Node<K, V> {
+        self.nodes[i as usize].as_mut().expect("live node")
+    }
+
+    fn size(&self, i: u32) -> u32 {
+        if i == NIL {
+            0
+        } else {
+            self.node(i).size
+        }
+    }
+
+    fn fix(&mut self, i: u32) {
+        let (l, r) = {
+            let n = self.node(i);
+            (n.left, n.right)
+        };
+        let s = 1 + self.size(l) + self.size(r);
+        self.node_mut(i).size = s;
+    }
+
+    fn next_prio(&mut self) -> u32 {
+        // xorshift64: cheap, and deterministic so a failing test replays identically.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x >> 32) as u32
+    }
+
+    /// Splits `t` into (the first `k` nodes, the rest).
+    fn split_at(&mut self, t: u32, k: u32) -> (u32, u32) {
+        if t == NIL {
+            return (NIL, NIL);
+        }
+        let left = self.node(t).left;
+        let ls = self.size(left);
+        if k <= ls {
+            let (a, b) = self.split_at(left, k);
+            self.node_mut(t).left = b;
+            self.fix(t);
+            (a, t)
+        } else {
+            let right = self.node(t).right;
+            let (a, b) = self.split_at(right, k - ls - 1);
+            self.node_mut(t).right = a;
+            self.fix(t);
+            (t, b)
+        }
+    }
+
+    /// Joins two treaps where every key of `a` is less than every key of `b`.
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        if self.node(a).prio >= self.node(b).prio {
+            let ar = self.node(a).right;
+            let m = self.merge(ar, b);
+            self.node_mut(a).right = m;
+            self.fix(a);
+            a
+        } else {
+            let bl = self.node(b).left;
+            let m = self.merge(a, bl);
+            self.node_mut(b).left = m;
+            self.fix(b);
+            b
+        }
+    }
+
+    /// Number of keys for which `probe(key)` is `Less` (keys "before" the probe). `probe` must
+    /// be monotone over the key order: `Less` for a prefix, then `Equal`/`Greater`.
+    pub fn count_before_by(&self, mut probe: impl FnMut(&K) -> Ordering) -> usize {
+        let mut t = self.root;
+        let mut n = 0u32;
+        while t != NIL {
+            let node = self.node(t);
+            if probe(&node.key) == Ordering::Less {
+                n += 1 + self.size(node.left);
+                t = node.right;
+            } else {
+                t = node.left;
+            }
+        }
+        n as usize
+    }
+
+    /// 1-based rank of `key`, if present.
+    pub fn rank(&self, key: &K) -> Option<usize> {
+        let mut t = self.root;
+        let mut before = 0u32;
+        while t != NIL {
+            let node = self.node(t);
+            match key.cmp(&node.key) {
+                Ordering::Less => t = node.left,
+                Ordering::Greater => {
+                    before += 1 + self.size(node.left);
+                    t = node.right;
+                }
+                Ordering::Equal => return Some((before + self.size(node.left) + 1) as usize),
+            }
+        }
+        None
+    }
+
+    /// The entry at 1-based `rank`.
+    pub fn select(&self, rank: usize) -> Option<(&K, &V)> {
+        if rank == 0 || rank > self.len() {
+            return None;
+        }
+        let mut k = rank as u32 - 1;
+        let mut t = self.root;
+        loop {
+            let node = self.node(t);
+            let ls = self.size(node.left);
+            match k.cmp(&ls) {
+                Ordering::Less => t = node.left,
+                Ordering::Equal => return Some((&node.key, &node.val)),
+                Ordering::Greater => {
+                    k -= ls + 1;
+                    t = node.right;
+                }
+            }
+        }
+    }
+
+    /// Inserts `key`; returns false (and changes nothing) when it is already present.
+    pub fn insert(&mut self, key: K, val: V) -> bool {
+        let before = self.count_before_by(|k| k.cmp(&key));
+        if let Some((k, _)) = self.select(before + 1) {
+            if *k == key {
+                return false;
+            }
+        }
+        let prio = self.next_prio();
+        let node = Node {
+            key,
+            val,
+            left: NIL,
+            right: NIL,
+            prio,
+            size: 1,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = Some(node);
+                i
+            }
+            None => {
+                assert!(self.nodes.len() < NIL as usize, "treap full");
+                self.nodes.push(Some(node));
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        let (a, b) = self.split_at(self.root, before as u32);
+        let a = self.merge(a, i);
+        self.root = self.merge(a, b);
+        true
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        let rank = self.rank(key)? as u32;
+        let (a, b) = self.split_at(self.root, rank - 1);
+        let (m, c) = self.split_at(b, 1);
+        self.root = self.merge(a, c);
+        self.free.push(m);
+        let node = self.nodes[m as usize].take().expect("live node");
+        if self.root == NIL {
+            // Empty again: give the arena back instead of keeping a high-water mark.
+            self.nodes.clear();
+            self.free.clear();
+        }
+        Some(node.val)
+    }
+
+    /// In-order iteration from 1-based `rank` (O(log n) to start, O(1) amortized per step).
+    pub fn iter_from(&self, rank: usize) -> Iter<'_, K, V> {
+        let mut it = Iter {
+            tree: self,
+            stack: Vec::new(),
+        };
+        if rank == 0 || rank > self.len() {
+            return it;
+        }
+        let mut k = rank as u32 - 1;
+        let mut t = self.root;
+        while t != NIL {
+            let node = self.node(t);
+            let ls = self.size(node.left);
+            match k.cmp(&ls) {
+                Ordering::Less => {
+                    // This node comes after the start: visit it once the left side is done.
+                    it.stack.push(t);
+                    t = node.left;
+                }
+                Ordering::Equal => {
+                    it.stack.push(t);
+                    break;
+                }
+                Ordering::Greater => {
+                    k -= ls + 1;
+                    t = node.right;
+                }
+            }
+        }
+        it
+    }
+}
+
+pub struct Iter<'a, K, V> {
+    tree: &'a Treap<K, V>,
+    /// Nodes still to visit, next on top; each one's left subtree is already done.
+    stack: Vec<u32>,
+}
+
+impl<'a, K: Ord, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let t = self.stack.pop()?;
+        let tree = self.tree;
+        let node = tree.node(t);
+        let mut c = node.right;
+        while c != NIL {
+            self.stack.push(c);
+            c = tree.node(c).left;
+        }
+        Some((&node.key, &node.val))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn matches_sorted_vec_on_random_ops() {
+        let mut rng = XorShift(0xDEAD_BEEF_1234_5678);
+        let mut t: Treap<u32, u32> = Treap::new();
+        let mut v: Vec<u32> = Vec::new();
+        for step in 0..20_000 {
+            let op = rng.next() % 10;
+            let key = (rng.next() % 3000) as u32;
+            if op < 6 {
+                let inserted = t.insert(key, key.wrapping_mul(7));
+                match v.binary_search(&key) {
+                    Ok(_) => assert!(!inserted),
+                    Err(p) => {
+                        assert!(inserted);
+                        v.insert(p, key);
+                    }
+                }
+            } else if op < 9 {
+                let removed = t.remove(&key);
+                match v.binary_search(&key) {
+                    Ok(p) => {
+                        assert_eq!(removed, Some(key.wrapping_mul(7)));
+                        v.remove(p);
+                    }
+                    Err(_) => assert_eq!(removed, None),
+                }
+            } else if !v.is_empty() {
+                let r = (rng.next() % v.len() as u64) as usize;
+                let got: Vec<u32> = t.iter_from(r + 1).take(5).map(|(k, _)| *k).collect();
+                assert_eq!(got, v[r..(r + 5).min(v.len())].to_vec());
+            }
+            assert_eq!(t.len(), v.len());
+            // rank and select of a random key / position, plus the count-before probe
+            let probe = (rng.next() % 3000) as u32;
+            let before = v.partition_point(|x| *x < probe);
+            assert_eq!(t.count_before_by(|k| k.cmp(&probe)), before);
+            assert_eq!(t.rank(&probe), v.binary_search(&probe).ok().map(|p| p + 1));
+            if !v.is_empty() {
+                let r = (rng.next() % v.len() as u64) as usize;
+                assert_eq!(t.select(r + 1).map(|(k, _)| *k), Some(v[r]), "step {step}");
+            }
+        }
+        assert_eq!(t.select(0), None);
+        assert_eq!(t.select(v.len() + 1), None);
+        let all: Vec<u32> = t.iter_from(1).map(|(k, _)| *k).collect();
+        assert_eq!(all, v);
+    }
+
+    #[test]
+    fn remove_to_empty_and_reuse() {
+        let mut t: Treap<i32, ()> = Treap::new();
+        for i in 0..100 {
+            t.insert(i, ());
+        }
+        for i in 0..100 {
+            assert_eq!(t.rank(&i), Some(1));
+            t.remove(&i);
+        }
+        assert!(t.is_empty());
+        assert!(t.insert(5, ()));
+        assert_eq!(t.rank(&5), Some(1));
+    }
+}
