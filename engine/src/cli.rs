@@ -18,8 +18,9 @@ use clap::Parser;
 use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef};
 use crate::core::peers::{PeerSettings, Peers};
 use crate::core::{affinity, runtime, Node};
-use crate::script::host::{LuaSettings, LuaStage};
+use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
+use crate::service::index::IndexConfig;
 use crate::supervisor;
 
 /// The configuration used when no `-c` is given: the seed's v1 example, served from scripts
@@ -41,6 +42,8 @@ static EMBEDDED: Embedded = &[
         "v1/packet.lua",
         include_str!("../../lua/examples/v1/packet.lua"),
     ),
+    // `"%package": ["@builtin/lib", ...]` makes `stage.require("index")` find the index.so helper.
+    ("lib/index.lua", include_str!("../../lua/lib/index.lua")),
 ];
 
 #[derive(Parser, Debug)]
@@ -211,6 +214,7 @@ fn lua_settings(
     let mut stages: Vec<LuaStage> = Vec::new();
     let mut first = None;
     let mut errors = Vec::new();
+    let hosted: Vec<&ModuleRef> = modules.clone();
     for module in modules
         .into_iter()
         .filter(|m| matches!(m.kind, ModuleKind::Lua))
@@ -245,17 +249,35 @@ fn lua_settings(
         });
         first.get_or_insert(stage);
     }
+    // Service stages come after the Lua stages (their directory indexes follow), and their
+    // main cores continue the same rotation.
+    let mut services: Vec<ServiceStage> = Vec::new();
+    for module in &hosted {
+        if module.kind != ModuleKind::Index || services.iter().any(|s| s.entry == module.entry) {
+            continue;
+        }
+        services.push(ServiceStage {
+            // services.md §0.1: without `+suffix` the sign is `index`.
+            id: module.stage_id.clone().unwrap_or_else(|| "index".into()),
+            entry: module.entry.clone(),
+            main_core: (stages.len() + services.len()) % cores,
+            kind: ServiceKind::Index(index_config(config.module_block(module))),
+        });
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     let Some(first) = first else {
-        tracing::warn!("#startup has no Lua stage with a main script: nothing will run");
+        if services.is_empty() {
+            tracing::warn!("#startup has no Lua stage with a main script: nothing will run");
+        }
         return Ok(LuaSettings {
             package: Vec::new(),
             preload: Vec::new(),
             reflush: Duration::from_secs(1),
             ffi: true,
             stages,
+            services,
             args,
             embedded: EMBEDDED,
         });
@@ -266,9 +288,32 @@ fn lua_settings(
         reflush: Duration::from_millis(first.reflush_ms),
         ffi: first.ffi,
         stages,
+        services,
         args,
         embedded: EMBEDDED,
     })
+}
+
+/// services.md §2.1: `"dir/"` or `["dir/", max_key, nelem]` (the element count sized the
+/// original's pages; this engine has none, so it is accepted and ignored). No block at all:
+/// `index/` in the working directory, as in the original's shipped configuration.
+fn index_config(block: Option<&simd_json::OwnedValue>) -> IndexConfig {
+    use simd_json::prelude::*;
+    let mut cfg = IndexConfig::new("index/");
+    match block {
+        Some(v) if v.as_str().is_some() => cfg.path = v.as_str().unwrap_or_default().into(),
+        Some(v) if v.as_array().is_some() => {
+            let items = v.as_array().map(Vec::as_slice).unwrap_or_default();
+            if let Some(p) = items.first().and_then(|p| p.as_str()) {
+                cfg.path = p.into();
+            }
+            if let Some(n) = items.get(1).and_then(|n| n.as_u64()) {
+                cfg.max_key = n as usize;
+            }
+        }
+        _ => {}
+    }
+    cfg
 }
 
 /// `--check`: compiles the main scripts, preload scripts and every script in the package

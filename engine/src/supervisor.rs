@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, ModuleKind, Startup, StartupEntry};
+use crate::config::{Config, Startup, StartupEntry};
 
 /// A child that ends sooner than this after its start is not restarted.
 const TIME_BREAK: Duration = Duration::from_secs(1);
@@ -47,14 +47,14 @@ pub fn plan(config: &Config) -> Vec<Step> {
             StartupEntry::Process(mods) => {
                 n += 1;
                 let label: Vec<&str> = mods.iter().map(|m| m.entry.as_str()).collect();
-                if mods.iter().any(|m| m.kind == ModuleKind::Lua) {
+                if mods.iter().any(|m| m.kind.is_hosted()) {
                     steps.push(Step::Start {
                         n,
                         label: label.join(", "),
                     });
                 } else {
                     tracing::info!(
-                        "#startup process {n} ({}) runs no Lua stage: not started (its modules are not active in this build)",
+                        "#startup process {n} ({}) runs no stage of this build: not started (its modules are not active in this build)",
                         label.join(", ")
                     );
                 }

@@ -19,6 +19,15 @@ local stage_ids = setmetatable({}, {
   end,
 })
 
+-- The built-in service a stage runs ("index"), or false for a Lua stage.
+local service_of = setmetatable({}, {
+  __index = function(t, index)
+    local _, _, service = E.stage_info(index)
+    t[index] = service or false
+    return t[index]
+  end,
+})
+
 local function current_stage(level)
   local s = P.stage
   if s == nil then error("not inside a stage: this call needs a stage's script or callback", level + 1) end
@@ -91,18 +100,22 @@ end
 
 -- Sends values back to the stage that asked (the `_WAITFOR` of the request): straight to
 -- the requesting process (`_WAITFOR[1]`), never load-balanced (spec §10.4).
+-- Sends message `ret` with `values` to stage `to` of process `rp` (nil: the requester is local).
+local function send_reply(to, rp, ret, values)
+  if not MULTI then return route(to, "", ret, nil, nil, values) end
+  if rp ~= nil and rp ~= ME then
+    E.send_process(rp, to, false, E.encode({ i = ret, v = values }))
+    return
+  end
+  deliver_here(to, ret, nil, nil, values)
+end
+
 local function reply(w, ...)
   local to = w[2]
   if to == nil then return end
   local id = w[0]
   local ret = id:match("=([^?]*)") or id:match("^([^=?]*)")
-  if not MULTI then return route(to, "", ret, nil, nil, pack(...)) end
-  local rp = w[1]
-  if rp ~= nil and rp ~= ME then
-    E.send_process(rp, to, false, E.encode({ i = ret, v = pack(...) }))
-    return
-  end
-  deliver_here(to, ret, nil, nil, pack(...))
+  send_reply(to, w[1], ret, pack(...))
 end
 
 local function finish(w, ok, ...)
@@ -126,6 +139,20 @@ end
 P.posts.msg = function(m)
   if m.d ~= nil and E.wall_ms() > m.d then return end -- past its deadline
   local stage = m.t
+  if service_of[stage] then
+    -- A service stage (index.so): the engine runs the request on this core, its owner, and
+    -- says what to answer; the answer takes the same way back as a handler's return values.
+    local id = m.i
+    local own = stage_ids[stage] .. ":"
+    if id:sub(1, #own) == own then id = id:sub(#own + 1) end
+    local ok, ret, value = pcall(E.index_call, stage, id, m.v)
+    if not ok then
+      E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret))
+    elseif ret ~= nil and m.r ~= nil then
+      send_reply(m.r, m.rp, ret, pack(value))
+    end
+    return
+  end
   local env = P.stage_env[stage]
   if env == nil then
     E.unrouted(tostring(m.i) .. " (stage not running on this core)")

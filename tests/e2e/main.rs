@@ -8,6 +8,7 @@ mod cli;
 mod examples;
 mod ffi_path;
 mod framing;
+mod index;
 mod messaging;
 mod processes;
 mod scripts;

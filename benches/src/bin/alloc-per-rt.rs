@@ -120,6 +120,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
             position: 0,
             prefix: dir.to_string_lossy().into_owned(),
         }],
+        services: Vec::new(),
         preload: Vec::new(),
         reflush: Duration::from_secs(1),
         ffi,

@@ -276,14 +276,25 @@ impl Config {
         out
     }
 
-    /// The processes of `#startup` that run at least one Lua stage (the others host only
-    /// modules this build does not run), with their process numbers.
+    /// The processes of `#startup` that run at least one stage of this build (a Lua stage or
+    /// a service stage such as index.so; the others host only modules this build does not
+    /// run), with their process numbers.
     pub fn lua_processes(&self) -> Vec<(u32, &[ModuleRef])> {
         self.startup
             .processes()
             .into_iter()
-            .filter(|(_, mods)| mods.iter().any(|m| m.kind == ModuleKind::Lua))
+            .filter(|(_, mods)| mods.iter().any(|m| m.kind.is_hosted()))
             .collect()
+    }
+
+    /// The configuration block of a non-Lua module (services.md §0.1): `config[entry]`, else
+    /// `config[module]` (the entry without `+suffix`), else none (JSON null).
+    pub fn module_block(&self, m: &ModuleRef) -> Option<&OwnedValue> {
+        let OwnedValue::Object(top) = &self.raw else {
+            return None;
+        };
+        top.get(m.entry.as_str())
+            .or_else(|| top.get(m.module.as_str()))
     }
 
     /// More than one process runs Lua stages: the node is a supervisor plus one child per
@@ -313,6 +324,7 @@ impl Config {
                 k if k.starts_with('#') => {}
                 k if is_module_key(k) => match ModuleRef::parse(k).map(|m| m.kind) {
                     Ok(ModuleKind::Lua) | Err(_) => lua_inactive(key, v, &mut out),
+                    Ok(kind) if kind.is_hosted() => {}
                     Ok(kind) => out.push(format!("`{key}` ({})", kind.name())),
                 },
                 _ => lua_inactive(key, v, &mut out),
@@ -320,7 +332,7 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for m in self.startup.modules() {
-            if m.kind != ModuleKind::Lua && seen.insert(&m.entry) {
+            if !m.kind.is_hosted() && seen.insert(&m.entry) {
                 out.push(format!("`{}` in #startup ({})", m.entry, m.kind.name()));
             }
         }

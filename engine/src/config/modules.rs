@@ -36,6 +36,12 @@ impl ModuleKind {
             ModuleKind::Plugin => "plugin",
         }
     }
+
+    /// Modules this build runs as stages of a process: Lua stages and the service stages
+    /// wired to the router (index.so so far). The others are accepted but not active.
+    pub fn is_hosted(self) -> bool {
+        matches!(self, ModuleKind::Lua | ModuleKind::Index)
+    }
 }
 
 /// One module of a `#startup` entry.

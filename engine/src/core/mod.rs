@@ -111,10 +111,18 @@ impl Node {
         lua: Arc<LuaSettings>,
         peers: Option<Arc<peers::Peers>>,
     ) -> Arc<Node> {
+        // Lua stages first, so a Lua stage's directory index is its index in `lua.stages`.
         let stages = stages::StageDirectory::new(
             lua.stages
                 .iter()
-                .map(|s| (s.id.clone(), s.entry.clone(), s.main_core)),
+                .map(|s| {
+                    let (id, entry) = (s.id.clone(), s.entry.clone());
+                    (id, entry, s.main_core, stages::StageKind::Lua)
+                })
+                .chain(lua.services.iter().map(|s| {
+                    let (id, entry) = (s.id.clone(), s.entry.clone());
+                    (id, entry, s.main_core, stages::StageKind::Index)
+                })),
         );
         Arc::new(Node {
             cpus,

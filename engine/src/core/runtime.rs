@@ -1,6 +1,7 @@
 //! One core: a pinned glommio executor running one LuaJIT state, the accept loops of every
 //! listener, the connection tasks it accepted, its inbox, and the main scripts of the Lua
-//! stages whose main core it is. In a child of a multi-process node, core 0 also owns the
+//! stages whose main core it is, and the state of the service stages (index.so) whose main
+//! core it is: only this core's thread ever touches it. In a child of a multi-process node, core 0 also owns the
 //! datagram socket to the other processes and sends the heartbeats (`peers`). Everything here is `Rc`/`RefCell`: a core is one thread.
 //!
 //! Invariants: a connection is read, written and closed only by the core that accepted (or
@@ -23,7 +24,11 @@ use super::notify::Notify;
 use super::{CoreMsg, ListenerShared, Node, CORE_BITS};
 use crate::net::conn::Conn;
 use crate::net::listener;
-use crate::script::host::Host;
+use crate::script::host::{Host, ServiceKind};
+use crate::service::index::{IndexConfig, IndexService};
+
+/// services.md §2.2: the index service's idle period (log sync per policy, snapshots).
+const INDEX_IDLE: Duration = Duration::from_secs(3);
 
 /// How long a graceful shutdown waits for connections to run their close callbacks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -61,6 +66,9 @@ pub struct Core {
     /// once), waiting for their accept loop.
     prebound: RefCell<HashMap<u64, glommio::net::TcpListener>>,
     next_seq: Cell<u64>,
+    /// The index.so stages whose main core this is, by stage index. Core-local by design:
+    /// every message for one goes to this core, so its requests are serialized here.
+    indexes: RefCell<HashMap<usize, Rc<RefCell<IndexService>>>>,
     pub stop: Notify,
 }
 
@@ -108,11 +116,21 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
         pending_listens: RefCell::new(Vec::new()),
         prebound: RefCell::new(HashMap::new()),
         next_seq: Cell::new(1),
+        indexes: RefCell::new(HashMap::new()),
         stop: Notify::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
     CURRENT_RAW.with(|c| c.set(Rc::as_ptr(&core)));
 
+    // Services first: a Lua stage booting on this core may already send them messages.
+    let lua_stages = node.lua.stages.len();
+    for (j, service) in node.lua.services.iter().enumerate() {
+        if service.main_core == index {
+            match &service.kind {
+                ServiceKind::Index(cfg) => core.start_index(lua_stages + j, &service.entry, cfg),
+            }
+        }
+    }
     // Main scripts run before the inbox is read: a message another core sends at boot waits
     // in the inbox until the handlers it is meant for exist. (glommio may run a newly
     // spawned task at once, so the order is made explicit here.)
@@ -130,6 +148,7 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
 
     core.stop.wait().await;
     core.close_everything().await;
+    core.snapshot_indexes();
     inbox_task.cancel();
     CURRENT_RAW.with(|c| c.set(std::ptr::null()));
     CURRENT.with(|c| c.borrow_mut().take());
@@ -260,6 +279,38 @@ impl Core {
         self.after_lua();
         if let Some(idle) = idle {
             glommio::spawn_local(run_idle(self.clone(), stage_index, idle)).detach();
+        }
+    }
+
+    /// Opens an index.so stage's service on this core and starts its idle tick.
+    fn start_index(self: &Rc<Self>, stage: usize, entry: &str, cfg: &IndexConfig) {
+        tracing::info!(stage = %entry, path = %cfg.path, "starting index service");
+        let service = Rc::new(RefCell::new(IndexService::new(cfg.clone())));
+        self.indexes.borrow_mut().insert(stage, service.clone());
+        let stop = self.stop.clone();
+        glommio::spawn_local(async move {
+            loop {
+                futures_lite::future::or(glommio::timer::sleep(INDEX_IDLE), stop.wait()).await;
+                if stop.is_fired() {
+                    return;
+                }
+                service.borrow_mut().idle();
+            }
+        })
+        .detach();
+    }
+
+    /// The index service of stage `stage`, when this core owns it.
+    pub fn index_service(&self, stage: usize) -> Option<Rc<RefCell<IndexService>>> {
+        self.indexes.borrow().get(&stage).cloned()
+    }
+
+    /// Graceful shutdown: snapshot every open index, so the next start reads no log.
+    fn snapshot_indexes(&self) {
+        for (stage, service) in self.indexes.borrow().iter() {
+            if let Err(err) = service.borrow_mut().snapshot_all() {
+                tracing::error!(stage, "index snapshot at shutdown failed: {err}");
+            }
         }
     }
 

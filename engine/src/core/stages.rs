@@ -1,4 +1,5 @@
-//! The Lua stages of this process and their message handlers (`stage.waitfor`). A stage's
+//! The stages of this process (Lua stages, then service stages such as index.so) and the Lua
+//! stages' message handlers (`stage.waitfor`). A stage's
 //! handler table is process-wide, as in the original (spec/stage.md §3.8): any core may
 //! register, query or synchronously call (`":msg"`) a handler, while routed messages run on
 //! the stage's main core. Handlers are kept as bytecode plus BSON-encoded stored arguments;
@@ -20,9 +21,28 @@ pub struct Handler {
     pub args: Option<Arc<[u8]>>,
 }
 
-/// One Lua stage hosted by this process.
+/// What runs a stage: a Lua main script, or a built-in service whose state lives on the
+/// stage's main core (`Core::services`) and that answers messages without handlers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageKind {
+    Lua,
+    Index,
+}
+
+impl StageKind {
+    /// The name the prelude sees (`E.stage_info`): nil for Lua stages.
+    pub fn service_name(self) -> Option<&'static str> {
+        match self {
+            StageKind::Lua => None,
+            StageKind::Index => Some("index"),
+        }
+    }
+}
+
+/// One stage hosted by this process.
 pub struct LocalStage {
     pub index: usize,
+    pub kind: StageKind,
     /// The stage id other stages address (`"stage"` for `lua.so+stage`); empty if unnamed.
     pub id: String,
     pub entry: String,
@@ -38,13 +58,16 @@ pub struct StageDirectory {
 }
 
 impl StageDirectory {
-    pub fn new(stages: impl IntoIterator<Item = (String, String, usize)>) -> StageDirectory {
+    pub fn new(
+        stages: impl IntoIterator<Item = (String, String, usize, StageKind)>,
+    ) -> StageDirectory {
         StageDirectory {
             stages: stages
                 .into_iter()
                 .enumerate()
-                .map(|(index, (id, entry, main_core))| LocalStage {
+                .map(|(index, (id, entry, main_core, kind))| LocalStage {
                     index,
+                    kind,
                     id,
                     entry,
                     main_core,
@@ -186,7 +209,12 @@ mod tests {
     use super::*;
 
     fn dir() -> StageDirectory {
-        StageDirectory::new([("game".to_string(), "lua.so+game".to_string(), 0)])
+        StageDirectory::new([(
+            "game".to_string(),
+            "lua.so+game".to_string(),
+            0,
+            StageKind::Lua,
+        )])
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct LuaSettings {
     /// `%ffi`: take the packet path through LuaJIT's FFI.
     pub ffi: bool,
     pub stages: Vec<LuaStage>,
+    /// The service stages of this process (index.so), numbered after the Lua stages.
+    pub services: Vec<ServiceStage>,
     /// `arg[0]` is the program, then the extra command-line arguments.
     pub args: Vec<String>,
     pub embedded: Embedded,
@@ -75,6 +77,20 @@ pub struct LuaStage {
     /// The stage's merged configuration block as JSON (for `process["$"]`).
     pub block_json: String,
     pub main_core: usize,
+}
+
+/// A built-in service stage of `#startup` (no Lua): its state lives on its main core.
+#[derive(Debug, Clone)]
+pub struct ServiceStage {
+    pub id: String,
+    pub entry: String,
+    pub main_core: usize,
+    pub kind: ServiceKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceKind {
+    Index(crate::service::index::IndexConfig),
 }
 
 struct Hooks {

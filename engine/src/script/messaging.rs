@@ -162,8 +162,11 @@ fn with_stage<R>(lua: &Lua, index: usize, f: impl FnOnce(&LocalStage) -> R) -> m
     Ok(f(stage))
 }
 
-fn stage_info(lua: &Lua, index: usize) -> mlua::Result<(String, usize)> {
-    with_stage(lua, index, |s| (s.id.clone(), s.main_core))
+/// `E.stage_info(index)` -> id, main core, and the service it runs (nil for a Lua stage).
+fn stage_info(lua: &Lua, index: usize) -> mlua::Result<(String, usize, Option<&'static str>)> {
+    with_stage(lua, index, |s| {
+        (s.id.clone(), s.main_core, s.kind.service_name())
+    })
 }
 
 fn stage_by_id(lua: &Lua, id: String) -> mlua::Result<Vec<usize>> {

@@ -7,4 +7,5 @@ pub mod loader;
 pub mod logger;
 pub mod messaging;
 pub mod natives;
+pub mod services;
 pub mod shared;

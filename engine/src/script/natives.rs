@@ -36,6 +36,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("load", lua.create_function(load)?)?;
     super::messaging::register(lua, e)?;
     super::shared::register(lua, e)?;
+    super::services::register(lua, e)?;
     super::fastpath::register(lua, e)?;
     e.set(
         "exit",

@@ -1,0 +1,269 @@
+//! index.so wired to the router: a Lua stage talks to an `index.so+rank` stage with
+//! `stage.signal` exactly as spec/services.md §2.3 shows (direct and batch forms, every
+//! command, reply shapes), through the `index.lua` helper, from receive callbacks on any
+//! core, and the acknowledged data survives a SIGKILL.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// A Lua stage `game` (main script start.lua) and the index stage `rank` (data in score/).
+fn index_config() -> String {
+    r##"{ "#startup": [["lua.so+game", "index.so+rank"]],
+          "lua.so": { "%package": [".", "@builtin/lib"], "%reflush": 0, "game": "start" },
+          "index.so+rank": "score/" }"##
+        .to_string()
+}
+
+/// `dump(v)`: a deterministic text form (sorted keys), and a catch-all handler that logs
+/// every reply as `R <callback> <value>`. Globals, since handlers see no upvalues.
+const PRELUDE: &str = r#"
+function dump(v)
+  if type(v) ~= "table" then return tostring(v) end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function (a, b) return tostring(a) < tostring(b) end)
+  local out = {}
+  for _, k in ipairs(keys) do out[#out + 1] = tostring(k) .. "=" .. dump(v[k]) end
+  return "{" .. table.concat(out, ",") .. "}"
+end
+stage.waitfor("@", function (v) logger.info("R " .. _WAITFOR[0] .. " " .. dump(v)) end)
+"#;
+
+fn listen_last(script: &str) -> String {
+    format!(
+        "{PRELUDE}\n{script}\n
+         broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+           return function (s, data) return {{ ok = true }} end
+         end)"
+    )
+}
+
+#[test]
+fn every_command_answers_in_the_direct_form() {
+    let script = r#"
+      stage.signal("rank:set?board=s1", { bob = { i = 200 } })
+      stage.signal("rank:set?board=s2", { alice = { i = 100, v = { name = "Alice", lv = 3 } } })
+      stage.signal("rank:s?board=s3", { carol = { i = 100 } })        -- tie: newest first
+      stage.signal("rank:s?board", { dave = { i = 50 } })             -- no callback: no reply
+      stage.signal("rank:get?board=g1", "alice")
+      stage.signal("rank:g?board=g2", { "carol", "nobody" })
+      stage.signal("rank:r?board=r1", { 200, 10 })                    -- from a score
+      stage.signal("rank:range?board=r2", { "alice", 1, 2 })          -- around an id
+      stage.signal("rank:f?board=f1", { 2, 2 })
+      stage.signal("rank:forEach?board=f2", { 4, 0 })                 -- count 0: one entry
+      stage.signal("rank:t?board=t1", 0)
+      stage.signal("rank:d?board/=d1", "bob")
+      stage.signal("rank:del?board/=d2", { "bob", "nobody" })
+      stage.signal("rank:total?board=t2", 0)
+      -- tiers: I sets several, a tier selects one, `/` is all of them
+      stage.signal("rank:set?multi/2=m1", { x = { I = { 5, "abc" } } })
+      stage.signal("rank:get?multi/=m2", "x")
+      stage.signal("rank:get?multi/2=m3", "x")
+      stage.signal("rank:d?multi/1=m4", "x")
+      stage.signal("rank:get?multi/=m5", "x")
+      -- integer scores before string scores, strings descending; several scores per id
+      stage.signal("rank:s?mixed", { a = { i = "zzz" } })
+      stage.signal("rank:s?mixed", { b = { i = 1 } })
+      stage.signal("rank:s?mixed", { c = { i = { "aaa", 7 } } })
+      stage.signal("rank:f?mixed=x1", { 1, 10 })
+      stage.signal("rank:s?mixed=x2", { b = { i = 1 } })               -- unchanged: 0
+      stage.signal("rank:set?mixed/=x3", { b = { i = 1 } })            -- i with all tiers
+      stage.signal("rank:bogus?mixed=x4", 1)                          -- unknown command
+      stage.signal("rank:t?board=done", 0)
+    "#;
+    let server = Server::start(&index_config(), &[("start.lua", &listen_last(script))]);
+    server.wait_log("R done ");
+    let log = server.log();
+    let expect = [
+        "R s1 {bob=1}",
+        "R s2 {alice=2}",
+        "R s3 {carol=2}",
+        "R g1 {alice={I={1={d=3,i=100}},v={lv=3,name=Alice}}}",
+        "R g2 {carol={I={1={d=2,i=100}}},nobody={}}",
+        "R r1 {1={d=1,i=200,k=bob},2={d=2,i=100,k=carol},3={d=3,i=100,k=alice,v={lv=3,name=Alice}},4={d=4,i=50,k=dave}}",
+        "R r2 {2={d=2,i=100,k=carol},3={d=3,i=100,k=alice,v={lv=3,name=Alice}}}",
+        "R f1 {2={d=2,i=100,k=carol},3={d=3,i=100,k=alice,v={lv=3,name=Alice}}}",
+        "R f2 {4={d=4,i=50,k=dave}}",
+        "R t1 4",
+        "R d1 {bob=true}",
+        "R d2 {bob=false,nobody=false}",
+        "R t2 3",
+        "R m1 {x=1}",
+        "R m2 {x={I={1={1=5},2={1=abc}}}}",
+        "R m3 {x={I={1={d=1,i=abc}}}}",
+        "R m4 {x=true}",
+        "R m5 {x={I={2={1=abc}}}}",
+        "R x1 {1={d=1,i=7,k=c},2={d=2,i=1,k=b},3={d=3,i=zzz,k=a},4={d=4,i=aaa,k=c}}",
+        "R x2 {b=0}",
+        "R x3 {}",
+        "R x4 nil",
+    ];
+    for line in expect {
+        assert!(log.contains(line), "missing `{line}`; log:\n{log}");
+    }
+    // The set without a callback sent nothing back.
+    assert_eq!(log.matches(" R ").count(), expect.len() + 1, "{log}");
+}
+
+#[test]
+fn batches_keep_their_keys_and_order() {
+    let script = r##"
+      stage.signal("rank:b1", {
+        ["#1.set?board"] = { eve = { i = 300 } },
+        ["#2.set?board"] = { fay = { i = 300 } },
+        ["#3.get?board"] = { "eve", "fay" },
+        ["#4.total?board"] = 0,
+        ["#5.bad?board"] = 0,
+      })
+      -- the multi-message form: every key is its own message with its own callback
+      stage.signal("rank:", { ["#1.set?board=mm"] = { gus = { i = 1 } } })
+      stage.signal("rank:t?board=done", 0)
+    "##;
+    let server = Server::start(&index_config(), &[("start.lua", &listen_last(script))]);
+    server.wait_log("R done ");
+    let log = server.log();
+    for line in [
+        "R b1 {#1.set?board={eve=1},#2.set?board={fay=1},#3.get?board={eve={I={1={d=2,i=300}}},fay={I={1={d=1,i=300}}}},#4.total?board=2}",
+        "R mm {gus=3}",
+        "R done 3",
+    ] {
+        assert!(log.contains(line), "missing `{line}`; log:\n{log}");
+    }
+}
+
+#[test]
+fn the_index_helper_batches_and_calls_back() {
+    let script = r#"
+      local INDEX = stage.require("index")
+      local ix = INDEX.New("rank", "week")
+      ix:set("ann", 10, { team = "red" }, function (d, id) logger.info("H set " .. id .. " " .. d) end)
+      ix:set("ben", 20, nil, function (d, id) logger.info("H set " .. id .. " " .. d) end)
+      ix:get({ "ann" }, function (r) logger.info("H get " .. dump(r)) end)
+      ix:forEach(1, 5, function (r) logger.info("H each " .. dump(r)) end)
+      ix:range("ann", 1, 2, function (r) logger.info("H range " .. dump(r)) end)
+      ix:total(function (n) logger.info("H total " .. n) end)
+      ix:commit()
+      ix:delete("ann", function (ok, id) logger.info("H del " .. id .. " " .. tostring(ok)) end)
+      ix:total(function (n) logger.info("H total2 " .. n) end)
+      ix:commit()
+    "#;
+    let server = Server::start(&index_config(), &[("start.lua", &listen_last(script))]);
+    server.wait_log("H total2 ");
+    let log = server.log();
+    for line in [
+        "H set ann 1",
+        "H set ben 1",
+        "H get {ann={I={1={d=2,i=10}},v={team=red}}}",
+        "H each {1={d=1,i=20,k=ben},2={d=2,i=10,k=ann,v={team=red}}}",
+        "H range {1={d=1,i=20,k=ben},2={d=2,i=10,k=ann,v={team=red}}}",
+        "H total 2",
+        "H del ann true",
+        "H total2 1",
+    ] {
+        assert!(log.contains(line), "missing `{line}`; log:\n{log}");
+    }
+    // The temporary reply ids were removed once answered.
+    assert!(!log.contains("(no handler)"), "{log}");
+}
+
+#[test]
+fn receive_callbacks_on_any_core_reach_the_index() {
+    let script = r#"
+      stage.signal("rank:t?board=ready", 0)
+    "#;
+    let listener = format!(
+        "{PRELUDE}\n{script}\n
+         broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+           return function (s, data)
+             stage.signal('rank:set?conn=c' .. data.n, {{ ['p' .. data.n] = {{ i = data.n }} }})
+             return {{ ok = true }}
+           end
+         end)"
+    );
+    let server = Server::start(&index_config(), &[("start.lua", &listener)]);
+    // Several connections: the kernel spreads them over the cores (SO_REUSEPORT).
+    for n in 1..=8i64 {
+        let mut client = server.connect();
+        client
+            .write_all(&doc(&[(
+                "v",
+                Bson::Doc(vec![("n".into(), Bson::Int64(n))]),
+            )]))
+            .unwrap();
+        read_reply(&mut client);
+    }
+    server.wait_log_count("R c", 8);
+    let log = server.log();
+    for n in 1..=8 {
+        assert!(log.contains(&format!("R c{n} {{p{n}=")), "{log}");
+    }
+}
+
+#[test]
+fn acknowledged_sets_survive_sigkill() {
+    const N: usize = 40;
+    let writer = format!(
+        r#"
+        for n = 1, {N} do
+          stage.signal("rank:set?keep=ack", {{ ["id" .. n] = {{ i = n, v = {{ n = n }} }} }})
+        end
+        "#
+    );
+    let mut server = Server::start(&index_config(), &[("start.lua", &listen_last(&writer))]);
+    server.wait_log_count("R ack ", N);
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+
+    let reader = format!(
+        r#"
+        local ids = {{}}
+        for n = 1, {N} do ids[n] = "id" .. n end
+        stage.waitfor("back", function (r)
+          local found = 0
+          for id, e in pairs(r) do
+            if e.v and ("id" .. e.v.n) == id and e.I[1].i == e.v.n then found = found + 1 end
+          end
+          logger.info("FOUND " .. found)
+        end)
+        stage.signal("rank:get?keep=back", ids)
+        "#
+    );
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let port = server.port;
+    std::fs::write(
+        dir.path().join("start.lua"),
+        listen_last(&reader).replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let mut again = Server::spawn(dir, port, &["-c", "stage.json"], None);
+    again.wait_port();
+    again.wait_log("FOUND ");
+    let log = again.log();
+    assert!(log.contains(&format!("FOUND {N}")), "{log}");
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+#[test]
+fn an_index_process_of_a_multi_process_node_answers_other_processes() {
+    // Process 2 hosts only the index stage; the request and the reply cross processes.
+    let config = r##"{ "#startup": [["lua.so+game"], ["index.so+rank"]],
+          "lua.so": { "%package": ["."], "%reflush": 0, "game": "start" },
+          "index.so+rank": "score/" }"##;
+    let script = r#"
+      stage.waitfor("mp", function (v)
+        got = true
+        logger.info("MP " .. dump(v))
+      end)
+      -- Until the index process's first heartbeat arrives, the message has no receiver.
+      stage.addtask(100, function ()
+        if got then return 0 end
+        stage.signal("rank:get?board=mp", "nobody")
+      end)
+    "#;
+    let server = Server::start(config, &[("start.lua", &listen_last(script))]);
+    server.wait_log("MP ");
+    let log = server.log();
+    assert!(log.contains("MP {nobody={}}"), "{log}");
+}
