@@ -21,6 +21,7 @@ use crate::core::{affinity, runtime, Node};
 use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
 use crate::service::index::IndexConfig;
+use crate::service::ticket::TicketConfig;
 use crate::supervisor;
 
 /// The configuration used when no `-c` is given: the seed's v1 example, served from scripts
@@ -253,15 +254,27 @@ fn lua_settings(
     // main cores continue the same rotation.
     let mut services: Vec<ServiceStage> = Vec::new();
     for module in &hosted {
-        if module.kind != ModuleKind::Index || services.iter().any(|s| s.entry == module.entry) {
+        if services.iter().any(|s| s.entry == module.entry) {
             continue;
         }
+        // services.md §0.1: without `+suffix` the sign is the service's default name.
+        let (sign, kind) = match module.kind {
+            ModuleKind::Index => (
+                "index",
+                ServiceKind::Index(index_config(config.module_block(module))),
+            ),
+            ModuleKind::Ticket => (
+                "ticket",
+                ServiceKind::Ticket(TicketConfig::from_config(config, module)),
+            ),
+            ModuleKind::Route => ("route", ServiceKind::Route),
+            _ => continue,
+        };
         services.push(ServiceStage {
-            // services.md §0.1: without `+suffix` the sign is `index`.
-            id: module.stage_id.clone().unwrap_or_else(|| "index".into()),
+            id: module.stage_id.clone().unwrap_or_else(|| sign.into()),
             entry: module.entry.clone(),
             main_core: (stages.len() + services.len()) % cores,
-            kind: ServiceKind::Index(index_config(config.module_block(module))),
+            kind,
         });
     }
     if !errors.is_empty() {

@@ -19,7 +19,7 @@ local stage_ids = setmetatable({}, {
   end,
 })
 
--- The built-in service a stage runs ("index"), or false for a Lua stage.
+-- The built-in service a stage runs ("index", "ticket", "route"), or false for a Lua stage.
 local service_of = setmetatable({}, {
   __index = function(t, index)
     local _, _, service = E.stage_info(index)
@@ -126,25 +126,72 @@ local function finish(w, ok, ...)
   if select("#", ...) > 0 and w[2] ~= nil then reply(w, ...) end
 end
 
--- Runs a handler with `_WAITFOR` set in its environment (and restored after).
-local function invoke(stage, env, f, w, stored, values)
+-- Runs a handler with `_WAITFOR` set in its environment (and restored after), and `_TICKET`
+-- when the message is a ticket grant (spec/services.md §3.3).
+local function invoke(stage, env, f, w, stored, values, ticket)
   setfenv(f, env)
-  local prev_env, prev_w, prev_stage = env._WAITFOR, P.waitfor, P.stage
-  env._WAITFOR, P.waitfor, P.stage = w, w, stage
+  local prev_env, prev_w, prev_stage, prev_ticket = env._WAITFOR, P.waitfor, P.stage, env._TICKET
+  env._WAITFOR, P.waitfor, P.stage, env._TICKET = w, w, stage, ticket
   finish(w, xpcall(call_with, P.handler, f, stored, values))
-  env._WAITFOR, P.waitfor, P.stage = prev_env, prev_w, prev_stage
+  env._WAITFOR, P.waitfor, P.stage, env._TICKET = prev_env, prev_w, prev_stage, prev_ticket
+end
+
+-- Sends one output of a `=ticket` / `=route` service (`E.ticket_call` and friends): message
+-- `o.i` to the stage named by its prefix. When that is the addressee's own stage, it goes to
+-- the addressee's process `o.p` directly, like a reply (a grant must reach the process that
+-- asked); a callback naming another stage (`lobby:cb`) is routed like any message. The
+-- reply stage `o.r` is in process `o.rp`, else in this one.
+local function send_service_output(o)
+  local dest = o.i:match("^([^:]+):")
+  if dest == nil then return E.unrouted(o.i .. " (no stage to deliver to)") end
+  local targets = E.stage_by_id(dest)
+  if MULTI then
+    local p = o.p
+    if dest ~= o.s then p = E.pick_process(dest, #targets > 0) end
+    if p == nil then return E.unrouted(o.i) end
+    if p ~= ME then
+      E.send_process(p, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, v = o.v, k = o.k }))
+      return
+    end
+  end
+  if #targets == 0 then return E.unrouted(o.i) end
+  local _, core = E.stage_info(targets[1])
+  E.post(core, "msg", E.encode({ t = targets[1], i = o.i, r = o.r, rp = o.rp, v = o.v, k = o.k }))
+end
+
+local timed_call = { ticket = E.ticket_call, route = E.route_call }
+
+local function send_service_outputs(what, ok, outs)
+  if not ok then
+    E.log("warn", what .. ": " .. tostring(outs))
+    return
+  end
+  for _, o in ipairs(outs) do send_service_output(o) end
+end
+
+-- A `=ticket` / `=route` stage's timer fired (armed by the engine at the service's next
+-- deadline): run what is due and send what it says.
+P.posts.svc_tick = function(m)
+  send_service_outputs("service tick", pcall(E.service_tick, m.t, m.g))
 end
 
 -- A routed message reached this stage's main core.
 P.posts.msg = function(m)
   if m.d ~= nil and E.wall_ms() > m.d then return end -- past its deadline
   local stage = m.t
-  if service_of[stage] then
-    -- A service stage (index.so): the engine runs the request on this core, its owner, and
-    -- says what to answer; the answer takes the same way back as a handler's return values.
+  local service = service_of[stage]
+  if service then
+    -- A service stage: the engine runs the request on this core, its owner, and says what to
+    -- answer; the answer takes the same way back as a handler's return values.
     local id = m.i
     local own = stage_ids[stage] .. ":"
     if id:sub(1, #own) == own then id = id:sub(#own + 1) end
+    local call = timed_call[service]
+    if call ~= nil then
+      -- `=ticket` / `=route`: the sender's address is its stage and process.
+      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, m.r or "", m.rp or ME))
+      return
+    end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)
     if not ok then
       E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret))
@@ -167,7 +214,7 @@ P.posts.msg = function(m)
     return
   end
   local f = handler_function(stage, matched, serial, code)
-  invoke(stage, env, f, { [0] = id, [-1] = matched, [1] = m.rp, [2] = m.r }, stored, m.v)
+  invoke(stage, env, f, { [0] = id, [-1] = matched, [1] = m.rp, [2] = m.r }, stored, m.v, m.k)
 end
 
 -- Between processes: `*` goes to every eligible process hosting the group (and to the stages

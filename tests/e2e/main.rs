@@ -14,3 +14,4 @@ mod processes;
 mod scripts;
 mod shared;
 mod threads;
+mod ticket;

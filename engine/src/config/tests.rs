@@ -183,9 +183,6 @@ fn seed_sample_parses_with_every_field() {
             "#cluster",
             "`curl.so+agent` (curl.so)",
             "`lua.so.%odbc` (odbc)",
-            "`=ticket+ticket` (=ticket)",
-            "`=route+route` in #startup (=route)",
-            "`=ticket+ticket` in #startup (=ticket)",
             "`curl.so+curl` in #startup (curl.so)",
         ]
     );

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod runtime;
 pub mod shared;
 pub mod stages;
+pub mod timed;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -121,7 +122,7 @@ impl Node {
                 })
                 .chain(lua.services.iter().map(|s| {
                     let (id, entry) = (s.id.clone(), s.entry.clone());
-                    (id, entry, s.main_core, stages::StageKind::Index)
+                    (id, entry, s.main_core, s.kind.stage_kind())
                 })),
         );
         Arc::new(Node {

@@ -1,7 +1,7 @@
 //! One core: a pinned glommio executor running one LuaJIT state, the accept loops of every
 //! listener, the connection tasks it accepted, its inbox, and the main scripts of the Lua
-//! stages whose main core it is, and the state of the service stages (index.so) whose main
-//! core it is: only this core's thread ever touches it. In a child of a multi-process node, core 0 also owns the
+//! stages whose main core it is, and the state of the service stages (index.so, `=ticket`,
+//! `=route`) whose main core it is: only this core's thread ever touches it. In a child of a multi-process node, core 0 also owns the
 //! datagram socket to the other processes and sends the heartbeats (`peers`). Everything here is `Rc`/`RefCell`: a core is one thread.
 //!
 //! Invariants: a connection is read, written and closed only by the core that accepted (or
@@ -21,11 +21,14 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::mailbox::{self, Inbox};
 use super::notify::Notify;
+use super::timed::{TimedService, TimedSlot};
 use super::{CoreMsg, ListenerShared, Node, CORE_BITS};
 use crate::net::conn::Conn;
 use crate::net::listener;
 use crate::script::host::{Host, ServiceKind};
 use crate::service::index::{IndexConfig, IndexService};
+use crate::service::route::RouteService;
+use crate::service::ticket::TicketService;
 
 /// services.md §2.2: the index service's idle period (log sync per policy, snapshots).
 const INDEX_IDLE: Duration = Duration::from_secs(3);
@@ -69,6 +72,9 @@ pub struct Core {
     /// The index.so stages whose main core this is, by stage index. Core-local by design:
     /// every message for one goes to this core, so its requests are serialized here.
     indexes: RefCell<HashMap<usize, Rc<RefCell<IndexService>>>>,
+    /// The `=ticket` / `=route` stages whose main core this is, by stage index, each with
+    /// its tick timer (same reasoning: one owner core, requests serialized here).
+    timed: RefCell<HashMap<usize, Rc<RefCell<TimedSlot>>>>,
     pub stop: Notify,
 }
 
@@ -117,6 +123,7 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
         prebound: RefCell::new(HashMap::new()),
         next_seq: Cell::new(1),
         indexes: RefCell::new(HashMap::new()),
+        timed: RefCell::new(HashMap::new()),
         stop: Notify::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
@@ -128,6 +135,16 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
         if service.main_core == index {
             match &service.kind {
                 ServiceKind::Index(cfg) => core.start_index(lua_stages + j, &service.entry, cfg),
+                ServiceKind::Ticket(cfg) => core.start_timed(
+                    lua_stages + j,
+                    &service.entry,
+                    TimedService::Ticket(TicketService::new(service.id.clone(), cfg)),
+                ),
+                ServiceKind::Route => core.start_timed(
+                    lua_stages + j,
+                    &service.entry,
+                    TimedService::Route(RouteService::new(service.id.clone())),
+                ),
             }
         }
     }
@@ -298,6 +315,19 @@ impl Core {
             }
         })
         .detach();
+    }
+
+    /// Creates a `=ticket` / `=route` stage's service on this core. Its timer is armed by the
+    /// first call that gives it a deadline (`script::timed_services`).
+    fn start_timed(&self, stage: usize, entry: &str, service: TimedService) {
+        tracing::info!(stage = %entry, "starting service");
+        let slot = Rc::new(RefCell::new(TimedSlot::new(service)));
+        self.timed.borrow_mut().insert(stage, slot);
+    }
+
+    /// The `=ticket` / `=route` service of stage `stage`, when this core owns it.
+    pub fn timed_service(&self, stage: usize) -> Option<Rc<RefCell<TimedSlot>>> {
+        self.timed.borrow().get(&stage).cloned()
     }
 
     /// The index service of stage `stage`, when this core owns it.

@@ -27,6 +27,8 @@ pub struct Handler {
 pub enum StageKind {
     Lua,
     Index,
+    Ticket,
+    Route,
 }
 
 impl StageKind {
@@ -35,6 +37,8 @@ impl StageKind {
         match self {
             StageKind::Lua => None,
             StageKind::Index => Some("index"),
+            StageKind::Ticket => Some("ticket"),
+            StageKind::Route => Some("route"),
         }
     }
 }

@@ -91,6 +91,20 @@ pub struct ServiceStage {
 #[derive(Debug, Clone)]
 pub enum ServiceKind {
     Index(crate::service::index::IndexConfig),
+    Ticket(crate::service::ticket::TicketConfig),
+    Route,
+}
+
+impl ServiceKind {
+    /// The stage kind the directory records for this service.
+    pub fn stage_kind(&self) -> crate::core::stages::StageKind {
+        use crate::core::stages::StageKind;
+        match self {
+            ServiceKind::Index(_) => StageKind::Index,
+            ServiceKind::Ticket(_) => StageKind::Ticket,
+            ServiceKind::Route => StageKind::Route,
+        }
+    }
 }
 
 struct Hooks {

@@ -134,10 +134,10 @@ fn later(_: &Lua, (ms, kind, payload): (f64, String, mlua::String)) -> mlua::Res
     Ok(())
 }
 
-const INTERNAL_ENCODE: EncodeOptions = EncodeOptions {
+pub(crate) const INTERNAL_ENCODE: EncodeOptions = EncodeOptions {
     allow_functions: true,
 };
-const INTERNAL_DECODE: DecodeOptions = DecodeOptions {
+pub(crate) const INTERNAL_DECODE: DecodeOptions = DecodeOptions {
     load_functions: true,
 };
 

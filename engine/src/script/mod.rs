@@ -9,3 +9,4 @@ pub mod messaging;
 pub mod natives;
 pub mod services;
 pub mod shared;
+pub mod timed_services;

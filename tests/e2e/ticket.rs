@@ -1,0 +1,209 @@
+//! `=ticket` wired to the router: Lua stages talk to a `=ticket+ticket` stage with
+//! `stage.signal` as spec/services.md §3.3 shows — request, grant with `_TICKET`, extend and
+//! release from inside (or after) the granted callback, feedback, queueing and refusal,
+//! run-time categories, `=cat` broadcast, the cancel notice when a lease runs out (with no
+//! traffic: the service's own timer), fairness under 100 concurrent requesters, and a ticket
+//! process of a multi-process node. Behaviour is asserted, never speed.
+
+use crate::harness::*;
+
+/// Lua stages `game` (start.lua) and `other` (other.lua) and the ticket stage, whose
+/// configuration creates `odbc` (10 slots, queueing) and `solo` (1 slot, queueing).
+fn ticket_config() -> String {
+    r##"{ "#startup": [["lua.so+game", "lua.so+other", "=ticket+ticket"]],
+          "lua.so": { "%package": ["."], "%reflush": 0, "game": "start", "other": "other" },
+          "=ticket+ticket": [100000, {"odbc": 10, "solo": 1}] }"##
+        .to_string()
+}
+
+/// Handlers shared by the tests (globals: handlers see no upvalues): the feedback and the
+/// cancel notice are logged.
+const PRELUDE: &str = r#"
+stage.waitfor("fb", function (key, r) logger.info("FB " .. key .. " " .. tostring(r)) end)
+stage.waitfor("ticket:@", function (op, map)
+  for id, cb in pairs(map) do logger.info("CANCEL " .. op .. " " .. cb .. " " .. id) end
+end)
+"#;
+
+fn listen_last(script: &str) -> String {
+    format!(
+        "{PRELUDE}\n{script}\n
+         broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+           return function (s, data) return {{ ok = true }} end
+         end)"
+    )
+}
+
+fn start(game: &str, other: &str) -> Server {
+    Server::start(
+        &ticket_config(),
+        &[
+            ("start.lua", &listen_last(game)),
+            ("other.lua", &format!("{PRELUDE}\n{other}")),
+        ],
+    )
+}
+
+fn pos(log: &str, needle: &str) -> usize {
+    log.find(needle)
+        .unwrap_or_else(|| panic!("missing `{needle}`; log:\n{log}"))
+}
+
+#[test]
+fn request_grant_extend_release_and_the_queue() {
+    // `solo` has one slot: `b` waits while `a` holds it. `a` extends its lease to 5 s inside
+    // the granted callback, so at 1.5 s (past the default 1 s) it still holds it and nothing
+    // was cancelled; its release hands the slot to `b` at once. `b` releases by returning 0
+    // (a granted handler's return value reaches its lease), which lets `c` in.
+    let game = r#"
+      stage.waitfor("a", function (v)
+        logger.info("GRANT a " .. v .. " " .. tostring(_TICKET))
+        held_a = _TICKET
+        stage.signal(nil, 5000)
+      end)
+      stage.waitfor("b", function (v)
+        logger.info("GRANT b " .. v)
+        stage.signal("ticket:solo=c", "z")
+        return 0
+      end)
+      stage.waitfor("c", function (v) logger.info("GRANT c " .. v .. " " .. tostring(_TICKET)) return 0 end)
+      stage.signal("ticket:solo=a?fb", "x")
+      stage.signal("ticket:solo=b?fb", "y")
+      stage.addtask(1500, function ()
+        logger.info("CHECK outside: " .. tostring(_TICKET))
+        stage.signal("ticket:" .. held_a, 0)
+        return 0
+      end)
+    "#;
+    let server = start(game, "");
+    server.wait_log("GRANT c z ");
+    let log = server.log();
+    assert!(log.contains("FB ticket:solo=a?fb @"), "{log}");
+    assert!(log.contains("FB ticket:solo=b?fb @"), "{log}");
+    assert!(log.contains("GRANT a x @"), "{log}");
+    // `_TICKET` is set only inside the granted callback.
+    assert!(log.contains("CHECK outside: nil"), "{log}");
+    assert!(pos(&log, "CHECK outside") < pos(&log, "GRANT b y"), "{log}");
+    assert!(pos(&log, "GRANT b y") < pos(&log, "GRANT c z"), "{log}");
+    assert!(!log.contains("CANCEL"), "{log}");
+}
+
+#[test]
+fn an_expired_lease_is_cancelled_and_its_slot_passes_on() {
+    // Nobody releases `hold`: after its 1 s lease the service's timer (no traffic at all)
+    // revokes it, tells the owner, and grants the waiter.
+    let game = r#"
+      stage.waitfor("hold", function () logger.info("GRANT hold " .. _TICKET) end)
+      stage.waitfor("next", function () logger.info("GRANT next") return 0 end)
+      stage.signal("ticket:solo=hold", 1)
+      stage.signal("ticket:solo=next", 2)
+    "#;
+    let server = start(game, "");
+    server.wait_log("GRANT next");
+    let log = server.log();
+    let lease = log
+        .split("GRANT hold ")
+        .nth(1)
+        .and_then(|rest| rest.get(..17))
+        .unwrap_or_else(|| panic!("no grant; log:\n{log}"))
+        .to_string();
+    assert!(
+        log.contains(&format!("CANCEL cancel hold {lease}")),
+        "{log}"
+    );
+    assert!(
+        pos(&log, "CANCEL cancel hold") < pos(&log, "GRANT next"),
+        "{log}"
+    );
+}
+
+#[test]
+fn refusal_run_time_categories_and_broadcast() {
+    // `room` is created at run time with a negative limit: two slots, then refusal (no queue).
+    // The broadcast reaches each distinct requester once, even holding two tickets.
+    let game = r#"
+      stage.waitfor("in", function (n) logger.info("IN " .. n) stage.signal(nil, 60000) end)
+      stage.waitfor("ticket:room", function (v) logger.info("BC game " .. v) end)
+      stage.signal("ticket:@room", -2)
+      for n = 1, 3 do stage.signal("ticket:room=in?fb", n) end
+      stage.signal("ticket:nosuch=in?fb", 9)
+      stage.signal("ticket:=room", "hello")
+      stage.signal("ticket:@room2", { 1 })
+      stage.signal("ticket:room2=in?fb2", 4)
+      stage.waitfor("fb2", function (key, r) logger.info("FB2 " .. tostring(r)) end)
+    "#;
+    let server = start(game, "");
+    server.wait_log("FB2 ");
+    server.wait_log("BC game hello");
+    let log = server.log();
+    assert_eq!(log.matches("FB ticket:room=in?fb @").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("FB ticket:room=in?fb false").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("FB ticket:nosuch=in?fb false"), "{log}");
+    assert!(log.contains("IN 1") && log.contains("IN 2"), "{log}");
+    assert!(!log.contains("IN 3"), "{log}");
+    assert!(log.contains("IN 4"), "{log}");
+    assert!(log.contains("FB2 @"), "{log}");
+    assert_eq!(log.matches("BC game hello").count(), 1, "{log}");
+}
+
+#[test]
+fn a_hundred_requesters_never_hold_more_than_ten_slots() {
+    // Two stages (two main cores) ask 50 times each for `odbc` (10 slots). Each grant holds
+    // its slot for a little while on a timer, counting holders in the shared store, and
+    // decrements before it releases.
+    let requester = r#"
+      stage.waitfor("work", function (n)
+        local now = __("held", function (h) return (h or 0) + 1 end)
+        __("max", function (m) if (m or 0) < now then return now end return m end)
+        stage.addtask(20, function (t)
+          __("held", function (h) return h - 1 end)
+          stage.signal("ticket:" .. t, 0)
+          local served = __("served", function (s) return (s or 0) + 1 end)
+          if served == 100 then logger.info("SERVED " .. served .. " MAX " .. __.max) end
+          return 0
+        end, _TICKET)
+      end)
+      for n = 1, 50 do stage.signal("ticket:odbc=work", n) end
+    "#;
+    let server = start(requester, requester);
+    server.wait_log("SERVED 100 MAX ");
+    let log = server.log();
+    let max: i64 = log
+        .split("SERVED 100 MAX ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no maximum; log:\n{log}"));
+    assert!((1..=10).contains(&max), "max held {max}; log:\n{log}");
+    assert!(!log.contains("CANCEL"), "{log}");
+}
+
+#[test]
+fn a_ticket_process_of_a_multi_process_node_grants_other_processes() {
+    // Process 2 hosts only the ticket stage: the request, the grant and the release (the
+    // granted handler's return value) cross processes.
+    let config = r##"{ "#startup": [["lua.so+game"], ["=ticket+ticket"]],
+          "lua.so": { "%package": ["."], "%reflush": 0, "game": "start" },
+          "=ticket+ticket": [100, {"solo": 1}] }"##;
+    let script = r#"
+      stage.waitfor("mp", function (n)
+        logger.info("MP " .. n .. " " .. tostring(_TICKET))
+        if n == 1 then stage.signal("ticket:solo=mp", 2) end
+        return 0
+      end)
+      -- Until the ticket process's first heartbeat arrives, the message has no receiver.
+      stage.addtask(100, function ()
+        if asked then return 0 end
+        stage.signal("ticket:solo=mp?fbm", 1)
+      end)
+      stage.waitfor("fbm", function (key, r) asked = true end)
+    "#;
+    let server = Server::start(config, &[("start.lua", &listen_last(script))]);
+    server.wait_log("MP 2 @");
+    let log = server.log();
+    assert!(log.contains("MP 1 @"), "{log}");
+}
