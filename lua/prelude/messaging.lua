@@ -101,13 +101,18 @@ end
 -- Sends values back to the stage that asked (the `_WAITFOR` of the request): straight to
 -- the requesting process (`_WAITFOR[1]`), never load-balanced (spec §10.4).
 -- Sends message `ret` with `values` to stage `to` of process `rp` (nil: the requester is local).
-local function send_reply(to, rp, ret, values)
-  if not MULTI then return route(to, "", ret, nil, nil, values) end
-  if rp ~= nil and rp ~= ME then
-    E.send_process(rp, to, false, E.encode({ i = ret, v = values }))
+-- `from` (the replying stage) and `fp` (its process) name the sender without making it a
+-- reply address: a reply is never answered, but a service such as `=route` must know who
+-- claims an offer (spec/services.md §4.3).
+local function send_reply(to, rp, ret, values, from)
+  if MULTI and rp ~= nil and rp ~= ME then
+    E.send_process(rp, to, false, E.encode({ i = ret, v = values, f = from, fp = ME }))
     return
   end
-  deliver_here(to, ret, nil, nil, values)
+  local targets = E.stage_by_id(to)
+  if #targets == 0 then return E.unrouted(to .. ":" .. ret) end
+  local _, core = E.stage_info(targets[1])
+  E.post(core, "msg", E.encode({ t = targets[1], i = ret, v = values, f = from }))
 end
 
 local function reply(w, ...)
@@ -115,7 +120,7 @@ local function reply(w, ...)
   if to == nil then return end
   local id = w[0]
   local ret = id:match("=([^?]*)") or id:match("^([^=?]*)")
-  send_reply(to, w[1], ret, pack(...))
+  send_reply(to, w[1], ret, pack(...), P.stage and stage_ids[P.stage])
 end
 
 local function finish(w, ok, ...)
@@ -188,8 +193,11 @@ P.posts.msg = function(m)
     if id:sub(1, #own) == own then id = id:sub(#own + 1) end
     local call = timed_call[service]
     if call ~= nil then
-      -- `=ticket` / `=route`: the sender's address is its stage and process.
-      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, m.r or "", m.rp or ME))
+      -- `=ticket` / `=route`: the sender's address is its stage and process (a reply, such
+      -- as a claim or a lease extension, names its sender in `f`/`fp` instead).
+      local from, fp = m.r, m.rp
+      if from == nil then from, fp = m.f, m.fp end
+      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, from or "", fp or ME))
       return
     end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)

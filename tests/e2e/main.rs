@@ -11,6 +11,7 @@ mod framing;
 mod index;
 mod messaging;
 mod processes;
+mod route;
 mod scripts;
 mod shared;
 mod threads;
