@@ -21,6 +21,7 @@ use crate::core::{affinity, runtime, Node};
 use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
 use crate::service::index::IndexConfig;
+use crate::service::route::RouteConfig;
 use crate::service::ticket::TicketConfig;
 use crate::supervisor;
 
@@ -267,7 +268,10 @@ fn lua_settings(
                 "ticket",
                 ServiceKind::Ticket(TicketConfig::from_config(config, module)),
             ),
-            ModuleKind::Route => ("route", ServiceKind::Route),
+            ModuleKind::Route => (
+                "route",
+                ServiceKind::Route(RouteConfig::from_config(config, module)),
+            ),
             _ => continue,
         };
         services.push(ServiceStage {

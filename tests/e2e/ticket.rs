@@ -207,3 +207,113 @@ fn a_ticket_process_of_a_multi_process_node_grants_other_processes() {
     let log = server.log();
     assert!(log.contains("MP 1 @"), "{log}");
 }
+
+/// The `FB2 <key> <cb>=<result> ...` line of a batch feedback (entries sorted, `""` as `ud`).
+const BATCH_FEEDBACK: &str = r#"
+  stage.waitfor("fbb", function (key, map)
+    local parts = {}
+    for cb, r in pairs(map) do
+      parts[#parts + 1] = (cb == "" and "ud" or cb) .. "=" .. (r == false and "false" or tostring(r):sub(1, 1))
+    end
+    table.sort(parts)
+    logger.info("FBB " .. key .. " " .. table.concat(parts, " "))
+  end)
+"#;
+
+#[test]
+fn a_batch_request_grants_queues_or_refuses_each_entry_and_feeds_back_once() {
+    // spec §3.3: `ticket:<cat>?fb` ← { cb = value, [""] = userdata }. In `pair` (two slots,
+    // refusing) the entries `a`, `b` (sorted) are granted and `c` refused; in `solo` (one slot,
+    // queueing) `q1` is granted and `q2` queued, then granted when `q1` releases. Each batch
+    // gets one feedback `(request_key, { cb = "@id" | false, [""] = userdata })`; a batch
+    // without `?fb` gets none.
+    let game = format!(
+        r#"{BATCH_FEEDBACK}
+      stage.waitfor("a", function (v) logger.info("GRANT a " .. v .. " " .. _TICKET) stage.signal(nil, 60000) end)
+      stage.waitfor("b", function (v) logger.info("GRANT b " .. v .. " " .. _TICKET) stage.signal(nil, 60000) end)
+      stage.waitfor("c", function (v) logger.info("GRANT c " .. v) end)
+      stage.waitfor("q1", function (v) logger.info("GRANT q1 " .. v) return 0 end)
+      stage.waitfor("q2", function (v) logger.info("GRANT q2 " .. v) return 0 end)
+      stage.waitfor("n1", function (v) logger.info("GRANT n1 " .. v) return 0 end)
+      stage.signal("ticket:@pair", -2)
+      stage.signal("ticket:pair?fbb", {{ a = "x", b = "y", c = "z", [""] = "ud" }})
+      stage.signal("ticket:solo?fbb", {{ q1 = "one", q2 = "two" }})
+      stage.signal("ticket:nosuch?fbb", {{ n1 = "none", [""] = 7 }})
+      stage.signal("ticket:odbc", {{ n1 = "quiet" }})
+    "#
+    );
+    let server = start(&game, "");
+    server.wait_log("GRANT q2 two");
+    server.wait_log("GRANT n1 quiet");
+    server.wait_log("FBB ticket:nosuch?fbb ");
+    let log = server.log();
+    assert!(
+        log.contains("FBB ticket:pair?fbb a=@ b=@ c=false ud=u"),
+        "{log}"
+    );
+    // `q2` is queued: accepted, with a lease id.
+    assert!(log.contains("FBB ticket:solo?fbb q1=@ q2=@"), "{log}");
+    assert!(log.contains("FBB ticket:nosuch?fbb n1=false ud=7"), "{log}");
+    assert!(
+        log.contains("GRANT a x @") && log.contains("GRANT b y @"),
+        "{log}"
+    );
+    assert!(!log.contains("GRANT c"), "{log}");
+    assert!(!log.contains("GRANT n1 none"), "{log}");
+    assert!(
+        pos(&log, "GRANT q1 one") < pos(&log, "GRANT q2 two"),
+        "{log}"
+    );
+    // One feedback per batch, none for the batch without `?fbb`.
+    assert_eq!(log.matches("FBB ").count(), 3, "{log}");
+    assert!(!log.contains("CANCEL"), "{log}");
+}
+
+#[test]
+fn a_category_closes_after_its_close_ms_and_resizing_frees_waiters() {
+    // `ticket:@shut` ← {2, close_ms}: two holders (extended to a minute) and one waiter. When
+    // the category closes the waiter is cancelled (notice), the holders keep their leases, and
+    // a request after the close is refused. `ticket:@grow` 1 → 2 grants its waiter at once.
+    let game = r#"
+      stage.waitfor("h", function (n) logger.info("HOLD " .. n) stage.signal(nil, 60000) end)
+      stage.waitfor("w", function (n) logger.info("WAITER GRANTED " .. n) end)
+      stage.waitfor("late", function (n) logger.info("LATE GRANTED " .. n) end)
+      stage.waitfor("ticket:@", function (op, map)
+        for id, cb in pairs(map) do
+          logger.info("CANCEL " .. op .. " " .. cb .. " " .. id)
+          if cb == "w" then stage.signal("ticket:shut=late?fb", 4) end
+        end
+      end)
+      stage.signal("ticket:@shut", { 2, 1500 })
+      stage.signal("ticket:shut=h?fb", 1)
+      stage.signal("ticket:shut=h?fb", 2)
+      stage.signal("ticket:shut=w?fb", 3)
+
+      stage.waitfor("g", function (n)
+        logger.info("GROW GRANT " .. n)
+        stage.signal(nil, 60000)
+      end)
+      stage.waitfor("fbg", function (key, r)
+        -- The second request is queued: now make room for it.
+        if key == "ticket:grow=g?fbg" then stage.signal("ticket:@grow", 2) end
+      end)
+      stage.signal("ticket:@grow", 1)
+      stage.signal("ticket:grow=g", 1)
+      stage.signal("ticket:grow=g?fbg", 2)
+    "#;
+    let server = start(game, "");
+    server.wait_log("FB ticket:shut=late?fb ");
+    server.wait_log("GROW GRANT 2");
+    let log = server.log();
+    assert!(log.contains("HOLD 1") && log.contains("HOLD 2"), "{log}");
+    assert_eq!(log.matches("FB ticket:shut=h?fb @").count(), 2, "{log}");
+    // The waiter was accepted (queued) and cancelled by the close, never granted.
+    assert!(log.contains("FB ticket:shut=w?fb @"), "{log}");
+    assert!(log.contains("CANCEL cancel w @"), "{log}");
+    assert!(!log.contains("WAITER GRANTED"), "{log}");
+    // Holders keep their leases.
+    assert!(!log.contains("CANCEL cancel h "), "{log}");
+    assert!(log.contains("FB ticket:shut=late?fb false"), "{log}");
+    assert!(!log.contains("LATE GRANTED"), "{log}");
+    assert_eq!(log.matches("GROW GRANT").count(), 2, "{log}");
+}

@@ -3,7 +3,7 @@
 //! plugins). The Lua blocks live in `lua.rs`. Module strings are parsed the same way whether
 //! they come from `#startup` or are a top-level block key, so both agree on what a key means.
 
-use simd_json::OwnedValue;
+use simd_json::{OwnedValue, StaticNode};
 
 use super::error::{as_int, At, ConfigError};
 
@@ -159,8 +159,36 @@ pub(crate) fn check_block(kind: ModuleKind, v: &OwnedValue, at: &At, errs: &mut 
         ModuleKind::Curl => check_curl(v, at, errs),
         ModuleKind::Ticket => check_ticket(v, at, errs),
         ModuleKind::Index => check_index(v, at, errs),
-        // `=route` takes no configuration and plugins define their own.
-        ModuleKind::Route | ModuleKind::Plugin | ModuleKind::Lua => {}
+        ModuleKind::Route => check_route(v, at, errs),
+        // Plugins define their own.
+        ModuleKind::Plugin | ModuleKind::Lua => {}
+    }
+}
+
+/// `=route` has no block in the spec; this build takes `{"keepalive": msec}` (docs/config.md).
+/// Unknown keys are errors so that a misspelt `"keep_alive"` does not silently do nothing.
+fn check_route(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) {
+    let obj = match v {
+        OwnedValue::Static(StaticNode::Null) => return,
+        OwnedValue::Object(o) => o,
+        other => {
+            errs.push(at.type_err("an object {\"keepalive\": msec}", other));
+            return;
+        }
+    };
+    for (key, x) in obj.iter() {
+        let at = at.key(key);
+        match key.as_ref() {
+            "keepalive" => match as_int(x) {
+                Some(ms) if ms > 0 && ms <= i128::from(u32::MAX) => {}
+                Some(ms) => errs.push(at.invalid(format!(
+                    "keepalive {ms} is out of range: expected 1 to {} msec",
+                    u32::MAX
+                ))),
+                None => errs.push(at.type_err("an integer (msec)", x)),
+            },
+            _ => errs.push(at.invalid("unknown key (the only `=route` setting is keepalive)")),
+        }
     }
 }
 

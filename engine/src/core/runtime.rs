@@ -140,10 +140,10 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
                     &service.entry,
                     TimedService::Ticket(TicketService::new(service.id.clone(), cfg)),
                 ),
-                ServiceKind::Route => core.start_timed(
+                ServiceKind::Route(cfg) => core.start_timed(
                     lua_stages + j,
                     &service.entry,
-                    TimedService::Route(RouteService::new(service.id.clone())),
+                    TimedService::Route(RouteService::with_config(service.id.clone(), cfg)),
                 ),
             }
         }

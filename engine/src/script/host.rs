@@ -92,7 +92,7 @@ pub struct ServiceStage {
 pub enum ServiceKind {
     Index(crate::service::index::IndexConfig),
     Ticket(crate::service::ticket::TicketConfig),
-    Route,
+    Route(crate::service::route::RouteConfig),
 }
 
 impl ServiceKind {
@@ -102,7 +102,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Index(_) => StageKind::Index,
             ServiceKind::Ticket(_) => StageKind::Ticket,
-            ServiceKind::Route => StageKind::Route,
+            ServiceKind::Route(_) => StageKind::Route,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::command::{RouteCommand, RouteMessage, RouteOutput};
+use super::config::RouteConfig;
 use super::parse::{parse_claim, with_ret, OfferId, Target, Targets};
 use super::subscribers::Table;
 use crate::service::{reply_key, Payload, Requester};
@@ -37,9 +38,14 @@ pub struct RouteService {
 
 impl RouteService {
     pub fn new(sign: impl Into<String>) -> RouteService {
+        RouteService::with_config(sign, &RouteConfig::default())
+    }
+
+    /// A service with the keep-alive of its `=route` block.
+    pub fn with_config(sign: impl Into<String>, config: &RouteConfig) -> RouteService {
         RouteService {
             sign: sign.into(),
-            table: Table::default(),
+            table: Table::new(config.keepalive),
             offers: BTreeMap::new(),
             next_offer: 1,
         }

@@ -26,23 +26,41 @@ struct Subscriber {
     subs: BTreeMap<String, Subscription>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Table {
+    /// How long a silent subscriber is kept (KEEPALIVE unless configured).
+    keepalive: Duration,
     subscribers: BTreeMap<Requester, Subscriber>,
     index: HashMap<String, BTreeSet<Requester>>,
-    /// (last_seen + KEEPALIVE, who), for expiry in time order.
+    /// (last_seen + keepalive, who), for expiry in time order.
     stale: BTreeSet<(Instant, Requester)>,
 }
 
+impl Default for Table {
+    fn default() -> Self {
+        Table::new(KEEPALIVE)
+    }
+}
+
 impl Table {
+    pub fn new(keepalive: Duration) -> Table {
+        Table {
+            keepalive,
+            subscribers: BTreeMap::new(),
+            index: HashMap::new(),
+            stale: BTreeSet::new(),
+        }
+    }
+
     /// Refreshes the keep-alive of a known subscriber (every `route:@` does); false if unknown.
     pub fn touch(&mut self, now: Instant, who: &Requester) -> bool {
         let Some(s) = self.subscribers.get_mut(who) else {
             return false;
         };
-        self.stale.remove(&(s.last_seen + KEEPALIVE, who.clone()));
+        self.stale
+            .remove(&(s.last_seen + self.keepalive, who.clone()));
         s.last_seen = now;
-        self.stale.insert((now + KEEPALIVE, who.clone()));
+        self.stale.insert((now + self.keepalive, who.clone()));
         true
     }
 
@@ -57,7 +75,7 @@ impl Table {
                     subs: BTreeMap::new(),
                 },
             );
-            self.stale.insert((now + KEEPALIVE, who.clone()));
+            self.stale.insert((now + self.keepalive, who.clone()));
         }
         let Some(s) = self.subscribers.get_mut(who) else {
             return;
@@ -110,13 +128,14 @@ impl Table {
         let Some(s) = self.subscribers.remove(who) else {
             return;
         };
-        self.stale.remove(&(s.last_seen + KEEPALIVE, who.clone()));
+        self.stale
+            .remove(&(s.last_seen + self.keepalive, who.clone()));
         for id in s.subs.keys() {
             unindex(&mut self.index, id, who);
         }
     }
 
-    /// Drops every subscriber silent for KEEPALIVE; returns how many.
+    /// Drops every subscriber silent for the keep-alive; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut n = 0;
         while let Some((at, who)) = self.stale.first().cloned() {
