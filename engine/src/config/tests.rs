@@ -652,3 +652,15 @@ fn to_json_reproduces_the_merged_configuration() {
     assert_eq!(again.order, c.order);
     assert_eq!(again.threads.cores, Some(4));
 }
+
+#[test]
+fn route_block_takes_only_a_keepalive() {
+    let good = r##"{ "#startup": [["=route+route"]], "=route+route": {"keepalive": 500} }"##;
+    ok(good);
+    let bad = r##"{ "#startup": [["=route+route"]], "=route+route": {"keep_alive": 500} }"##;
+    assert_eq!(errors(bad).len(), 1, "{:?}", errors(bad));
+    let zero = r##"{ "#startup": [["=route+route"]], "=route": {"keepalive": 0} }"##;
+    assert_eq!(errors(zero).len(), 1, "{:?}", errors(zero));
+    let shape = r##"{ "#startup": [["=route+route"]], "=route+route": 500 }"##;
+    assert_eq!(errors(shape).len(), 1, "{:?}", errors(shape));
+}
