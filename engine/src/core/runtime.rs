@@ -217,21 +217,6 @@ impl Core {
         }
     }
 
-    /// Runs a prelude hook on this core soon (after the current Lua call): messages between
-    /// stages of one core take the same asynchronous path as those between cores.
-    pub fn post_local(self: &Rc<Self>, kind: String, payload: Bytes) {
-        let core = self.clone();
-        glommio::spawn_local(async move {
-            // glommio polls a new task at once; yield so the caller's Lua call finishes first.
-            futures_lite::future::yield_now().await;
-            if !core.stop.is_fired() {
-                core.host.dispatch_post(&kind, &payload);
-                core.after_lua();
-            }
-        })
-        .detach();
-    }
-
     /// Runs a prelude hook on this core after `delay` (timers, job repetition, lock leases).
     pub fn post_later(self: &Rc<Self>, delay: Duration, kind: String, payload: Bytes) {
         let core = self.clone();

@@ -88,12 +88,11 @@ pub fn wall_ms() -> f64 {
         .map_or(0.0, |d| d.as_millis() as f64)
 }
 
+/// Posts a prelude message to a core's inbox — this core's own too: one FIFO per core keeps
+/// causal order (a message this core sent itself is handled before any later message that
+/// another core sent in answer to something this core did afterwards).
 fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
     let payload = Bytes::copy_from_slice(&payload.as_bytes());
-    if let Some(core) = runtime::try_current().filter(|c| c.index == target) {
-        core.post_local(kind, payload);
-        return Ok(true);
-    }
     match node(lua)?.send(target, CoreMsg::Post { kind, payload }) {
         Ok(()) => Ok(true),
         Err(err) => {
