@@ -317,3 +317,37 @@ fn a_category_closes_after_its_close_ms_and_resizing_frees_waiters() {
     assert!(!log.contains("LATE GRANTED"), "{log}");
     assert_eq!(log.matches("GROW GRANT").count(), 2, "{log}");
 }
+
+#[test]
+fn the_queue_capacity_refuses_requests_beyond_it() {
+    // `[3, {"one": 1}]`: at most 3 requests held or waiting in the whole service. Of five
+    // requests to the 1-slot category, one is granted, two wait, and the last two are refused
+    // (feedback `false`); when the holder releases, the first waiter is granted.
+    let config = r##"{ "#startup": [["lua.so+game", "=ticket+ticket"]],
+          "lua.so": { "%package": ["."], "%reflush": 0, "game": "start" },
+          "=ticket+ticket": [3, {"one": 1}] }"##;
+    let game = r#"
+      stage.waitfor("held", function (n)
+        logger.info("GRANT " .. n)
+        if n == 1 then
+          stage.addtask(200, function (t) stage.signal("ticket:" .. t, 0) return -1 end, _TICKET)
+          return 5000
+        end
+      end)
+      for n = 1, 5 do stage.signal("ticket:one=held?fb" .. n, n) end
+      for n = 1, 5 do
+        stage.waitfor("fb" .. n, function (key, r) logger.info("FEEDBACK " .. key .. " " .. tostring(r)) end)
+      end
+    "#;
+    let server = Server::start(config, &[("start.lua", &listen_last(game))]);
+    server.wait_log("GRANT 2");
+    let log = server.log();
+    for n in 1..=3 {
+        assert!(log.contains(&format!("FEEDBACK ticket:one=held?fb{n} @")), "{log}");
+    }
+    for n in 4..=5 {
+        assert!(log.contains(&format!("FEEDBACK ticket:one=held?fb{n} false")), "{log}");
+    }
+    assert!(pos(&log, "GRANT 1") < pos(&log, "GRANT 2"));
+    assert!(!log.contains("GRANT 4") && !log.contains("GRANT 5"), "{log}");
+}
