@@ -343,11 +343,20 @@ fn the_queue_capacity_refuses_requests_beyond_it() {
     server.wait_log("GRANT 2");
     let log = server.log();
     for n in 1..=3 {
-        assert!(log.contains(&format!("FEEDBACK ticket:one=held?fb{n} @")), "{log}");
+        assert!(
+            log.contains(&format!("FEEDBACK ticket:one=held?fb{n} @")),
+            "{log}"
+        );
     }
     for n in 4..=5 {
-        assert!(log.contains(&format!("FEEDBACK ticket:one=held?fb{n} false")), "{log}");
+        assert!(
+            log.contains(&format!("FEEDBACK ticket:one=held?fb{n} false")),
+            "{log}"
+        );
     }
     assert!(pos(&log, "GRANT 1") < pos(&log, "GRANT 2"));
-    assert!(!log.contains("GRANT 4") && !log.contains("GRANT 5"), "{log}");
+    assert!(
+        !log.contains("GRANT 4") && !log.contains("GRANT 5"),
+        "{log}"
+    );
 }
