@@ -52,45 +52,56 @@ fn slot(stage: usize) -> mlua::Result<std::rc::Rc<std::cell::RefCell<TimedSlot>>
     })
 }
 
-/// `E.ticket_call(stage, key, values, sender_stage, sender_process)` -> outputs.
-fn ticket_call(lua: &Lua, (stage, key, values, sign, rp): CallArgs) -> mlua::Result<Table> {
+/// Parses a message key and values into a service's command (`None`: nothing to do).
+type Parse<C> = fn(&Lua, &str, &str, Option<&Table>) -> mlua::Result<Option<C>>;
+/// Runs a command on the service, if the slot holds that kind of service.
+type Run<C> = fn(&mut TimedService, Instant, Requester, C) -> Option<Outputs>;
+
+/// One call into a timed service: parse (with no borrow held, the parser reads Lua values),
+/// run, re-arm the service's timer, and hand the outputs to the prelude.
+fn call<C>(lua: &Lua, args: CallArgs, parse: Parse<C>, run: Run<C>) -> mlua::Result<Table> {
+    let (stage, key, values, sign, rp) = args;
     let slot = slot(stage)?;
-    // Lua -> command first, with no borrow held.
     let own = service_sign(&slot);
-    let cmd = match ticket_command(lua, &own, &key, values.as_ref())? {
-        Some(cmd) => cmd,
-        None => return lua.create_table(),
+    let Some(cmd) = parse(lua, &own, &key, values.as_ref())? else {
+        return lua.create_table();
     };
     let now = Instant::now();
-    let outs = {
-        let mut s = slot.borrow_mut();
-        let TimedService::Ticket(t) = &mut s.service else {
-            return Err(mlua::Error::runtime("not a ticket stage"));
-        };
-        t.handle(now, Requester::new(rp, sign), cmd)
-    };
+    let outs = run(
+        &mut slot.borrow_mut().service,
+        now,
+        Requester::new(rp, sign),
+        cmd,
+    )
+    .ok_or_else(|| mlua::Error::runtime(format!("stage #{stage} is another kind of service")))?;
     rearm(lua, stage, &slot, now)?;
-    outputs(lua, Outputs::Ticket(outs))
+    outputs(lua, outs)
+}
+
+/// `E.ticket_call(stage, key, values, sender_stage, sender_process)` -> outputs.
+fn ticket_call(lua: &Lua, args: CallArgs) -> mlua::Result<Table> {
+    call(
+        lua,
+        args,
+        ticket_command,
+        |service, now, from, cmd| match service {
+            TimedService::Ticket(t) => Some(Outputs::Ticket(t.handle(now, from, cmd))),
+            _ => None,
+        },
+    )
 }
 
 /// `E.route_call(stage, key, values, sender_stage, sender_process)` -> outputs.
-fn route_call(lua: &Lua, (stage, key, values, sign, rp): CallArgs) -> mlua::Result<Table> {
-    let slot = slot(stage)?;
-    let own = service_sign(&slot);
-    let cmd = match route_command(lua, &own, &key, values.as_ref())? {
-        Some(cmd) => cmd,
-        None => return lua.create_table(),
-    };
-    let now = Instant::now();
-    let outs = {
-        let mut s = slot.borrow_mut();
-        let TimedService::Route(r) = &mut s.service else {
-            return Err(mlua::Error::runtime("not a route stage"));
-        };
-        r.handle(now, Requester::new(rp, sign), cmd)
-    };
-    rearm(lua, stage, &slot, now)?;
-    outputs(lua, Outputs::Route(outs))
+fn route_call(lua: &Lua, args: CallArgs) -> mlua::Result<Table> {
+    call(
+        lua,
+        args,
+        route_command,
+        |service, now, from, cmd| match service {
+            TimedService::Route(r) => Some(Outputs::Route(r.handle(now, from, cmd))),
+            _ => None,
+        },
+    )
 }
 
 /// `E.service_tick(stage, generation)` -> outputs: timer `generation` of the stage fired.
