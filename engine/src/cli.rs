@@ -279,6 +279,7 @@ fn lua_settings(
             entry: module.entry.clone(),
             main_core: (stages.len() + services.len()) % cores,
             kind,
+            ticket_tracked: Default::default(),
         });
     }
     if !errors.is_empty() {

@@ -81,12 +81,64 @@ local route -- forward
 -- This process's number, and whether the node has other processes (spec §1.1, §10.3).
 local ME, MULTI = E.process_info()
 
--- Posts message `id` to the main core of the stages `targets` of this process (all of
--- them, or the first). `rp` is the process of the sender when it is another one.
+-- Sharded services (index.so, `=ticket`: service::shard) ------------------------------------
+-- A message for a stage goes to the core that handles it: a Lua stage's or `=route`'s main
+-- core, the shard owning the index or category a service command names. An index.so batch
+-- may name indexes owned by several cores: it is split into one part per core, and when a
+-- reply is due, the core that split it gathers the parts' results into the one reply.
+
+local gathers, gather_seq = {}, 0
+
+local function split_batch(m)
+  local batch = m.v and m.v[1]
+  local parts, cores, bad = {}, 0, nil
+  if type(batch) == "table" then
+    for k, v in pairs(batch) do
+      if type(k) == "string" then
+        local core = E.stage_core(m.t, k)
+        if core == nil then
+          bad = bad or {} -- not a command: whichever core runs it logs it
+          bad[k] = v
+        else
+          if parts[core] == nil then parts[core], cores = {}, cores + 1 end
+          parts[core][k] = v
+        end
+      end
+    end
+  end
+  m.b = true -- split: every key is the receiving core's own
+  if cores <= 1 then
+    local core = next(parts)
+    if core == nil then _, core = E.stage_info(m.t) end
+    return E.post(core, "msg", E.encode(m))
+  end
+  if bad ~= nil then
+    local first = parts[next(parts)]
+    for k, v in pairs(bad) do first[k] = v end
+  end
+  local gid
+  if m.r ~= nil then
+    gather_seq = gather_seq + 1
+    gid = gather_seq
+    gathers[gid] = { left = cores, r = m.r, rp = m.rp, out = {} }
+  end
+  for core, part in pairs(parts) do
+    E.post(core, "msg", E.encode({ t = m.t, i = m.i, d = m.d, v = { n = 1, part }, b = true, g = gid, gc = E.core() }))
+  end
+end
+
+-- Posts message `m` ({t = stage, i = id, ...}) to the core that handles it.
+local function post_to_stage(m)
+  local core = E.stage_core(m.t, m.i)
+  if core == nil then return split_batch(m) end
+  E.post(core, "msg", E.encode(m))
+end
+
+-- Posts message `id` to the stages `targets` of this process (all of them, or the first).
+-- `rp` is the process of the sender when it is another one.
 local function post_local(targets, every, id, reply_to, deadline, values, rp)
   for k, t in ipairs(targets) do
-    local _, core = E.stage_info(t)
-    E.post(core, "msg", E.encode({ t = t, i = id, r = reply_to, rp = rp, d = deadline, v = values }))
+    post_to_stage({ t = t, i = id, r = reply_to, rp = rp, d = deadline, v = values })
     if not every and k == 1 then return end
   end
 end
@@ -111,8 +163,7 @@ local function send_reply(to, rp, ret, values, from)
   end
   local targets = E.stage_by_id(to)
   if #targets == 0 then return E.unrouted(to .. ":" .. ret) end
-  local _, core = E.stage_info(targets[1])
-  E.post(core, "msg", E.encode({ t = targets[1], i = ret, v = values, f = from }))
+  post_to_stage({ t = targets[1], i = ret, v = values, f = from })
 end
 
 local function reply(w, ...)
@@ -160,8 +211,7 @@ local function send_service_output(o)
     end
   end
   if #targets == 0 then return E.unrouted(o.i) end
-  local _, core = E.stage_info(targets[1])
-  E.post(core, "msg", E.encode({ t = targets[1], i = o.i, r = o.r, rp = o.rp, v = o.v, k = o.k }))
+  post_to_stage({ t = targets[1], i = o.i, r = o.r, rp = o.rp, v = o.v, k = o.k })
 end
 
 local timed_call = { ticket = E.ticket_call, route = E.route_call }
@@ -180,12 +230,35 @@ P.posts.svc_tick = function(m)
   send_service_outputs("service tick", pcall(E.service_tick, m.t, m.g))
 end
 
--- A routed message reached this stage's main core.
-P.posts.msg = function(m)
+-- The results of one part of a batch split over cores (`split_batch`); the last part to
+-- arrive sends the one reply.
+P.posts.gather = function(m)
+  local g = gathers[m.g]
+  if g == nil then return end
+  if m.i ~= nil then g.i = m.i end
+  if type(m.v) == "table" then
+    for k, v in pairs(m.v) do g.out[k] = v end
+  end
+  g.left = g.left - 1
+  if g.left > 0 then return end
+  gathers[m.g] = nil
+  if g.i ~= nil then send_reply(g.r, g.rp, g.i, pack(g.out)) end
+end
+
+-- A routed message reached the core that handles it (for a Lua stage, its main core).
+P.posts.msg = function(m, payload)
   if m.d ~= nil and E.wall_ms() > m.d then return end -- past its deadline
   local stage = m.t
   local service = service_of[stage]
   if service then
+    -- A message from another process arrives at the stage's main core: pass it on to the
+    -- shard that owns what it names (a batch is split). Everything of one sender takes that
+    -- same way, so its messages stay in order.
+    if not m.b then
+      local core = E.stage_core(stage, m.i)
+      if core == nil then return split_batch(m) end
+      if core ~= E.core() then return E.post(core, "msg", payload) end
+    end
     -- A service stage: the engine runs the request on this core, its owner, and says what to
     -- answer; the answer takes the same way back as a handler's return values.
     local id = m.i
@@ -201,6 +274,12 @@ P.posts.msg = function(m)
       return
     end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)
+    if m.g ~= nil then
+      -- One part of a split batch: its results go to the core gathering the reply.
+      if not ok then E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret)) end
+      E.post(m.gc, "gather", E.encode({ g = m.g, i = ok and ret or nil, v = ok and value or nil }))
+      return
+    end
     if not ok then
       E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret))
     elseif ret ~= nil and m.r ~= nil then

@@ -247,23 +247,117 @@ fn acknowledged_sets_survive_sigkill() {
 
 #[test]
 fn an_index_process_of_a_multi_process_node_answers_other_processes() {
-    // Process 2 hosts only the index stage; the request and the reply cross processes.
+    // Process 2 hosts only the index stage; the requests and the replies cross processes.
+    // Messages from another process arrive at the stage's main core, which passes them to
+    // the cores owning their indexes (one on each core here), a batch split between them.
+    let (a, b) = (index_on(0), index_on(1));
     let config = r##"{ "#startup": [["lua.so+game"], ["index.so+rank"]],
           "lua.so": { "%package": ["."], "%reflush": 0, "game": "start" },
           "index.so+rank": "score/" }"##;
-    let script = r#"
+    let script = format!(
+        r##"
       stage.waitfor("mp", function (v)
         got = true
         logger.info("MP " .. dump(v))
+        stage.signal("rank:get?{b}=mp2", "y")
       end)
+      stage.waitfor("mp2", function (v) logger.info("MP2 " .. dump(v)) end)
       -- Until the index process's first heartbeat arrives, the message has no receiver.
       stage.addtask(100, function ()
         if got then return 0 end
-        stage.signal("rank:get?board=mp", "nobody")
+        stage.signal("rank:mp", {{
+          ["#1.set?{a}"] = {{ x = {{ i = 1 }} }},
+          ["#2.set?{b}"] = {{ y = {{ i = 2 }} }},
+          ["#3.get?{a}"] = "nobody",
+        }})
       end)
-    "#;
-    let server = Server::start(config, &[("start.lua", &listen_last(script))]);
-    server.wait_log("MP ");
+    "##
+    );
+    let server = Server::start(config, &[("start.lua", &listen_last(&script))]);
+    server.wait_log("MP2 ");
     let log = server.log();
-    assert!(log.contains("MP {nobody={}}"), "{log}");
+    // Resent until answered: a set may run more than once (unchanged: rank 0).
+    let first = log.split("MP {").nth(1).unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("#1.set?{a}={{x="))
+            && first.contains(&format!("#3.get?{a}={{nobody={{}}}}")),
+        "{log}"
+    );
+    assert!(first.contains(&format!("#2.set?{b}={{y=")), "{log}");
+    assert!(log.contains("MP2 {y={I={1={d=1,i=2}}}}"), "{log}");
+}
+
+/// An index name owned by `core` (modulo the core count) on this machine.
+fn index_on(core: usize) -> String {
+    use stage_engine::service::shard::owner_of_name;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..1000)
+        .map(|i| format!("board{i}"))
+        .find(|n| owner_of_name(n, cores) == core % cores)
+        .unwrap()
+}
+
+/// The server's core count, from its start-up line.
+fn cores_of(log: &str) -> usize {
+    log.split("cores=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no core count; log:\n{log}"))
+}
+
+/// The core whose span logged `index opened` for index `name`.
+fn core_that_opened(log: &str, name: &str) -> usize {
+    let line = log
+        .lines()
+        .find(|l| l.contains("index opened") && l.contains(&format!("index=\"{name}\"")))
+        .unwrap_or_else(|| panic!("`{name}` never opened; log:\n{log}"));
+    line.split("core{index=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no core in `{line}`"))
+}
+
+#[test]
+fn indexes_live_on_the_core_their_name_hashes_to_and_batches_span_them() {
+    use stage_engine::service::shard::owner_of_name;
+    // Two indexes owned by different cores (on a 2-core node), then one batch over both:
+    // one reply with every key, each part run by its owner.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (a, b) = (index_on(0), index_on(1));
+    let script = format!(
+        r##"
+      stage.signal("rank:set?{a}=s1", {{ x = {{ i = 5 }} }})
+      stage.signal("rank:set?{b}=s2", {{ y = {{ i = 7 }} }})
+      stage.signal("rank:both", {{
+        ["#1.set?{a}"] = {{ w = {{ i = 9 }} }},
+        ["#2.set?{b}"] = {{ z = {{ i = 8 }} }},
+        ["#3.total?{a}"] = 0,
+        ["#4.get?{b}"] = {{ "y", "z" }},
+        ["#5.bad?{a}"] = 0,
+      }})
+      stage.signal("rank:plain", {{ ["#1.total?{b}"] = 0 }})
+    "##
+    );
+    let server = Server::start(&index_config(), &[("start.lua", &listen_last(&script))]);
+    server.wait_log("R both ");
+    server.wait_log("R plain ");
+    let log = server.log();
+    assert_eq!(
+        cores_of(&log),
+        cores,
+        "the test assumes every CPU is a core"
+    );
+    let expect = format!(
+        "R both {{#1.set?{a}={{w=1}},#2.set?{b}={{z=1}},#3.total?{a}=2,#4.get?{b}={{y={{I={{1={{d=2,i=7}}}}}},z={{I={{1={{d=1,i=8}}}}}}}}}}"
+    );
+    assert!(log.contains(&expect), "missing `{expect}`; log:\n{log}");
+    assert!(log.contains("R plain {#1.total?"), "{log}");
+    assert_eq!(log.matches("R both ").count(), 1, "one reply: {log}");
+    assert_eq!(core_that_opened(&log, &a), owner_of_name(&a, cores));
+    assert_eq!(core_that_opened(&log, &b), owner_of_name(&b, cores));
+    if cores > 1 {
+        assert_ne!(core_that_opened(&log, &a), core_that_opened(&log, &b));
+    }
 }

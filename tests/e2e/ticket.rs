@@ -135,6 +135,8 @@ fn refusal_run_time_categories_and_broadcast() {
     let server = start(game, "");
     server.wait_log("FB2 ");
     server.wait_log("BC game hello");
+    // Categories may live on different cores (one shard per core): no order between them.
+    server.wait_log("FB ticket:nosuch=in?fb false");
     let log = server.log();
     assert_eq!(log.matches("FB ticket:room=in?fb @").count(), 2, "{log}");
     assert_eq!(
@@ -359,4 +361,59 @@ fn the_queue_capacity_refuses_requests_beyond_it() {
         !log.contains("GRANT 4") && !log.contains("GRANT 5"),
         "{log}"
     );
+}
+
+#[test]
+fn categories_on_different_cores_keep_their_leases_apart() {
+    use stage_engine::service::shard::{lease_owner, owner_of_name};
+    use stage_engine::service::ticket::LeaseId;
+    // Each category lives on the core its name hashes to (one ticket shard per core). Two
+    // one-slot categories on different cores: the first holder of each extends its lease
+    // from the granted callback, then releases it from a timer; the extension and the
+    // release must reach the shard that issued the lease (no cancel at 1 s, and the waiter
+    // is granted only after the release).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let name_on = |core: usize| {
+        (0..1000)
+            .map(|i| format!("room{i}"))
+            .find(|n| owner_of_name(n, cores) == core % cores)
+            .unwrap()
+    };
+    let (a, b) = (name_on(0), name_on(1));
+    let game = format!(
+        r#"
+      stage.waitfor("first", function (cat)
+        logger.info("FIRST " .. cat .. " " .. _TICKET)
+        stage.signal(nil, 5000)
+        stage.addtask(1500, function (t, c)
+          logger.info("RELEASE " .. c)
+          stage.signal("ticket:" .. t, 0)
+          return 0
+        end, _TICKET, cat)
+      end)
+      stage.waitfor("second", function (cat) logger.info("SECOND " .. cat) return 0 end)
+      for _, cat in ipairs({{ "{a}", "{b}" }}) do
+        stage.signal("ticket:@" .. cat, 1)
+        stage.signal("ticket:" .. cat .. "=first", cat)
+        stage.signal("ticket:" .. cat .. "=second", cat)
+      end
+    "#
+    );
+    let server = start(&game, "");
+    server.wait_log(&format!("SECOND {a}"));
+    server.wait_log(&format!("SECOND {b}"));
+    let log = server.log();
+    assert!(!log.contains("CANCEL"), "{log}");
+    for (cat, core) in [(&a, 0), (&b, 1)] {
+        assert!(
+            pos(&log, &format!("RELEASE {cat}")) < pos(&log, &format!("SECOND {cat}")),
+            "{log}"
+        );
+        let lease = log
+            .split(&format!("FIRST {cat} "))
+            .nth(1)
+            .and_then(|r| LeaseId::parse(&r[..17]))
+            .unwrap_or_else(|| panic!("no lease for {cat}; log:\n{log}"));
+        assert_eq!(lease_owner(lease, cores), core % cores, "{log}");
+    }
 }

@@ -28,6 +28,7 @@ use crate::net::listener;
 use crate::script::host::{Host, ServiceKind};
 use crate::service::index::{IndexConfig, IndexService};
 use crate::service::route::RouteService;
+use crate::service::shard::Shard;
 use crate::service::ticket::TicketService;
 
 /// services.md §2.2: the index service's idle period (log sync per policy, snapshots).
@@ -69,11 +70,13 @@ pub struct Core {
     /// once), waiting for their accept loop.
     prebound: RefCell<HashMap<u64, glommio::net::TcpListener>>,
     next_seq: Cell<u64>,
-    /// The index.so stages whose main core this is, by stage index. Core-local by design:
-    /// every message for one goes to this core, so its requests are serialized here.
+    /// This core's shard of every index.so stage, by stage index. Core-local by design: every
+    /// message for an index this shard owns comes to this core, so its requests are
+    /// serialized here.
     indexes: RefCell<HashMap<usize, Rc<RefCell<IndexService>>>>,
-    /// The `=ticket` / `=route` stages whose main core this is, by stage index, each with
-    /// its tick timer (same reasoning: one owner core, requests serialized here).
+    /// This core's shard of every `=ticket` stage, and the `=route` stages whose main core
+    /// this is, by stage index, each with its tick timer (same reasoning: one owner core per
+    /// category or route service, requests serialized here).
     timed: RefCell<HashMap<usize, Rc<RefCell<TimedSlot>>>>,
     pub stop: Notify,
 }
@@ -131,21 +134,33 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
 
     // Services first: a Lua stage booting on this core may already send them messages.
     let lua_stages = node.lua.stages.len();
+    // index.so and `=ticket` have a shard on every core (`service::shard`), `=route` lives
+    // on its main core.
+    let shard = Shard {
+        index,
+        count: node.cores(),
+    };
     for (j, service) in node.lua.services.iter().enumerate() {
-        if service.main_core == index {
-            match &service.kind {
-                ServiceKind::Index(cfg) => core.start_index(lua_stages + j, &service.entry, cfg),
-                ServiceKind::Ticket(cfg) => core.start_timed(
-                    lua_stages + j,
-                    &service.entry,
-                    TimedService::Ticket(TicketService::new(service.id.clone(), cfg)),
-                ),
-                ServiceKind::Route(cfg) => core.start_timed(
-                    lua_stages + j,
-                    &service.entry,
-                    TimedService::Route(RouteService::with_config(service.id.clone(), cfg)),
-                ),
-            }
+        if !service.kind.is_sharded() && service.main_core != index {
+            continue;
+        }
+        match &service.kind {
+            ServiceKind::Index(cfg) => core.start_index(lua_stages + j, &service.entry, cfg),
+            ServiceKind::Ticket(cfg) => core.start_timed(
+                lua_stages + j,
+                &service.entry,
+                TimedService::Ticket(TicketService::sharded(
+                    service.id.clone(),
+                    cfg,
+                    shard,
+                    service.ticket_tracked.clone(),
+                )),
+            ),
+            ServiceKind::Route(cfg) => core.start_timed(
+                lua_stages + j,
+                &service.entry,
+                TimedService::Route(RouteService::with_config(service.id.clone(), cfg)),
+            ),
         }
     }
     // Main scripts run before the inbox is read: a message another core sends at boot waits
@@ -286,7 +301,9 @@ impl Core {
 
     /// Opens an index.so stage's service on this core and starts its idle tick.
     fn start_index(self: &Rc<Self>, stage: usize, entry: &str, cfg: &IndexConfig) {
-        tracing::info!(stage = %entry, path = %cfg.path, "starting index service");
+        if self.index == 0 {
+            tracing::info!(stage = %entry, path = %cfg.path, cores = self.node.cores(), "starting index service (one shard per core)");
+        }
         let service = Rc::new(RefCell::new(IndexService::new(cfg.clone())));
         self.indexes.borrow_mut().insert(stage, service.clone());
         let stop = self.stop.clone();
@@ -305,7 +322,9 @@ impl Core {
     /// Creates a `=ticket` / `=route` stage's service on this core. Its timer is armed by the
     /// first call that gives it a deadline (`script::timed_services`).
     fn start_timed(&self, stage: usize, entry: &str, service: TimedService) {
-        tracing::info!(stage = %entry, "starting service");
+        if self.index == 0 || matches!(service, TimedService::Route(_)) {
+            tracing::info!(stage = %entry, "starting service");
+        }
         let slot = Rc::new(RefCell::new(TimedSlot::new(service)));
         self.timed.borrow_mut().insert(stage, slot);
     }

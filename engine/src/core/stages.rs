@@ -21,8 +21,9 @@ pub struct Handler {
     pub args: Option<Arc<[u8]>>,
 }
 
-/// What runs a stage: a Lua main script, or a built-in service whose state lives on the
-/// stage's main core (`Core::services`) and that answers messages without handlers.
+/// What runs a stage: a Lua main script, or a built-in service that answers messages without
+/// handlers, its state sharded over the cores (index.so, `=ticket`) or on its main core
+/// (`=route`); see `service::shard`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StageKind {
     Lua,
@@ -52,6 +53,24 @@ pub struct LocalStage {
     pub entry: String,
     pub main_core: usize,
     handlers: Mutex<HashMap<String, Handler>>,
+}
+
+impl LocalStage {
+    /// The core that handles message `id` (with or without the `"<id>:"` prefix) for this
+    /// stage on a node of `cores` cores: the owning shard of a sharded service, otherwise
+    /// the main core. `None` for an index.so batch, whose keys each name their own index.
+    pub fn core_for(&self, id: &str, cores: usize) -> Option<usize> {
+        use crate::service::shard;
+        let key = id
+            .strip_prefix(self.id.as_str())
+            .and_then(|rest| rest.strip_prefix(':'))
+            .unwrap_or(id);
+        match self.kind {
+            StageKind::Index => shard::index_owner(key, cores),
+            StageKind::Ticket => Some(shard::ticket_owner(key, cores)),
+            StageKind::Lua | StageKind::Route => Some(self.main_core),
+        }
+    }
 }
 
 /// All Lua stages of this process, plus the process-wide `stage.once` record.

@@ -79,13 +79,17 @@ pub struct LuaStage {
     pub main_core: usize,
 }
 
-/// A built-in service stage of `#startup` (no Lua): its state lives on its main core.
+/// A built-in service stage of `#startup` (no Lua). index.so and `=ticket` run one shard on
+/// every core of the process (`service::shard`); `=route` lives on its main core, which is
+/// also where messages from other processes arrive for all three.
 #[derive(Debug, Clone)]
 pub struct ServiceStage {
     pub id: String,
     pub entry: String,
     pub main_core: usize,
     pub kind: ServiceKind,
+    /// `=ticket`: requests tracked by all its shards, against its service-wide capacity.
+    pub ticket_tracked: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +108,12 @@ impl ServiceKind {
             ServiceKind::Ticket(_) => StageKind::Ticket,
             ServiceKind::Route(_) => StageKind::Route,
         }
+    }
+
+    /// Whether the service runs one shard per core (named indexes and categories spread over
+    /// the cores by name) rather than one instance on its main core.
+    pub fn is_sharded(&self) -> bool {
+        !matches!(self, ServiceKind::Route(_))
     }
 }
 

@@ -50,6 +50,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("decode", lua.create_function(decode)?)?;
     e.set("wall_ms", lua.create_function(|_, ()| Ok(wall_ms()))?)?;
     e.set("stage_info", lua.create_function(stage_info)?)?;
+    e.set("stage_core", lua.create_function(stage_core)?)?;
     e.set("stage_by_id", lua.create_function(stage_by_id)?)?;
     e.set("unrouted", lua.create_function(unrouted)?)?;
     e.set("process_info", lua.create_function(process_info)?)?;
@@ -166,6 +167,13 @@ fn stage_info(lua: &Lua, index: usize) -> mlua::Result<(String, usize, Option<&'
     with_stage(lua, index, |s| {
         (s.id.clone(), s.main_core, s.kind.service_name())
     })
+}
+
+/// `E.stage_core(index, id)` -> the core message `id` for stage `index` goes to (a sharded
+/// service's owning shard, else the main core), or nil for an index.so batch.
+fn stage_core(lua: &Lua, (index, id): (usize, mlua::String)) -> mlua::Result<Option<usize>> {
+    let cores = node(lua)?.cores();
+    with_stage(lua, index, |s| s.core_for(&id.to_string_lossy(), cores))
 }
 
 fn stage_by_id(lua: &Lua, id: String) -> mlua::Result<Vec<usize>> {

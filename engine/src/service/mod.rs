@@ -8,6 +8,7 @@
 mod address;
 pub mod index;
 pub mod route;
+pub mod shard;
 pub mod ticket;
 
 pub use address::{reply_key, Payload, Requester};

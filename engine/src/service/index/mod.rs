@@ -83,6 +83,8 @@ impl IndexService {
             match Store::open(&base, self.cfg.sync, |m| ranking.apply(m)) {
                 Ok(opened) => {
                     ranking.bump_seq(opened.next_seq);
+                    // Once per index and run; under the core's span, so it shows the shard.
+                    tracing::info!(index = name, ids = ranking.ids(), "index opened");
                     self.open.insert(
                         name.to_string(),
                         Index {

@@ -7,20 +7,19 @@
 //! (spec open question 13 allows it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::category::Category;
 use super::command::{Outcome, Refusal, TicketCommand, TicketMessage, TicketOutput};
 use super::config::TicketConfig;
 use super::parse::LeaseId;
+use crate::service::shard::{category_owner, Shard, FIRST_LEASE};
 use crate::service::{reply_key, Payload, Requester};
 
 /// Spec §3.1: a grant holds its slot for 1 s unless extended.
 pub const LEASE: Duration = Duration::from_millis(1000);
-
-/// First request id. Ids are sequential (deterministic); starting high keeps their 16-digit
-/// text form from looking like a short category name.
-const FIRST_ID: u64 = 0x1000_0000_0000_0001;
 
 /// A request, waiting (`until` = None) or holding a slot until `until`.
 #[derive(Debug)]
@@ -36,12 +35,19 @@ struct Request {
 pub struct TicketService {
     sign: String,
     capacity: usize,
+    /// Requests tracked by every shard of this service: the capacity is service-wide (spec
+    /// §3.2), so the shards count against one atomic counter (a counter, not a lock).
+    tracked: Arc<AtomicUsize>,
+    shard: Shard,
     categories: BTreeMap<String, Category>,
     requests: HashMap<LeaseId, Request>,
     /// Held leases by expiry; ties broken by id, so expiry order is deterministic.
     leases: BTreeSet<(Instant, LeaseId)>,
     /// Categories with a `close_ms`, by closing time.
     closing: BTreeSet<(Instant, String)>,
+    /// Ids are sequential per shard and step by the shard count, so an id names its shard
+    /// (`shard::lease_owner`); starting high keeps their 16-digit text form from looking
+    /// like a short category name.
     next_id: u64,
 }
 
@@ -80,21 +86,48 @@ fn notice_key(sign: &str, rest: &str) -> String {
 }
 
 impl TicketService {
-    /// A service with the categories of its configuration (spec §3.2: no expiry).
+    /// A service with the categories of its configuration (spec §3.2: no expiry), in one
+    /// instance.
     pub fn new(sign: impl Into<String>, config: &TicketConfig) -> TicketService {
+        Self::sharded(sign, config, Shard::ONE, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// Shard `shard` of a service: it holds the configured categories it owns
+    /// (`shard::category_owner`) and issues lease ids of its own; `tracked` is shared by all
+    /// shards.
+    pub fn sharded(
+        sign: impl Into<String>,
+        config: &TicketConfig,
+        shard: Shard,
+        tracked: Arc<AtomicUsize>,
+    ) -> TicketService {
         let mut s = TicketService {
             sign: sign.into(),
             capacity: config.capacity,
+            tracked,
+            shard,
             categories: BTreeMap::new(),
             requests: HashMap::new(),
             leases: BTreeSet::new(),
             closing: BTreeSet::new(),
-            next_id: FIRST_ID,
+            next_id: FIRST_LEASE + shard.index as u64,
         };
         for (name, limit) in &config.categories {
-            s.categories.insert(name.clone(), Category::new(*limit));
+            if category_owner(name, shard.count) == shard.index {
+                s.categories.insert(name.clone(), Category::new(*limit));
+            }
         }
         s
+    }
+
+    /// Takes one place of the service-wide capacity, or says it is full. (An associated
+    /// function: the caller holds a category borrowed.)
+    fn take_place(tracked: &AtomicUsize, capacity: usize) -> bool {
+        tracked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// The service's own sign (`ticket` by default), the prefix of its keys.
@@ -294,11 +327,11 @@ impl TicketService {
         if !grant_now && !cat.queues() {
             return Err(Refusal::CategoryFull);
         }
-        if self.requests.len() >= self.capacity {
+        if !Self::take_place(&self.tracked, self.capacity) {
             return Err(Refusal::QueueFull);
         }
         let id = LeaseId(self.next_id);
-        self.next_id += 1;
+        self.next_id += self.shard.count as u64;
         cat.members.insert(id);
         if grant_now {
             cat.held += 1;
@@ -448,6 +481,7 @@ impl TicketService {
     /// Forgets a request: its lease deadline, membership and queue place (not its slot).
     fn remove(&mut self, id: LeaseId) -> Option<Request> {
         let req = self.requests.remove(&id)?;
+        self.tracked.fetch_sub(1, Ordering::AcqRel);
         match req.until {
             Some(until) => {
                 self.leases.remove(&(until, id));

@@ -428,3 +428,59 @@ fn at_names_resolve_to_live_leases_only() {
     s.handle(t, who(0), lease(a, 0));
     assert_eq!(s.resolve_at(name), None);
 }
+
+/// Two shards of one service, as two cores hold them (`service::shard`), with categories
+/// `a` and `b` owned by different shards.
+fn two_shards(capacity: usize) -> (TicketService, TicketService, String, String) {
+    use crate::service::shard::{owner_of_name, Shard};
+    let name_on = |k: usize| {
+        (0..100)
+            .map(|i| format!("cat{i}"))
+            .find(|n| owner_of_name(n, 2) == k)
+            .unwrap()
+    };
+    let (a, b) = (name_on(0), name_on(1));
+    let config = TicketConfig {
+        capacity,
+        categories: vec![(a.clone(), 5), (b.clone(), 5)],
+    };
+    let tracked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shard = |index| {
+        TicketService::sharded(
+            "ticket",
+            &config,
+            Shard { index, count: 2 },
+            tracked.clone(),
+        )
+    };
+    (shard(0), shard(1), a, b)
+}
+
+#[test]
+fn shards_hold_only_their_categories_and_issue_their_own_lease_ids() {
+    use crate::service::shard::lease_owner;
+    let t = Instant::now();
+    let (mut s0, mut s1, a, b) = two_shards(100);
+    assert!(s0.is_open(&a) && !s0.is_open(&b));
+    assert!(s1.is_open(&b) && !s1.is_open(&a));
+    for _ in 0..3 {
+        let g0 = grants(&s0.handle(t, who(0), request(&a, "cb", None)));
+        let g1 = grants(&s1.handle(t, who(1), request(&b, "cb", None)));
+        assert_eq!(lease_owner(g0[0].1, 2), 0);
+        assert_eq!(lease_owner(g1[0].1, 2), 1);
+    }
+}
+
+#[test]
+fn the_capacity_is_shared_by_all_shards() {
+    let t = Instant::now();
+    let (mut s0, mut s1, a, b) = two_shards(3);
+    assert!(feedback(&s0.handle(t, who(0), request(&a, "cb", Some("fb"))))[0].is_ok());
+    assert!(feedback(&s1.handle(t, who(1), request(&b, "cb", Some("fb"))))[0].is_ok());
+    assert!(feedback(&s1.handle(t, who(2), request(&b, "cb", Some("fb"))))[0].is_ok());
+    let outs = s0.handle(t, who(3), request(&a, "cb", Some("fb")));
+    assert_eq!(feedback(&outs), vec![Err(Refusal::QueueFull)]);
+    // A lease ending on one shard makes room on the other.
+    s1.tick(ms(t, 1000));
+    assert!(feedback(&s0.handle(ms(t, 1000), who(3), request(&a, "cb", Some("fb"))))[0].is_ok());
+}
