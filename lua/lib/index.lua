@@ -10,6 +10,7 @@
 --   ix:commit()
 --
 -- Callbacks travel as bytecode (like every stage callback): they see globals, never upvalues.
+-- `ix.set = { "alice", 120 }` (assigning a command) sends it at once: see the end.
 -- Callback arguments: set -> (rank d, id); delete -> (ok, id); get -> (the reply table
 -- { ID = { v, I } }); range / forEach -> ({ [rank] = { i, k, v, d } }); total -> (count).
 local INDEX = {}
@@ -35,7 +36,7 @@ local function add(self, cmd, tier, payload, cb, arg)
   local key = ("#%d.%s?%s/%s"):format(self.n, cmd, self.name, tostring(tier))
   self.batch[key] = payload
   local dflt = self.callbacks
-  if cb == nil then cb = type(dflt) == "function" and dflt or dflt[cmd] end
+  if type(cb) ~= "function" then cb = type(dflt) == "function" and dflt or dflt[cmd] end
   if cb ~= nil then self.calls[key] = { cb, arg } end
   return self
 end
@@ -93,6 +94,22 @@ function INDEX:commit()
   stage.signal(self.stage .. ":" .. id, self.batch)
   self.n, self.batch, self.calls = 0, {}, {}
   return self
+end
+
+-- The original's assign-to-send form: `ix.set = { key, score, value, cb }` (and `get`,
+-- `delete`, `range`, `forEach`, `total` with their arguments in a table, or one plain
+-- argument) adds the command and commits at once, with anything already collected.
+local SENDS = { set = true, get = true, delete = true, range = true, forEach = true, total = true }
+function INDEX.__newindex(self, k, v)
+  if not SENDS[k] then
+    error("index builder: `" .. tostring(k) .. "` cannot be assigned (assigning set, get, delete, range, forEach or total sends it)", 2)
+  end
+  if type(v) == "table" then
+    INDEX[k](self, unpack(v, 1, table.maxn(v)))
+  else
+    INDEX[k](self, v)
+  end
+  self:commit()
 end
 
 return INDEX

@@ -169,6 +169,36 @@ fn the_index_helper_batches_and_calls_back() {
 }
 
 #[test]
+fn assigning_a_command_to_the_index_helper_sends_it() {
+    let script = r#"
+      local INDEX = stage.require("index")
+      local ix = INDEX.New("rank", "assign", function (r, id) logger.info("A dflt " .. dump(r)) end)
+      ix.set = { "ann", 10, { team = "red" }, function (d, id) logger.info("A set " .. id .. " " .. d) end }
+      ix:set("ben", 20)                      -- collected: goes with the next assignment
+      ix.get = "ann"                         -- one plain argument; the default callback
+      ix.total = function (n) logger.info("A total " .. n) end
+      local ok, err = pcall(function () ix.nosuch = 1 end)
+      logger.info("A bad " .. tostring(err))
+      ix.delete = { "ann", function (ok, id) logger.info("A del " .. id .. " " .. tostring(ok)) end }
+      ix.total = { function (n) logger.info("A total2 " .. n) end }
+    "#;
+    let server = Server::start(&index_config(), &[("start.lua", &listen_last(script))]);
+    server.wait_log("A total2 ");
+    let log = server.log();
+    for line in [
+        "A set ann 1",
+        "A dflt {ann={I={1={d=2,i=10}},v={team=red}}}",
+        "A total 2",
+        "A bad ",
+        "`nosuch` cannot be assigned",
+        "A del ann true",
+        "A total2 1",
+    ] {
+        assert!(log.contains(line), "missing `{line}`; log:\n{log}");
+    }
+}
+
+#[test]
 fn receive_callbacks_on_any_core_reach_the_index() {
     let script = r#"
       stage.signal("rank:t?board=ready", 0)

@@ -366,3 +366,43 @@ fn a_silent_subscriber_is_dropped_after_the_keepalive() {
     assert!(!log.contains("GONE hello"), "{log}");
     assert!(!log.contains("GOT b again"), "{log}");
 }
+
+#[test]
+fn target_lists_hints_and_removing_one_subscription() {
+    // One publication names two targets: each is offered on its own, and the `?hot` hint
+    // reaches the willingness check inside the original key. `b` removes its `gone`
+    // subscription with an empty callback id (a Lua table cannot hold nil): a publication to
+    // `gone` then has no subscriber and fails at once, while `b` still gets `sport`.
+    let publisher = r#"
+      stage.waitfor("nob", function (key, v) logger.info("FAIL " .. key .. " " .. v) end)
+      stage.waitfor("ret", function (s) logger.info("RET " .. s) end)
+      stage.waitfor("ready", function ()
+        ready = (ready or 0) + 1
+        if ready < 2 then return end
+        stage.signal("route:news?hot=ret,sport!nob=ret", "V")
+        stage.signal("route:gone!nob", "G")
+      end)
+    "#;
+    let b = subscriber("b", r#"{ sport = "got", gone = "got" }"#, false).replace(
+        r#"stage.signal("pub:ready", NAME)"#,
+        r#"stage.signal("route:@", { gone = "" }) stage.signal("pub:ready", NAME)"#,
+    );
+    let server = start(
+        publisher,
+        &subscriber("a", r#"{ news = "got" }"#, false),
+        &b,
+    );
+    let key = "route:news?hot=ret,sport!nob=ret";
+    server.wait_log(&format!("GOT a {key} V"));
+    server.wait_log(&format!("GOT b {key} V"));
+    server.wait_log("FAIL route:gone!nob G");
+    server.wait_log_count("RET ack-", 2);
+    let log = server.log();
+    assert!(log.contains(&format!("OFFER a {key}")), "{log}");
+    assert!(
+        log.contains("RET ack-a-V") && log.contains("RET ack-b-V"),
+        "{log}"
+    );
+    assert!(!log.contains("OFFER b route:gone"), "{log}");
+    assert!(!log.contains("FAIL route:news"), "{log}");
+}

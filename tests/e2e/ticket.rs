@@ -417,3 +417,53 @@ fn categories_on_different_cores_keep_their_leases_apart() {
         assert_eq!(lease_owner(lease, cores), core % cores, "{log}");
     }
 }
+
+#[test]
+fn withdrawal_shrinking_and_closing_with_limit_zero() {
+    // `shr` (2 slots) is held twice; w1 and w2 wait. w1 withdraws with its lease id from the
+    // feedback (`@<lease>` ← 0 on a waiting request). The category shrinks to 1 slot: the
+    // holders keep their leases, and after the first release the slot is not handed on (one
+    // is still held); after the second, w2 gets it. A limit of 0 closes the category: the
+    // waiter w3 is cancelled at once and a later request is refused.
+    let game = r#"
+      held = {}
+      stage.waitfor("hold", function (n) held[n] = _TICKET stage.signal(nil, 60000) end)
+      stage.waitfor("w", function (n) logger.info("GRANT w" .. n) stage.signal(nil, 60000) end)
+      stage.waitfor("wfb", function (key, r)
+        logger.info("WFB " .. key .. " " .. tostring(r))
+        if key:find("=w?wfb", 1, true) and r and not withdrawn then
+          withdrawn = true
+          stage.signal("ticket:" .. r, 0)
+        end
+      end)
+      stage.signal("ticket:@shr", 2)
+      stage.signal("ticket:shr=hold", 1)
+      stage.signal("ticket:shr=hold", 2)
+      stage.signal("ticket:shr=w?wfb", 1)
+      stage.signal("ticket:shr=w", 2)
+      step = 0
+      stage.addtask(300, function ()
+        step = step + 1
+        if step == 1 then logger.info("SHRINK") stage.signal("ticket:@shr", 1)
+        elseif step == 2 then logger.info("REL1") stage.signal("ticket:" .. held[1], 0)
+        elseif step == 3 then logger.info("REL2") stage.signal("ticket:" .. held[2], 0)
+        elseif step == 4 then stage.signal("ticket:shr=w", 3)
+        elseif step == 5 then logger.info("CLOSE") stage.signal("ticket:@shr", 0)
+        elseif step == 6 then stage.signal("ticket:shr=w?wfb", 4) return 0 end
+        return 300
+      end)
+    "#;
+    let server = start(game, "");
+    server.wait_log("WFB ticket:shr=w?wfb false");
+    let log = server.log();
+    assert!(!log.contains("GRANT w1"), "w1 withdrew: {log}");
+    assert!(pos(&log, "REL2") < pos(&log, "GRANT w2"), "{log}");
+    assert!(pos(&log, "SHRINK") < pos(&log, "REL1"), "{log}");
+    assert!(!log.contains("GRANT w3"), "{log}");
+    assert!(pos(&log, "CLOSE") < pos(&log, "CANCEL cancel w "), "{log}");
+    assert_eq!(
+        log.matches("CANCEL").count(),
+        1,
+        "only w3 is cancelled: {log}"
+    );
+}
