@@ -26,13 +26,26 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no other test of this binary was given.
+///
+/// Ports come from below the kernel's ephemeral range (32768 up), so no client connection
+/// of a test can be sitting on one, and from a counter, so two tests never get the same
+/// port. (Asking the kernel for port 0 could hand the same port to two tests in a row, and
+/// SO_REUSEPORT would then let both servers bind it and split each other's connections.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    // Each test binary starts at its own offset, in case two run at once on the machine.
+    let seed = std::process::id() % SPAN;
+    loop {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (seed + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Server {
