@@ -17,7 +17,7 @@ use clap::Parser;
 
 use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef};
 use crate::core::peers::{PeerSettings, Peers};
-use crate::core::{affinity, runtime, Node};
+use crate::core::{affinity, runtime, watchdog, Node};
 use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
 use crate::service::index::IndexConfig;
@@ -65,6 +65,10 @@ struct Args {
     /// Log filter, e.g. `info`, `debug`, `warn,lua=debug` (default: $STAGE_LOG, else info).
     #[arg(short = 'l', long = "log", value_name = "FILTER")]
     log: Option<String>,
+    /// Scale-down file (default `<program>.stop`, deleted at start): while it exists, the
+    /// processes of a multi-process node stop announcing their stages, so traffic drains away.
+    #[arg(short = 's', long = "suspend", value_name = "FILE")]
+    suspend: Option<std::path::PathBuf>,
     /// Arguments for the scripts (`arg[1..]`), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -113,6 +117,20 @@ pub fn main() -> ExitCode {
         }
     };
     let program = std::env::args().next().unwrap_or_else(|| "stage".into());
+    let suspend = args
+        .suspend
+        .clone()
+        .unwrap_or_else(|| format!("{program}.stop").into());
+    if args.child.is_none() && !args.check && suspend.exists() {
+        // Spec: deleted at start, so a node never starts drained by a stale file.
+        match std::fs::remove_file(&suspend) {
+            Ok(()) => tracing::info!("removed the suspend file {}", suspend.display()),
+            Err(err) => tracing::warn!(
+                "cannot remove the suspend file {}: {err}",
+                suspend.display()
+            ),
+        }
+    }
     if args.child.is_none() && !args.check && config.multi_process() {
         for key in config.inactive_keys() {
             tracing::info!("config {key} is not active in this build");
@@ -123,6 +141,7 @@ pub fn main() -> ExitCode {
                 program,
                 log_filter,
                 script_args: args.args.clone(),
+                suspend,
             },
         );
     }
@@ -166,6 +185,7 @@ pub fn main() -> ExitCode {
                 supervisor,
                 notify: Duration::from_millis(config.router.notify_ms),
                 expiry: Duration::from_millis(config.router.expiry_ms),
+                suspend: Some(suspend),
             };
             match Peers::new(settings) {
                 Ok(peers) => Some(Arc::new(peers)),
@@ -183,7 +203,11 @@ pub fn main() -> ExitCode {
             None
         }
     };
-    match run(cpus, settings, peers) {
+    let alive = match (&args.run_dir, args.child) {
+        (Some(dir), Some(n)) => Some(watchdog::alive_file(dir, n)),
+        _ => None,
+    };
+    match run(cpus, settings, peers, alive) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -423,6 +447,7 @@ fn run(
     cpus: Vec<usize>,
     settings: Arc<LuaSettings>,
     peers: Option<Arc<Peers>>,
+    alive: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     block_shutdown_signals();
     match &peers {
@@ -431,6 +456,7 @@ fn run(
     }
     let node = Node::new(cpus, settings, peers);
     let handles = runtime::start(node.clone())?;
+    watchdog::start(node.clone(), alive);
     let signals = node.clone();
     std::thread::Builder::new()
         .name("stage-signals".into())

@@ -8,6 +8,11 @@
 //! SIGKILL. Children bind their life to the supervisor (`bind_to_parent`), so a SIGKILLed
 //! supervisor takes them along.
 //!
+//! The watchdog (spec 6.1): each child writes the oldest beat of its cores into its
+//! `alive-N` file in the runtime directory (`core::watchdog`); a child whose cores have not
+//! beaten for 3.1 s (a Lua callback that never returns) is SIGKILLed, and restarted like
+//! any child that died.
+//!
 //! Everything runs on the one thread that spawned the children: the signals (SIGCHLD
 //! included) are blocked and taken with `sigtimedwait`, so there is no handler and no race
 //! between reaping and restarting.
@@ -19,6 +24,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Startup, StartupEntry};
+use crate::core::watchdog;
 
 /// A child that ends sooner than this after its start is not restarted.
 const TIME_BREAK: Duration = Duration::from_secs(1);
@@ -70,6 +76,8 @@ pub struct ChildArgs {
     pub program: String,
     pub log_filter: String,
     pub script_args: Vec<String>,
+    /// The scale-down file the children watch (`-s`).
+    pub suspend: PathBuf,
 }
 
 /// The private runtime directory of the node run by supervisor `pid`: under
@@ -129,6 +137,8 @@ struct Running {
     n: u32,
     label: String,
     started: Instant,
+    /// SIGKILLed by the watchdog (its cores stopped beating).
+    stalled: bool,
 }
 
 struct Supervisor {
@@ -162,15 +172,45 @@ impl Supervisor {
                 );
                 return ExitCode::from(1);
             }
+            // Woken at least every watchdog look, to check the children's alive files.
             let wait = match self.pending.front() {
                 Some(_) if !self.stopping => self.next_at.saturating_duration_since(Instant::now()),
-                _ => Duration::from_secs(1),
-            };
+                _ => watchdog::LOOK,
+            }
+            .min(watchdog::LOOK);
             match wait_signal(set, wait) {
                 Some(libc::SIGCHLD) | None => {}
                 Some(sig) => self.on_shutdown_signal(sig),
             }
             self.reap();
+            self.kill_stalled();
+        }
+    }
+
+    /// The watchdog (spec services.md §6.1): a child whose oldest core beat is older than
+    /// 3.1 s is SIGKILLed; `reap` then restarts it like any child that died.
+    fn kill_stalled(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let now = watchdog::monotonic_ms();
+        for (pid, child) in self.children.iter_mut() {
+            if child.stalled {
+                continue;
+            }
+            let Some(beat) = watchdog::read_alive(&watchdog::alive_file(&self.dir, child.n)) else {
+                continue; // still booting: it has not beaten yet
+            };
+            if watchdog::overdue(beat, now) {
+                tracing::error!(
+                    "watchdog: process {} (pid {pid}) has had a core stalled for {:.1} s: killing it",
+                    child.n,
+                    now.saturating_sub(beat) as f64 / 1000.0
+                );
+                child.stalled = true;
+                // SAFETY: plain kill(2) on a child we have not reaped yet (its pid is still ours).
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
         }
     }
 
@@ -186,6 +226,8 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, n: u32, label: String) {
+        // A previous run's beats must not get the new process killed while it boots.
+        let _ = std::fs::remove_file(watchdog::alive_file(&self.dir, n));
         let mut cmd = Command::new(&self.exe);
         cmd.arg0(&self.child.program)
             .arg("--child")
@@ -198,6 +240,8 @@ impl Supervisor {
             .arg(self.dir.join(CONFIG_FILE))
             .arg("-l")
             .arg(&self.child.log_filter)
+            .arg("-s")
+            .arg(&self.child.suspend)
             .arg("--")
             .args(&self.child.script_args)
             // The configuration may have come from our stdin: it is in the file now.
@@ -218,6 +262,7 @@ impl Supervisor {
                         n,
                         label,
                         started: Instant::now(),
+                        stalled: false,
                     },
                 );
             }

@@ -75,7 +75,10 @@ impl Server {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text.replace("PORT", &port.to_string())).unwrap();
         }
-        let mut server = Server::spawn(dir, port, &["-c", "stage.json"], None);
+        // Each server watches its own scale-down file (the default, next to the binary, would
+        // be shared by every test).
+        let args = ["-c", "stage.json", "-s", "stage.stop"];
+        let mut server = Server::spawn(dir, port, &args, None);
         server.wait_port();
         server
     }

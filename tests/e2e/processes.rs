@@ -409,3 +409,50 @@ fn stage_exit_in_one_process_stops_the_whole_node() {
     assert!(!log.contains("restarting"), "{log}");
     assert!(log.contains("every process has stopped"), "{log}");
 }
+
+#[test]
+fn a_process_whose_core_never_returns_is_killed_and_restarted() {
+    // The lobby (process 2) gets a message whose handler loops forever: its core stops
+    // beating, the supervisor's watchdog kills the process after 3.1 s and restarts it.
+    let lobby = r#"
+        logger.info("lobby up in pid " .. process.id)
+        stage.waitfor("hang", function () logger.info("hanging") while true do end end)
+    "#;
+    let game = format!(
+        r#"{GAME}
+        stage.addtask(1500, function () stage.signal("lobby:hang") return 0 end)
+    "#
+    );
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+lobby"]]"#),
+        &[("lobby.lua", lobby), ("game.lua", &game)],
+    );
+    server.wait_log("hanging");
+    server.wait_log("has not returned to its event loop");
+    server.wait_log("watchdog: process 2 (pid");
+    server.wait_log_count("lobby up in pid", 2);
+    let log = server.log();
+    let pids = started_pids(&log, 2);
+    assert_eq!(pids.len(), 2, "{log}");
+    assert!(!alive(pids[0]), "{log}");
+    assert!(log.contains("was killed by signal 9"), "{log}");
+    assert_eq!(started_pids(&log, 1).len(), 1, "{log}");
+}
+
+#[test]
+fn the_suspend_file_drains_a_node_and_its_removal_brings_it_back() {
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+lobby"]]"#),
+        &[("lobby.lua", "-- nothing to do"), ("game.lua", GAME)],
+    );
+    server.wait_log("process 1: peer process 2 is up");
+    server.wait_log("process 2: peer process 1 is up");
+    std::fs::write(server.path("stage.stop"), "").unwrap();
+    server.wait_log("process 1: peer process 2 is down");
+    server.wait_log("process 2: peer process 1 is down");
+    assert_eq!(server.log().matches("suspend file").count(), 2);
+    std::fs::remove_file(server.path("stage.stop")).unwrap();
+    server.wait_log_count("heartbeats resume", 2);
+    server.wait_log_count("process 1: peer process 2 is up", 2);
+    server.wait_log_count("process 2: peer process 1 is up", 2);
+}

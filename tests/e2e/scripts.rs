@@ -375,3 +375,34 @@ fn broker_close_by_id_closes_a_socket_owned_by_any_core() {
         .unwrap();
     assert!(is_closed(victim.get_mut()));
 }
+
+#[test]
+fn a_core_stuck_in_lua_is_reported_and_so_is_its_recovery() {
+    // A single-process node has no supervisor to restart it: the watchdog says which core
+    // stalled and when it runs again.
+    let script = r#"
+        stage.addtask(300, function ()
+          logger.info("busy")
+          local t = os.clock()
+          while os.clock() - t < 1.6 do end
+          logger.info("done")
+          return 0
+        end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data) return { ok = true } end
+        end)
+    "#;
+    let server = Server::start(&config(""), &[("start.lua", script)]);
+    server.wait_log("done");
+    server.wait_log("is running again");
+    let log = server.log();
+    let stalled = log
+        .lines()
+        .find(|l| l.contains("has not returned to its event loop"))
+        .unwrap_or_else(|| panic!("no stall reported; log:\n{log}"));
+    assert!(stalled.contains("watchdog: core "), "{stalled}");
+    assert!(
+        log.find("busy").unwrap() < log.find("has not returned").unwrap(),
+        "{log}"
+    );
+}

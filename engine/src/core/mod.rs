@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod shared;
 pub mod stages;
 pub mod timed;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -104,6 +105,8 @@ pub struct Node {
     listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
     next_listener: AtomicU64,
     shutting_down: AtomicBool,
+    /// Every core's last beat, read by the watchdog thread.
+    pub pulses: watchdog::Pulses,
 }
 
 impl Node {
@@ -126,6 +129,7 @@ impl Node {
                 })),
         );
         Arc::new(Node {
+            pulses: watchdog::Pulses::new(cpus.len()),
             cpus,
             lua,
             process: peers.as_ref().map_or(1, |p| p.me),

@@ -51,11 +51,15 @@ pub struct PeerSettings {
     pub supervisor: u32,
     pub notify: Duration,
     pub expiry: Duration,
+    /// The scale-down file (`-s`, spec services.md §6.1): while it exists, this process
+    /// sends no heartbeats, so the others stop routing to it and its traffic drains away.
+    pub suspend: Option<PathBuf>,
 }
 
 pub struct Peers {
     pub me: u32,
     pub supervisor: u32,
+    suspend: Option<PathBuf>,
     others: Vec<u32>,
     dir: PathBuf,
     notify: Duration,
@@ -114,6 +118,7 @@ impl Peers {
         Ok(Peers {
             me: settings.me,
             supervisor: settings.supervisor,
+            suspend: settings.suspend,
             others: settings
                 .processes
                 .iter()
@@ -426,9 +431,24 @@ async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
     ids.sort_unstable();
     ids.dedup();
     let frame = heartbeat_frame(peers.me, &ids);
+    let mut suspended = false;
     loop {
         peers.sweep(Instant::now());
-        for n in &peers.others {
+        let suspend = peers.suspend.as_ref().filter(|f| f.exists());
+        if suspend.is_some() != suspended {
+            suspended = suspend.is_some();
+            match suspend {
+                Some(f) => tracing::warn!(
+                    "process {}: suspend file {} exists: no more heartbeats, traffic drains away",
+                    peers.me,
+                    f.display()
+                ),
+                None => {
+                    tracing::info!("process {}: suspend file gone: heartbeats resume", peers.me)
+                }
+            }
+        }
+        for n in peers.others.iter().filter(|_| !suspended) {
             if let Err(err) = peers.send(*n, &frame) {
                 tracing::trace!("heartbeat to process {n} not sent: {err}");
             }
@@ -453,6 +473,7 @@ mod tests {
             supervisor: 1,
             notify: Duration::from_millis(100),
             expiry: Duration::from_millis(500),
+            suspend: None,
         })
         .unwrap()
     }

@@ -173,6 +173,8 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     }
     let inbox_core = core.clone();
     let inbox_task = glommio::spawn_local(inbox.run(move |msg| inbox_core.handle(msg))).detach();
+    // Booted: from now on the watchdog expects this core to beat (`core::watchdog`).
+    glommio::spawn_local(beat(node.clone(), index, core.stop.clone())).detach();
     // Other processes learn about this one only now that core 0's stages have booted.
     if let Some(peers) = node.peers.clone().filter(|_| index == 0) {
         super::peers::start(&core, peers);
@@ -185,6 +187,14 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     CURRENT_RAW.with(|c| c.set(std::ptr::null()));
     CURRENT.with(|c| c.borrow_mut().take());
     Ok(())
+}
+
+/// Tells the watchdog this core still gets back to its event loop.
+async fn beat(node: Arc<Node>, index: usize, stop: Notify) {
+    while !stop.is_fired() {
+        node.pulses.beat(index);
+        futures_lite::future::or(glommio::timer::sleep(super::watchdog::BEAT), stop.wait()).await;
+    }
 }
 
 impl Core {
