@@ -1,7 +1,8 @@
 -- Prelude, part 6: shared state and the process object (spec/stage.md §3.11, §7).
 --   __.NAME / __.NAME = v / __("NAME", fn) / __[n]   the process-wide store
 --   _SANDBOX[""] = { "*NAME", ["*RO"] = v }           globals shared by every state
---   process.id / tick / args / stage / ["%ENV"] / ["$"] / ["$KEY"] / title = "..."
+--   process.id / tick / args / stage / ["%ENV"] / ["$"] / ["$KEY"] (all three assignable) /
+--   title = "..."
 -- Shared values are copies: reading gives a fresh snapshot, assigning replaces the value.
 local E, P = ...
 
@@ -124,7 +125,7 @@ process = setmetatable({}, {
     if k == "stage" then return (E.process_info()) end
     if type(k) ~= "string" then return nil end
     local first = k:sub(1, 1)
-    if first == "%" then return os.getenv(k:sub(2)) end
+    if first == "%" then return E.env_get(k:sub(2)) end
     if first == "$" then
       local block = P.stage and E.config_block(P.stage)
       if block == nil then return nil end
@@ -136,6 +137,20 @@ process = setmetatable({}, {
   end,
   __newindex = function(_, k, v)
     if k == "title" then return E.set_title(tostring(v)) end
-    error("process." .. tostring(k) .. " cannot be assigned in this build", 2)
+    local first = type(k) == "string" and k:sub(1, 1)
+    if first == "%" then
+      -- An overlay seen by process["%NAME"] in every Lua state of the process (not setenv).
+      return E.env_set(k:sub(2), v ~= nil and tostring(v) or nil)
+    end
+    if first == "$" then
+      if P.stage == nil then error("process[\"" .. k .. "\"]: not inside a stage", 2) end
+      if v ~= nil and type(v) ~= "string" then
+        error("process[\"" .. k .. "\"] takes a JSON string, not a " .. type(v), 2)
+      end
+      local ok, err = pcall(E.config_set, P.stage, k ~= "$" and k:sub(2) or nil, v)
+      if not ok then error(err, 2) end
+      return
+    end
+    error("process." .. tostring(k) .. " cannot be assigned (only title, [\"%NAME\"] and [\"$NAME\"])", 2)
   end,
 })

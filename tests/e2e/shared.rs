@@ -1,6 +1,8 @@
 //! Process-wide shared state: `__` atomic updates from jobs on every core, `_SANDBOX`
 //! shared and read-only globals seen by jobs and threads, numbered namespaces, `process`.
 
+use std::io::Write;
+
 use crate::harness::*;
 
 #[test]
@@ -112,5 +114,53 @@ fn the_process_object_describes_this_process() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "stage-test");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn scripts_change_the_environment_and_config_they_read_through_process() {
+    // Assignments made on the main core are seen by a receive callback on any core.
+    let mut server = Server::start(
+        &config(", \"custom\": \"from-config\""),
+        &[(
+            "start.lua",
+            r#"
+            process["%STAGE_TEST_GREETING"] = "hello"
+            process["%STAGE_LOG"] = nil
+            process["$custom"] = '{"level": 7}'
+            process["$added"] = '[1, 2]'
+            local ok, err = pcall(function () process["$bad"] = "{nope" end)
+            logger.info("bad json: " .. tostring(ok) .. " " .. tostring(err))
+            ok, err = pcall(function () process["$"] = "[1]" end)
+            logger.info("bad block: " .. tostring(ok))
+            ok, err = pcall(function () process.id = 1 end)
+            logger.info("bad key: " .. tostring(ok))
+            broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+              return function (s, data)
+                return {
+                  greeting = process["%STAGE_TEST_GREETING"],
+                  log = process["%STAGE_LOG"] or "unset",
+                  level = process["$custom"].level,
+                  added = #process["$added"],
+                }
+              end
+            end)
+            "#,
+        )],
+    );
+    server.wait_log("bad key: false");
+    let log = server.log();
+    assert!(log.contains("bad json: false"), "{log}");
+    assert!(log.contains("not valid JSON"), "{log}");
+    assert!(log.contains("bad block: false"), "{log}");
+    for _ in 0..4 {
+        let mut s = server.connect();
+        s.write_all(&message("x", &[])).unwrap();
+        let v = read_reply(&mut s);
+        assert_eq!(v.get("greeting").and_then(Bson::as_str), Some("hello"));
+        assert_eq!(v.get("log").and_then(Bson::as_str), Some("unset"));
+        assert_eq!(v.get("level").and_then(Bson::as_i64), Some(7));
+        assert_eq!(v.get("added").and_then(Bson::as_i64), Some(2));
+    }
     assert!(server.stop().success());
 }

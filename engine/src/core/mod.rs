@@ -9,6 +9,7 @@ pub mod locks;
 pub mod mailbox;
 pub mod notify;
 pub mod outbox;
+pub mod overrides;
 pub mod peers;
 pub mod pool;
 pub mod runtime;
@@ -107,6 +108,8 @@ pub struct Node {
     shutting_down: AtomicBool,
     /// Every core's last beat, read by the watchdog thread.
     pub pulses: watchdog::Pulses,
+    /// `process["%NAME"]` / `process["$NAME"]` assignments.
+    pub overrides: overrides::Overrides,
 }
 
 impl Node {
@@ -130,6 +133,7 @@ impl Node {
         );
         Arc::new(Node {
             pulses: watchdog::Pulses::new(cpus.len()),
+            overrides: overrides::Overrides::default(),
             cpus,
             lua,
             process: peers.as_ref().map_or(1, |p| p.me),

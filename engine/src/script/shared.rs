@@ -24,6 +24,9 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("pid", lua.create_function(|_, ()| Ok(std::process::id()))?)?;
     e.set("args", lua.create_function(args)?)?;
     e.set("config_block", lua.create_function(config_block)?)?;
+    e.set("config_set", lua.create_function(config_set)?)?;
+    e.set("env_get", lua.create_function(env_get)?)?;
+    e.set("env_set", lua.create_function(env_set)?)?;
     e.set("set_title", lua.create_function(set_title)?)?;
     Ok(())
 }
@@ -136,13 +139,43 @@ fn args(lua: &Lua, (): ()) -> mlua::Result<Table> {
     Ok(t)
 }
 
-/// The merged configuration block of a Lua stage, as JSON text (`process["$"]`).
+/// The merged configuration block of a Lua stage, as JSON text (`process["$"]`), as the
+/// scripts may have changed it.
 fn config_block(lua: &Lua, stage: usize) -> mlua::Result<Option<String>> {
-    Ok(node(lua)?
+    let node = node(lua)?;
+    Ok(node
         .lua
         .stages
         .get(stage)
-        .map(|s| s.block_json.clone()))
+        .map(|s| node.overrides.block(stage, &s.block_json)))
+}
+
+/// `E.config_set(stage, key|nil, json|nil)`: `process["$KEY"] = json` / `process["$"] = json`.
+fn config_set(
+    lua: &Lua,
+    (stage, key, json): (usize, Option<String>, Option<String>),
+) -> mlua::Result<()> {
+    let node = node(lua)?;
+    let Some(s) = node.lua.stages.get(stage) else {
+        return Err(runtime_err(format!("no Lua stage #{stage}")));
+    };
+    let what = match &key {
+        Some(k) => format!("process[\"${k}\"]"),
+        None => "process[\"$\"]".to_string(),
+    };
+    node.overrides
+        .set_block(stage, &s.block_json, key.as_deref(), json.as_deref())
+        .map_err(|e| runtime_err(format!("{what}: {e}")))
+}
+
+/// `E.env_get(name)` / `E.env_set(name, value|nil)`: `process["%NAME"]`.
+fn env_get(lua: &Lua, name: String) -> mlua::Result<Option<String>> {
+    Ok(node(lua)?.overrides.env(&name))
+}
+
+fn env_set(lua: &Lua, (name, value): (String, Option<String>)) -> mlua::Result<()> {
+    node(lua)?.overrides.set_env(&name, value);
+    Ok(())
 }
 
 /// `process.title = "..."`: the name `ps` and `top` show (15 bytes, the kernel's limit).
