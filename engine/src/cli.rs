@@ -187,7 +187,7 @@ pub fn main() -> ExitCode {
                 expiry: Duration::from_millis(config.router.expiry_ms),
                 suspend: Some(suspend),
             };
-            match Peers::new(settings) {
+            match Peers::new(settings).and_then(|p| p.bind().map(|()| p)) {
                 Ok(peers) => Some(Arc::new(peers)),
                 Err(err) => {
                     eprintln!("error: process {me}: cannot open a datagram socket: {err}");

@@ -111,6 +111,17 @@ pub fn run(config: &Config, child: ChildArgs) -> ExitCode {
     let set = signal_set();
     // SAFETY: plain libc call on a valid, initialised sigset; this thread is the only one.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // The node's locks live here (spec stage.md 10.5: scoped to the node's router); bound
+    // before any child starts, so no lock request finds nobody. Its thread inherits the
+    // blocked signals.
+    if let Err(err) = crate::core::lock_service::start(&dir) {
+        eprintln!(
+            "error: cannot start the node's lock service in {}: {err}",
+            dir.display()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return ExitCode::from(1);
+    }
     tracing::info!(
         dir = %dir.display(),
         "STAGE supervisor: {} process(es) to start",

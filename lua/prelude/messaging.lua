@@ -368,9 +368,20 @@ P.posts.lease = function(m)
   elseif what == "later" then E.later(a, "lease", E.encode(m)) end
 end
 
+-- A node-wide lock of a multi-process node granted by the supervisor (core::lock_service).
+P.posts.lock_grant = function(m)
+  deliver_here(m.g, m.cb, nil, nil, m.v)
+end
+
 local function lock(S, op, rest, values)
   local name, tail = rest:match("^([^.]*)%.?(.*)$")
   local key = S .. ">" .. name
+  if MULTI then
+    -- Scoped to the node (spec §10.5): the supervisor holds the locks and their leases.
+    if op == ">" then return E.lock_remote(op, key, E.encode({ g = S, cb = tail, v = values })) end
+    if op == ">>" then return E.lock_remote(op, key, tonumber(values[1]) or 0) end
+    return E.lock_remote(op, key)
+  end
   if op == ">" then
     grant(key, E.lock_acquire(key, E.encode({ g = S, cb = tail, v = values })))
   elseif op == ">>" then

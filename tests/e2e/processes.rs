@@ -456,3 +456,45 @@ fn the_suspend_file_drains_a_node_and_its_removal_brings_it_back() {
     server.wait_log_count("process 1: peer process 2 is up", 2);
     server.wait_log_count("process 2: peer process 1 is up", 2);
 }
+
+#[test]
+fn a_lock_is_held_by_one_process_of_the_node_at_a_time() {
+    // The game stage runs in processes 1 and 2; each takes lock `L` five times and holds it
+    // for 30 ms. The lock is the node's (the supervisor holds it), so the holds never
+    // overlap: the log alternates ENTER / LEAVE.
+    let game = format!(
+        r#"{GAME}
+        stage.waitfor("locked", function (n)
+          logger.info("ENTER " .. process.stage .. " " .. n)
+          stage.addtask(30, function (n)
+            logger.info("LEAVE " .. process.stage .. " " .. n)
+            stage.signal("<L.*")
+            if n < 5 then stage.signal(">L.locked", n + 1) end
+            return 0
+          end, n)
+        end)
+        stage.signal(">L.locked", 1)
+    "#
+    );
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+game"]]"#),
+        &[("game.lua", &game)],
+    );
+    server.wait_log_count("LEAVE ", 10);
+    let log = server.log();
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("ENTER ")
+                .map(|_| "ENTER")
+                .or_else(|| l.split_once("LEAVE ").map(|_| "LEAVE"))
+        })
+        .collect();
+    assert_eq!(events.len(), 20, "{log}");
+    for pair in events.chunks(2) {
+        assert_eq!(pair, ["ENTER", "LEAVE"], "overlapping holds; log:\n{log}");
+    }
+    for p in [1, 2] {
+        assert_eq!(log.matches(&format!("ENTER {p} ")).count(), 5, "{log}");
+    }
+}

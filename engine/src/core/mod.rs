@@ -5,6 +5,7 @@
 //! inboxes ([`mailbox`]); nothing a core touches per packet is shared.
 
 pub mod affinity;
+pub mod lock_service;
 pub mod locks;
 pub mod mailbox;
 pub mod notify;

@@ -65,6 +65,9 @@ pub struct Peers {
     notify: Duration,
     expiry: Duration,
     sender: UnixDatagram,
+    /// This process's own socket, bound by [`Peers::bind`] before any stage boots and taken
+    /// by the reader thread once core 0 has booted: what arrives in between waits in it.
+    receiver: Mutex<Option<UnixDatagram>>,
     /// Datagrams a busy receiver could not take at once (sent by the outbox thread).
     outbox: Outbox,
     registry: Mutex<Registry>,
@@ -95,6 +98,10 @@ pub enum Frame<'a> {
         every: bool,
         group: &'a str,
         doc: &'a [u8],
+    },
+    /// A node-wide lock granted by the supervisor (`lock_service`): the request's payload.
+    LockGrant {
+        payload: &'a [u8],
     },
 }
 
@@ -129,12 +136,25 @@ impl Peers {
             notify: settings.notify,
             expiry: settings.expiry,
             sender,
+            receiver: Mutex::new(None),
             outbox: Outbox::default(),
             registry: Mutex::new(Registry::default()),
         })
     }
 
     /// The socket of process `n`.
+    /// Binds this process's socket (`DIR/N.sock`). Done before the stages boot, so that a
+    /// reply or a lock grant sent to a main script's early request finds the socket.
+    pub fn bind(&self) -> std::io::Result<()> {
+        let path = self.path(self.me);
+        // A socket left by an earlier run of this process number (killed, restarted).
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)?;
+        socket.set_read_timeout(Some(READ_POLL))?;
+        *self.receiver.lock().unwrap() = Some(socket);
+        Ok(())
+    }
+
     pub fn path(&self, n: u32) -> PathBuf {
         self.dir.join(format!("{n}.sock"))
     }
@@ -275,6 +295,9 @@ pub fn decode(frame: &[u8]) -> Option<Frame<'_>> {
                 doc: &frame[3 + len..],
             })
         }
+        super::lock_service::GRANT => Some(Frame::LockGrant {
+            payload: &frame[1..],
+        }),
         _ => None,
     }
 }
@@ -299,23 +322,13 @@ pub fn with_stage_index(doc: &[u8], index: usize) -> Option<Vec<u8>> {
 /// Called by core 0 of a child once its stages have booted: binds this process's socket,
 /// starts the reader thread and core 0's heartbeat task.
 pub fn start(core: &Rc<Core>, peers: Arc<Peers>) {
-    let path = peers.path(peers.me);
-    // A socket left by an earlier run of this process number (killed, restarted).
-    let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).and_then(|s| {
-        s.set_read_timeout(Some(READ_POLL))?;
-        Ok(s)
-    });
-    let socket = match socket {
-        Ok(socket) => socket,
-        Err(err) => {
-            tracing::error!(
-                "process {}: cannot bind {}: {err}; other processes cannot reach this one",
-                peers.me,
-                path.display()
-            );
-            return;
-        }
+    let Some(socket) = peers.receiver.lock().unwrap().take() else {
+        tracing::error!(
+            "process {}: {} is not bound; other processes cannot reach this one",
+            peers.me,
+            peers.path(peers.me).display()
+        );
+        return;
     };
     let node = core.node.clone();
     let reader = std::thread::Builder::new()
@@ -382,6 +395,16 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
             Instant::now(),
         ),
         Some(Frame::Message { every, group, doc }) => deliver(node, group, every, doc),
+        // Any core can deliver it (the prelude posts it on to the stage's main core).
+        Some(Frame::LockGrant { payload }) => {
+            let msg = CoreMsg::Post {
+                kind: "lock_grant".into(),
+                payload: Bytes::copy_from_slice(payload),
+            };
+            if let Err(err) = node.send(0, msg) {
+                tracing::warn!("lock grant dropped: {err}");
+            }
+        }
         None => tracing::debug!(
             "process {}: malformed datagram ({} bytes) dropped",
             peers.me,

@@ -79,6 +79,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("lock_extend", lua.create_function(lock_extend)?)?;
     e.set("lock_release", lua.create_function(lock_release)?)?;
     e.set("lock_check", lua.create_function(lock_check)?)?;
+    e.set("lock_remote", lua.create_function(lock_remote)?)?;
     Ok(())
 }
 
@@ -337,6 +338,42 @@ fn lock_extend(lua: &Lua, (key, ms): (String, f64)) -> mlua::Result<MultiValue> 
 fn lock_release(lua: &Lua, key: String) -> mlua::Result<MultiValue> {
     let grant = node(lua)?.locks().release(&key);
     grant_values(lua, grant)
+}
+
+/// `E.lock_remote(op, key, arg)`: a lock operation of a multi-process node, sent to the
+/// supervisor's lock service (`core::lock_service`): `">"` with the request payload, `">>"`
+/// with milliseconds, `"<"`. The grant comes back as a `lock_grant` post.
+fn lock_remote(lua: &Lua, (op, key, arg): (String, String, Value)) -> mlua::Result<()> {
+    use crate::core::lock_service::{encode, LockOp, ROUTER};
+    let peers = peers(lua)?;
+    let payload;
+    let lock_op = match op.as_str() {
+        ">" => {
+            payload = match &arg {
+                Value::String(s) => s.as_bytes().to_vec(),
+                _ => return Err(mlua::Error::runtime("lock request without a payload")),
+            };
+            LockOp::Acquire {
+                key: &key,
+                from: peers.me,
+                payload: &payload,
+            }
+        }
+        ">>" => LockOp::Extend {
+            key: &key,
+            ms: match arg {
+                Value::Integer(i) => i.clamp(0, u32::MAX.into()) as u32,
+                Value::Number(n) if n.is_finite() => n.clamp(0.0, u32::MAX as f64) as u32,
+                _ => 0,
+            },
+        },
+        _ => LockOp::Release { key: &key },
+    };
+    let frame = encode(&lock_op)
+        .ok_or_else(|| mlua::Error::runtime(format!("lock name too long: {key}")))?;
+    peers
+        .send(ROUTER, &frame)
+        .map_err(|e| mlua::Error::runtime(format!("lock `{key}`: the node's lock service: {e}")))
 }
 
 /// `"grant", payload, generation, lease` / `"later", ms` / nil.
