@@ -4,8 +4,11 @@
 //! reply address, and the messages to send come out; index.so keeps its rankings in memory and
 //! its log and snapshots in its directory. `tick` runs what is due (lease expiry, offer
 //! timeouts) and `next_deadline` says when that is, so the owning core can sleep until then.
+//! `http` (curl.so) is the exception that talks to the network: its futures wait on isahc's
+//! own thread, so a core polls them without blocking.
 
 mod address;
+pub mod http;
 pub mod index;
 pub mod route;
 pub mod shard;
