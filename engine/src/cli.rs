@@ -20,6 +20,7 @@ use crate::core::peers::{PeerSettings, Peers};
 use crate::core::{affinity, runtime, watchdog, Node};
 use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
+use crate::service::http::HttpConfig;
 use crate::service::index::IndexConfig;
 use crate::service::route::RouteConfig;
 use crate::service::ticket::TicketConfig;
@@ -46,6 +47,8 @@ static EMBEDDED: Embedded = &[
     ),
     // `"%package": ["@builtin/lib", ...]` makes `stage.require("index")` find the index.so helper.
     ("lib/index.lua", include_str!("../../lua/lib/index.lua")),
+    // ... and `stage.require("curl")` the curl.so helper.
+    ("lib/curl.lua", include_str!("../../lua/lib/curl.lua")),
 ];
 
 #[derive(Parser, Debug)]
@@ -295,6 +298,10 @@ fn lua_settings(
             ModuleKind::Route => (
                 "route",
                 ServiceKind::Route(RouteConfig::from_config(config, module)),
+            ),
+            ModuleKind::Curl => (
+                "curl",
+                ServiceKind::Http(HttpConfig::from_config(config, module)),
             ),
             _ => continue,
         };

@@ -462,7 +462,7 @@ mod tests {
     fn plan_starts_lua_processes_in_order_with_their_delays() {
         let c = load(vec![ConfigSource::new(
             "s.json",
-            r##"{"#startup": [["lua.so+a"], 250, ["curl.so+c"], ["lua.so+b", "lua.so+c"]]}"##,
+            r##"{"#startup": [["lua.so+a"], 250, ["examples.so+c"], ["lua.so+b", "lua.so+c"]]}"##,
         )])
         .unwrap();
         assert_eq!(

@@ -230,6 +230,16 @@ P.posts.svc_tick = function(m)
   send_service_outputs("service tick", pcall(E.service_tick, m.t, m.g))
 end
 
+-- A curl.so request finished (script/http_service.rs): answer the sender, if it asked.
+P.posts.http_done = function(m)
+  local reply, env = E.http_reply(m.h)
+  if reply == nil then return end
+  env = E.decode(env)
+  if env.i == nil then return end
+  reply.extra = env.x
+  send_reply(env.r, env.rp, env.i, pack(reply))
+end
+
 -- The results of one part of a batch split over cores (`split_batch`); the last part to
 -- arrive sends the one reply.
 P.posts.gather = function(m)
@@ -264,6 +274,17 @@ P.posts.msg = function(m, payload)
     local id = m.i
     local own = stage_ids[stage] .. ":"
     if id:sub(1, #own) == own then id = id:sub(#own + 1) end
+    if service == "curl" then
+      -- `<callback>` or `<request_id>=<callback>`; no callback (or no reply stage): the
+      -- request runs, nobody is answered (spec services.md §5.2).
+      local cb = id:match("=(.*)$") or id
+      local req = m.v and m.v[1]
+      local env = { r = m.r, rp = m.rp, x = type(req) == "table" and req.extra or nil }
+      if cb ~= "" and m.r ~= nil then env.i = cb end
+      local ok, err = pcall(E.http_call, stage, req, m.d, E.encode(env))
+      if not ok then E.log("warn", "curl `" .. id .. "`: " .. tostring(err)) end
+      return
+    end
     local call = timed_call[service]
     if call ~= nil then
       -- `=ticket` / `=route`: the sender's address is its stage and process (a reply, such
@@ -416,7 +437,13 @@ local function send(target, deadline, env, ...)
   if colon then
     local head, R = target:sub(1, colon - 1), target:sub(colon + 1)
     local policy, groups = head:match("^([*=+]*)(.*)$")
-    if R == "" then return multi(groups, policy, S, deadline, (...)) end
+    if R == "" then
+      -- A table is a multi-message; anything else is one message with an empty id
+      -- (`stage.signal("curl:", url)`: a request nobody is answered for, services.md §5.2).
+      if type((...)) == "table" then return multi(groups, policy, S, deadline, (...)) end
+      each_group(groups, function(g) route(g, policy, g .. ":", S, deadline, values) end)
+      return
+    end
     if R:find("^[><]") then
       error("stage.signal: locks on behalf of another stage (`stage:>L`) are not supported", 3)
     end

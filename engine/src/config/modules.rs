@@ -38,12 +38,16 @@ impl ModuleKind {
     }
 
     /// Modules this build runs as stages of a process: Lua stages and the service stages
-    /// wired to the router (index.so, `=ticket`, `=route`). The others are accepted but not
-    /// active.
+    /// wired to the router (index.so, `=ticket`, `=route`, curl.so). The others are accepted
+    /// but not active.
     pub fn is_hosted(self) -> bool {
         matches!(
             self,
-            ModuleKind::Lua | ModuleKind::Index | ModuleKind::Ticket | ModuleKind::Route
+            ModuleKind::Lua
+                | ModuleKind::Index
+                | ModuleKind::Ticket
+                | ModuleKind::Route
+                | ModuleKind::Curl
         )
     }
 }

@@ -177,14 +177,7 @@ fn seed_sample_parses_with_every_field() {
     // The `index.so+index` process makes this a multi-process node, so `#router` is active.
     assert_eq!(
         c.inactive_keys(),
-        vec![
-            "#services",
-            "#license",
-            "#cluster",
-            "`curl.so+agent` (curl.so)",
-            "`lua.so.%odbc` (odbc)",
-            "`curl.so+curl` in #startup (curl.so)",
-        ]
+        vec!["#services", "#license", "#cluster", "`lua.so.%odbc` (odbc)",]
     );
 }
 
@@ -603,7 +596,7 @@ impl Drop for TempDir {
 fn processes_are_numbered_by_process_entries_and_lua_ones_pick_the_mode() {
     let c = ok(r##"{
         "#router": [400, 100],
-        "#startup": [["lua.so+a"], 500, ["curl.so+c"], ["lua.so+b", "lua.so+c"], "lua.so+a"]
+        "#startup": [["lua.so+a"], 500, ["examples.so+c"], ["lua.so+b", "lua.so+c"], "lua.so+a"]
     }"##);
     let numbers: Vec<(u32, Vec<&str>)> = c
         .startup
@@ -615,7 +608,7 @@ fn processes_are_numbered_by_process_entries_and_lua_ones_pick_the_mode() {
         numbers,
         vec![
             (1, vec!["lua.so+a"]),
-            (2, vec!["curl.so+c"]),
+            (2, vec!["examples.so+c"]),
             (3, vec!["lua.so+b", "lua.so+c"]),
             (4, vec!["lua.so+a"]),
         ]
@@ -626,7 +619,7 @@ fn processes_are_numbered_by_process_entries_and_lua_ones_pick_the_mode() {
     assert!(!c.inactive_keys().contains(&"#router".to_string()));
 
     // One Lua process (whatever else `#startup` lists) keeps the single-process node.
-    let c = ok(r##"{"#router": [400], "#startup": [["lua.so+a"], ["curl.so+c"]]}"##);
+    let c = ok(r##"{"#router": [400], "#startup": [["lua.so+a"], ["examples.so+c"]]}"##);
     assert!(!c.multi_process());
     assert!(c.inactive_keys().contains(&"#router".to_string()));
     let c = ok(r##"{"#startup": "lua.so+a"}"##);

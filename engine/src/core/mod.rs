@@ -111,6 +111,27 @@ pub struct Node {
     pub pulses: watchdog::Pulses,
     /// `process["%NAME"]` / `process["$NAME"]` assignments.
     pub overrides: overrides::Overrides,
+    /// The HTTP agent of each curl.so stage, by stage index: created here, before the cores
+    /// start (the first one initialises libcurl, which sets environment variables), and
+    /// shared by every core.
+    pub http: HashMap<usize, crate::service::http::HttpAgent>,
+}
+
+/// One agent per curl.so stage (directory index = Lua stages first, then services).
+fn http_agents(lua: &LuaSettings) -> HashMap<usize, crate::service::http::HttpAgent> {
+    use crate::script::host::ServiceKind;
+    let mut agents = HashMap::new();
+    for (j, service) in lua.services.iter().enumerate() {
+        if let ServiceKind::Http(cfg) = &service.kind {
+            match crate::service::http::HttpAgent::new(cfg.clone()) {
+                Ok(agent) => {
+                    agents.insert(lua.stages.len() + j, agent);
+                }
+                Err(err) => tracing::error!(stage = %service.entry, "{err}; its requests fail"),
+            }
+        }
+    }
+    agents
 }
 
 impl Node {
@@ -135,6 +156,7 @@ impl Node {
         Arc::new(Node {
             pulses: watchdog::Pulses::new(cpus.len()),
             overrides: overrides::Overrides::default(),
+            http: http_agents(&lua),
             cpus,
             lua,
             process: peers.as_ref().map_or(1, |p| p.me),

@@ -161,6 +161,8 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
                 &service.entry,
                 TimedService::Route(RouteService::with_config(service.id.clone(), cfg)),
             ),
+            // Stateless: every core serves it with the node's agent (`Node::http`).
+            ServiceKind::Http(_) => {}
         }
     }
     // Main scripts run before the inbox is read: a message another core sends at boot waits

@@ -30,6 +30,8 @@ pub enum StageKind {
     Index,
     Ticket,
     Route,
+    /// curl.so: served by whichever core the message reaches (no state between requests).
+    Http,
 }
 
 impl StageKind {
@@ -40,6 +42,7 @@ impl StageKind {
             StageKind::Index => Some("index"),
             StageKind::Ticket => Some("ticket"),
             StageKind::Route => Some("route"),
+            StageKind::Http => Some("curl"),
         }
     }
 }
@@ -57,9 +60,10 @@ pub struct LocalStage {
 
 impl LocalStage {
     /// The core that handles message `id` (with or without the `"<id>:"` prefix) for this
-    /// stage on a node of `cores` cores: the owning shard of a sharded service, otherwise
-    /// the main core. `None` for an index.so batch, whose keys each name their own index.
-    pub fn core_for(&self, id: &str, cores: usize) -> Option<usize> {
+    /// stage on a node of `cores` cores, sent from core `here`: the owning shard of a sharded
+    /// service, `here` for curl.so, otherwise the main core. `None` for an index.so batch,
+    /// whose keys each name their own index.
+    pub fn core_for(&self, id: &str, cores: usize, here: Option<usize>) -> Option<usize> {
         use crate::service::shard;
         let key = id
             .strip_prefix(self.id.as_str())
@@ -69,6 +73,8 @@ impl LocalStage {
             StageKind::Index => shard::index_owner(key, cores),
             StageKind::Ticket => Some(shard::ticket_owner(key, cores)),
             StageKind::Lua | StageKind::Route => Some(self.main_core),
+            // Any core serves a request; the router keeps it on the sender's core.
+            StageKind::Http => Some(here.unwrap_or(self.main_core)),
         }
     }
 }

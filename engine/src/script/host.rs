@@ -97,6 +97,7 @@ pub enum ServiceKind {
     Index(crate::service::index::IndexConfig),
     Ticket(crate::service::ticket::TicketConfig),
     Route(crate::service::route::RouteConfig),
+    Http(crate::service::http::HttpConfig),
 }
 
 impl ServiceKind {
@@ -107,13 +108,14 @@ impl ServiceKind {
             ServiceKind::Index(_) => StageKind::Index,
             ServiceKind::Ticket(_) => StageKind::Ticket,
             ServiceKind::Route(_) => StageKind::Route,
+            ServiceKind::Http(_) => StageKind::Http,
         }
     }
 
     /// Whether the service runs one shard per core (named indexes and categories spread over
     /// the cores by name) rather than one instance on its main core.
     pub fn is_sharded(&self) -> bool {
-        !matches!(self, ServiceKind::Route(_))
+        matches!(self, ServiceKind::Index(_) | ServiceKind::Ticket(_))
     }
 }
 

@@ -174,7 +174,10 @@ fn stage_info(lua: &Lua, index: usize) -> mlua::Result<(String, usize, Option<&'
 /// service's owning shard, else the main core), or nil for an index.so batch.
 fn stage_core(lua: &Lua, (index, id): (usize, mlua::String)) -> mlua::Result<Option<usize>> {
     let cores = node(lua)?.cores();
-    with_stage(lua, index, |s| s.core_for(&id.to_string_lossy(), cores))
+    let here = runtime::try_current().map(|c| c.index);
+    with_stage(lua, index, |s| {
+        s.core_for(&id.to_string_lossy(), cores, here)
+    })
 }
 
 fn stage_by_id(lua: &Lua, id: String) -> mlua::Result<Vec<usize>> {

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod fastpath;
 pub mod host;
+pub mod http_service;
 pub mod loader;
 pub mod logger;
 pub mod messaging;

@@ -38,6 +38,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     super::shared::register(lua, e)?;
     super::services::register(lua, e)?;
     super::timed_services::register(lua, e)?;
+    super::http_service::register(lua, e)?;
     super::fastpath::register(lua, e)?;
     e.set(
         "exit",
