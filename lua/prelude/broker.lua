@@ -21,12 +21,22 @@ function P.local_addr(id)
   return E.conn_get(id, "local")
 end
 
+-- Listeners and UDP endpoints keep their callbacks and settings in the engine (every core
+-- serves them); connections keep theirs here.
+local function endpoint(st)
+  return st.kind == "listener" or st.kind == "udp"
+end
+
 local function new_socket(id, kind)
   local s = setmetatable({}, Socket)
   local st = { id = id, kind = kind, user = {} }
-  st.commit = P.make_commit(id)
+  if kind == "udp" then
+    st.commit = function(v, addr) return E.udp_send(id, v, addr) end
+  else
+    st.commit = P.make_commit(id)
+  end
   st.close = function()
-    if kind == "listener" then return E.listener_close(id) end
+    if endpoint(st) then return E.listener_close(id) end
     return E.close(id)
   end
   state[s] = st
@@ -43,16 +53,20 @@ Socket.__index = function(s, k)
   elseif k == "close" then return st.close
   elseif k == 1 then return st.peer
   elseif k == -1 then
-    if st.kind == "listener" then return E.listener_get(st.id, "local") end
+    if endpoint(st) then return E.listener_get(st.id, "local") end
     st.localaddr = st.localaddr or P.local_addr(st.id)
     return st.localaddr
   elseif k == "errno" then return E.conn_get(st.id, "errno")
   elseif k == "crypto" then return false
   elseif k == "receive" then
+    if st.kind == "udp" then
+      local L = P.listener_callbacks(st.id)
+      return L and (L.receive or L.accept)
+    end
     if st.kind == "listener" then return P.listener_callbacks(st.id).receive end
     return st.receive
   elseif k == "expire" or k == "commit_interval" then
-    if st.kind == "listener" then return E.listener_get(st.id, k) end
+    if endpoint(st) then return E.listener_get(st.id, k) end
     return E.conn_get(st.id, k)
   end
   return st.user[k]
@@ -62,7 +76,7 @@ local function set_callback(st, k, v)
   if v ~= nil and type(v) ~= "function" then
     error("socket." .. k .. " must be a function or nil, got " .. type(v), 3)
   end
-  if st.kind == "listener" then
+  if endpoint(st) then
     E.listener_set(st.id, k, v and P.dump(v, "socket." .. k))
   elseif k == "close" then
     st.on_close = v -- `st.close` is the method
@@ -75,7 +89,7 @@ local function set_number(st, k, v)
   if v ~= nil and type(v) ~= "number" then
     error("socket." .. k .. " must be a number (msec) or nil, got " .. type(v), 3)
   end
-  if st.kind == "listener" then E.listener_set(st.id, k, v) else E.conn_set(st.id, k, v) end
+  if endpoint(st) then E.listener_set(st.id, k, v) else E.conn_set(st.id, k, v) end
 end
 
 Socket.__newindex = function(s, k, v)
@@ -99,7 +113,8 @@ end
 
 Socket.__tostring = function(s)
   local st = state[s]
-  return (st.kind == "listener" and "listener: " or "socket: ") .. tostring(st.id)
+  local what = st.kind == "listener" and "listener: " or st.kind == "udp" and "udp: " or "socket: "
+  return what .. tostring(st.id)
 end
 
 -- Callbacks of a listener as this core knows them, re-created when the script changes them.
@@ -169,6 +184,19 @@ end
 
 P.hooks.receive = P.deliver
 
+-- One UDP datagram for endpoint `lid` (spec §4.2): the receive callback gets the sender's
+-- address, and what it returns goes back to that address.
+function P.hooks.datagram(lid, stage, data, addr)
+  local s = sockets[lid]
+  if s == nil then s = new_socket(lid, "udp") end
+  local L = P.listener_callbacks(lid)
+  local f = L and (L.receive or L.accept)
+  if f == nil then return end
+  P.stage = stage
+  local commit = state[s].commit
+  commit_results(function(v) return commit(v, addr) end, xpcall(f, P.handler, s, data, addr))
+end
+
 -- `broker.signal(socket, v)` and `broker.submit(socket, f, ...)` run here, on the owning
 -- core, in order with the socket's receive callbacks.
 P.posts.inject = function(m, payload)
@@ -211,11 +239,11 @@ end
 
 function broker.ready(url, cb)
   if type(url) ~= "string" then error("broker.ready: url must be a string", 2) end
-  if is_udp(url) then error("broker.ready: udp sockets are not supported yet in this build", 2) end
   local bc = P.dump(cb, "broker.ready callback")
   local ok, v = E.ready(url, bc, P.stage)
   if not ok then return v end
-  local s = new_socket(v, "listener")
+  -- UDP: `cb` is the receive callback itself (spec §4.3).
+  local s = new_socket(v, is_udp(url) and "udp" or "listener")
   P.last_listener = s
   return s
 end
@@ -236,7 +264,7 @@ end
 
 local function close_one(x)
   if type(x) == "number" then
-    if sockets[x] and state[sockets[x]].kind == "listener" then return E.listener_close(x) end
+    if sockets[x] and endpoint(state[sockets[x]]) then return E.listener_close(x) end
     return E.close(x)
   elseif type(x) == "table" and state[x] then
     return state[x].close()
@@ -275,7 +303,9 @@ function broker.signal(target, v, addr)
     return
   end
   if type(target) == "string" then
-    error("broker.signal: udp datagrams are not supported yet in this build", 2)
+    -- A binary sockaddr: one UDP datagram with the BSON of `v`.
+    if type(v) ~= "table" then error("broker.signal: a datagram to an address needs a table", 2) end
+    return E.udp_send_to(target, v)
   end
   local id = owner(target)
   E.post(P.owner_core(id), "inject", E.encode({ id = id, data = v }))

@@ -17,3 +17,4 @@ mod scripts;
 mod shared;
 mod threads;
 mod ticket;
+mod udp;

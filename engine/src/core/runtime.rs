@@ -265,7 +265,11 @@ impl Core {
         }
         let stop = Notify::default();
         self.listeners.borrow_mut().insert(shared.id, stop.clone());
-        glommio::spawn_local(listener::accept_loop(self.clone(), shared, stop)).detach();
+        if shared.url.scheme == crate::net::url::Scheme::Udp {
+            glommio::spawn_local(crate::net::udp::serve(self.clone(), shared, stop)).detach();
+        } else {
+            glommio::spawn_local(listener::accept_loop(self.clone(), shared, stop)).detach();
+        }
     }
 
     pub fn unlisten(&self, id: u64) {

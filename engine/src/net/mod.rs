@@ -3,4 +3,5 @@
 pub mod conn;
 pub mod listener;
 pub mod sockaddr;
+pub mod udp;
 pub mod url;

@@ -122,6 +122,8 @@ impl ServiceKind {
 struct Hooks {
     accept: Function,
     receive: Function,
+    /// A UDP datagram: `(endpoint, stage, data, addr)`.
+    datagram: Function,
     close: Function,
     connected: Function,
     boot: Function,
@@ -199,6 +201,45 @@ impl Host {
                 tracing::warn!(socket = conn.id, "accept dispatch failed: {err}");
                 false
             }
+        }
+    }
+
+    /// One UDP datagram (already checked to be one message) for endpoint `endpoint`: decoded
+    /// like a frame and handed to the endpoint's receive callback with the sender's address.
+    /// A datagram that is not valid BSON is dropped; the endpoint goes on.
+    pub fn dispatch_datagram(
+        &self,
+        endpoint: u64,
+        stage: Option<usize>,
+        message: Bytes,
+        framing: Framing,
+        from: std::net::SocketAddr,
+    ) {
+        let data = match framing {
+            Framing::Packet => {
+                match bson::decode_first(&self.lua, &message, &DecodeOptions::default()) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        tracing::debug!(listener = endpoint, %from, "udp datagram dropped: {err}");
+                        return;
+                    }
+                }
+            }
+            Framing::Text | Framing::Raw => match self.lua.create_string(&message[..]) {
+                Ok(s) => Value::String(s),
+                Err(err) => {
+                    tracing::warn!(listener = endpoint, "udp dispatch failed: {err}");
+                    return;
+                }
+            },
+        };
+        let addr = self.addr_string(from);
+        if let Err(err) = self
+            .hooks
+            .datagram
+            .call::<()>((endpoint, stage, data, addr))
+        {
+            tracing::warn!(listener = endpoint, "udp dispatch failed: {err}");
         }
     }
 
@@ -351,6 +392,7 @@ fn install_prelude(lua: &Lua, view: *mut PacketView) -> mlua::Result<Hooks> {
     Ok(Hooks {
         accept: hooks.get("accept")?,
         receive: hooks.get("receive")?,
+        datagram: hooks.get("datagram")?,
         close: hooks.get("close")?,
         connected: hooks.get("connected")?,
         boot: hooks.get("boot")?,

@@ -16,9 +16,9 @@ use crate::codec::bson::{self, EncodeOptions};
 use crate::core::runtime::{self, Core};
 use crate::core::{owner_core, CoreMsg, ListenerProps, ListenerShared, Node};
 use crate::net::conn::{errno_of, Conn};
-use crate::net::listener;
 use crate::net::sockaddr::{self, SockAddr};
 use crate::net::url::{BrokerUrl, Scheme};
+use crate::net::{listener, udp};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("log", lua.create_function(log)?)?;
@@ -27,6 +27,8 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("conn_set", lua.create_function(conn_set)?)?;
     e.set("conn_get", lua.create_function(conn_get)?)?;
     e.set("ready", lua.create_function(ready)?)?;
+    e.set("udp_send", lua.create_function(udp_send)?)?;
+    e.set("udp_send_to", lua.create_function(udp_send_to)?)?;
     e.set("join", lua.create_function(join)?)?;
     e.set("listener_set", lua.create_function(listener_set)?)?;
     e.set("listener_get", lua.create_function(listener_get)?)?;
@@ -232,15 +234,24 @@ fn ready(
             return fail(err.errno());
         }
     };
-    if parsed.scheme == Scheme::Udp {
-        return Err(mlua::Error::runtime(
-            "broker.ready: udp sockets are not supported yet in this build",
-        ));
-    }
-    let bound = listener::resolve(&parsed).and_then(|addr| {
-        let l = listener::bind(addr)?;
-        let addr = l.local_addr().map_err(std::io::Error::from)?;
-        Ok((l, addr))
+    let bound = listener::resolve(&parsed).and_then(|addr| match parsed.scheme {
+        Scheme::Tcp => {
+            let l = listener::bind(addr)?;
+            let addr = l.local_addr().map_err(std::io::Error::from)?;
+            Ok((Prebound::Tcp(l), addr))
+        }
+        Scheme::Udp => {
+            let s = udp::bind(addr)?;
+            let local = s.local_addr().map_err(std::io::Error::from)?;
+            // The other cores bind the same: a multicast group (to join it too) on the
+            // port actually bound.
+            let addr = if addr.ip().is_multicast() {
+                std::net::SocketAddr::new(addr.ip(), local.port())
+            } else {
+                local
+            };
+            Ok((Prebound::Udp(s), addr))
+        }
     });
     let (bound, addr) = match bound {
         Ok(ok) => ok,
@@ -271,9 +282,66 @@ fn ready(
         core.node.cores()
     );
     core.node.add_listener(shared.clone());
-    core.prebind(id, bound);
+    match bound {
+        Prebound::Tcp(l) => core.prebind(id, l),
+        Prebound::Udp(s) => udp::prebind(id, s),
+    }
     core.defer_listen(shared);
     (true, id).into_lua_multi(lua)
+}
+
+/// What `broker.ready` bound on the calling core, kept for that core's loop.
+enum Prebound {
+    Tcp(glommio::net::TcpListener),
+    Udp(glommio::net::UdpSocket),
+}
+
+/// `E.udp_send(endpoint, value, addr)`: `socket.commit(v, addr)` on a UDP socket (and the
+/// return values of its receive callback): one datagram from this core's socket.
+fn udp_send(lua: &Lua, (id, value, addr): (u64, Value, Option<mlua::String>)) -> mlua::Result<i64> {
+    let Some(to) = addr.as_ref().and_then(|a| inet_addr(&a.as_bytes())) else {
+        return Err(mlua::Error::runtime(
+            "socket.commit: a udp socket needs the address to send to (commit(v, addr))",
+        ));
+    };
+    if value.is_nil() {
+        return Ok(0);
+    }
+    let mut out = BytesMut::new();
+    encode(lua, &value, &mut out)?;
+    Ok(datagram_result(udp::send(id, &out, to), out.len(), to))
+}
+
+/// `E.udp_send_to(addr, table)`: `broker.signal(addr, v)`, one datagram holding the BSON of
+/// `v` (no `{"v": ...}` wrapper, spec §4.6) from an unbound socket of this core.
+fn udp_send_to(lua: &Lua, (addr, table): (mlua::String, Table)) -> mlua::Result<i64> {
+    let Some(to) = inet_addr(&addr.as_bytes()) else {
+        return Err(mlua::Error::runtime(
+            "broker.signal: the address is not a binary IPv4/IPv6 sockaddr (see broker.aton)",
+        ));
+    };
+    let mut out = BytesMut::new();
+    bson::encode_document(lua, &table, &mut out, &EncodeOptions::default())
+        .map_err(|e| mlua::Error::runtime(format!("broker.signal: {e}")))?;
+    Ok(datagram_result(udp::send_loose(&out, to), out.len(), to))
+}
+
+fn inet_addr(bytes: &[u8]) -> Option<std::net::SocketAddr> {
+    match sockaddr::from_binary(bytes)? {
+        SockAddr::Inet(a) => Some(a),
+        SockAddr::Unix(_) => None,
+    }
+}
+
+/// Bytes sent, or -1 (logged) when the kernel did not take the datagram.
+fn datagram_result(sent: std::io::Result<usize>, len: usize, to: std::net::SocketAddr) -> i64 {
+    match sent {
+        Ok(n) => n as i64,
+        Err(err) => {
+            tracing::debug!(%to, len, "udp datagram not sent: {err}");
+            -1
+        }
+    }
 }
 
 use mlua::IntoLuaMulti;
