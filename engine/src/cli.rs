@@ -360,6 +360,18 @@ fn index_config(block: Option<&simd_json::OwnedValue>) -> IndexConfig {
                 cfg.max_key = n as usize;
             }
         }
+        // This build's object form (checked by `config::modules`).
+        Some(v) if v.is_object() => {
+            if let Some(p) = v.get("path").and_then(|p| p.as_str()) {
+                cfg.path = p.into();
+            }
+            if let Some(n) = v.get("keysize").and_then(|n| n.as_u64()) {
+                cfg.max_key = n as usize;
+            }
+            if let Some(ms) = v.get("sync").and_then(|s| s.as_u64()) {
+                cfg.sync = crate::service::index::SyncPolicy::Interval(Duration::from_millis(ms));
+            }
+        }
         _ => {}
     }
     cfg
@@ -514,4 +526,36 @@ fn wait_shutdown_signal() -> i32 {
         libc::sigwait(&set, &mut sig);
     }
     sig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::index::SyncPolicy;
+
+    fn block(json: &str) -> simd_json::OwnedValue {
+        simd_json::to_owned_value(&mut json.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn index_blocks_in_every_form() {
+        let cfg = index_config(Some(&block(r#""score/""#)));
+        assert_eq!(
+            (cfg.path.as_str(), cfg.sync),
+            ("score/", SyncPolicy::Always)
+        );
+        let cfg = index_config(Some(&block(r#"["rank/", 64, 512]"#)));
+        assert_eq!((cfg.path.as_str(), cfg.max_key), ("rank/", 64));
+        let cfg = index_config(Some(&block(
+            r#"{"path": "p/", "keysize": 32, "sync": 250}"#,
+        )));
+        assert_eq!((cfg.path.as_str(), cfg.max_key), ("p/", 32));
+        assert_eq!(cfg.sync, SyncPolicy::Interval(Duration::from_millis(250)));
+        let cfg = index_config(Some(&block(r#"{"sync": "always"}"#)));
+        assert_eq!(
+            (cfg.path.as_str(), cfg.sync),
+            ("index/", SyncPolicy::Always)
+        );
+        assert_eq!(index_config(None).path, "index/");
+    }
 }

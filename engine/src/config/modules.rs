@@ -281,10 +281,39 @@ fn check_ticket(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) {
 }
 
 /// services.md 2.1: `"dir/"` or `["dir/", n, m]` with positive integers.
+/// The object form (this build's extension, so the durability policy can be chosen):
+/// `{"path": "dir/", "keysize": 128, "sync": "always" | msec}`.
+fn check_index_object(o: &simd_json::owned::Object, at: &At, errs: &mut Vec<ConfigError>) {
+    for (k, x) in o.iter() {
+        let at = at.key(k);
+        match k.as_str() {
+            "path" => {
+                if !matches!(x, OwnedValue::String(_)) {
+                    errs.push(at.type_err("a directory string", x));
+                }
+            }
+            "keysize" => match as_int(x) {
+                Some(n) if n > 0 && n <= i128::from(u32::MAX) => {}
+                _ => errs.push(at.type_err("a positive integer (bytes)", x)),
+            },
+            "sync" => match (x, as_int(x)) {
+                (OwnedValue::String(s), _) if s == "always" => {}
+                (_, Some(n)) if n > 0 && n <= i128::from(u32::MAX) => {}
+                _ => errs.push(at.type_err("\"always\" or a positive integer (msec)", x)),
+            },
+            _ => errs.push(at.invalid(
+                "unknown key: an index.so block object takes `path`, `keysize` and `sync`",
+            )),
+        }
+    }
+}
+
 fn check_index(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) {
-    const EXPECTED: &str = "a directory string or an array [\"dir/\", int, int]";
+    const EXPECTED: &str =
+        "a directory string, an array [\"dir/\", int, int] or an object {\"path\": ..., \"keysize\": ..., \"sync\": ...}";
     let items = match v {
         OwnedValue::String(_) => return,
+        OwnedValue::Object(o) => return check_index_object(o, at, errs),
         OwnedValue::Array(a) => a,
         other => {
             errs.push(at.type_err(EXPECTED, other));

@@ -657,3 +657,23 @@ fn route_block_takes_only_a_keepalive() {
     let shape = r##"{ "#startup": [["=route+route"]], "=route+route": 500 }"##;
     assert_eq!(errors(shape).len(), 1, "{:?}", errors(shape));
 }
+
+#[test]
+fn the_index_block_object_form_is_checked_key_by_key() {
+    let errs = errors(
+        r##"{
+        "#startup": [["index.so+a", "index.so+b"]],
+        "index.so+a": {"path": "a/", "keysize": 64, "sync": 1000},
+        "index.so+b": {"path": 1, "sync": "sometimes", "extra": true}
+    }"##,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "config `stage.json`: key `index.so+b.path`: expected a directory string, found integer 1",
+            "config `stage.json`: key `index.so+b.sync`: expected \"always\" or a positive integer (msec), found string \"sometimes\"",
+            "config `stage.json`: key `index.so+b.extra`: unknown key: an index.so block object takes `path`, `keysize` and `sync`",
+        ]
+    );
+    ok(r##"{"#startup": ["index.so+a"], "index.so+a": {"sync": "always"}}"##);
+}
