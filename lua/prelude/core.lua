@@ -50,8 +50,31 @@ function P.hooks.post(kind, payload)
   P.try(kind, handler, m, payload)
 end
 
+-- The same error over and over (a receive callback failing on every packet, a timer failing
+-- every tick) is logged once per second with a count, not once per occurrence: a traceback
+-- per packet would cost more than the packets and bury every other line.
+local recent, recent_count = {}, 0
+local REPEAT_MS = 1000
+
 function P.report(where, err)
-  E.log("warn", where .. " failed: " .. tostring(err))
+  local text = where .. " failed: " .. tostring(err)
+  local now = E.wall_ms()
+  local r = recent[text]
+  if r ~= nil and now - r.at < REPEAT_MS then
+    r.skipped = r.skipped + 1
+    return
+  end
+  if r ~= nil and r.skipped > 0 then
+    text = text .. "\n(the same error " .. r.skipped .. " more time(s) in the second before)"
+  end
+  if r == nil then
+    if recent_count >= 256 then recent, recent_count = {}, 0 end -- bounded memory
+    recent_count = recent_count + 1
+    r = {}
+    recent[where .. " failed: " .. tostring(err)] = r
+  end
+  r.at, r.skipped = now, 0
+  E.log("warn", text)
 end
 
 -- Calls f(...) protected; on error logs it under `where` and returns false.

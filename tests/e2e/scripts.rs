@@ -406,3 +406,46 @@ fn a_core_stuck_in_lua_is_reported_and_so_is_its_recovery() {
         "{log}"
     );
 }
+
+#[test]
+fn the_same_error_repeated_is_logged_once_a_second_with_a_count() {
+    let server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 if data.message == 'boom' then error('same kaboom') end
+                 return data
+               end
+             end)",
+        )],
+    );
+    let mut client = server.connect();
+    for _ in 0..50 {
+        client.write_all(&message("boom", &[])).unwrap();
+    }
+    // Still served, in order, after the failures.
+    client.write_all(&message("ok", &[])).unwrap();
+    assert_eq!(
+        read_reply(&mut client)
+            .get("message")
+            .and_then(Bson::as_str),
+        Some("ok")
+    );
+    assert_eq!(
+        server.log().matches("same kaboom").count(),
+        1,
+        "{}",
+        server.log()
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    client.write_all(&message("boom", &[])).unwrap();
+    server.wait_log("the same error 49 more time(s)");
+    assert_eq!(
+        server.log().matches("same kaboom").count(),
+        2,
+        "{}",
+        server.log()
+    );
+}
