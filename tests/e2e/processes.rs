@@ -460,12 +460,15 @@ fn the_suspend_file_drains_a_node_and_its_removal_brings_it_back() {
 #[test]
 fn a_lock_is_held_by_one_process_of_the_node_at_a_time() {
     // The game stage runs in processes 1 and 2; each takes lock `L` five times and holds it
-    // for 30 ms. The lock is the node's (the supervisor holds it), so the holds never
-    // overlap: the log alternates ENTER / LEAVE.
+    // for 30 ms (extended, so a slow machine cannot outlast the lease). The lock is the
+    // node's (the supervisor holds it), so the holds never overlap: the log alternates
+    // ENTER / LEAVE.
     let game = format!(
         r#"{GAME}
         stage.waitfor("locked", function (n)
           logger.info("ENTER " .. process.stage .. " " .. n)
+          -- Hold it past the 100 ms lease even on a loaded machine (and test `>>`).
+          stage.signal(">>L.x", 2000)
           stage.addtask(30, function (n)
             logger.info("LEAVE " .. process.stage .. " " .. n)
             stage.signal("<L.*")
