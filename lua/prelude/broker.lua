@@ -292,12 +292,14 @@ end
 
 function broker.signal(target, v, addr)
   if type(target) == "table" and not state[target] then
-    -- Group send: socket ids (and one function called afterwards with (elapsed, v)).
+    -- Group send: socket ids, binary sockaddrs (one UDP datagram each) and one function
+    -- called afterwards with (elapsed, v).
     local started, after = os.clock(), nil
     for _, x in pairs(target) do
       if type(x) == "function" then after = x
       elseif type(x) == "number" then E.commit(x, v)
-      else error("broker.signal: group members must be socket ids or one function", 2) end
+      elseif type(x) == "string" then E.udp_send_to(x, v)
+      else error("broker.signal: group members must be socket ids, addresses or one function", 2) end
     end
     if after then P.try("broker.signal callback", after, os.clock() - started, v) end
     return

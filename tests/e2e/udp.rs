@@ -25,12 +25,13 @@ fn recv(c: &UdpSocket) -> Vec<u8> {
 fn datagrams_reach_the_receive_callback_and_answers_go_back() {
     let up = free_port();
     let script = r#"
-        udp = broker.ready('udp://127.0.0.1:UP?packet=1k,1k', function (s, data, addr)
+        udp = broker.ready('udp://127.0.0.1:@UDP@?packet=1k,1k', function (s, data, addr)
           if data.message == "later" then
             -- Answer from a timer, with socket.commit(v, addr), and once from nowhere.
             stage.addtask(50, function (id, a)
               broker.f(id).commit({ late = true }, a)
               broker.signal(a, { loose = 1 })
+              broker.signal({ a, function (t, v) logger.info("GROUP SENT " .. v) end }, "raw!")
               return 0
             end, s.id, addr)
             return
@@ -42,7 +43,7 @@ fn datagrams_reach_the_receive_callback_and_answers_go_back() {
           return function (s, data) return { ok = true } end
         end)
     "#
-    .replace("UP", &up.to_string());
+    .replace("@UDP@", &up.to_string());
     let server = Server::start(&config(""), &[("start.lua", &script)]);
     server.wait_log("UDP udp: ");
     assert!(
@@ -86,6 +87,9 @@ fn datagrams_reach_the_receive_callback_and_answers_go_back() {
     // broker.signal(addr, table): the table itself, no {v = ...} wrapper.
     let loose = parse_doc(&recv(&c));
     assert_eq!(loose.get("loose").and_then(Bson::as_i64), Some(1));
+    // A group send with an address: the string as it is.
+    assert_eq!(recv(&c), b"raw!");
+    server.wait_log("GROUP SENT raw!");
     let log = server.log();
     assert!(!log.contains("udp dispatch failed"), "{log}");
 }
@@ -94,7 +98,7 @@ fn datagrams_reach_the_receive_callback_and_answers_go_back() {
 fn raw_udp_echoes_bytes_and_a_closed_endpoint_stops() {
     let up = free_port();
     let script = r#"
-        udp = broker.ready('udp://127.0.0.1:UP', function (s, data, addr)
+        udp = broker.ready('udp://127.0.0.1:@UDP@', function (s, data, addr)
           if data == "close" then s.close() return end
           return "echo:" .. data
         end)
@@ -102,7 +106,7 @@ fn raw_udp_echoes_bytes_and_a_closed_endpoint_stops() {
           return function (s, data) return { ok = true } end
         end)
     "#
-    .replace("UP", &up.to_string());
+    .replace("@UDP@", &up.to_string());
     let server = Server::start(&config(""), &[("start.lua", &script)]);
     server.wait_log("listening on 127.0.0.1:");
     let c = client();

@@ -312,17 +312,27 @@ fn udp_send(lua: &Lua, (id, value, addr): (u64, Value, Option<mlua::String>)) ->
     Ok(datagram_result(udp::send(id, &out, to), out.len(), to))
 }
 
-/// `E.udp_send_to(addr, table)`: `broker.signal(addr, v)`, one datagram holding the BSON of
-/// `v` (no `{"v": ...}` wrapper, spec §4.6) from an unbound socket of this core.
-fn udp_send_to(lua: &Lua, (addr, table): (mlua::String, Table)) -> mlua::Result<i64> {
+/// `E.udp_send_to(addr, v)`: `broker.signal(addr, v)`, one datagram from an unbound socket
+/// of this core holding the BSON of table `v` (no `{"v": ...}` wrapper, spec §4.6), or the
+/// bytes of string `v` (a group send may carry a string).
+fn udp_send_to(lua: &Lua, (addr, value): (mlua::String, Value)) -> mlua::Result<i64> {
     let Some(to) = inet_addr(&addr.as_bytes()) else {
         return Err(mlua::Error::runtime(
             "broker.signal: the address is not a binary IPv4/IPv6 sockaddr (see broker.aton)",
         ));
     };
     let mut out = BytesMut::new();
-    bson::encode_document(lua, &table, &mut out, &EncodeOptions::default())
-        .map_err(|e| mlua::Error::runtime(format!("broker.signal: {e}")))?;
+    match &value {
+        Value::Table(t) => bson::encode_document(lua, t, &mut out, &EncodeOptions::default())
+            .map_err(|e| mlua::Error::runtime(format!("broker.signal: {e}")))?,
+        Value::String(s) => out.extend_from_slice(&s.as_bytes()),
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "broker.signal: a datagram holds a table or a string, not a {}",
+                other.type_name()
+            )))
+        }
+    }
     Ok(datagram_result(udp::send_loose(&out, to), out.len(), to))
 }
 
