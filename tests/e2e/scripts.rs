@@ -449,3 +449,31 @@ fn the_same_error_repeated_is_logged_once_a_second_with_a_count() {
         server.log()
     );
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_is_warned() {
+    let script = "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function () return true end)";
+    let first = Server::start(&config(""), &[("start.lua", script)]);
+    assert!(
+        !first.log().contains("already listening"),
+        "{}",
+        first.log()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stage.json"), config("")).unwrap();
+    std::fs::write(
+        dir.path().join("start.lua"),
+        script.replace("PORT", &first.port.to_string()),
+    )
+    .unwrap();
+    let second = Server::spawn(
+        dir,
+        first.port,
+        &["-c", "stage.json", "-s", "stage.stop"],
+        None,
+    );
+    second.wait_log(&format!(
+        "another program is already listening on 127.0.0.1:{}",
+        first.port
+    ));
+}

@@ -29,6 +29,25 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// SO_REUSEPORT lets a second program bind a port another one listens on, and the kernel
+/// then splits new connections between them: a `stage` started twice by mistake would
+/// silently take half of the first one's players. A plain bind (no SO_REUSEPORT) tells
+/// whether someone is there; it is a warning, not an error, because starting the new node
+/// before stopping the old one is also how a restart without downtime is done. (Not checked
+/// in a multi-process node, whose processes share their ports on purpose.)
+pub fn warn_if_taken(addr: SocketAddr) {
+    if addr.port() == 0 {
+        return;
+    }
+    if let Err(err) = std::net::TcpListener::bind(addr) {
+        if err.kind() == std::io::ErrorKind::AddrInUse {
+            tracing::warn!(
+                "another program is already listening on {addr}: both will accept on it (SO_REUSEPORT) and new connections are split between them; stop the other one unless this is a restart without downtime"
+            );
+        }
+    }
+}
+
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(std::io::Error::from)
 }

@@ -236,6 +236,9 @@ fn ready(
     };
     let bound = listener::resolve(&parsed).and_then(|addr| match parsed.scheme {
         Scheme::Tcp => {
+            if core.node.peers.is_none() {
+                listener::warn_if_taken(addr);
+            }
             let l = listener::bind(addr)?;
             let addr = l.local_addr().map_err(std::io::Error::from)?;
             Ok((Prebound::Tcp(l), addr))
