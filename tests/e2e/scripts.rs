@@ -477,3 +477,35 @@ fn a_second_server_on_a_taken_port_is_warned() {
         first.port
     ));
 }
+
+#[test]
+fn a_script_past_its_memory_limit_fails_that_call_only() {
+    // `%memory`: 8 MiB for the scripts of each Lua state. A callback that builds a 64 MiB
+    // string fails with "not enough memory"; the connection and the server go on.
+    let server = Server::start(
+        &config(", \"%memory\": 8"),
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 if data.message == 'hog' then
+                   local t = {}
+                   for i = 1, 64 do t[i] = string.rep(tostring(i), 1024 * 1024) end
+                   return { size = #t }
+                 end
+                 return data
+               end
+             end)",
+        )],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("hog", &[])).unwrap();
+    server.wait_log("not enough memory");
+    client.write_all(&message("ok", &[])).unwrap();
+    assert_eq!(
+        read_reply(&mut client)
+            .get("message")
+            .and_then(Bson::as_str),
+        Some("ok")
+    );
+}

@@ -124,6 +124,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
         preload: Vec::new(),
         reflush: Duration::from_secs(1),
         ffi,
+        memory: None,
         stages: vec![LuaStage {
             id: "echo".into(),
             entry: "lua.so+echo".into(),

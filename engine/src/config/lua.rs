@@ -19,7 +19,7 @@ use super::modules::{module_kind, ModuleKind, ModuleRef};
 pub const DEFAULT_REFLUSH_MS: u64 = 1000;
 
 /// The `%` keys a Lua block may contain; anything else starting with `%` is a typo.
-const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %odbc, %cluster";
+const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %memory, %odbc, %cluster";
 
 /// One `%package` search-path entry (spec 8.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,9 @@ pub struct LuaStageConfig {
     /// `%ffi`: the packet path through LuaJIT's FFI (default true); false takes the classic
     /// Lua C API path everywhere (same bytes on the wire, slower).
     pub ffi: bool,
+    /// `%memory`: the most memory one Lua state may hold, in MiB (this build's limit, DESIGN
+    /// principle 9); `None` = no limit.
+    pub memory_mib: Option<u64>,
     /// Main script name, if configured anywhere (a missing one is a boot-time warning).
     pub main_script: Option<String>,
     /// `%odbc`: named DSN objects (or raw connection strings) for `odbc.new`.
@@ -103,6 +106,7 @@ fn parse_keys(
         }],
         reflush_ms: DEFAULT_REFLUSH_MS,
         ffi: true,
+        memory_mib: None,
         main_script: None,
         odbc: None,
         cluster: None,
@@ -148,6 +152,15 @@ fn parse_keys(
             "%ffi" => match simd_json::prelude::ValueAsScalar::as_bool(v) {
                 Some(b) => out.ffi = b,
                 None => errs.push(at.type_err("true or false", v)),
+            },
+            "%memory" => match as_int(v) {
+                Some(0) => out.memory_mib = None,
+                Some(mib) if mib > 0 && mib <= 1 << 20 => out.memory_mib = Some(mib as u64),
+                Some(mib) => errs.push(at.invalid(format!(
+                    "{mib} MiB is out of range: expected 0 (no limit) to {}",
+                    1 << 20
+                ))),
+                None => errs.push(at.type_err("an integer (MiB per Lua state, 0 = no limit)", v)),
             },
             "%odbc" => {
                 check_odbc(v, &at, errs);

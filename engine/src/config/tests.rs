@@ -260,7 +260,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\" or \"=host:port\", found boolean true",
             "config `stage.json`: key `lua.so.%package[1]`: expected a string, found integer 7",
             "config `stage.json`: key `lua.so.%reflush`: -1 msec is out of range: expected 0 to 4294967295",
-            "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %odbc, %cluster)",
+            "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %odbc, %cluster)",
             "config `stage.json`: key `lua.so.%odbc.A`: expected an object of ODBC keywords or a raw connection string, found integer 1",
             "config `stage.json`: key `=ticket+ticket[1].odbc`: expected an integer (ticket limit; negative = refuse instead of queue), found string \"ten\"",
             "config `stage.json`: key `curl.so+agent.user_agent`: unknown key: a curl.so block takes `user-agent`, `verbose` and `timeout`",

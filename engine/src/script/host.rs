@@ -59,6 +59,9 @@ pub struct LuaSettings {
     pub reflush: Duration,
     /// `%ffi`: take the packet path through LuaJIT's FFI.
     pub ffi: bool,
+    /// `%memory`: the most bytes one Lua state may hold; an allocation past it fails as a Lua
+    /// error ("not enough memory") in the callback that made it.
+    pub memory: Option<usize>,
     pub stages: Vec<LuaStage>,
     /// The service stages of this process (index.so), numbered after the Lua stages.
     pub services: Vec<ServiceStage>,
@@ -160,6 +163,14 @@ impl Host {
         }));
         let hooks = install_prelude(&lua, view.get())
             .map_err(|e| anyhow::anyhow!("prelude failed: {e}"))?;
+        // The limit counts from here, once the platform itself is loaded: what it allows is
+        // the scripts' room, however large the prelude is.
+        if let Some(limit) = settings.memory {
+            let limit = limit.saturating_add(lua.used_memory());
+            if let Err(err) = lua.set_memory_limit(limit) {
+                tracing::warn!("%memory cannot be enforced in this build: {err}");
+            }
+        }
         let host = Host { lua, hooks, view };
         host.run_preload(&settings.preload, core);
         Ok(host)
