@@ -279,4 +279,11 @@ fn odbc_mariadb_when_available() {
     assert!(set.columns[0].autoincrement);
     assert_eq!(set.rows, vec![vec![Value::Int(1), Value::text("x")]]);
     exec(&mut a, "DROP TABLE stage_odbc_t", &[], &[]);
+    // Multi-statement batches (CLIENT_MULTI_STATEMENTS) give one ResultSet per statement.
+    let multi = ConnectionConfig::raw(format!("{}OPTION=67108864;", cfg.connection_string));
+    let mut m = Adapter::open(&multi).unwrap();
+    let sets = exec(&mut m, "SELECT 1 AS a; SELECT 'x' AS b, 2 AS c", &[], &[]);
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    assert_eq!(sets[0].rows, vec![vec![Value::Int(1)]]);
+    assert_eq!(sets[1].rows, vec![vec![Value::text("x"), Value::Int(2)]]);
 }
