@@ -1,0 +1,225 @@
+//! A connection in use (spec §1.2 "Adapter"): statements are prepared and executed with bound
+//! parameters on every call (no statement cache), each on a fresh statement handle with the
+//! adapter's query timeout, and every result set is read whole. Transactions nest by a depth
+//! counter over real ODBC commits/rollbacks. Dropping or closing an adapter commits an open
+//! transaction and gives the connection back to the thread's pool (or disconnects it).
+
+use odbc_api::handles::{AsStatementRef, Statement};
+use odbc_api::{Connection, Cursor};
+
+use super::config::{ConnectionConfig, Dialect};
+use super::env::{connect, log_error};
+use super::error::OdbcError;
+use super::params::bind_all;
+use super::pool;
+use super::result::{read_result_set, ResultSet, Value};
+
+/// One connection owned by one Lua callback.
+pub struct Adapter {
+    /// `None` only after `close` moved it out, so Drop does not release it twice.
+    conn: Option<Connection<'static>>,
+    /// The per-thread pool's key (a `%odbc` name or raw string); `None` = unpooled.
+    pool_key: Option<String>,
+    /// `SQL_ATTR_QUERY_TIMEOUT` in seconds for statements executed from now on; 0 = none.
+    pub execute_timeout: u32,
+    dialect: Dialect,
+    depth: u32,
+}
+
+impl Adapter {
+    /// A fresh, unpooled connection (inline table connections, spec §1.2). Errors are logged.
+    pub fn open(cfg: &ConnectionConfig) -> Result<Adapter, OdbcError> {
+        Ok(Self::wrap(connect(cfg)?, None, cfg))
+    }
+
+    pub(crate) fn wrap(
+        conn: Connection<'static>,
+        pool_key: Option<String>,
+        cfg: &ConnectionConfig,
+    ) -> Adapter {
+        Adapter {
+            conn: Some(conn),
+            pool_key,
+            execute_timeout: cfg.execute_timeout,
+            dialect: cfg.dialect,
+            depth: 0,
+        }
+    }
+
+    /// The pool key, for `tostring(adapter)`; `None` for unpooled connections.
+    pub fn pool_key(&self) -> Option<&str> {
+        self.pool_key.as_deref()
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Current transaction depth (0 = autocommit).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// The raw connection, for what this module does not wrap yet (e.g. the rows write-back).
+    pub fn connection(&self) -> &Connection<'static> {
+        self.conn.as_ref().expect("adapter used after close")
+    }
+
+    /// Prepares and executes `sql` with `params` bound to its placeholders; `specs` are the
+    /// per-placeholder type specs (may be shorter than the placeholders, or empty). Returns one
+    /// `ResultSet` per result the statement produced. Driver failures are logged and returned.
+    pub fn execute(
+        &mut self,
+        sql: &str,
+        specs: &[&str],
+        params: &[Value],
+    ) -> Result<Vec<ResultSet>, OdbcError> {
+        let bound = bind_all(specs, params)?;
+        let timeout = self.execute_timeout;
+        let mut prepared = self.connection().prepare(sql).map_err(driver)?;
+        if timeout > 0 {
+            // A driver without query timeouts still runs the statement; say so and go on.
+            if let Err(e) = prepared.set_query_timeout_sec(timeout as usize) {
+                log_error(e.into());
+            }
+        }
+        let mut sets = Vec::new();
+        if let Some(cursor) = prepared.execute(&bound[..]).map_err(driver)? {
+            read_all(cursor, &mut sets)?;
+        }
+        if sets.is_empty() {
+            let affected = prepared.row_count().map_err(driver)?;
+            sets.push(ResultSet {
+                affected,
+                ..ResultSet::default()
+            });
+        }
+        Ok(sets)
+    }
+
+    /// Starts (or nests) a transaction; only the outermost turns autocommit off.
+    pub fn begin(&mut self) -> Result<(), OdbcError> {
+        if self.depth == 0 {
+            self.connection().set_autocommit(false).map_err(driver)?;
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Commits (a real EndTran even when nested) and leaves one level; a no-op at depth 0.
+    pub fn commit(&mut self) -> Result<(), OdbcError> {
+        self.end(true)
+    }
+
+    /// Rolls back (a real EndTran even when nested) and leaves one level; a no-op at depth 0.
+    pub fn rollback(&mut self) -> Result<(), OdbcError> {
+        self.end(false)
+    }
+
+    fn end(&mut self, commit: bool) -> Result<(), OdbcError> {
+        if self.depth == 0 {
+            return Ok(());
+        }
+        let conn = self.connection();
+        let result = if commit {
+            conn.commit()
+        } else {
+            conn.rollback()
+        };
+        // A failed EndTran leaves the transaction open, so the depth stays for a retry or a
+        // rollback.
+        result.map_err(driver)?;
+        self.depth -= 1;
+        if self.depth == 0 {
+            self.connection().set_autocommit(true).map_err(driver)?;
+        }
+        Ok(())
+    }
+
+    /// The key generated by this connection's last INSERT, via the dialect's query.
+    pub fn last_insert_id(&mut self) -> Result<Value, OdbcError> {
+        let sql = self.dialect.last_insert_id_sql();
+        let sets = self.execute(sql, &[], &[])?;
+        let first = sets
+            .into_iter()
+            .next()
+            .and_then(|s| s.rows.into_iter().next());
+        Ok(first
+            .and_then(|r| r.into_iter().next())
+            .unwrap_or(Value::Null))
+    }
+
+    /// Whether the driver reports the connection dead; a driver that cannot tell counts as alive.
+    pub fn is_dead(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_none_or(|c| c.is_dead().unwrap_or(false))
+    }
+
+    /// Gives the connection back now (commit an open transaction, then pool or disconnect).
+    /// An error means the commit failed; the connection is still released.
+    pub fn close(mut self) -> Result<(), OdbcError> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), OdbcError> {
+        let committed = self.finish_transaction();
+        if let Some(conn) = self.conn.take() {
+            match self.pool_key.take() {
+                Some(key) => pool::release(key, conn),
+                None => drop(conn),
+            }
+        }
+        committed
+    }
+
+    /// Commits whatever is open, as the docs promise for closing, and restores autocommit.
+    fn finish_transaction(&mut self) -> Result<(), OdbcError> {
+        if self.depth == 0 || self.conn.is_none() {
+            return Ok(());
+        }
+        self.depth = 0;
+        let conn = self.connection();
+        let committed = conn.commit().map_err(driver);
+        let restored = conn.set_autocommit(true).map_err(driver);
+        committed.and(restored)
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        // Errors were logged where they happened; a destructor has nobody to tell.
+        let _ = self.release();
+    }
+}
+
+/// Reads every result set of the statement: `SQLMoreResults` until none is left.
+fn read_all(
+    cursor: impl Cursor + AsStatementRef,
+    sets: &mut Vec<ResultSet>,
+) -> Result<(), OdbcError> {
+    let mut next = Some(cursor);
+    while let Some(mut cursor) = next {
+        let mut set = read_result_set(&mut cursor)?;
+        if set.columns.is_empty() {
+            set.affected = affected(&mut cursor);
+        }
+        sets.push(set);
+        next = cursor.more_results().map_err(driver)?;
+    }
+    Ok(())
+}
+
+/// `SQLRowCount` of a result inside a batch that has no columns (an UPDATE after a SELECT).
+fn affected(cursor: &mut impl AsStatementRef) -> Option<usize> {
+    let mut stmt = cursor.as_stmt_ref();
+    stmt.row_count()
+        .into_result(&stmt)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Converts and logs a driver error in one step.
+fn driver(e: odbc_api::Error) -> OdbcError {
+    log_error(e.into())
+}
