@@ -92,5 +92,6 @@ function P.hooks.thread(id, payload)
   local m = E.decode(payload)
   P.thread_ctx, P.stage, P.waitfor = { t = id, o = m.o }, m.s, nil
   finish(id, m.o, xpcall(m.f, P.handler, unpack_values(m.v)))
+  E.odbc_release_all() -- adapters the function left open go back to the pool
   P.thread_ctx = nil
 end

@@ -11,6 +11,7 @@ mod ffi_path;
 mod framing;
 mod index;
 mod messaging;
+mod odbc;
 mod processes;
 mod route;
 mod scripts;

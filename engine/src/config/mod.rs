@@ -340,16 +340,11 @@ impl Config {
     }
 }
 
-/// `%odbc` and `%cluster` inside a Lua block (or the objects of a stage-block array).
+/// `%cluster` inside a Lua block (or the objects of a stage-block array).
 fn lua_inactive(path: &str, v: &OwnedValue, out: &mut Vec<String>) {
     match v {
-        OwnedValue::Object(o) => {
-            if o.contains_key("%odbc") {
-                out.push(format!("`{path}.%odbc` (odbc)"));
-            }
-            if o.contains_key("%cluster") {
-                out.push(format!("`{path}.%cluster` (script-level cluster)"));
-            }
+        OwnedValue::Object(o) if o.contains_key("%cluster") => {
+            out.push(format!("`{path}.%cluster` (script-level cluster)"));
         }
         OwnedValue::Array(items) => {
             for (i, x) in items.iter().enumerate() {

@@ -50,6 +50,10 @@ const PRELUDE: &[(&str, &str)] = &[
         "@prelude/fastpath.lua",
         include_str!("../../../lua/prelude/fastpath.lua"),
     ),
+    (
+        "@prelude/odbc.lua",
+        include_str!("../../../lua/prelude/odbc.lua"),
+    ),
 ];
 
 /// What every core needs to build its Lua state; shared read-only by all cores.

@@ -8,6 +8,7 @@ pub mod loader;
 pub mod logger;
 pub mod messaging;
 pub mod natives;
+pub mod odbc_lua;
 pub mod services;
 pub mod shared;
 pub mod timed_services;

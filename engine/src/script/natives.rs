@@ -41,6 +41,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     super::services::register(lua, e)?;
     super::timed_services::register(lua, e)?;
     super::http_service::register(lua, e)?;
+    super::odbc_lua::register(lua, e)?;
     super::fastpath::register(lua, e)?;
     e.set(
         "exit",
