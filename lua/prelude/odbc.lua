@@ -2,8 +2,7 @@
 -- (script/odbc_lua.rs). ODBC calls block, so they run only on the blocking pool: inside a
 -- `thread.new` function. On a core `odbc.new` raises instead of stalling every connection of
 -- that core. Objects are tables of dot-called functions (`db.execute(sql, params)`), as the
--- spec writes them. Not here yet: the editable rows tree and `apply`, `odbc.cache`,
--- `odbc.purge`, OUTPUT parameters.
+-- spec writes them. Not here yet: the editable rows tree and `apply`, OUTPUT parameters.
 local E, P = ...
 
 local type, error, tostring, setmetatable, pcall, select, unpack =
@@ -113,6 +112,32 @@ odbc = {
     if fn == nil then return db end
     return finish(db, pcall(fn, db))
   end,
-  cache = function() error("odbc.cache is not supported yet in this build", 2) end,
-  purge = function() error("odbc.purge is not supported yet in this build", 2) end,
+  -- A process-wide cache of values by name (any Lua state reads the same; each read is a
+  -- fresh copy). The loader runs unlocked; a caller that finds another's load in progress
+  -- runs its own loader and keeps the result to itself.
+  cache = function(name, loader)
+    if type(name) ~= "string" then error("odbc.cache: name must be a string", 2) end
+    local kind, v = E.odbc_cache_get(name)
+    if kind == "value" then return P.unpack_values(E.decode(v)) end
+    if loader == nil then return end
+    if kind == "loading" or not E.odbc_cache_begin(name) then
+      local ok, r = pcall(loader)
+      if ok then return r end
+      return
+    end
+    local ok, r = pcall(loader)
+    if not ok or r == nil then
+      E.odbc_cache_finish(name, nil)
+      if not ok then P.report("odbc.cache loader `" .. name .. "`", r) end
+      return
+    end
+    local stored, bytes = pcall(E.encode, P.pack(r))
+    E.odbc_cache_finish(name, stored and bytes or nil)
+    return r
+  end,
+  -- Removes the given names (all with no argument); returns those that were there.
+  purge = function(names)
+    if type(names) == "string" then names = { names } end
+    return E.odbc_purge(names)
+  end,
 }

@@ -15,6 +15,26 @@ broker.ready('tcp://127.0.0.1:PORT?packet=4k,4k', function ()
       local ok, err = pcall(odbc.new, "DB")
       return { ok = ok, err = tostring(err) }
     end
+    if data.message == "cache" then
+      local a = odbc.cache("top", function () return { x = "y" } end)
+      local b = odbc.cache("top", function () error("not called: cached") end)
+      b.x = "changed" -- a copy: the cache keeps its own
+      local failed = odbc.cache("bad", function () error("loader boom") end)
+      return {
+        a = a.x, c = odbc.cache("top").x, none = odbc.cache("missing") == nil,
+        failed = failed == nil, bad_kept = odbc.cache("bad") == nil,
+      }
+    end
+    if data.message == "purge" then
+      local purged = odbc.purge()
+      return { purged = purged[1], n = #purged, after = odbc.cache("top") == nil }
+    end
+    if data.message == "cached-elsewhere" then
+      -- Another Lua state (a pool thread) reads what a core cached.
+      thread.new(function () return odbc.cache("top") end)
+        .waitfor(function (id, t) broker.f(id).commit({ x = t and t.x }) end, s.id)
+      return
+    end
     thread.new(function (msg)
       local db = odbc.new("DB")
       if msg == "setup" then
@@ -88,6 +108,23 @@ fn a_pool_thread_reads_and_writes_sqlite_through_odbc() {
         "no more result sets"
     );
     assert!(server.log().contains("[SQL]"), "{}", server.log());
+
+    client.write_all(&message("cache", &[])).unwrap();
+    let r = read_reply(&mut client);
+    assert_eq!(r.get("a").and_then(Bson::as_str), Some("y"), "{r:?}");
+    assert_eq!(r.get("c").and_then(Bson::as_str), Some("y"), "{r:?}");
+    for k in ["none", "failed", "bad_kept"] {
+        assert_eq!(r.get(k).cloned(), Some(Bson::Bool(true)), "{k}: {r:?}");
+    }
+    assert!(server.log().contains("loader boom"), "{}", server.log());
+    client.write_all(&message("cached-elsewhere", &[])).unwrap();
+    let r = read_reply(&mut client);
+    assert_eq!(r.get("x").and_then(Bson::as_str), Some("y"), "{r:?}");
+    client.write_all(&message("purge", &[])).unwrap();
+    let r = read_reply(&mut client);
+    assert_eq!(r.get("purged").and_then(Bson::as_str), Some("top"), "{r:?}");
+    assert_eq!(r.get("n").and_then(Bson::as_i64), Some(1), "{r:?}");
+    assert_eq!(r.get("after").cloned(), Some(Bson::Bool(true)), "{r:?}");
 
     client.write_all(&message("core", &[])).unwrap();
     let r = read_reply(&mut client);

@@ -9,8 +9,9 @@
 //! every adapter still open back to the pool (committing an open transaction, as a release
 //! does), so nothing leaks from a function that forgot `close()`.
 //!
-//! Not here yet: the editable rows tree with write-back (`apply`, §1.5), `odbc.cache` /
-//! `odbc.purge`, OUTPUT parameters. `rs.fetch` returns plain nested tables.
+//! Not here yet: the editable rows tree with write-back (`apply`, §1.5) and OUTPUT
+//! parameters. `rs.fetch` returns plain nested tables; `odbc.cache` keeps values serialized
+//! (`service::odbc::cache`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +22,7 @@ use simd_json::OwnedValue;
 
 use super::natives::node;
 use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
+use crate::service::odbc::cache::{self, Cached};
 use crate::service::odbc::{
     acquire, Adapter, ConnectionConfig, OdbcConfig, OdbcError, ResultSet, Value,
 };
@@ -35,6 +37,13 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("odbc_timeout", lua.create_function(odbc_timeout)?)?;
     e.set("odbc_close", lua.create_function(odbc_close)?)?;
     e.set("odbc_release_all", lua.create_function(odbc_release_all)?)?;
+    e.set("odbc_cache_get", lua.create_function(odbc_cache_get)?)?;
+    e.set(
+        "odbc_cache_begin",
+        lua.create_function(|_, n: String| Ok(cache::begin_load(&n)))?,
+    )?;
+    e.set("odbc_cache_finish", lua.create_function(odbc_cache_finish)?)?;
+    e.set("odbc_purge", lua.create_function(odbc_purge)?)?;
     Ok(())
 }
 
@@ -359,6 +368,32 @@ fn odbc_close(_: &Lua, h: u64) -> mlua::Result<i64> {
             -1
         }
     })
+}
+
+/// `E.odbc_cache_get(name)` -> "value", bytes | "loading" | nil.
+fn odbc_cache_get(lua: &Lua, name: String) -> mlua::Result<(LuaValue, LuaValue)> {
+    Ok(match cache::get(&name) {
+        Cached::Absent => (LuaValue::Nil, LuaValue::Nil),
+        Cached::Loading => (
+            LuaValue::String(lua.create_string("loading")?),
+            LuaValue::Nil,
+        ),
+        Cached::Value(v) => (
+            LuaValue::String(lua.create_string("value")?),
+            LuaValue::String(lua.create_string(&v)?),
+        ),
+    })
+}
+
+/// `E.odbc_cache_finish(name, bytes|nil)`: the loader's (encoded) result, or nil: nothing.
+fn odbc_cache_finish(_: &Lua, (name, v): (String, Option<mlua::String>)) -> mlua::Result<()> {
+    cache::finish_load(&name, v.map(|s| s.as_bytes().to_vec()));
+    Ok(())
+}
+
+/// `E.odbc_purge(names|nil)` -> the names removed.
+fn odbc_purge(_: &Lua, names: Option<Vec<String>>) -> mlua::Result<Vec<String>> {
+    Ok(cache::purge(names.as_deref()))
 }
 
 /// `E.odbc_release_all()`: the end of a `thread.new` function releases what it left open.

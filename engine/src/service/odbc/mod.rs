@@ -6,6 +6,7 @@
 //! plain `Value` enum.
 
 mod adapter;
+pub mod cache;
 mod config;
 mod env;
 mod error;
