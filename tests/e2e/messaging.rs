@@ -287,3 +287,33 @@ fn ordered_locks_grant_one_holder_at_a_time() {
     let b = log.find("granted B").unwrap();
     assert!(a < release && release < b, "{log}");
 }
+
+#[test]
+fn a_core_draining_a_long_backlog_still_runs_its_timers() {
+    // `a` (core 0) queues 20000 messages for `b` (core 1) at once; each takes `b` about
+    // 50 µs, so the backlog lasts about a second. `b`'s 50 ms timer must keep ticking while
+    // it drains: a core hands out turns between queued messages.
+    let a = format!(
+        r#"{}
+        stage.addtask(200, function ()
+          for i = 1, 20000 do stage.signal("b:work", i) end
+          return 0
+        end)"#,
+        listener("return data")
+    );
+    let b = r#"
+        stage.waitfor("work", function (i)
+          if i == 1 then logger.info("FIRST") end
+          local t = os.clock()
+          while os.clock() - t < 0.00005 do end
+          if i == 20000 then logger.info("LAST") end
+        end)
+        stage.addtask(50, function () logger.info("TICK") end)
+    "#;
+    let server = Server::start(&two_stages(), &[("a.lua", &a), ("b.lua", b)]);
+    server.wait_log("LAST");
+    let log = server.log();
+    let (first, last) = (log.find("FIRST").unwrap(), log.find("LAST").unwrap());
+    let ticks = log[first..last].matches("TICK").count();
+    assert!(ticks >= 3, "{ticks} ticks while draining; log:\n{log}");
+}

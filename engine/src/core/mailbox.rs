@@ -5,11 +5,16 @@
 //! The doorbell is rung only when it is not already ringing (an atomic flag), so a burst of
 //! messages costs one write(2). The receiver clears the flag *before* draining, so a message
 //! pushed while it drains either is seen by that drain or rings the bell again.
+//!
+//! A long backlog is drained in slices: the drain yields whenever glommio says the task has
+//! had its turn, so the core's timers, connections and watchdog beat still run while
+//! thousands of queued messages are handled. A counter of queued messages lets the node see
+//! a backlog that keeps growing (overload, `peers`).
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
@@ -33,6 +38,8 @@ impl<T> Clone for Mailbox<T> {
 struct Doorbell {
     rung: AtomicBool,
     writer: StdUnixStream,
+    /// Messages pushed and not yet handed to the core.
+    queued: AtomicUsize,
 }
 
 /// Receiving half, owned by one core.
@@ -60,6 +67,7 @@ pub fn channel<T>(capacity: usize) -> std::io::Result<(Mailbox<T>, Inbox<T>)> {
     let bell = Arc::new(Doorbell {
         rung: AtomicBool::new(false),
         writer,
+        queued: AtomicUsize::new(0),
     });
     Ok((
         Mailbox {
@@ -81,11 +89,17 @@ impl<T> Mailbox<T> {
             Err(TrySendError::Full(_)) => return Err(SendError::Full(capacity_hint)),
             Err(TrySendError::Disconnected(_)) => return Err(SendError::Closed),
         }
+        self.bell.queued.fetch_add(1, Ordering::Relaxed);
         if !self.bell.rung.swap(true, Ordering::AcqRel) {
             // EAGAIN means unread bytes are already waiting: the core will wake anyway.
             let _ = (&self.bell.writer).write(&[1]);
         }
         Ok(())
+    }
+
+    /// Messages waiting for the core (approximate while others push).
+    pub fn queued(&self) -> usize {
+        self.bell.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -101,7 +115,12 @@ impl<T> Inbox<T> {
             self.bell.rung.store(false, Ordering::SeqCst);
             loop {
                 match self.queue.try_recv() {
-                    Ok(msg) => handle(msg),
+                    Ok(msg) => {
+                        self.bell.queued.fetch_sub(1, Ordering::Relaxed);
+                        handle(msg);
+                        // A long backlog must not starve the core's other tasks.
+                        glommio::yield_if_needed().await;
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }

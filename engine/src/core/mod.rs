@@ -194,6 +194,16 @@ impl Node {
         inbox.send(msg, INBOX_CAPACITY)
     }
 
+    /// Messages waiting in all cores' inboxes.
+    pub fn queued(&self) -> usize {
+        self.inboxes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.queued())
+            .sum()
+    }
+
     /// The core for the next unrestricted job: round-robin over all cores.
     pub fn next_core(&self) -> usize {
         self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores()

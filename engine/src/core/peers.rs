@@ -443,6 +443,37 @@ fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
     }
 }
 
+/// Overload protection (spec stage.md §1.4): a backlog of messages for this process's cores
+/// that keeps growing over one heartbeat period stops the heartbeats, so the other processes
+/// stop sending new work here; they resume once the backlog has drained. Lua timers keep
+/// running (docs/compat.md): stopping game timers under load would hurt more than it helps.
+#[derive(Default)]
+struct Overload {
+    last: usize,
+    on: bool,
+}
+
+/// A backlog this long and growing is an overload; one this short is drained.
+const OVERLOAD_BACKLOG: usize = 1024;
+const DRAINED_BACKLOG: usize = 64;
+
+impl Overload {
+    /// The backlog now; `Some(state)` when the overload state changes.
+    fn update(&mut self, queued: usize) -> Option<bool> {
+        let growing = queued > self.last;
+        self.last = queued;
+        let next = if self.on {
+            queued > DRAINED_BACKLOG
+        } else {
+            queued >= OVERLOAD_BACKLOG && growing
+        };
+        (next != self.on).then(|| {
+            self.on = next;
+            next
+        })
+    }
+}
+
 async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
     let mut ids: Vec<&str> = core
         .node
@@ -455,6 +486,7 @@ async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
     ids.dedup();
     let frame = heartbeat_frame(peers.me, &ids);
     let mut suspended = false;
+    let mut overload = Overload::default();
     loop {
         peers.sweep(Instant::now());
         let suspend = peers.suspend.as_ref().filter(|f| f.exists());
@@ -471,7 +503,16 @@ async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
                 }
             }
         }
-        for n in peers.others.iter().filter(|_| !suspended) {
+        let queued = core.node.queued();
+        match overload.update(queued) {
+            Some(true) => tracing::warn!(
+                "process {}: overloaded ({queued} messages queued and growing): no heartbeats until they drain, so new work goes elsewhere",
+                peers.me
+            ),
+            Some(false) => tracing::info!("process {}: backlog drained: heartbeats resume", peers.me),
+            None => {}
+        }
+        for n in peers.others.iter().filter(|_| !suspended && !overload.on) {
             if let Err(err) = peers.send(*n, &frame) {
                 tracing::trace!("heartbeat to process {n} not sent: {err}");
             }
@@ -487,6 +528,24 @@ async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_growing_backlog_suspends_until_it_drains() {
+        let mut o = Overload::default();
+        assert_eq!(o.update(10), None);
+        assert_eq!(o.update(2000), Some(true), "long and growing");
+        assert_eq!(o.update(1500), None, "still long: stays suspended");
+        assert_eq!(o.update(64), Some(false), "drained");
+        assert_eq!(o.update(5000), Some(true));
+        let mut o = Overload::default();
+        o.update(3000);
+        o.on = false;
+        assert_eq!(
+            o.update(2500),
+            None,
+            "long but shrinking is not an overload"
+        );
+    }
 
     fn peers(me: u32) -> Peers {
         Peers::new(PeerSettings {
