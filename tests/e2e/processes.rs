@@ -501,3 +501,39 @@ fn a_lock_is_held_by_one_process_of_the_node_at_a_time() {
         assert_eq!(log.matches(&format!("ENTER {p} ")).count(), 5, "{log}");
     }
 }
+
+#[test]
+fn an_overloaded_process_stops_its_heartbeats_until_it_drains() {
+    // The game (process 1) sends the lobby (process 2) 40000 messages at once; each costs
+    // the lobby about 50 µs, so its backlog grows past 1024: it stops heartbeating (process 1
+    // sees it go down), drains, and comes back.
+    let game = format!(
+        r#"{GAME}
+        stage.addtask(1500, function ()
+          for i = 1, 40000 do stage.signal("lobby:work", i) end
+          return 0
+        end)
+    "#
+    );
+    let lobby = r#"
+        stage.waitfor("work", function (i)
+          local t = os.clock()
+          while os.clock() - t < 0.00005 do end
+          if i == 40000 then logger.info("LOBBY DONE") end
+        end)
+    "#;
+    let server = Server::start(
+        &node_config(r#"[["lua.so+game"], ["lua.so+lobby"]]"#),
+        &[("game.lua", &game), ("lobby.lua", lobby)],
+    );
+    server.wait_log("process 2: overloaded (");
+    server.wait_log("process 1: peer process 2 is down");
+    server.wait_log("process 2: backlog drained: heartbeats resume");
+    server.wait_log_count("process 1: peer process 2 is up", 2);
+    let log = server.log();
+    assert!(
+        !log.contains("watchdog: process"),
+        "no kill while draining: {log}"
+    );
+    assert_eq!(started_pids(&log, 2).len(), 1, "{log}");
+}
