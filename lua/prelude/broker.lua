@@ -159,14 +159,15 @@ function P.hooks.accept(lid, id, peer, stage)
   return true
 end
 
-local function commit_results(commit, ok, ...)
+-- Every value a receive callback returned is committed (to `addr` for a UDP datagram).
+local function commit_results(commit, addr, ok, ...)
   if not ok then
     P.report("receive callback", (...))
     return
   end
   for i = 1, select("#", ...) do
     local v = select(i, ...)
-    if v ~= nil then commit(v) end
+    if v ~= nil then commit(v, addr) end
   end
 end
 
@@ -179,7 +180,7 @@ function P.deliver(id, data)
   local f = st.receive
   if f == nil then return end
   P.stage = st.stage
-  commit_results(st.commit, xpcall(f, P.handler, s, data))
+  commit_results(st.commit, nil, xpcall(f, P.handler, s, data))
 end
 
 P.hooks.receive = P.deliver
@@ -193,8 +194,7 @@ function P.hooks.datagram(lid, stage, data, addr)
   local f = L and (L.receive or L.accept)
   if f == nil then return end
   P.stage = stage
-  local commit = state[s].commit
-  commit_results(function(v) return commit(v, addr) end, xpcall(f, P.handler, s, data, addr))
+  commit_results(state[s].commit, addr, xpcall(f, P.handler, s, data, addr))
 end
 
 -- `broker.signal(socket, v)` and `broker.submit(socket, f, ...)` run here, on the owning
@@ -208,7 +208,7 @@ P.posts.inject = function(m, payload)
     local ok, n = P.try("broker.submit function", m.f, s, P.unpack_values(m.v))
     if ok and type(n) == "number" and n > 0 then E.later(n, "inject", payload) end
   elseif st.receive ~= nil then
-    commit_results(st.commit, xpcall(st.receive, P.handler, s, m.data))
+    commit_results(st.commit, nil, xpcall(st.receive, P.handler, s, m.data))
   end
 end
 

@@ -14,7 +14,7 @@
 //! A case is CONNECTIONSxPAYLOAD. Default cases: 1x32 64x32 1000x32 1x1024 64x1024 1000x1024.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,18 +86,6 @@ impl Sample {
     }
 }
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("binary directory")?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: run `cargo build --release --workspace` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// utime + stime of a process (all its threads), seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -136,7 +124,7 @@ fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Resul
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg(cpu.to_string());
     if which == "baseline" {
-        cmd.arg(bin("baseline-echo")?)
+        cmd.arg(stage_benches::sibling_binary("baseline-echo")?)
             .arg(format!("127.0.0.1:{port}"));
     } else {
         std::fs::write(
@@ -152,7 +140,7 @@ fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Resul
                 "broker.ready('tcp://127.0.0.1:{port}?packet=4k,10k', function (socket, addr)\n  return function (socket, data) return data end\nend)\n"
             ),
         )?;
-        cmd.arg(bin("stage")?)
+        cmd.arg(stage_benches::sibling_binary("stage")?)
             .args(["-c", "stage.json", "-l", "warn"]);
     }
     let mut child = cmd
@@ -173,7 +161,7 @@ fn run_load(
     let out = Command::new("taskset")
         .arg("-c")
         .arg(o.client_cpu.to_string())
-        .arg(bin("stage-loadtest")?)
+        .arg(stage_benches::sibling_binary("stage-loadtest")?)
         .args(["--target", &format!("127.0.0.1:{port}")])
         .args(["--connections", &conns.to_string()])
         .args(["--payload-size", &payload.to_string()])

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use stage_engine::service::shard::owner_of_name;
 
 const CORES: usize = 2;
@@ -42,18 +42,6 @@ stage.addtask(300, function ()
   return 0
 end)
 "#;
-
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("binary directory")?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: run `cargo build --release --workspace` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// An index name owned by `core`.
 fn name_on(core: usize, avoid: &str) -> String {
@@ -129,7 +117,7 @@ fn main() -> anyhow::Result<()> {
     if cpus < CORES {
         bail!("needs {CORES} CPUs, this machine lets us use {cpus}");
     }
-    let stage = bin("stage")?;
+    let stage = stage_benches::sibling_binary("stage")?;
     // One core: both stages' indexes on core 0 (stage b's requests cross cores, a's do not).
     // Spread: a's index on core 1, b's on core 0, so every request crosses cores — the
     // comparison is against sharding, not in its favour.

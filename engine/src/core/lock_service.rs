@@ -198,13 +198,7 @@ fn serve(socket: UnixDatagram, dir: PathBuf) {
                 Some(op) => service.handle(op),
                 None => tracing::debug!("lock service: malformed datagram ({n} bytes) dropped"),
             },
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(err) if super::peers::just_a_timeout(&err) => {}
             Err(err) => {
                 tracing::warn!("lock service: receive failed: {err}");
                 std::thread::sleep(Duration::from_millis(10));

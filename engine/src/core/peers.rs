@@ -363,6 +363,17 @@ const READ_POLL: Duration = Duration::from_millis(200);
 /// only a few datagrams (`net.unix.max_dgram_qlen`, 10 by default) before senders get
 /// EAGAIN, so it is read by a thread that never runs Lua rather than by a core that may be
 /// busy in a script.
+/// A datagram reader's `recv` with a read timeout "fails" when nothing came in time: that is
+/// its chance to look up (shutdown, due leases), not an error.
+pub(crate) fn just_a_timeout(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 fn receive(node: Arc<Node>, socket: UnixDatagram) {
     let Some(peers) = node.peers.clone() else {
         return;
@@ -371,13 +382,7 @@ fn receive(node: Arc<Node>, socket: UnixDatagram) {
     while !node.is_shutting_down() {
         match socket.recv(&mut buf) {
             Ok(len) => handle(&node, &peers, &buf[..len]),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(err) if just_a_timeout(&err) => {}
             Err(err) => {
                 tracing::warn!("process {}: datagram receive failed: {err}", peers.me);
                 std::thread::sleep(Duration::from_millis(10));

@@ -19,7 +19,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use glommio::net::UdpSocket;
 
 use crate::codec::framing::Framing;
@@ -101,14 +100,11 @@ pub async fn serve(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
         match received {
             None => break,
             Some(Ok((n, peer))) => {
-                if let Some(message) = message(&shared, &buf[..n], n == buf.len()) {
-                    core.host.dispatch_datagram(
-                        id,
-                        shared.stage,
-                        message,
-                        shared.url.frame.framing,
-                        peer,
-                    );
+                if is_one_message(&shared, &buf[..n], n == buf.len()) {
+                    // Straight from the receive buffer: no copy per datagram.
+                    let framing = shared.url.frame.framing;
+                    core.host
+                        .dispatch_datagram(id, shared.stage, &buf[..n], framing, peer);
                     core.after_lua();
                 }
             }
@@ -122,16 +118,16 @@ pub async fn serve(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
     tracing::debug!(listener = id, "udp endpoint closed on this core");
 }
 
-/// The message a datagram carries, or `None` (logged at debug) when it is not one: cut
-/// short, or in `packet` framing not exactly one frame.
-fn message(shared: &ListenerShared, bytes: &[u8], truncated: bool) -> Option<Bytes> {
+/// Whether a datagram is one message (if not, it is logged at debug and dropped): not cut
+/// short, and in `packet` framing exactly one frame.
+fn is_one_message(shared: &ListenerShared, bytes: &[u8], truncated: bool) -> bool {
     if truncated {
         tracing::debug!(
             listener = shared.id,
             "udp datagram larger than the input size {} dropped",
             shared.url.frame.input
         );
-        return None;
+        return false;
     }
     if shared.url.frame.framing == Framing::Packet {
         let declared = bytes
@@ -143,10 +139,10 @@ fn message(shared: &ListenerShared, bytes: &[u8], truncated: bool) -> Option<Byt
                 "udp datagram of {} bytes is not one packet frame: dropped",
                 bytes.len()
             );
-            return None;
+            return false;
         }
     }
-    Some(Bytes::copy_from_slice(bytes))
+    true
 }
 
 /// Sends `bytes` to `to` from this core's socket of endpoint `id`.

@@ -226,13 +226,13 @@ impl Host {
         &self,
         endpoint: u64,
         stage: Option<usize>,
-        message: Bytes,
+        message: &[u8],
         framing: Framing,
         from: std::net::SocketAddr,
     ) {
         let data = match framing {
             Framing::Packet => {
-                match bson::decode_first(&self.lua, &message, &DecodeOptions::default()) {
+                match bson::decode_first(&self.lua, message, &DecodeOptions::default()) {
                     Ok(v) => v,
                     Err(err) => {
                         tracing::debug!(listener = endpoint, %from, "udp datagram dropped: {err}");
@@ -240,7 +240,7 @@ impl Host {
                     }
                 }
             }
-            Framing::Text | Framing::Raw => match self.lua.create_string(&message[..]) {
+            Framing::Text | Framing::Raw => match self.lua.create_string(message) {
                 Ok(s) => Value::String(s),
                 Err(err) => {
                     tracing::warn!(listener = endpoint, "udp dispatch failed: {err}");

@@ -151,7 +151,8 @@ impl TicketService {
         self.categories.get(category).map_or(0, |c| c.queue.len())
     }
 
-    /// Requests tracked over all categories, against the configured capacity.
+    /// Requests this shard tracks over its categories (the capacity counts every shard's:
+    /// see `tracked` in the struct).
     pub fn tracked(&self) -> usize {
         self.requests.len()
     }
