@@ -105,7 +105,7 @@ fn dispatch(c: &mut Criterion) {
 
 /// One message to a glommio core through its inbox and one back: two cross-core hops.
 fn cross_core(c: &mut Criterion) {
-    use stage_engine::core::mailbox;
+    use stage_engine::node::mailbox;
     let (to_core, core_inbox) = mailbox::channel::<u64>(1024).unwrap();
     let (back, replies) = std::sync::mpsc::sync_channel::<u64>(1024);
     let _core = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)

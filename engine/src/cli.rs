@@ -16,8 +16,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef};
-use crate::core::peers::{PeerSettings, Peers};
-use crate::core::{affinity, runtime, watchdog, Node};
+use crate::node::peers::{PeerSettings, Peers};
+use crate::node::{affinity, runtime, watchdog, Node};
 use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
 use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
 use crate::service::http::HttpConfig;
@@ -37,18 +37,15 @@ const DEFAULT_CONFIG: &str = r##"{
 }"##;
 
 static EMBEDDED: Embedded = &[
-    (
-        "v1/start.lua",
-        include_str!("../../lua/examples/v1/start.lua"),
-    ),
+    ("v1/start.lua", include_str!("../lua/examples/v1/start.lua")),
     (
         "v1/packet.lua",
-        include_str!("../../lua/examples/v1/packet.lua"),
+        include_str!("../lua/examples/v1/packet.lua"),
     ),
     // `"%package": ["@builtin/lib", ...]` makes `stage.require("index")` find the index.so helper.
-    ("lib/index.lua", include_str!("../../lua/lib/index.lua")),
+    ("lib/index.lua", include_str!("../lua/lib/index.lua")),
     // ... and `stage.require("curl")` the curl.so helper.
-    ("lib/curl.lua", include_str!("../../lua/lib/curl.lua")),
+    ("lib/curl.lua", include_str!("../lua/lib/curl.lua")),
 ];
 
 #[derive(Parser, Debug)]

@@ -15,8 +15,8 @@
 pub mod cli;
 pub mod codec;
 pub mod config;
-pub mod core;
 pub mod net;
+pub mod node;
 pub mod script;
 pub mod service;
 pub mod supervisor;

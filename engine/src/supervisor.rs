@@ -9,7 +9,7 @@
 //! supervisor takes them along.
 //!
 //! The watchdog (spec 6.1): each child writes the oldest beat of its cores into its
-//! `alive-N` file in the runtime directory (`core::watchdog`); a child whose cores have not
+//! `alive-N` file in the runtime directory (`node::watchdog`); a child whose cores have not
 //! beaten for 3.1 s (a Lua callback that never returns) is SIGKILLed, and restarted like
 //! any child that died.
 //!
@@ -24,7 +24,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Startup, StartupEntry};
-use crate::core::watchdog;
+use crate::node::watchdog;
 
 /// A child that ends sooner than this after its start is not restarted.
 const TIME_BREAK: Duration = Duration::from_secs(1);
@@ -114,7 +114,7 @@ pub fn run(config: &Config, child: ChildArgs) -> ExitCode {
     // The node's locks live here (spec stage.md 10.5: scoped to the node's router); bound
     // before any child starts, so no lock request finds nobody. Its thread inherits the
     // blocked signals.
-    if let Err(err) = crate::core::lock_service::start(&dir) {
+    if let Err(err) = crate::node::lock_service::start(&dir) {
         eprintln!(
             "error: cannot start the node's lock service in {}: {err}",
             dir.display()

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stage_engine::config::PackageEntry;
-use stage_engine::core::{affinity, runtime, Node};
+use stage_engine::node::{affinity, runtime, Node};
 use stage_engine::script::host::{LuaSettings, LuaStage};
 
 struct Counting;

@@ -13,7 +13,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use stage_engine::codec::framing::{FrameSpec, Framing};
-use stage_engine::core::affinity;
+use stage_engine::node::affinity;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -21,7 +21,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use crate::codec::framing::{FrameError, FrameSpec};
-use crate::core::runtime::Core;
+use crate::node::runtime::Core;
 
 /// The most a single read asks the kernel for; bounds the bytes zeroed before each read.
 const READ_CHUNK: usize = 16 * 1024;

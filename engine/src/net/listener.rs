@@ -11,9 +11,9 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::{self, Conn};
 use super::url::BrokerUrl;
-use crate::core::notify::Notify;
-use crate::core::runtime::Core;
-use crate::core::ListenerShared;
+use crate::node::notify::Notify;
+use crate::node::runtime::Core;
+use crate::node::ListenerShared;
 
 /// Resolves a broker URL's host to the first socket address.
 pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {

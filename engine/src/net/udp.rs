@@ -22,9 +22,9 @@ use std::time::Duration;
 use glommio::net::UdpSocket;
 
 use crate::codec::framing::Framing;
-use crate::core::notify::Notify;
-use crate::core::runtime::Core;
-use crate::core::ListenerShared;
+use crate::node::notify::Notify;
+use crate::node::runtime::Core;
+use crate::node::ListenerShared;
 
 thread_local! {
     /// Sockets bound by `broker.ready` on this core, waiting for their receive loop.

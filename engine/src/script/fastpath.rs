@@ -13,10 +13,10 @@ use std::ffi::c_void;
 use mlua::{LightUserData, Lua, Table};
 use stage_ffi::{OutputReservation, CDEF, STAGE_NOT_HERE, STAGE_REFUSED};
 
-use crate::core::owner_core;
-use crate::core::runtime::{self, Core};
 use crate::net::conn::Conn;
 use crate::net::sockaddr::{self, SockAddr};
+use crate::node::owner_core;
+use crate::node::runtime::{self, Core};
 
 /// Where a call on socket `id` lands from this thread.
 enum Where<R> {

@@ -15,44 +15,44 @@ use super::{logger, natives};
 use crate::codec::bson::{self, BsonError, DecodeOptions};
 use crate::codec::framing::Framing;
 use crate::config::PackageEntry;
-use crate::core::Node;
 use crate::net::conn::Conn;
 use crate::net::sockaddr::{self, SockAddr};
+use crate::node::Node;
 use stage_ffi::PacketView;
 
 /// The prelude, in load order; each part is a chunk called with `(E, P)`.
 const PRELUDE: &[(&str, &str)] = &[
     (
         "@prelude/core.lua",
-        include_str!("../../../lua/prelude/core.lua"),
+        include_str!("../../lua/prelude/core.lua"),
     ),
     (
         "@prelude/broker.lua",
-        include_str!("../../../lua/prelude/broker.lua"),
+        include_str!("../../lua/prelude/broker.lua"),
     ),
     (
         "@prelude/stage.lua",
-        include_str!("../../../lua/prelude/stage.lua"),
+        include_str!("../../lua/prelude/stage.lua"),
     ),
     (
         "@prelude/messaging.lua",
-        include_str!("../../../lua/prelude/messaging.lua"),
+        include_str!("../../lua/prelude/messaging.lua"),
     ),
     (
         "@prelude/thread.lua",
-        include_str!("../../../lua/prelude/thread.lua"),
+        include_str!("../../lua/prelude/thread.lua"),
     ),
     (
         "@prelude/shared.lua",
-        include_str!("../../../lua/prelude/shared.lua"),
+        include_str!("../../lua/prelude/shared.lua"),
     ),
     (
         "@prelude/fastpath.lua",
-        include_str!("../../../lua/prelude/fastpath.lua"),
+        include_str!("../../lua/prelude/fastpath.lua"),
     ),
     (
         "@prelude/odbc.lua",
-        include_str!("../../../lua/prelude/odbc.lua"),
+        include_str!("../../lua/prelude/odbc.lua"),
     ),
 ];
 
@@ -109,8 +109,8 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// The stage kind the directory records for this service.
-    pub fn stage_kind(&self) -> crate::core::stages::StageKind {
-        use crate::core::stages::StageKind;
+    pub fn stage_kind(&self) -> crate::node::stages::StageKind {
+        use crate::node::stages::StageKind;
         match self {
             ServiceKind::Index(_) => StageKind::Index,
             ServiceKind::Ticket(_) => StageKind::Ticket,

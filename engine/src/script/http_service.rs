@@ -17,7 +17,7 @@ use bytes::Bytes;
 use mlua::{Lua, Table, Value};
 
 use super::natives::{core, node};
-use crate::core::CoreMsg;
+use crate::node::CoreMsg;
 use crate::service::http::{code, Body, FormValue, HttpReply, HttpRequest};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {

@@ -1,10 +1,10 @@
 //! Natives behind `stage.signal` / `stage.waitfor` / `stage.addtask` / `stage.submit` /
-//! `stage.once` and the ordered locks: the process-wide handler tables (`core::stages`), the
-//! lock table (`core::locks`), posting prelude messages to a core now or later, and the
+//! `stage.once` and the ordered locks: the process-wide handler tables (`node::stages`), the
+//! lock table (`node::locks`), posting prelude messages to a core now or later, and the
 //! engine-internal BSON form of message values (functions travel as bytecode here — between
 //! the engine's own contexts only, never to or from a client socket). In a multi-process
 //! node, `pick_process` / `processes_of` / `send_process` reach the other processes through
-//! `core::peers`; the decision which process gets a message stays in the prelude's `route`.
+//! `node::peers`; the decision which process gets a message stays in the prelude's `route`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +14,11 @@ use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
 
 use super::natives::{core, node};
 use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
-use crate::core::locks::Grant;
-use crate::core::peers::{self, Peers};
-use crate::core::runtime;
-use crate::core::stages::LocalStage;
-use crate::core::CoreMsg;
+use crate::node::locks::Grant;
+use crate::node::peers::{self, Peers};
+use crate::node::runtime;
+use crate::node::stages::LocalStage;
+use crate::node::CoreMsg;
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set(
@@ -108,7 +108,7 @@ fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> ml
 fn thread_start(lua: &Lua, payload: mlua::String) -> mlua::Result<u64> {
     let node = node(lua)?;
     let id = node.pool.next_id();
-    let job = crate::core::pool::ThreadJob {
+    let job = crate::node::pool::ThreadJob {
         id,
         payload: payload.as_bytes().to_vec(),
     };
@@ -271,7 +271,7 @@ fn waitfor_del(lua: &Lua, (stage, id): (usize, String)) -> mlua::Result<bool> {
 
 fn handler_values(
     lua: &Lua,
-    handler: Option<(String, crate::core::stages::Handler)>,
+    handler: Option<(String, crate::node::stages::Handler)>,
 ) -> mlua::Result<MultiValue> {
     match handler {
         None => Value::Nil.into_lua_multi(lua),
@@ -344,10 +344,10 @@ fn lock_release(lua: &Lua, key: String) -> mlua::Result<MultiValue> {
 }
 
 /// `E.lock_remote(op, key, arg)`: a lock operation of a multi-process node, sent to the
-/// supervisor's lock service (`core::lock_service`): `">"` with the request payload, `">>"`
+/// supervisor's lock service (`node::lock_service`): `">"` with the request payload, `">>"`
 /// with milliseconds, `"<"`. The grant comes back as a `lock_grant` post.
 fn lock_remote(lua: &Lua, (op, key, arg): (String, String, Value)) -> mlua::Result<()> {
-    use crate::core::lock_service::{encode, LockOp, ROUTER};
+    use crate::node::lock_service::{encode, LockOp, ROUTER};
     let peers = peers(lua)?;
     let payload;
     let lock_op = match op.as_str() {

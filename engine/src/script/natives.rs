@@ -13,12 +13,12 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::loader::{Lookup, ScriptLoader};
 use crate::codec::bson::{self, EncodeOptions};
-use crate::core::runtime::{self, Core};
-use crate::core::{owner_core, CoreMsg, ListenerProps, ListenerShared, Node};
 use crate::net::conn::{errno_of, Conn};
 use crate::net::sockaddr::{self, SockAddr};
 use crate::net::url::{BrokerUrl, Scheme};
 use crate::net::{listener, udp};
+use crate::node::runtime::{self, Core};
+use crate::node::{owner_core, CoreMsg, ListenerProps, ListenerShared, Node};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("log", lua.create_function(log)?)?;

@@ -7,7 +7,7 @@ use mlua::{Function, Lua, Table, Value};
 
 use super::natives::node;
 use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
-use crate::core::shared::Policy;
+use crate::node::shared::Policy;
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("shared_get", lua.create_function(shared_get)?)?;

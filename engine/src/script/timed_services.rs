@@ -15,7 +15,7 @@
 //! `stage.signal(nil, ...)` or return values then reach exactly that service command.
 //!
 //! After every call and every tick the owner's single timer is re-armed at the service's
-//! next deadline (`core::timed`); when it fires, the prelude's `svc_tick` post calls
+//! next deadline (`node::timed`); when it fires, the prelude's `svc_tick` post calls
 //! `E.service_tick`, so lease expiry, offer timeouts and keep-alive expiry need no traffic.
 //!
 //! Values travel as the engine-internal BSON of the packed values (`{n = count, ...}`), the
@@ -29,7 +29,7 @@ use mlua::{Lua, Table, Value};
 use super::messaging::{INTERNAL_DECODE, INTERNAL_ENCODE};
 use super::natives::core;
 use crate::codec::bson;
-use crate::core::timed::{TimedService, TimedSlot};
+use crate::node::timed::{TimedService, TimedSlot};
 use crate::service::route::{self, RouteCommand, RouteKey, RouteMessage, RouteOutput, SubChange};
 use crate::service::ticket::{
     self, LeaseId, Outcome, TicketCommand, TicketKey, TicketMessage, TicketOutput,

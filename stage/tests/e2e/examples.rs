@@ -8,7 +8,7 @@ use crate::harness::*;
 #[test]
 fn hello_world_answers_every_read_and_logs_accept_and_close() {
     let _port = lock_8081();
-    let mut server = Server::spawn_in_repo(&["-c", "lua/examples/hello/stage.json"], 8081);
+    let mut server = Server::spawn_in_repo(&["-c", "engine/lua/examples/hello/stage.json"], 8081);
     let mut client = server.connect();
     client.write_all(b"hi there\n").unwrap();
     let mut buf = [0u8; 12];
@@ -37,7 +37,7 @@ fn login_round_trip(server: &Server) {
 #[test]
 fn v1_example_logs_in_from_its_seed_configuration() {
     let _port = lock_8081();
-    let mut server = Server::spawn_in_repo(&["-c", "lua/examples/v1/stage.json"], 8081);
+    let mut server = Server::spawn_in_repo(&["-c", "engine/lua/examples/v1/stage.json"], 8081);
     server.wait_log("READY");
     login_round_trip(&server);
     // The seed config's keys that this build does not act on are named once at info level.

@@ -22,8 +22,13 @@ pub fn stage_bin() -> &'static str {
     env!("CARGO_BIN_EXE_stage")
 }
 
+/// The workspace root (the `stage` package sits one level below it): examples and
+/// relative paths in test configurations are resolved from there.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("stage/ has a parent")
+        .to_path_buf()
 }
 
 /// A port that was free a moment ago and that no other test of this binary was given.

@@ -175,7 +175,7 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     }
     let inbox_core = core.clone();
     let inbox_task = glommio::spawn_local(inbox.run(move |msg| inbox_core.handle(msg))).detach();
-    // Booted: from now on the watchdog expects this core to beat (`core::watchdog`).
+    // Booted: from now on the watchdog expects this core to beat (`node::watchdog`).
     glommio::spawn_local(beat(node.clone(), index, core.stop.clone())).detach();
     // Other processes learn about this one only now that core 0's stages have booted.
     if let Some(peers) = node.peers.clone().filter(|_| index == 0) {
