@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion};
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
-use stage_engine::codec::bson::{self, DecodeOptions, EncodeOptions};
 use stage_engine::codec::framing::{FrameSpec, Framing};
+use stage_engine::script::bson::{self, DecodeOptions, EncodeOptions};
 
 fn login_packet(lua: &Lua) -> Vec<u8> {
     let t: Table = lua

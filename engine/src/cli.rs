@@ -8,22 +8,17 @@
 //! --run-dir DIR -c DIR/config.json` (hidden options), which runs only the Lua stages of
 //! process entry N.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{self, Config, ConfigSource, ModuleKind, ModuleRef};
+use crate::config::{self, ConfigSource};
 use crate::node::peers::{PeerSettings, Peers};
 use crate::node::{affinity, runtime, watchdog, Node};
-use crate::script::host::{LuaSettings, LuaStage, ServiceKind, ServiceStage};
-use crate::script::loader::{Embedded, Lookup, ScriptLoader, BUILTIN_ROOT};
-use crate::service::http::HttpConfig;
-use crate::service::index::IndexConfig;
-use crate::service::route::RouteConfig;
-use crate::service::ticket::TicketConfig;
+use crate::plan::{self, Plan};
+use crate::script::{self, EMBEDDED};
 use crate::supervisor;
 
 /// The configuration used when no `-c` is given: the seed's v1 example, served from scripts
@@ -35,18 +30,6 @@ const DEFAULT_CONFIG: &str = r##"{
         "lua.so+stage": "start"
     }
 }"##;
-
-static EMBEDDED: Embedded = &[
-    ("v1/start.lua", include_str!("../lua/examples/v1/start.lua")),
-    (
-        "v1/packet.lua",
-        include_str!("../lua/examples/v1/packet.lua"),
-    ),
-    // `"%package": ["@builtin/lib", ...]` makes `stage.require("index")` find the index.so helper.
-    ("lib/index.lua", include_str!("../lua/lib/index.lua")),
-    // ... and `stage.require("curl")` the curl.so helper.
-    ("lib/curl.lua", include_str!("../lua/lib/curl.lua")),
-];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -164,8 +147,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let settings = match lua_settings(&config, modules, cpus.len(), script_args) {
-        Ok(settings) => Arc::new(settings),
+    let plan = match plan::build(&config, modules, cpus.len(), script_args, EMBEDDED) {
+        Ok(plan) => Arc::new(plan),
         Err(errors) => {
             for err in &errors {
                 eprintln!("error: {err}");
@@ -174,7 +157,7 @@ pub fn main() -> ExitCode {
         }
     };
     if args.check {
-        return check(&settings);
+        return script::check::check(&plan);
     }
     let peers = match (args.child, &args.run_dir, args.parent) {
         (Some(me), Some(dir), Some(supervisor)) => {
@@ -207,7 +190,7 @@ pub fn main() -> ExitCode {
         (Some(dir), Some(n)) => Some(watchdog::alive_file(dir, n)),
         _ => None,
     };
-    match run(cpus, settings, peers, alive) {
+    match run(cpus, plan, peers, alive) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -229,241 +212,11 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// The Lua stages among `modules` (all of `#startup` in a single-process node, one process
-/// entry in a child), each run once in this process on core `i % cores`.
-fn lua_settings(
-    config: &Config,
-    modules: Vec<&ModuleRef>,
-    cores: usize,
-    args: Vec<String>,
-) -> Result<LuaSettings, Vec<String>> {
-    let mut stages: Vec<LuaStage> = Vec::new();
-    let mut first = None;
-    let mut errors = Vec::new();
-    let hosted: Vec<&ModuleRef> = modules.clone();
-    for module in modules
-        .into_iter()
-        .filter(|m| matches!(m.kind, ModuleKind::Lua))
-    {
-        if stages.iter().any(|s| s.entry == module.entry) {
-            tracing::info!(
-                "`{}` is listed more than once; it runs once per process",
-                module.entry
-            );
-            continue;
-        }
-        let stage = match config.lua_stage(module) {
-            Ok(stage) => stage,
-            Err(err) => {
-                errors.push(err.to_string());
-                continue;
-            }
-        };
-        let Some(main_script) = stage.main_script.clone() else {
-            tracing::warn!(
-                "`{}` names no main script; it has no handlers",
-                module.entry
-            );
-            continue;
-        };
-        stages.push(LuaStage {
-            id: module.stage_id.clone().unwrap_or_default(),
-            entry: module.entry.clone(),
-            main_script,
-            block_json: simd_json::to_string(&stage.block).unwrap_or_else(|_| "{}".into()),
-            main_core: stages.len() % cores,
-        });
-        first.get_or_insert(stage);
-    }
-    // Service stages come after the Lua stages (their directory indexes follow), and their
-    // main cores continue the same rotation.
-    let mut services: Vec<ServiceStage> = Vec::new();
-    for module in &hosted {
-        if services.iter().any(|s| s.entry == module.entry) {
-            continue;
-        }
-        // services.md §0.1: without `+suffix` the sign is the service's default name.
-        let (sign, kind) = match module.kind {
-            ModuleKind::Index => (
-                "index",
-                ServiceKind::Index(index_config(config.module_block(module))),
-            ),
-            ModuleKind::Ticket => (
-                "ticket",
-                ServiceKind::Ticket(TicketConfig::from_config(config, module)),
-            ),
-            ModuleKind::Route => (
-                "route",
-                ServiceKind::Route(RouteConfig::from_config(config, module)),
-            ),
-            ModuleKind::Curl => (
-                "curl",
-                ServiceKind::Http(HttpConfig::from_config(config, module)),
-            ),
-            _ => continue,
-        };
-        services.push(ServiceStage {
-            id: module.stage_id.clone().unwrap_or_else(|| sign.into()),
-            entry: module.entry.clone(),
-            main_core: (stages.len() + services.len()) % cores,
-            kind,
-            ticket_tracked: Default::default(),
-        });
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let Some(first) = first else {
-        if services.is_empty() {
-            tracing::warn!("#startup has no Lua stage with a main script: nothing will run");
-        }
-        return Ok(LuaSettings {
-            package: Vec::new(),
-            preload: Vec::new(),
-            reflush: Duration::from_secs(1),
-            ffi: true,
-            memory: None,
-            stages,
-            services,
-            args,
-            embedded: EMBEDDED,
-        });
-    };
-    Ok(LuaSettings {
-        package: first.package,
-        preload: first.preload,
-        reflush: Duration::from_millis(first.reflush_ms),
-        ffi: first.ffi,
-        memory: first.memory_mib.map(|mib| (mib as usize) << 20),
-        stages,
-        services,
-        args,
-        embedded: EMBEDDED,
-    })
-}
-
-/// services.md §2.1: `"dir/"` or `["dir/", max_key, nelem]` (the element count sized the
-/// original's pages; this engine has none, so it is accepted and ignored). No block at all:
-/// `index/` in the working directory, as in the original's shipped configuration.
-fn index_config(block: Option<&simd_json::OwnedValue>) -> IndexConfig {
-    use simd_json::prelude::*;
-    let mut cfg = IndexConfig::new("index/");
-    match block {
-        Some(v) if v.as_str().is_some() => cfg.path = v.as_str().unwrap_or_default().into(),
-        Some(v) if v.as_array().is_some() => {
-            let items = v.as_array().map(Vec::as_slice).unwrap_or_default();
-            if let Some(p) = items.first().and_then(|p| p.as_str()) {
-                cfg.path = p.into();
-            }
-            if let Some(n) = items.get(1).and_then(|n| n.as_u64()) {
-                cfg.max_key = n as usize;
-            }
-        }
-        // This build's object form (checked by `config::modules`).
-        Some(v) if v.is_object() => {
-            if let Some(p) = v.get("path").and_then(|p| p.as_str()) {
-                cfg.path = p.into();
-            }
-            if let Some(n) = v.get("keysize").and_then(|n| n.as_u64()) {
-                cfg.max_key = n as usize;
-            }
-            if let Some(ms) = v.get("sync").and_then(|s| s.as_u64()) {
-                cfg.sync = crate::service::index::SyncPolicy::Interval(Duration::from_millis(ms));
-            }
-        }
-        _ => {}
-    }
-    cfg
-}
-
-/// `--check`: compiles the main scripts, preload scripts and every script in the package
-/// directories, printing each error. Nothing runs.
-fn check(settings: &LuaSettings) -> ExitCode {
-    let lua = mlua::Lua::new();
-    let loader = ScriptLoader::new(settings.package.clone(), Duration::ZERO, settings.embedded);
-    let mut errors = Vec::new();
-    for stage in &settings.stages {
-        match loader.load(&lua, &stage.main_script) {
-            Ok(Lookup::Found(_)) => {}
-            Ok(Lookup::NotFound(path)) => errors.push(format!(
-                "main script `{}` of `{}` not found in %package (looked for {path}.lua)",
-                stage.main_script, stage.entry
-            )),
-            Err(err) => errors.push(err.to_string()),
-        }
-    }
-    let mut files = Vec::new();
-    for entry in &settings.package {
-        if entry.prefix.starts_with(BUILTIN_ROOT) {
-            continue;
-        }
-        let dir = if entry.prefix.is_empty() {
-            "."
-        } else {
-            entry.prefix.as_str()
-        };
-        // The current directory may hold anything: only its own scripts, not its subtrees.
-        lua_files(Path::new(dir), !entry.prefix.is_empty(), &mut files);
-    }
-    for entry in &settings.preload {
-        lua_files(Path::new(entry), true, &mut files);
-    }
-    files.sort();
-    files.dedup();
-    for file in &files {
-        let result = std::fs::read(file)
-            .map_err(|e| e.to_string())
-            .and_then(|src| {
-                lua.load(&src[..])
-                    .set_name(format!("@{}", file.display()))
-                    .into_function()
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(err) = result {
-            errors.push(err);
-        }
-    }
-    if errors.is_empty() {
-        println!(
-            "configuration OK: {} Lua stage(s), {} script(s) compiled",
-            settings.stages.len(),
-            files.len()
-        );
-        ExitCode::SUCCESS
-    } else {
-        for err in &errors {
-            eprintln!("error: {err}");
-        }
-        ExitCode::from(1)
-    }
-}
-
-fn lua_files(path: &Path, recursive: bool, out: &mut Vec<std::path::PathBuf>) {
-    if path.is_file() {
-        out.push(path.to_path_buf());
-        return;
-    }
-    let Ok(dir) = std::fs::read_dir(path) else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            if recursive {
-                lua_files(&p, true, out);
-            }
-        } else if p.extension().is_some_and(|e| e == "lua") {
-            out.push(p);
-        }
-    }
-}
-
 /// Runs the node until SIGINT/SIGTERM (graceful) or `stage.exit()`. A second signal during
 /// the graceful shutdown exits at once.
 fn run(
     cpus: Vec<usize>,
-    settings: Arc<LuaSettings>,
+    plan: Arc<Plan>,
     peers: Option<Arc<Peers>>,
     alive: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
@@ -472,8 +225,8 @@ fn run(
         Some(p) => tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE process {}", p.me),
         None => tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE"),
     }
-    let node = Node::new(cpus, settings, peers);
-    let handles = runtime::start(node.clone())?;
+    let node = Node::new(cpus, plan, peers);
+    let handles = runtime::start(node.clone(), script::host::factory())?;
     watchdog::start(node.clone(), alive);
     let signals = node.clone();
     std::thread::Builder::new()
@@ -525,36 +278,4 @@ fn wait_shutdown_signal() -> i32 {
         libc::sigwait(&set, &mut sig);
     }
     sig
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::service::index::SyncPolicy;
-
-    fn block(json: &str) -> simd_json::OwnedValue {
-        simd_json::to_owned_value(&mut json.as_bytes().to_vec()).unwrap()
-    }
-
-    #[test]
-    fn index_blocks_in_every_form() {
-        let cfg = index_config(Some(&block(r#""score/""#)));
-        assert_eq!(
-            (cfg.path.as_str(), cfg.sync),
-            ("score/", SyncPolicy::Always)
-        );
-        let cfg = index_config(Some(&block(r#"["rank/", 64, 512]"#)));
-        assert_eq!((cfg.path.as_str(), cfg.max_key), ("rank/", 64));
-        let cfg = index_config(Some(&block(
-            r#"{"path": "p/", "keysize": 32, "sync": 250}"#,
-        )));
-        assert_eq!((cfg.path.as_str(), cfg.max_key), ("p/", 32));
-        assert_eq!(cfg.sync, SyncPolicy::Interval(Duration::from_millis(250)));
-        let cfg = index_config(Some(&block(r#"{"sync": "always"}"#)));
-        assert_eq!(
-            (cfg.path.as_str(), cfg.sync),
-            ("index/", SyncPolicy::Always)
-        );
-        assert_eq!(index_config(None).path, "index/");
-    }
 }

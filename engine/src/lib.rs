@@ -17,6 +17,8 @@ pub mod codec;
 pub mod config;
 pub mod net;
 pub mod node;
+pub mod notify;
+pub mod plan;
 pub mod script;
 pub mod service;
 pub mod supervisor;

@@ -28,7 +28,19 @@ pub struct OutputReservation {
     pub cap: usize,
 }
 
-/// `ctx` is the calling core (opaque to Lua). Every function returns a negative value when
+/// The `ctx` every function below receives, opaque to Lua (the prelude passes the pointer
+/// the engine handed it): the connection whose callback is running on the calling Lua
+/// state, so a reply to it is written without looking the connection up. `conn` is null
+/// (and `id` 0) outside such a callback; any other id is looked up as usual.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FfiContext {
+    /// The engine's connection object (a `*const Conn`), valid while `id`'s callback runs.
+    pub conn: *const c_void,
+    pub id: u64,
+}
+
+/// `ctx` is the calling state's [`FfiContext`]. Every function returns a negative value when
 /// it cannot serve the call here (no core, a socket of another core, a closed socket), and
 /// the prelude then takes the classic path through the Lua C API.
 pub type CommitBytesFn =

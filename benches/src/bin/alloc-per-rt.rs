@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use stage_engine::config::PackageEntry;
 use stage_engine::node::{affinity, runtime, Node};
-use stage_engine::script::host::{LuaSettings, LuaStage};
+use stage_engine::plan::{LuaStage, Plan};
+use stage_engine::script;
 
 struct Counting;
 
@@ -115,7 +116,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
         dir.join("start.lua"),
         SCRIPT.replace("PORT", &port.to_string()),
     )?;
-    let settings = Arc::new(LuaSettings {
+    let settings = Arc::new(Plan {
         package: vec![PackageEntry {
             position: 0,
             prefix: dir.to_string_lossy().into_owned(),
@@ -137,7 +138,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
     });
     let cpu = affinity::allowed_cpus()?[0];
     let node = Node::new(vec![cpu], settings, None);
-    let handles = runtime::start(node.clone())?;
+    let handles = runtime::start(node.clone(), script::host::factory())?;
     let mut client = loop {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
             break s;

@@ -20,6 +20,9 @@ local reserve = ffi.cast("stage_reserve_fn", ptrs.reserve)
 local advance = ffi.cast("stage_advance_fn", ptrs.advance)
 local socket_addr = ffi.cast("stage_socket_addr_fn", ptrs.socket_addr)
 local NOT_HERE = ptrs.not_here
+-- The engine's context for every call: during a socket's callback it names that socket, so
+-- a reply to it is written without a lookup (stage-ffi `FfiContext`).
+local ctx = ffi.cast("void *", E.ffi_ctx)
 
 local type, rawget, next, floor, format, byte, find =
   type, rawget, next, math.floor, string.format, string.byte, string.find
@@ -166,7 +169,7 @@ end
 local function commit_table(id, t)
   local want = 512
   for _ = 1, 12 do
-    if reserve(nil, id, want, reservation) ~= 0 then return nil end
+    if reserve(ctx, id, want, reservation) ~= 0 then return nil end
     out, cap, pos, fail = reservation.ptr, tonumber(reservation.cap), 0, nil
     put_i32(0)
     encode_value("v", t, 1)
@@ -174,7 +177,7 @@ local function commit_table(id, t)
     if not fail then
       out[0], out[1] = band(pos, 255), band(rshift(pos, 8), 255)
       out[2], out[3] = band(rshift(pos, 16), 255), band(rshift(pos, 24), 255)
-      return advance(nil, id, pos)
+      return advance(ctx, id, pos)
     end
     if fail == 2 then return nil end
     want = want * 4
@@ -186,7 +189,7 @@ function P.make_commit(id)
   return function(v)
     local tv = type(v)
     if tv == "string" then
-      local r = commit_bytes(nil, id, v, #v)
+      local r = commit_bytes(ctx, id, v, #v)
       if r ~= NOT_HERE then return r end
     elseif tv == "table" then
       local r = commit_table(id, v)
@@ -198,7 +201,7 @@ end
 
 local addr_buf = ffi.new("uint8_t[128]")
 function P.local_addr(id)
-  local n = socket_addr(nil, id, -1, addr_buf, 128)
+  local n = socket_addr(ctx, id, -1, addr_buf, 128)
   if n == NOT_HERE then return E.conn_get(id, "local") end
   if n < 0 then return nil end
   return ffi_string(addr_buf, n)

@@ -1,5 +1,5 @@
-//! Wire formats: the BSON codec shared by client framing and internal messages, and the
-//! framings (`packet`/`bson`, `text`, raw) that cut a byte stream into messages.
+//! Wire formats that need nothing but bytes: the framings (`packet`/`bson`, `text`, raw)
+//! that cut a byte stream into messages. (BSON <-> Lua values is `script::bson`: it names
+//! Lua, and only the script layer may.)
 
-pub mod bson;
 pub mod framing;

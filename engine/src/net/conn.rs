@@ -20,8 +20,9 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
+use super::id::ConnId;
+use super::ConnEvents;
 use crate::codec::framing::{FrameError, FrameSpec};
-use crate::node::runtime::Core;
 
 /// The most a single read asks the kernel for; bounds the bytes zeroed before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -31,7 +32,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const FIRST_WINDOW: usize = 512;
 
 pub struct Conn {
-    pub id: u64,
+    pub id: ConnId,
     pub spec: FrameSpec,
     pub peer: Cell<Option<SocketAddr>>,
     pub local: Cell<Option<SocketAddr>>,
@@ -63,7 +64,7 @@ pub enum OutputError {
 }
 
 impl Conn {
-    pub fn new(id: u64, spec: FrameSpec) -> Rc<Conn> {
+    pub fn new(id: ConnId, spec: FrameSpec) -> Rc<Conn> {
         Rc::new(Conn {
             id,
             spec,
@@ -200,30 +201,28 @@ enum Event {
     Timer,
 }
 
-/// Runs a connection until it ends, then runs its close callback. Owns the stream.
-pub async fn serve(core: Rc<Core>, conn: Rc<Conn>, mut stream: TcpStream) {
+/// Runs a connection until it ends, then reports it closed. Owns the stream.
+pub async fn serve<H: ConnEvents>(events: Rc<H>, conn: Rc<Conn>, mut stream: TcpStream) {
     let mut spare = BytesMut::new();
-    let errno = pump(&core, &conn, &mut stream, &mut spare).await;
+    let errno = pump(&events, &conn, &mut stream, &mut spare).await;
     if errno != libc::EPIPE && errno != libc::ECONNRESET {
         // Whatever the scripts committed before the end still goes out (best effort).
         let _ = flush(&conn, &mut stream, &mut spare).await;
     }
     let _ = stream.shutdown(std::net::Shutdown::Both).await;
     drop(stream);
-    finish(&core, &conn, errno);
+    finish(&events, &conn, errno);
 }
 
-/// Forgets a connection and runs its close callback exactly once.
-pub fn finish(core: &Rc<Core>, conn: &Conn, errno: i32) {
+/// Marks a connection closed and reports it, exactly once.
+pub fn finish<H: ConnEvents>(events: &Rc<H>, conn: &Rc<Conn>, errno: i32) {
     conn.close_requested.set(Some(errno));
     conn.errno.set(errno);
-    core.remove_conn(conn.id);
-    core.host.dispatch_close(conn.id, errno);
-    core.after_lua();
+    events.closed(conn, errno);
 }
 
-async fn pump(
-    core: &Rc<Core>,
+async fn pump<H: ConnEvents>(
+    events: &Rc<H>,
     conn: &Rc<Conn>,
     stream: &mut TcpStream,
     spare: &mut BytesMut,
@@ -257,7 +256,10 @@ async fn pump(
             .get()
             .map(|ms| last_rx + Duration::from_millis(ms));
         if expire_at.is_some_and(|at| at <= now) {
-            tracing::debug!(socket = conn.id, "idle for longer than expire; closing");
+            tracing::debug!(
+                socket = conn.id.raw(),
+                "idle for longer than expire; closing"
+            );
             return libc::ETIMEDOUT;
         }
         // One timer covers both the idle deadline and a delayed flush; it may fire early
@@ -307,7 +309,7 @@ async fn pump(
                     window = (window * 2).min(READ_CHUNK);
                 }
                 last_rx = Instant::now();
-                if let Err(errno) = dispatch_frames(core, conn, &mut input, stream, spare).await {
+                if let Err(errno) = dispatch_frames(events, conn, &mut input, stream, spare).await {
                     return errno;
                 }
             }
@@ -321,9 +323,9 @@ async fn pump(
     }
 }
 
-/// Cuts every complete frame out of `input` and hands each to Lua, in order.
-async fn dispatch_frames(
-    core: &Rc<Core>,
+/// Cuts every complete frame out of `input` and hands each to the owner, in order.
+async fn dispatch_frames<H: ConnEvents>(
+    events: &Rc<H>,
     conn: &Rc<Conn>,
     input: &mut BytesMut,
     stream: &mut TcpStream,
@@ -334,16 +336,12 @@ async fn dispatch_frames(
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(err) => {
-                tracing::warn!(socket = conn.id, "closing connection: {err}");
+                tracing::warn!(socket = conn.id.raw(), "closing connection: {err}");
                 return Err(frame_errno(&err));
             }
         };
-        let result = core
-            .host
-            .dispatch_receive(conn.id, frame, conn.spec.framing);
-        core.after_lua();
-        if let Err(err) = result {
-            tracing::warn!(socket = conn.id, "closing connection: {err}");
+        if let Err(err) = events.frame(conn, frame) {
+            tracing::warn!(socket = conn.id.raw(), "closing connection: {err}");
             return Err(libc::EBADMSG);
         }
         // Keep a burst of replies from outgrowing OUT while later frames are processed.

@@ -4,16 +4,15 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::{self, Conn};
 use super::url::BrokerUrl;
-use crate::node::notify::Notify;
-use crate::node::runtime::Core;
-use crate::node::ListenerShared;
+use super::ConnEvents;
+use crate::codec::framing::FrameSpec;
+use crate::notify::Notify;
 
 /// Resolves a broker URL's host to the first socket address.
 pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {
@@ -52,18 +51,34 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(std::io::Error::from)
 }
 
-pub async fn accept_loop(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
-    let listener = match core.take_prebound(shared.id) {
+/// What an accept loop serves: the listener's id (reported with each accepted client), the
+/// address every core binds, and the framing its connections use.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub frame: FrameSpec,
+}
+
+/// Accepts on `endpoint` (on `prebound` when this core already bound it) until `stop`
+/// fires; each client becomes a connection of `events`, served by its own task.
+pub async fn accept_loop<H: ConnEvents>(
+    events: Rc<H>,
+    endpoint: Endpoint,
+    prebound: Option<TcpListener>,
+    stop: Notify,
+) {
+    let listener = match prebound {
         Some(listener) => listener,
-        None => match bind(shared.addr) {
+        None => match bind(endpoint.addr) {
             Ok(listener) => listener,
             Err(err) => {
-                tracing::error!(listener = shared.id, addr = %shared.addr, "cannot listen on this core: {err}");
+                tracing::error!(listener = endpoint.id, addr = %endpoint.addr, "cannot listen on this core: {err}");
                 return;
             }
         },
     };
-    tracing::debug!(listener = shared.id, addr = %shared.addr, "accepting");
+    tracing::debug!(listener = endpoint.id, addr = %endpoint.addr, "accepting");
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.wait().await;
@@ -72,41 +87,32 @@ pub async fn accept_loop(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Noti
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => accept(&core, &shared, stream),
+            Some(Ok(stream)) => accept(&events, &endpoint, stream),
             Some(Err(err)) => {
                 // Running out of descriptors must not spin the core: back off briefly.
-                tracing::warn!(listener = shared.id, "accept failed: {err}");
+                tracing::warn!(listener = endpoint.id, "accept failed: {err}");
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
         }
     }
-    tracing::debug!(listener = shared.id, "stopped accepting");
+    tracing::debug!(listener = endpoint.id, "stopped accepting");
 }
 
-fn accept(core: &Rc<Core>, shared: &Arc<ListenerShared>, stream: TcpStream) {
-    let id = core.next_conn_id();
+fn accept<H: ConnEvents>(events: &Rc<H>, endpoint: &Endpoint, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let conn = Conn::new(id, shared.url.frame);
+    let conn = Conn::new(events.next_conn_id(), endpoint.frame);
     conn.peer.set(stream.peer_addr().ok().map(canonical));
     conn.local.set(stream.local_addr().ok().map(canonical));
-    {
-        let props = shared.props.lock().unwrap();
-        conn.expire_ms.set(props.expire);
-        conn.commit_ms.set(props.commit);
+    if events.accepted(endpoint.id, &conn) {
+        glommio::spawn_local(conn::serve(events.clone(), conn, stream)).detach();
     }
-    core.add_conn(conn.clone());
-    let accepted = core.host.dispatch_accept(shared.id, shared.stage, &conn);
-    core.after_lua();
-    if !accepted {
-        core.remove_conn(id);
-        return;
-    }
-    glommio::spawn_local(conn::serve(core.clone(), conn, stream)).detach();
+    // Refused: dropping the stream closes it before anything of it was read.
 }
 
-/// Starts a TCP connect for an already-registered connection (`broker.join`).
-pub fn join(core: &Rc<Core>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration) {
-    let core = core.clone();
+/// Starts a TCP connect for a connection the owner already registered (`broker.join`):
+/// `connected` when it is up, or `closed` with the connect error.
+pub fn join<H: ConnEvents>(events: &Rc<H>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration) {
+    let events = events.clone();
     glommio::spawn_local(async move {
         // glommio polls a new task at once: let `broker.join` return its socket object
         // before any callback of that socket can run.
@@ -116,14 +122,13 @@ pub fn join(core: &Rc<Core>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration
                 let _ = stream.set_nodelay(true);
                 conn.peer.set(stream.peer_addr().ok().map(canonical));
                 conn.local.set(stream.local_addr().ok().map(canonical));
-                core.host.dispatch_connected(conn.id, &conn);
-                core.after_lua();
-                conn::serve(core, conn, stream).await;
+                events.connected(&conn);
+                conn::serve(events, conn, stream).await;
             }
             Err(err) => {
                 let err = std::io::Error::from(err);
-                tracing::debug!(socket = conn.id, %addr, "connect failed: {err}");
-                conn::finish(&core, &conn, conn::errno_of(&err));
+                tracing::debug!(socket = conn.id.raw(), %addr, "connect failed: {err}");
+                conn::finish(&events, &conn, conn::errno_of(&err));
             }
         }
     })

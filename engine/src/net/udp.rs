@@ -16,15 +16,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::UdpSocket;
 
+use super::listener::Endpoint;
+use super::ConnEvents;
 use crate::codec::framing::Framing;
-use crate::node::notify::Notify;
-use crate::node::runtime::Core;
-use crate::node::ListenerShared;
+use crate::notify::Notify;
 
 thread_local! {
     /// Sockets bound by `broker.ready` on this core, waiting for their receive loop.
@@ -69,15 +68,16 @@ fn sender_of(socket: &UdpSocket) -> std::io::Result<StdUdpSocket> {
     Ok(sender)
 }
 
-/// This core's receive loop for endpoint `shared`, until the endpoint is closed.
-pub async fn serve(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
-    let id = shared.id;
+/// This core's receive loop for `endpoint`, until `stop` fires: each datagram that is one
+/// message goes to `events.datagram`.
+pub async fn serve<H: ConnEvents>(events: Rc<H>, endpoint: Endpoint, stop: Notify) {
+    let id = endpoint.id;
     let socket = match PREBOUND.with(|p| p.borrow_mut().remove(&id)) {
         Some(socket) => socket,
-        None => match bind(shared.addr) {
+        None => match bind(endpoint.addr) {
             Ok(socket) => socket,
             Err(err) => {
-                tracing::error!(listener = id, addr = %shared.addr, "cannot bind udp on this core: {err}");
+                tracing::error!(listener = id, addr = %endpoint.addr, "cannot bind udp on this core: {err}");
                 return;
             }
         },
@@ -89,7 +89,7 @@ pub async fn serve(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
         Err(err) => tracing::error!(listener = id, "udp: no sending socket on this core: {err}"),
     }
     // One byte more than the largest message: a datagram that fills it was cut short.
-    let mut buf = vec![0u8; shared.url.frame.input + 1];
+    let mut buf = vec![0u8; endpoint.frame.input + 1];
     loop {
         let received =
             futures_lite::future::or(async { Some(socket.recv_from(&mut buf).await) }, async {
@@ -100,12 +100,9 @@ pub async fn serve(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
         match received {
             None => break,
             Some(Ok((n, peer))) => {
-                if is_one_message(&shared, &buf[..n], n == buf.len()) {
+                if is_one_message(&endpoint, &buf[..n], n == buf.len()) {
                     // Straight from the receive buffer: no copy per datagram.
-                    let framing = shared.url.frame.framing;
-                    core.host
-                        .dispatch_datagram(id, shared.stage, &buf[..n], framing, peer);
-                    core.after_lua();
+                    events.datagram(id, &buf[..n], endpoint.frame.framing, peer);
                 }
             }
             Some(Err(err)) => {
@@ -120,22 +117,22 @@ pub async fn serve(core: Rc<Core>, shared: Arc<ListenerShared>, stop: Notify) {
 
 /// Whether a datagram is one message (if not, it is logged at debug and dropped): not cut
 /// short, and in `packet` framing exactly one frame.
-fn is_one_message(shared: &ListenerShared, bytes: &[u8], truncated: bool) -> bool {
+fn is_one_message(endpoint: &Endpoint, bytes: &[u8], truncated: bool) -> bool {
     if truncated {
         tracing::debug!(
-            listener = shared.id,
+            listener = endpoint.id,
             "udp datagram larger than the input size {} dropped",
-            shared.url.frame.input
+            endpoint.frame.input
         );
         return false;
     }
-    if shared.url.frame.framing == Framing::Packet {
+    if endpoint.frame.framing == Framing::Packet {
         let declared = bytes
             .get(..4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
         if declared != Some(bytes.len()) || bytes.len() <= 4 {
             tracing::debug!(
-                listener = shared.id,
+                listener = endpoint.id,
                 "udp datagram of {} bytes is not one packet frame: dropped",
                 bytes.len()
             );

@@ -21,7 +21,7 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 pub fn choose_cpus(allowed: &[usize], requested: Option<usize>) -> Vec<usize> {
     let count = requested
         .unwrap_or(allowed.len())
-        .clamp(1, allowed.len().clamp(1, super::MAX_CORES));
+        .clamp(1, allowed.len().clamp(1, crate::net::id::MAX_CORES));
     allowed.iter().copied().take(count).collect()
 }
 

@@ -1,18 +1,22 @@
-//! The thread-per-core runtime. A [`Node`] is the process-wide part (configuration, the
-//! inboxes of all cores, listeners shared by every core, the shutdown flag); each core is one
-//! glommio `LocalExecutor` pinned to one CPU of the process's affinity mask, owning one LuaJIT
-//! state, its connections and its timers ([`runtime::Core`]). Cores talk only through their
-//! inboxes ([`mailbox`]); nothing a core touches per packet is shared.
+//! The thread-per-core runtime. A [`Node`] is the process-wide part (the plan, the inboxes
+//! of all cores, listeners shared by every core, peers, locks, the shutdown flag); each core
+//! is one glommio `LocalExecutor` pinned to one CPU of the process's affinity mask, owning
+//! its connections, its timers, its service shards and one script host
+//! ([`runtime::Core`]). Cores talk only through their inboxes ([`mailbox`]); nothing a core
+//! touches per packet is shared.
+//!
+//! This layer knows no Lua: it drives its script host through [`host::ScriptHost`] and
+//! reaches sockets through `net`, which in turn knows nothing of cores.
 
 pub mod affinity;
+pub mod host;
 pub mod lock_service;
 pub mod locks;
 pub mod mailbox;
-pub mod notify;
 pub mod outbox;
 pub mod overrides;
 pub mod peers;
-pub mod pool;
+pub mod post;
 pub mod runtime;
 pub mod shared;
 pub mod stages;
@@ -26,23 +30,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::net::id::{listener_id, ConnId};
+use crate::net::listener::Endpoint;
 use crate::net::url::BrokerUrl;
-use crate::script::host::LuaSettings;
+use crate::plan::{Plan, ServiceKind, StageKind};
 
 /// How many undelivered messages a core's inbox holds before senders get an error.
 pub const INBOX_CAPACITY: usize = 65_536;
-
-/// Socket ids carry their owning core in the low byte, so any core can route an operation on
-/// an id (commit, close) to the core that owns the connection without a lookup table.
-pub const CORE_BITS: u32 = 8;
-/// The low byte of a listener id: listeners belong to every core, not one.
-pub const LISTENER_TAG: u64 = 0xFF;
-pub const MAX_CORES: usize = 255;
-
-pub fn owner_core(id: u64) -> Option<usize> {
-    let tag = id & ((1 << CORE_BITS) - 1);
-    (tag != LISTENER_TAG).then_some(tag as usize)
-}
 
 /// Messages one core (or the signal thread) sends to another.
 pub enum CoreMsg {
@@ -51,12 +45,15 @@ pub enum CoreMsg {
     /// Stop accepting on a listener.
     Unlisten(u64),
     /// Close a connection owned by the receiving core.
-    Close { id: u64, errno: i32 },
+    Close { id: ConnId, errno: i32 },
     /// Append already-encoded output to a connection owned by the receiving core.
-    Commit { id: u64, data: Bytes },
-    /// A message for the receiving core's Lua prelude (routed stage messages, timers set from
-    /// other cores, submitted jobs): `kind` names the prelude hook, `payload` is BSON.
-    Post { kind: String, payload: Bytes },
+    Commit { id: ConnId, data: Bytes },
+    /// A message for the receiving core's script host (routed stage messages, timers set
+    /// from other cores, submitted jobs): `kind` says which, `payload` is BSON.
+    Post {
+        kind: post::PostKind,
+        payload: Bytes,
+    },
     /// Graceful shutdown: stop accepting, close connections (running close callbacks), exit.
     Shutdown,
 }
@@ -71,6 +68,17 @@ pub struct ListenerShared {
     pub url: BrokerUrl,
     pub addr: SocketAddr,
     pub props: Mutex<ListenerProps>,
+}
+
+impl ListenerShared {
+    /// What each core's accept (or UDP receive) loop needs of it.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            id: self.id,
+            addr: self.addr,
+            frame: self.url.frame,
+        }
+    }
 }
 
 /// What a connection inherits from its listener at accept time (spec/stage.md §4.3). The
@@ -90,7 +98,8 @@ pub struct ListenerProps {
 /// The process-wide part of the runtime.
 pub struct Node {
     pub cpus: Vec<usize>,
-    pub lua: Arc<LuaSettings>,
+    /// What this process runs (stages, services, how Lua states are built).
+    pub plan: Arc<Plan>,
     /// This process's number in `#startup` (`process.stage`): 1 in a single-process node.
     pub process: u32,
     /// The other processes of a multi-process node; `None` in a single-process node.
@@ -101,7 +110,6 @@ pub struct Node {
     /// Messages that found no receiver (logged at debug, counted here).
     pub unrouted: AtomicU64,
     locks: Mutex<locks::LockTable>,
-    pub pool: pool::Pool,
     pub shared: shared::SharedState,
     inboxes: Mutex<Vec<mailbox::Mailbox<CoreMsg>>>,
     listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
@@ -118,14 +126,13 @@ pub struct Node {
 }
 
 /// One agent per curl.so stage (directory index = Lua stages first, then services).
-fn http_agents(lua: &LuaSettings) -> HashMap<usize, crate::service::http::HttpAgent> {
-    use crate::script::host::ServiceKind;
+fn http_agents(plan: &Plan) -> HashMap<usize, crate::service::http::HttpAgent> {
     let mut agents = HashMap::new();
-    for (j, service) in lua.services.iter().enumerate() {
+    for (j, service) in plan.services.iter().enumerate() {
         if let ServiceKind::Http(cfg) = &service.kind {
             match crate::service::http::HttpAgent::new(cfg.clone()) {
                 Ok(agent) => {
-                    agents.insert(lua.stages.len() + j, agent);
+                    agents.insert(plan.stages.len() + j, agent);
                 }
                 Err(err) => tracing::error!(stage = %service.entry, "{err}; its requests fail"),
             }
@@ -135,20 +142,16 @@ fn http_agents(lua: &LuaSettings) -> HashMap<usize, crate::service::http::HttpAg
 }
 
 impl Node {
-    pub fn new(
-        cpus: Vec<usize>,
-        lua: Arc<LuaSettings>,
-        peers: Option<Arc<peers::Peers>>,
-    ) -> Arc<Node> {
-        // Lua stages first, so a Lua stage's directory index is its index in `lua.stages`.
+    pub fn new(cpus: Vec<usize>, plan: Arc<Plan>, peers: Option<Arc<peers::Peers>>) -> Arc<Node> {
+        // Lua stages first, so a Lua stage's directory index is its index in `plan.stages`.
         let stages = stages::StageDirectory::new(
-            lua.stages
+            plan.stages
                 .iter()
                 .map(|s| {
                     let (id, entry) = (s.id.clone(), s.entry.clone());
-                    (id, entry, s.main_core, stages::StageKind::Lua)
+                    (id, entry, s.main_core, StageKind::Lua)
                 })
-                .chain(lua.services.iter().map(|s| {
+                .chain(plan.services.iter().map(|s| {
                     let (id, entry) = (s.id.clone(), s.entry.clone());
                     (id, entry, s.main_core, s.kind.stage_kind())
                 })),
@@ -156,16 +159,15 @@ impl Node {
         Arc::new(Node {
             pulses: watchdog::Pulses::new(cpus.len()),
             overrides: overrides::Overrides::default(),
-            http: http_agents(&lua),
+            http: http_agents(&plan),
             cpus,
-            lua,
+            plan,
             process: peers.as_ref().map_or(1, |p| p.me),
             peers,
             stages,
             next_core: std::sync::atomic::AtomicUsize::new(0),
             unrouted: AtomicU64::new(0),
             locks: Mutex::new(locks::LockTable::default()),
-            pool: pool::Pool::default(),
             shared: shared::SharedState::default(),
             inboxes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
@@ -214,7 +216,7 @@ impl Node {
     }
 
     pub fn next_listener_id(&self) -> u64 {
-        (self.next_listener.fetch_add(1, Ordering::Relaxed) << CORE_BITS) | LISTENER_TAG
+        listener_id(self.next_listener.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn add_listener(&self, listener: Arc<ListenerShared>) {

@@ -403,7 +403,7 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
         // Any core can deliver it (the prelude posts it on to the stage's main core).
         Some(Frame::LockGrant { payload }) => {
             let msg = CoreMsg::Post {
-                kind: "lock_grant".into(),
+                kind: super::post::PostKind::LockGrant,
                 payload: Bytes::copy_from_slice(payload),
             };
             if let Err(err) = node.send(0, msg) {
@@ -429,7 +429,7 @@ fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
         };
         delivered = true;
         let msg = CoreMsg::Post {
-            kind: "msg".into(),
+            kind: super::post::PostKind::Msg,
             payload: Bytes::from(payload),
         };
         if let Err(err) = node.send(stage.main_core, msg) {

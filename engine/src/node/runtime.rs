@@ -1,31 +1,40 @@
-//! One core: a pinned glommio executor running one LuaJIT state, the accept loops of every
-//! listener, the connection tasks it accepted, its inbox, and the main scripts of the Lua
-//! stages whose main core it is, and the state of the service stages (index.so, `=ticket`,
-//! `=route`) whose main core it is: only this core's thread ever touches it. In a child of a multi-process node, core 0 also owns the
-//! datagram socket to the other processes and sends the heartbeats (`peers`). Everything here is `Rc`/`RefCell`: a core is one thread.
+//! One core: a pinned glommio executor running one script host (a LuaJIT state), the accept
+//! loops of every listener, the connection tasks it accepted, its inbox, the main scripts of
+//! the Lua stages whose main core it is, and its shards of the service stages (index.so,
+//! `=ticket`, `=route`): only this core's thread ever touches them. In a child of a
+//! multi-process node, core 0 also owns the datagram socket to the other processes and sends
+//! the heartbeats (`peers`). Everything here is `Rc`/`RefCell`: a core is one thread.
+//!
+//! The core is the owner `net` reports connection events to ([`ConnEvents`]) and it hands
+//! them on to its [`ScriptHost`]; it never names Lua. After every call into the host it
+//! starts the listeners the script opened meanwhile ([`Core::after_script`]).
 //!
 //! Invariants: a connection is read, written and closed only by the core that accepted (or
-//! joined) it; Lua is entered only from this core's tasks, one call at a time, and no
-//! `RefCell` borrow is held across a call into Lua (scripts re-enter the core through the
+//! joined) it; the script host is entered only from this core's tasks, one call at a time,
+//! and no `RefCell` borrow is held across such a call (scripts re-enter the core through the
 //! natives in `script::natives`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-
 use glommio::{LocalExecutorBuilder, Placement};
 
+use super::host::{HostFactory, ScriptHost};
 use super::mailbox::{self, Inbox};
-use super::notify::Notify;
+use super::post::PostKind;
 use super::timed::{TimedService, TimedSlot};
-use super::{CoreMsg, ListenerShared, Node, CORE_BITS};
+use super::{CoreMsg, ListenerShared, Node};
+use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
-use crate::net::listener;
-use crate::script::host::{Host, ServiceKind};
+use crate::net::id::ConnId;
+use crate::net::{listener, udp, ConnEvents};
+use crate::notify::Notify;
+use crate::plan::{LuaStage, ServiceKind};
 use crate::service::index::{IndexConfig, IndexService};
 use crate::service::route::RouteService;
 use crate::service::shard::Shard;
@@ -60,9 +69,10 @@ pub fn try_current() -> Option<Rc<Core>> {
 pub struct Core {
     pub index: usize,
     pub node: Arc<Node>,
-    pub host: Host,
-    conns: RefCell<HashMap<u64, Rc<Conn>>>,
-    listeners: RefCell<HashMap<u64, Notify>>,
+    host: Box<dyn ScriptHost>,
+    conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    /// The listeners this core accepts on, with the switch that stops its loop.
+    listeners: RefCell<HashMap<u64, (Arc<ListenerShared>, Notify)>>,
     /// Listeners opened during the current Lua call; their accept loops start when the call
     /// returns, so `sp.expire = ...` right after `broker.ready` applies to the first client.
     pending_listens: RefCell<Vec<Arc<ListenerShared>>>,
@@ -81,8 +91,12 @@ pub struct Core {
     pub stop: Notify,
 }
 
-/// Spawns one pinned executor per CPU in `node.cpus` and returns their join handles.
-pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
+/// Spawns one pinned executor per CPU in `node.cpus`, each with the script host `hosts`
+/// builds for it, and returns their join handles.
+pub fn start(
+    node: Arc<Node>,
+    hosts: HostFactory,
+) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..node.cores() {
@@ -95,6 +109,7 @@ pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<
     for (index, inbox) in receivers.into_iter().enumerate() {
         let cpu = node.cpus[index];
         let node = node.clone();
+        let hosts = hosts.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("stage-core-{index}"))
             .spawn(move || async move {
@@ -103,7 +118,7 @@ pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<
                     None => tracing::info_span!("core", index, cpu),
                 };
                 let _enter = span.enter();
-                if let Err(err) = run_core(index, node.clone(), inbox).await {
+                if let Err(err) = run_core(index, node.clone(), &hosts, inbox).await {
                     tracing::error!("core {index} failed: {err:#}");
                     node.shutdown();
                 }
@@ -114,8 +129,13 @@ pub fn start(node: Arc<Node>) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<
     Ok(handles)
 }
 
-async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyhow::Result<()> {
-    let host = Host::new(&node, Some(index))?;
+async fn run_core(
+    index: usize,
+    node: Arc<Node>,
+    hosts: &HostFactory,
+    inbox: Inbox<CoreMsg>,
+) -> anyhow::Result<()> {
+    let host = hosts(&node, index)?;
     let core = Rc::new(Core {
         index,
         node: node.clone(),
@@ -133,14 +153,14 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     CURRENT_RAW.with(|c| c.set(Rc::as_ptr(&core)));
 
     // Services first: a Lua stage booting on this core may already send them messages.
-    let lua_stages = node.lua.stages.len();
+    let lua_stages = node.plan.stages.len();
     // index.so and `=ticket` have a shard on every core (`service::shard`), `=route` lives
     // on its main core.
     let shard = Shard {
         index,
         count: node.cores(),
     };
-    for (j, service) in node.lua.services.iter().enumerate() {
+    for (j, service) in node.plan.services.iter().enumerate() {
         if !service.kind.is_sharded() && service.main_core != index {
             continue;
         }
@@ -168,7 +188,7 @@ async fn run_core(index: usize, node: Arc<Node>, inbox: Inbox<CoreMsg>) -> anyho
     // Main scripts run before the inbox is read: a message another core sends at boot waits
     // in the inbox until the handlers it is meant for exist. (glommio may run a newly
     // spawned task at once, so the order is made explicit here.)
-    for (stage_index, stage) in node.lua.stages.iter().enumerate() {
+    for (stage_index, stage) in node.plan.stages.iter().enumerate() {
         if stage.main_core == index {
             core.boot_stage(stage_index, stage);
         }
@@ -201,13 +221,13 @@ async fn beat(node: Arc<Node>, index: usize, stop: Notify) {
 
 impl Core {
     /// A fresh id for a connection owned by this core.
-    pub fn next_conn_id(&self) -> u64 {
+    pub fn next_conn_id(&self) -> ConnId {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
-        (seq << CORE_BITS) | self.index as u64
+        ConnId::new(self.index, seq)
     }
 
-    pub fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+    pub fn conn(&self, id: ConnId) -> Option<Rc<Conn>> {
         self.conns.borrow().get(&id).cloned()
     }
 
@@ -215,7 +235,7 @@ impl Core {
         self.conns.borrow_mut().insert(conn.id, conn);
     }
 
-    pub fn remove_conn(&self, id: u64) {
+    pub fn remove_conn(&self, id: ConnId) {
         self.conns.borrow_mut().remove(&id);
     }
 
@@ -231,28 +251,31 @@ impl Core {
             CoreMsg::Commit { id, data } => match self.conn(id) {
                 Some(conn) => {
                     if let Err(err) = conn.append(&data) {
-                        tracing::warn!(socket = id, "commit from another core dropped: {err}");
+                        tracing::warn!(
+                            socket = id.raw(),
+                            "commit from another core dropped: {err}"
+                        );
                     }
                 }
-                None => tracing::debug!(socket = id, "commit for a closed socket dropped"),
+                None => tracing::debug!(socket = id.raw(), "commit for a closed socket dropped"),
             },
             CoreMsg::Post { kind, payload } => {
-                self.host.dispatch_post(&kind, &payload);
-                self.after_lua();
+                self.host.post(kind, &payload);
+                self.after_script();
             }
             CoreMsg::Shutdown => self.stop.fire(),
         }
     }
 
-    /// Runs a prelude hook on this core after `delay` (timers, job repetition, lock leases).
-    pub fn post_later(self: &Rc<Self>, delay: Duration, kind: String, payload: Bytes) {
+    /// Posts to this core after `delay` (timers, job repetition, lock leases).
+    pub fn post_later(self: &Rc<Self>, delay: Duration, kind: PostKind, payload: Bytes) {
         let core = self.clone();
         glommio::spawn_local(async move {
             futures_lite::future::yield_now().await;
             futures_lite::future::or(glommio::timer::sleep(delay), core.stop.wait()).await;
             if !core.stop.is_fired() {
-                core.host.dispatch_post(&kind, &payload);
-                core.after_lua();
+                core.host.post(kind, &payload);
+                core.after_script();
             }
         })
         .detach();
@@ -264,18 +287,37 @@ impl Core {
             return;
         }
         let stop = Notify::default();
-        self.listeners.borrow_mut().insert(shared.id, stop.clone());
-        if shared.url.scheme == crate::net::url::Scheme::Udp {
-            glommio::spawn_local(crate::net::udp::serve(self.clone(), shared, stop)).detach();
+        let endpoint = shared.endpoint();
+        let udp = shared.url.scheme == crate::net::url::Scheme::Udp;
+        self.listeners
+            .borrow_mut()
+            .insert(shared.id, (shared, stop.clone()));
+        if udp {
+            glommio::spawn_local(udp::serve(self.clone(), endpoint, stop)).detach();
         } else {
-            glommio::spawn_local(listener::accept_loop(self.clone(), shared, stop)).detach();
+            let prebound = self.take_prebound(endpoint.id);
+            glommio::spawn_local(listener::accept_loop(
+                self.clone(),
+                endpoint,
+                prebound,
+                stop,
+            ))
+            .detach();
         }
     }
 
     pub fn unlisten(&self, id: u64) {
-        if let Some(stop) = self.listeners.borrow_mut().remove(&id) {
+        if let Some((_, stop)) = self.listeners.borrow_mut().remove(&id) {
             stop.fire();
         }
+    }
+
+    /// The stage that opened listener `id` (its callbacks run as that stage).
+    fn listener_stage(&self, id: u64) -> Option<usize> {
+        self.listeners
+            .borrow()
+            .get(&id)
+            .and_then(|(shared, _)| shared.stage)
     }
 
     pub fn prebind(&self, id: u64, listener: glommio::net::TcpListener) {
@@ -291,8 +333,9 @@ impl Core {
         self.pending_listens.borrow_mut().push(shared);
     }
 
-    /// Called after every entry into Lua from this core's tasks.
-    pub fn after_lua(self: &Rc<Self>) {
+    /// Called after every call into the script host: starts, on every core, the listeners
+    /// the script opened during the call.
+    pub fn after_script(self: &Rc<Self>) {
         let pending = std::mem::take(&mut *self.pending_listens.borrow_mut());
         for shared in pending {
             for core in 0..self.node.cores() {
@@ -306,12 +349,12 @@ impl Core {
     }
 
     /// Runs a Lua stage's main script on this core and schedules its idle function.
-    fn boot_stage(self: &Rc<Self>, stage_index: usize, stage: &crate::script::host::LuaStage) {
+    fn boot_stage(self: &Rc<Self>, stage_index: usize, stage: &LuaStage) {
         tracing::info!(stage = %stage.entry, "starting main script `{}`", stage.main_script);
-        let idle = self.host.boot(stage_index, stage, &self.node.lua.args);
-        self.after_lua();
-        if let Some(idle) = idle {
-            glommio::spawn_local(run_idle(self.clone(), stage_index, idle)).detach();
+        let has_idle = self.host.boot(stage_index, stage);
+        self.after_script();
+        if has_idle {
+            glommio::spawn_local(run_idle(self.clone(), stage_index)).detach();
         }
     }
 
@@ -336,7 +379,7 @@ impl Core {
     }
 
     /// Creates a `=ticket` / `=route` stage's service on this core. Its timer is armed by the
-    /// first call that gives it a deadline (`script::timed_services`).
+    /// first call that gives it a deadline (`script::services::timed`).
     fn start_timed(&self, stage: usize, entry: &str, service: TimedService) {
         if self.index == 0 || matches!(service, TimedService::Route(_)) {
             tracing::info!(stage = %entry, "starting service");
@@ -367,7 +410,7 @@ impl Core {
     /// Graceful end: stop accepting, ask every connection to close (its close callback runs
     /// in its own task, after a last flush), and wait for them within the grace period.
     async fn close_everything(self: &Rc<Self>) {
-        for (_, stop) in self.listeners.borrow_mut().drain() {
+        for (_, (_, stop)) in self.listeners.borrow_mut().drain() {
             stop.fire();
         }
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
@@ -389,10 +432,10 @@ impl Core {
 }
 
 /// Calls a stage's idle function until it returns nothing or a number <= 0 (spec §3.10).
-async fn run_idle(core: Rc<Core>, stage: usize, idle: mlua::Function) {
+async fn run_idle(core: Rc<Core>, stage: usize) {
     loop {
-        let next = core.host.call_idle(stage, &idle);
-        core.after_lua();
+        let next = core.host.idle(stage);
+        core.after_script();
         let Some(ms) = next.filter(|ms| *ms > 0.0) else {
             return;
         };
@@ -401,5 +444,65 @@ async fn run_idle(core: Rc<Core>, stage: usize, idle: mlua::Function) {
         if core.stop.is_fired() {
             return;
         }
+    }
+}
+
+/// `net` reports the events of this core's connections here; each goes to the script host,
+/// then [`Core::after_script`] runs.
+impl ConnEvents for Core {
+    fn next_conn_id(&self) -> ConnId {
+        Core::next_conn_id(self)
+    }
+
+    fn accepted(self: &Rc<Self>, listener: u64, conn: &Rc<Conn>) -> bool {
+        let Some(shared) = self
+            .listeners
+            .borrow()
+            .get(&listener)
+            .map(|(s, _)| s.clone())
+        else {
+            return false;
+        };
+        {
+            let props = shared.props.lock().unwrap();
+            conn.expire_ms.set(props.expire);
+            conn.commit_ms.set(props.commit);
+        }
+        self.add_conn(conn.clone());
+        let accepted = self.host.accept(listener, shared.stage, conn);
+        self.after_script();
+        if !accepted {
+            self.remove_conn(conn.id);
+        }
+        accepted
+    }
+
+    fn connected(self: &Rc<Self>, conn: &Rc<Conn>) {
+        self.host.connected(conn);
+        self.after_script();
+    }
+
+    fn frame(self: &Rc<Self>, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
+        let result = self.host.receive(conn, frame);
+        self.after_script();
+        result
+    }
+
+    fn closed(self: &Rc<Self>, conn: &Rc<Conn>, errno: i32) {
+        self.remove_conn(conn.id);
+        self.host.close(conn.id, errno);
+        self.after_script();
+    }
+
+    fn datagram(
+        self: &Rc<Self>,
+        endpoint: u64,
+        message: &[u8],
+        framing: Framing,
+        from: SocketAddr,
+    ) {
+        let stage = self.listener_stage(endpoint);
+        self.host.datagram(endpoint, stage, message, framing, from);
+        self.after_script();
     }
 }

@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use crate::plan::StageKind;
+
 /// A registered handler: its code and stored arguments, both immutable once registered.
 #[derive(Clone)]
 pub struct Handler {
@@ -19,32 +21,6 @@ pub struct Handler {
     pub serial: u64,
     pub code: Arc<[u8]>,
     pub args: Option<Arc<[u8]>>,
-}
-
-/// What runs a stage: a Lua main script, or a built-in service that answers messages without
-/// handlers, its state sharded over the cores (index.so, `=ticket`) or on its main core
-/// (`=route`); see `service::shard`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StageKind {
-    Lua,
-    Index,
-    Ticket,
-    Route,
-    /// curl.so: served by whichever core the message reaches (no state between requests).
-    Http,
-}
-
-impl StageKind {
-    /// The name the prelude sees (`E.stage_info`): nil for Lua stages.
-    pub fn service_name(self) -> Option<&'static str> {
-        match self {
-            StageKind::Lua => None,
-            StageKind::Index => Some("index"),
-            StageKind::Ticket => Some("ticket"),
-            StageKind::Route => Some("route"),
-            StageKind::Http => Some("curl"),
-        }
-    }
 }
 
 /// One stage hosted by this process.

@@ -11,11 +11,11 @@
 use std::ffi::c_void;
 
 use mlua::{LightUserData, Lua, Table};
-use stage_ffi::{OutputReservation, CDEF, STAGE_NOT_HERE, STAGE_REFUSED};
+use stage_ffi::{FfiContext, OutputReservation, CDEF, STAGE_NOT_HERE, STAGE_REFUSED};
 
-use crate::net::conn::Conn;
+use crate::net::conn::{Conn, OutputError};
+use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
-use crate::node::owner_core;
 use crate::node::runtime::{self, Core};
 
 /// Where a call on socket `id` lands from this thread.
@@ -27,9 +27,22 @@ enum Where<R> {
     Done(R),
 }
 
-fn local_conn<R>(id: u64, f: impl FnOnce(&Conn) -> R) -> Where<R> {
+/// Runs `f` on connection `id` when this thread's core owns it: straight through `ctx` when
+/// `id` is the connection whose callback is running (the reply path), else by lookup.
+fn local_conn<R>(ctx: *mut c_void, id: u64, f: impl FnOnce(&Conn) -> R) -> Where<R> {
+    // SAFETY: `ctx` is the state's `FfiContext` (or null); its `conn` is set by the host
+    // only while that connection's callback runs, and the caller keeps the Rc alive.
+    if let Some(ctx) = unsafe { ctx.cast::<FfiContext>().as_ref() } {
+        if ctx.id == id && !ctx.conn.is_null() {
+            // SAFETY: as above: a live `Conn`, used on its owner's thread.
+            return Where::Done(f(unsafe { &*ctx.conn.cast::<Conn>() }));
+        }
+    }
+    let Some(id) = ConnId::from_raw(id) else {
+        return Where::NotHere;
+    };
     runtime::with_current(|core: &Core| {
-        if owner_core(id) != Some(core.index) {
+        if id.owner() != core.index {
             return Where::NotHere;
         }
         match core.conn(id) {
@@ -44,7 +57,7 @@ fn status(code: i64) -> i32 {
     code as i32
 }
 
-fn counted(id: u64, result: Where<Result<usize, crate::net::conn::OutputError>>) -> i32 {
+fn counted(id: u64, result: Where<Result<usize, OutputError>>) -> i32 {
     match result {
         Where::NotHere => status(STAGE_NOT_HERE),
         Where::Closed => status(STAGE_REFUSED),
@@ -57,20 +70,20 @@ fn counted(id: u64, result: Where<Result<usize, crate::net::conn::OutputError>>)
 }
 
 /// `socket.commit(string)`: appends the bytes. Returns the count, -1 refused, -2 not here.
-unsafe extern "C" fn commit_bytes(_ctx: *mut c_void, id: u64, data: *const u8, len: usize) -> i32 {
+unsafe extern "C" fn commit_bytes(ctx: *mut c_void, id: u64, data: *const u8, len: usize) -> i32 {
     // SAFETY: LuaJIT passes a pointer to a live Lua string of `len` bytes.
     let bytes = unsafe { std::slice::from_raw_parts(data, len) };
-    counted(id, local_conn(id, |conn| conn.append(bytes)))
+    counted(id, local_conn(ctx, id, |conn| conn.append(bytes)))
 }
 
 /// Room for an in-place encoder at the end of the connection's output buffer.
 unsafe extern "C" fn reserve(
-    _ctx: *mut c_void,
+    ctx: *mut c_void,
     id: u64,
     want: usize,
     out: *mut OutputReservation,
 ) -> i32 {
-    match local_conn(id, |conn| conn.reserve_raw(want)) {
+    match local_conn(ctx, id, |conn| conn.reserve_raw(want)) {
         Where::NotHere => status(STAGE_NOT_HERE),
         Where::Closed | Where::Done(None) => status(STAGE_REFUSED),
         Where::Done(Some((ptr, cap))) => {
@@ -82,19 +95,19 @@ unsafe extern "C" fn reserve(
 }
 
 /// Counts `used` bytes written into the reservation as one message.
-unsafe extern "C" fn advance(_ctx: *mut c_void, id: u64, used: usize) -> i32 {
-    counted(id, local_conn(id, |conn| conn.advance(used)))
+unsafe extern "C" fn advance(ctx: *mut c_void, id: u64, used: usize) -> i32 {
+    counted(id, local_conn(ctx, id, |conn| conn.advance(used)))
 }
 
 /// Copies the peer (`side` 1) or local (`side` -1) binary sockaddr into `buf`.
 unsafe extern "C" fn socket_addr(
-    _ctx: *mut c_void,
+    ctx: *mut c_void,
     id: u64,
     side: i32,
     buf: *mut u8,
     cap: usize,
 ) -> i32 {
-    let addr = local_conn(id, |conn| {
+    let addr = local_conn(ctx, id, |conn| {
         if side < 0 {
             conn.local.get()
         } else {
@@ -120,7 +133,7 @@ unsafe extern "C" fn socket_addr(
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set(
         "ffi_enabled",
-        lua.create_function(|lua, ()| Ok(super::natives::node(lua)?.lua.ffi))?,
+        lua.create_function(|lua, ()| Ok(super::natives::node(lua)?.plan.ffi))?,
     )?;
     e.set(
         "ffi_pointers",

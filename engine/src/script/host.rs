@@ -1,24 +1,33 @@
 //! A core's LuaJIT state: built with the standard libraries, the engine's natives (handed to
 //! the prelude only, never to user code), the prelude that builds `broker`/`stage`/`logger`
-//! on them and seals the sandbox, then the `%preload` scripts. The `dispatch_*` methods are
-//! the only way the core enters Lua; each goes through a prelude hook that catches and logs
-//! script errors, so nothing a script does can unwind into the core.
+//! on them and seals the sandbox, then the `%preload` scripts. [`Host`] implements the
+//! node's `ScriptHost`: its methods are the only way a core enters Lua, and each goes
+//! through a prelude hook that catches and logs script errors, so nothing a script does can
+//! unwind into the core. Pool threads build the same state (without a core) for
+//! `thread.new` functions.
 
+use std::cell::{RefCell, UnsafeCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use mlua::{Function, LightUserData, Lua, LuaOptions, StdLib, Table, Value};
 
-use super::loader::{Embedded, ScriptLoader};
+use super::bson::{self, DecodeOptions};
+use super::loader::ScriptLoader;
+use super::pool::Pool;
 use super::{logger, natives};
-use crate::codec::bson::{self, BsonError, DecodeOptions};
 use crate::codec::framing::Framing;
-use crate::config::PackageEntry;
 use crate::net::conn::Conn;
+use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
+use crate::node::host::{HostFactory, ScriptHost};
+use crate::node::post::PostKind;
 use crate::node::Node;
-use stage_ffi::PacketView;
+use crate::plan::LuaStage;
+use stage_ffi::{FfiContext, PacketView};
 
 /// The prelude, in load order; each part is a chunk called with `(E, P)`.
 const PRELUDE: &[(&str, &str)] = &[
@@ -56,76 +65,6 @@ const PRELUDE: &[(&str, &str)] = &[
     ),
 ];
 
-/// What every core needs to build its Lua state; shared read-only by all cores.
-pub struct LuaSettings {
-    pub package: Vec<PackageEntry>,
-    pub preload: Vec<String>,
-    pub reflush: Duration,
-    /// `%ffi`: take the packet path through LuaJIT's FFI.
-    pub ffi: bool,
-    /// `%memory`: the most bytes one Lua state may hold; an allocation past it fails as a Lua
-    /// error ("not enough memory") in the callback that made it.
-    pub memory: Option<usize>,
-    pub stages: Vec<LuaStage>,
-    /// The service stages of this process (index.so), numbered after the Lua stages.
-    pub services: Vec<ServiceStage>,
-    /// `arg[0]` is the program, then the extra command-line arguments.
-    pub args: Vec<String>,
-    pub embedded: Embedded,
-}
-
-/// A Lua stage of `#startup` and the core its main script runs on.
-#[derive(Debug, Clone)]
-pub struct LuaStage {
-    /// The stage id (`stage` of `lua.so+stage`); empty when the entry names none.
-    pub id: String,
-    pub entry: String,
-    pub main_script: String,
-    /// The stage's merged configuration block as JSON (for `process["$"]`).
-    pub block_json: String,
-    pub main_core: usize,
-}
-
-/// A built-in service stage of `#startup` (no Lua). index.so and `=ticket` run one shard on
-/// every core of the process (`service::shard`); `=route` lives on its main core, which is
-/// also where messages from other processes arrive for all three.
-#[derive(Debug, Clone)]
-pub struct ServiceStage {
-    pub id: String,
-    pub entry: String,
-    pub main_core: usize,
-    pub kind: ServiceKind,
-    /// `=ticket`: requests tracked by all its shards, against its service-wide capacity.
-    pub ticket_tracked: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[derive(Debug, Clone)]
-pub enum ServiceKind {
-    Index(crate::service::index::IndexConfig),
-    Ticket(crate::service::ticket::TicketConfig),
-    Route(crate::service::route::RouteConfig),
-    Http(crate::service::http::HttpConfig),
-}
-
-impl ServiceKind {
-    /// The stage kind the directory records for this service.
-    pub fn stage_kind(&self) -> crate::node::stages::StageKind {
-        use crate::node::stages::StageKind;
-        match self {
-            ServiceKind::Index(_) => StageKind::Index,
-            ServiceKind::Ticket(_) => StageKind::Ticket,
-            ServiceKind::Route(_) => StageKind::Route,
-            ServiceKind::Http(_) => StageKind::Http,
-        }
-    }
-
-    /// Whether the service runs one shard per core (named indexes and categories spread over
-    /// the cores by name) rather than one instance on its main core.
-    pub fn is_sharded(&self) -> bool {
-        matches!(self, ServiceKind::Index(_) | ServiceKind::Ticket(_))
-    }
-}
-
 struct Hooks {
     accept: Function,
     receive: Function,
@@ -146,26 +85,48 @@ pub struct Host {
     hooks: Hooks,
     /// Where the FFI receive path finds the frame being delivered: the prelude casts this
     /// address once, so handing a frame to Lua allocates nothing.
-    view: Box<std::cell::UnsafeCell<PacketView>>,
+    view: Box<UnsafeCell<PacketView>>,
+    /// The `ctx` of every FFI call (stage-ffi): the connection whose callback is running,
+    /// so its replies reach it without a lookup.
+    ffi_ctx: Box<UnsafeCell<FfiContext>>,
+    /// The idle function each booted stage returned, by stage index.
+    idle: RefCell<HashMap<usize, Function>>,
+}
+
+/// The script hosts of a process: each core gets a [`Host`]; all of them (and the pool
+/// threads' states) share one blocking pool for `thread.new`.
+pub fn factory() -> HostFactory {
+    let pool = Arc::new(Pool::default());
+    Arc::new(move |node: &Arc<Node>, core: usize| {
+        Ok(Box::new(Host::new(node, &pool, Some(core))?) as Box<dyn ScriptHost>)
+    })
 }
 
 impl Host {
-    pub fn new(node: &Arc<Node>, core: Option<usize>) -> anyhow::Result<Host> {
-        let settings = &node.lua;
+    /// A Lua state for core `core`, or for a pool thread (`None`).
+    pub fn new(node: &Arc<Node>, pool: &Arc<Pool>, core: Option<usize>) -> anyhow::Result<Host> {
+        let settings = &node.plan;
         // SAFETY: the unsafe libraries (debug, ffi, jit) are loaded for the prelude only; the
         // prelude removes them from everything user scripts can reach before any user code runs.
         let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::default()) };
-        lua.set_app_data(natives::NodeRef(node.clone()));
+        lua.set_app_data(natives::Runtime {
+            node: node.clone(),
+            pool: pool.clone(),
+        });
         lua.set_app_data(ScriptLoader::new(
             settings.package.clone(),
             settings.reflush,
             settings.embedded,
         ));
-        let view = Box::new(std::cell::UnsafeCell::new(PacketView {
+        let view = Box::new(UnsafeCell::new(PacketView {
             ptr: std::ptr::null(),
             len: 0,
         }));
-        let hooks = install_prelude(&lua, view.get())
+        let ffi_ctx = Box::new(UnsafeCell::new(FfiContext {
+            conn: std::ptr::null(),
+            id: 0,
+        }));
+        let hooks = install_prelude(&lua, view.get(), ffi_ctx.get())
             .map_err(|e| anyhow::anyhow!("prelude failed: {e}"))?;
         // The limit counts from here, once the platform itself is loaded: what it allows is
         // the scripts' room, however large the prelude is.
@@ -175,7 +136,13 @@ impl Host {
                 tracing::warn!("%memory cannot be enforced in this build: {err}");
             }
         }
-        let host = Host { lua, hooks, view };
+        let host = Host {
+            lua,
+            hooks,
+            view,
+            ffi_ctx,
+            idle: RefCell::new(HashMap::new()),
+        };
         host.run_preload(&settings.preload, core);
         Ok(host)
     }
@@ -204,31 +171,119 @@ impl Host {
         }
     }
 
-    pub fn dispatch_accept(&self, listener: u64, stage: Option<usize>, conn: &Conn) -> bool {
+    /// Runs a `thread.new` function on this pool thread's state.
+    pub fn dispatch_thread(&self, id: u64, payload: &[u8]) {
+        let result = self
+            .lua
+            .create_string(payload)
+            .and_then(|p| self.hooks.thread.call::<()>((id, p)));
+        if let Err(err) = result {
+            tracing::warn!(thread = id, "thread dispatch failed: {err}");
+        }
+    }
+
+    /// Runs `f` with `conn` as the FFI context: the prelude's commits to it during `f` need
+    /// no lookup. The context is cleared afterwards (a later commit, from a timer say, looks
+    /// the connection up), and restored when calls nest.
+    fn with_ffi_conn<R>(&self, conn: &Rc<Conn>, f: impl FnOnce() -> R) -> R {
+        let ctx = self.ffi_ctx.get();
+        // SAFETY: the context is read only by this state's FFI calls, on this thread, while
+        // `conn` (kept alive by the caller's Rc) is alive; nothing else writes it.
+        let saved = unsafe {
+            std::ptr::replace(
+                ctx,
+                FfiContext {
+                    conn: Rc::as_ptr(conn).cast(),
+                    id: conn.id.raw(),
+                },
+            )
+        };
+        let result = f();
+        // SAFETY: as above.
+        unsafe { *ctx = saved };
+        result
+    }
+
+    /// Decodes one frame into the receive callback's `data` and calls it.
+    fn receive_frame(&self, id: ConnId, frame: Bytes, framing: Framing) -> Result<(), String> {
+        let id = id.raw();
+        if let Some(view) = &self.hooks.receive_view {
+            // The prelude reads the frame in place; it declines what it does not handle
+            // exactly like the Rust codec, which then takes over below.
+            // SAFETY: the view is only read by this state's prelude during the call below,
+            // while `frame` is alive; nothing else writes it (one thread).
+            unsafe {
+                *self.view.get() = PacketView {
+                    ptr: frame.as_ptr(),
+                    len: frame.len(),
+                }
+            };
+            let packet = framing == Framing::Packet;
+            match view.call::<bool>((id, packet)) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
+                    return Ok(());
+                }
+            }
+        }
+        let data = match framing {
+            Framing::Packet => bson::decode_first(&self.lua, &frame, &DecodeOptions::default())
+                .map_err(|e| e.to_string())?,
+            Framing::Text | Framing::Raw => match self.lua.create_string(&frame[..]) {
+                Ok(s) => Value::String(s),
+                Err(err) => {
+                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
+                    return Ok(());
+                }
+            },
+        };
+        drop(frame);
+        if let Err(err) = self.hooks.receive.call::<()>((id, data)) {
+            tracing::warn!(socket = id, "receive dispatch failed: {err}");
+        }
+        Ok(())
+    }
+
+    fn addr_string(&self, addr: SocketAddr) -> mlua::String {
+        self.lua
+            .create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))
+            .expect("small string")
+    }
+}
+
+impl ScriptHost for Host {
+    fn accept(&self, listener: u64, stage: Option<usize>, conn: &Rc<Conn>) -> bool {
         let peer = conn.peer.get().map(|a| self.addr_string(a));
-        match self
-            .hooks
-            .accept
-            .call::<bool>((listener, conn.id, peer, stage))
-        {
+        let result = self.with_ffi_conn(conn, || {
+            self.hooks
+                .accept
+                .call::<bool>((listener, conn.id.raw(), peer, stage))
+        });
+        match result {
             Ok(accepted) => accepted,
             Err(err) => {
-                tracing::warn!(socket = conn.id, "accept dispatch failed: {err}");
+                tracing::warn!(socket = %conn.id, "accept dispatch failed: {err}");
                 false
             }
         }
     }
 
-    /// One UDP datagram (already checked to be one message) for endpoint `endpoint`: decoded
-    /// like a frame and handed to the endpoint's receive callback with the sender's address.
+    fn receive(&self, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
+        self.with_ffi_conn(conn, || {
+            self.receive_frame(conn.id, frame, conn.spec.framing)
+        })
+    }
+
     /// A datagram that is not valid BSON is dropped; the endpoint goes on.
-    pub fn dispatch_datagram(
+    fn datagram(
         &self,
         endpoint: u64,
         stage: Option<usize>,
         message: &[u8],
         framing: Framing,
-        from: std::net::SocketAddr,
+        from: SocketAddr,
     ) {
         let data = match framing {
             Framing::Packet => {
@@ -258,92 +313,37 @@ impl Host {
         }
     }
 
-    /// Decodes one frame into the receive callback's `data` and calls it. A frame that is
-    /// not valid BSON is an error: the caller closes that connection.
-    pub fn dispatch_receive(
-        &self,
-        id: u64,
-        frame: Bytes,
-        framing: Framing,
-    ) -> Result<(), BsonError> {
-        if let Some(view) = &self.hooks.receive_view {
-            // The prelude reads the frame in place; it declines what it does not handle
-            // exactly like the Rust codec, which then takes over below.
-            // SAFETY: the view is only read by this state's prelude during the call below,
-            // while `frame` is alive; nothing else writes it (one thread).
-            unsafe {
-                *self.view.get() = PacketView {
-                    ptr: frame.as_ptr(),
-                    len: frame.len(),
-                }
-            };
-            let packet = framing == Framing::Packet;
-            match view.call::<bool>((id, packet)) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
-                    return Ok(());
-                }
-            }
-        }
-        let data = match framing {
-            Framing::Packet => bson::decode_first(&self.lua, &frame, &DecodeOptions::default())?,
-            Framing::Text | Framing::Raw => match self.lua.create_string(&frame[..]) {
-                Ok(s) => Value::String(s),
-                Err(err) => {
-                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
-                    return Ok(());
-                }
-            },
-        };
-        drop(frame);
-        if let Err(err) = self.hooks.receive.call::<()>((id, data)) {
-            tracing::warn!(socket = id, "receive dispatch failed: {err}");
-        }
-        Ok(())
-    }
-
-    pub fn dispatch_close(&self, id: u64, errno: i32) {
-        if let Err(err) = self.hooks.close.call::<()>((id, errno)) {
-            tracing::warn!(socket = id, "close dispatch failed: {err}");
+    fn close(&self, conn: ConnId, errno: i32) {
+        if let Err(err) = self.hooks.close.call::<()>((conn.raw(), errno)) {
+            tracing::warn!(socket = %conn, "close dispatch failed: {err}");
         }
     }
 
-    pub fn dispatch_connected(&self, id: u64, conn: &Conn) {
+    fn connected(&self, conn: &Rc<Conn>) {
         let peer = conn.peer.get().map(|a| self.addr_string(a));
-        if let Err(err) = self.hooks.connected.call::<()>((id, peer)) {
-            tracing::warn!(socket = id, "connect dispatch failed: {err}");
+        let result = self.with_ffi_conn(conn, || {
+            self.hooks.connected.call::<()>((conn.id.raw(), peer))
+        });
+        if let Err(err) = result {
+            tracing::warn!(socket = %conn.id, "connect dispatch failed: {err}");
         }
     }
 
-    /// Runs a stage's main script; returns its idle function, if it returned one.
-    /// Runs a prelude hook posted by a core (a stage message, a timer, a job).
-    pub fn dispatch_post(&self, kind: &str, payload: &[u8]) {
+    fn post(&self, kind: PostKind, payload: &[u8]) {
         let result = self
             .lua
             .create_string(payload)
-            .and_then(|p| self.hooks.post.call::<()>((kind, p)));
+            .and_then(|p| self.hooks.post.call::<()>((kind.name(), p)));
         if let Err(err) = result {
             tracing::warn!("{kind} dispatch failed: {err}");
         }
     }
 
-    /// Runs a `thread.new` function on this pool thread's state.
-    pub fn dispatch_thread(&self, id: u64, payload: &[u8]) {
-        let result = self
-            .lua
-            .create_string(payload)
-            .and_then(|p| self.hooks.thread.call::<()>((id, p)));
-        if let Err(err) = result {
-            tracing::warn!(thread = id, "thread dispatch failed: {err}");
-        }
-    }
-
-    pub fn boot(&self, index: usize, stage: &LuaStage, args: &[String]) -> Option<Function> {
+    fn boot(&self, index: usize, stage: &LuaStage) -> bool {
         let result = (|| {
             let arg = self.lua.create_table()?;
-            for (i, a) in args.iter().enumerate() {
+            let node = natives::node(&self.lua)?;
+            for (i, a) in node.plan.args.iter().enumerate() {
                 arg.raw_set(i as i64, a.as_str())?;
             }
             self.hooks.boot.call::<Option<Function>>((
@@ -353,30 +353,40 @@ impl Host {
                 arg,
             ))
         })();
-        result.unwrap_or_else(|err| {
-            tracing::warn!(stage = %stage.entry, "boot failed: {err}");
-            None
-        })
+        match result {
+            Ok(Some(idle)) => {
+                self.idle.borrow_mut().insert(index, idle);
+                true
+            }
+            Ok(None) => false,
+            Err(err) => {
+                tracing::warn!(stage = %stage.entry, "boot failed: {err}");
+                false
+            }
+        }
     }
 
-    pub fn call_idle(&self, stage: usize, idle: &Function) -> Option<f64> {
-        match self.hooks.idle.call::<Option<f64>>((stage, idle)) {
+    fn idle(&self, stage: usize) -> Option<f64> {
+        let idle = self.idle.borrow().get(&stage).cloned()?;
+        let next = match self.hooks.idle.call::<Option<f64>>((stage, idle)) {
             Ok(next) => next,
             Err(err) => {
                 tracing::warn!("idle dispatch failed: {err}");
                 None
             }
+        };
+        if !next.is_some_and(|ms| ms > 0.0) {
+            self.idle.borrow_mut().remove(&stage);
         }
-    }
-
-    fn addr_string(&self, addr: std::net::SocketAddr) -> mlua::String {
-        self.lua
-            .create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))
-            .expect("small string")
+        next
     }
 }
 
-fn install_prelude(lua: &Lua, view: *mut PacketView) -> mlua::Result<Hooks> {
+fn install_prelude(
+    lua: &Lua,
+    view: *mut PacketView,
+    ffi_ctx: *mut FfiContext,
+) -> mlua::Result<Hooks> {
     let globals = lua.globals();
     let engine = lua.create_table()?;
     natives::register(lua, &engine)?;
@@ -384,8 +394,9 @@ fn install_prelude(lua: &Lua, view: *mut PacketView) -> mlua::Result<Hooks> {
         "packet_view",
         LightUserData(view.cast::<std::ffi::c_void>()),
     )?;
+    engine.set("ffi_ctx", LightUserData(ffi_ctx.cast::<std::ffi::c_void>()))?;
     let broker = lua.create_table()?;
-    sockaddr::register(lua, &broker)?;
+    super::sockaddr::register(lua, &broker)?;
     globals.set("broker", broker)?;
     let log = lua.create_table()?;
     logger::register(lua, &log)?;

@@ -20,8 +20,7 @@ use crate::config::PackageEntry;
 /// Prefix of package entries served from scripts compiled into the binary.
 pub const BUILTIN_ROOT: &str = "@builtin";
 
-/// Scripts compiled into the binary, by path under [`BUILTIN_ROOT`].
-pub type Embedded = &'static [(&'static str, &'static str)];
+pub use crate::plan::Embedded;
 
 pub struct ScriptLoader {
     entries: Vec<PackageEntry>,

@@ -13,12 +13,13 @@ use bytes::{Bytes, BytesMut};
 use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
 
 use super::natives::{core, node};
-use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
 use crate::node::locks::Grant;
 use crate::node::peers::{self, Peers};
+use crate::node::post::PostKind;
 use crate::node::runtime;
 use crate::node::stages::LocalStage;
 use crate::node::CoreMsg;
+use crate::script::bson::{self, DecodeOptions, EncodeOptions};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set(
@@ -94,6 +95,7 @@ pub fn wall_ms() -> f64 {
 /// causal order (a message this core sent itself is handled before any later message that
 /// another core sent in answer to something this core did afterwards).
 fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
+    let kind = post_kind(&kind)?;
     let payload = Bytes::copy_from_slice(&payload.as_bytes());
     match node(lua)?.send(target, CoreMsg::Post { kind, payload }) {
         Ok(()) => Ok(true),
@@ -107,13 +109,13 @@ fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> ml
 /// `thread.new`: queues the job on the blocking pool and returns its id.
 fn thread_start(lua: &Lua, payload: mlua::String) -> mlua::Result<u64> {
     let node = node(lua)?;
-    let id = node.pool.next_id();
-    let job = crate::node::pool::ThreadJob {
+    let pool = super::natives::pool(lua)?;
+    let id = pool.next_id();
+    let job = super::pool::ThreadJob {
         id,
         payload: payload.as_bytes().to_vec(),
     };
-    node.pool
-        .run(&node, job)
+    pool.run(&node, job)
         .map_err(|e| mlua::Error::runtime(format!("thread.new: {e}")))?;
     Ok(id)
 }
@@ -129,7 +131,14 @@ pub fn monotonic_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// The post kind the prelude names; any other name is a bug in the prelude.
+fn post_kind(name: &str) -> mlua::Result<PostKind> {
+    PostKind::from_name(name)
+        .ok_or_else(|| mlua::Error::runtime(format!("unknown post kind `{name}`")))
+}
+
 fn later(_: &Lua, (ms, kind, payload): (f64, String, mlua::String)) -> mlua::Result<()> {
+    let kind = post_kind(&kind)?;
     let delay = Duration::from_secs_f64(ms.max(0.0) / 1000.0);
     core()?.post_later(delay, kind, Bytes::copy_from_slice(&payload.as_bytes()));
     Ok(())

@@ -11,14 +11,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
+use super::bson::{self, EncodeOptions};
 use super::loader::{Lookup, ScriptLoader};
-use crate::codec::bson::{self, EncodeOptions};
+use super::pool::Pool;
 use crate::net::conn::{errno_of, Conn};
+use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
 use crate::net::url::{BrokerUrl, Scheme};
 use crate::net::{listener, udp};
 use crate::node::runtime::{self, Core};
-use crate::node::{owner_core, CoreMsg, ListenerProps, ListenerShared, Node};
+use crate::node::{CoreMsg, ListenerProps, ListenerShared, Node};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("log", lua.create_function(log)?)?;
@@ -38,10 +40,10 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("load", lua.create_function(load)?)?;
     super::messaging::register(lua, e)?;
     super::shared::register(lua, e)?;
-    super::services::register(lua, e)?;
-    super::timed_services::register(lua, e)?;
-    super::http_service::register(lua, e)?;
-    super::odbc_lua::register(lua, e)?;
+    super::services::index::register(lua, e)?;
+    super::services::timed::register(lua, e)?;
+    super::services::http::register(lua, e)?;
+    super::services::odbc::register(lua, e)?;
     super::fastpath::register(lua, e)?;
     e.set(
         "exit",
@@ -61,13 +63,29 @@ pub(crate) fn core() -> mlua::Result<Rc<Core>> {
     })
 }
 
-/// The process-wide runtime, reachable from every Lua state (cores and pool threads).
-pub struct NodeRef(pub Arc<Node>);
+/// What every Lua state of the process (cores and pool threads) reaches: the node, and the
+/// blocking pool where `thread.new` functions run.
+pub struct Runtime {
+    pub node: Arc<Node>,
+    pub pool: Arc<Pool>,
+}
 
 pub(crate) fn node(lua: &Lua) -> mlua::Result<Arc<Node>> {
-    lua.app_data_ref::<NodeRef>()
-        .map(|n| n.0.clone())
+    lua.app_data_ref::<Runtime>()
+        .map(|r| r.node.clone())
         .ok_or_else(|| mlua::Error::runtime("runtime not attached to this Lua state"))
+}
+
+pub(crate) fn pool(lua: &Lua) -> mlua::Result<Arc<Pool>> {
+    lua.app_data_ref::<Runtime>()
+        .map(|r| r.pool.clone())
+        .ok_or_else(|| mlua::Error::runtime("runtime not attached to this Lua state"))
+}
+
+/// The connection a script's socket id names, and its owner core, when the id is one of a
+/// connection of this process (not a listener, not a core this process does not run).
+fn conn_id(node: &Node, raw: u64) -> Option<ConnId> {
+    ConnId::from_raw(raw).filter(|id| id.owner() < node.cores())
 }
 
 fn log(_: &Lua, (level, msg): (String, String)) -> mlua::Result<()> {
@@ -104,11 +122,12 @@ fn encode(lua: &Lua, value: &Value, out: &mut BytesMut) -> mlua::Result<()> {
     Ok(())
 }
 
-fn commit(lua: &Lua, (id, value): (u64, Value)) -> mlua::Result<i64> {
+fn commit(lua: &Lua, (raw, value): (u64, Value)) -> mlua::Result<i64> {
     let node = node(lua)?;
-    let Some(owner) = owner_core(id).filter(|c| *c < node.cores()) else {
+    let Some(id) = conn_id(&node, raw) else {
         return Ok(-1);
     };
+    let owner = id.owner();
     if let Some(core) = runtime::try_current().filter(|c| c.index == owner) {
         let Some(conn) = core.conn(id) else {
             return Ok(-1);
@@ -120,7 +139,7 @@ fn commit(lua: &Lua, (id, value): (u64, Value)) -> mlua::Result<i64> {
         return match conn.encode_with(|out| encode(lua, &value, out))? {
             Ok(len) => Ok(len as i64),
             Err(err) => {
-                tracing::warn!(socket = id, "commit refused: {err}");
+                tracing::warn!(socket = raw, "commit refused: {err}");
                 Ok(-1)
             }
         };
@@ -136,17 +155,18 @@ fn commit(lua: &Lua, (id, value): (u64, Value)) -> mlua::Result<i64> {
     match node.send(owner, CoreMsg::Commit { id, data }) {
         Ok(()) => Ok(len),
         Err(err) => {
-            tracing::warn!(socket = id, "commit to core {owner} refused: {err}");
+            tracing::warn!(socket = raw, "commit to core {owner} refused: {err}");
             Ok(-1)
         }
     }
 }
 
-fn close(lua: &Lua, id: u64) -> mlua::Result<i64> {
+fn close(lua: &Lua, raw: u64) -> mlua::Result<i64> {
     let node = node(lua)?;
-    let Some(owner) = owner_core(id).filter(|c| *c < node.cores()) else {
+    let Some(id) = conn_id(&node, raw) else {
         return Ok(-1);
     };
+    let owner = id.owner();
     if let Some(core) = runtime::try_current().filter(|c| c.index == owner) {
         return Ok(match core.conn(id) {
             Some(conn) => {
@@ -162,13 +182,15 @@ fn close(lua: &Lua, id: u64) -> mlua::Result<i64> {
     })
 }
 
-fn local_conn(id: u64) -> mlua::Result<Option<Rc<Conn>>> {
+fn local_conn(raw: u64) -> mlua::Result<Option<Rc<Conn>>> {
     let core = core()?;
-    match owner_core(id) {
-        Some(owner) if owner != core.index => Err(mlua::Error::runtime(format!(
-            "socket {id} belongs to core {owner}; its fields can only be used there"
+    match ConnId::from_raw(raw) {
+        Some(id) if id.owner() != core.index => Err(mlua::Error::runtime(format!(
+            "socket {id} belongs to core {}; its fields can only be used there",
+            id.owner()
         ))),
-        _ => Ok(core.conn(id)),
+        Some(id) => Ok(core.conn(id)),
+        None => Ok(None),
     }
 }
 
@@ -465,7 +487,7 @@ fn join(lua: &Lua, (url, timeout): (String, f64)) -> mlua::Result<MultiValue> {
         }
     };
     let conn = Conn::new(core.next_conn_id(), parsed.frame);
-    let id = conn.id;
+    let id = conn.id.raw();
     core.add_conn(conn.clone());
     let timeout = Duration::from_millis(timeout.max(1.0) as u64);
     listener::join(&core, conn, addr, timeout);

@@ -6,8 +6,8 @@ use bytes::BytesMut;
 use mlua::{Function, Lua, Table, Value};
 
 use super::natives::node;
-use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
 use crate::node::shared::Policy;
+use crate::script::bson::{self, DecodeOptions, EncodeOptions};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("shared_get", lua.create_function(shared_get)?)?;
@@ -133,7 +133,7 @@ fn sandbox_policies(lua: &Lua, (): ()) -> mlua::Result<(u64, Table)> {
 
 fn args(lua: &Lua, (): ()) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    for (i, a) in node(lua)?.lua.args.iter().enumerate() {
+    for (i, a) in node(lua)?.plan.args.iter().enumerate() {
         t.raw_set(i as i64, a.as_str())?;
     }
     Ok(t)
@@ -144,7 +144,7 @@ fn args(lua: &Lua, (): ()) -> mlua::Result<Table> {
 fn config_block(lua: &Lua, stage: usize) -> mlua::Result<Option<String>> {
     let node = node(lua)?;
     Ok(node
-        .lua
+        .plan
         .stages
         .get(stage)
         .map(|s| node.overrides.block(stage, &s.block_json)))
@@ -156,7 +156,7 @@ fn config_set(
     (stage, key, json): (usize, Option<String>, Option<String>),
 ) -> mlua::Result<()> {
     let node = node(lua)?;
-    let Some(s) = node.lua.stages.get(stage) else {
+    let Some(s) = node.plan.stages.get(stage) else {
         return Err(runtime_err(format!("no Lua stage #{stage}")));
     };
     let what = match &key {
@@ -180,7 +180,7 @@ fn env_set(lua: &Lua, (name, value): (String, Option<String>)) -> mlua::Result<(
 
 /// `process.title = "..."`: the name `ps` and `top` show (15 bytes, the kernel's limit).
 fn set_title(lua: &Lua, title: String) -> mlua::Result<()> {
-    let program = node(lua)?.lua.args.first().cloned().unwrap_or_default();
+    let program = node(lua)?.plan.args.first().cloned().unwrap_or_default();
     let program = std::path::Path::new(&program)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use mlua::{Lua, MultiValue, Value};
 
 use super::{call_user, fail, proxy, type_name, Res};
-use crate::codec::bson::{self as codec, DecodeOptions, EncodeOptions};
+use crate::script::bson::{self as codec, DecodeOptions, EncodeOptions};
 
 pub(super) fn bson(lua: &Lua, args: MultiValue) -> Res<MultiValue> {
     let mut args = args;

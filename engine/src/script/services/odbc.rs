@@ -20,8 +20,8 @@ use bytes::BytesMut;
 use mlua::{Lua, Table, Value as LuaValue};
 use simd_json::OwnedValue;
 
-use super::natives::node;
-use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
+use crate::script::bson::{self, DecodeOptions, EncodeOptions};
+use crate::script::natives::node;
 use crate::service::odbc::cache::{self, Cached};
 use crate::service::odbc::{
     acquire, Adapter, ConnectionConfig, OdbcConfig, OdbcError, ResultSet, Value,
@@ -77,7 +77,7 @@ fn with_adapter<R>(h: u64, f: impl FnOnce(&mut Adapter) -> R) -> mlua::Result<R>
 /// The stage's `%odbc` block (its merged configuration), parsed.
 fn stage_config(lua: &Lua, stage: Option<usize>) -> mlua::Result<OdbcConfig> {
     let node = node(lua)?;
-    let stages = &node.lua.stages;
+    let stages = &node.plan.stages;
     let block = stage
         .and_then(|s| stages.get(s))
         .or_else(|| stages.first())

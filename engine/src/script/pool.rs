@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::Node;
-use crate::script::host::Host;
+use super::host::Host;
+use crate::node::Node;
 
 /// A `thread.new` call: its id and its function and arguments in the engine-internal BSON form.
 pub struct ThreadJob {
@@ -36,8 +36,8 @@ impl Pool {
     }
 
     /// Queues a job, starting the pool on first use.
-    pub fn run(&self, node: &Arc<Node>, job: ThreadJob) -> std::io::Result<()> {
-        let jobs = self.jobs.get_or_init(|| Mutex::new(start(node)));
+    pub fn run(self: &Arc<Self>, node: &Arc<Node>, job: ThreadJob) -> std::io::Result<()> {
+        let jobs = self.jobs.get_or_init(|| Mutex::new(start(node, self)));
         jobs.lock()
             .unwrap()
             .send(job)
@@ -45,16 +45,16 @@ impl Pool {
     }
 }
 
-fn start(node: &Arc<Node>) -> Sender<ThreadJob> {
+fn start(node: &Arc<Node>, pool: &Arc<Pool>) -> Sender<ThreadJob> {
     let (tx, rx) = channel::<ThreadJob>();
     let rx = Arc::new(Mutex::new(rx));
     let size = Pool::size(node.cores());
     for index in 0..size {
-        let node = node.clone();
+        let (node, pool) = (node.clone(), pool.clone());
         let rx = rx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("stage-pool-{index}"))
-            .spawn(move || worker(index, node, rx));
+            .spawn(move || worker(index, node, pool, rx));
         if let Err(err) = spawned {
             tracing::error!("cannot start pool thread {index}: {err}");
         }
@@ -63,10 +63,10 @@ fn start(node: &Arc<Node>) -> Sender<ThreadJob> {
     tx
 }
 
-fn worker(index: usize, node: Arc<Node>, jobs: Arc<Mutex<Receiver<ThreadJob>>>) {
+fn worker(index: usize, node: Arc<Node>, pool: Arc<Pool>, jobs: Arc<Mutex<Receiver<ThreadJob>>>) {
     let span = tracing::info_span!("pool", index);
     let _enter = span.enter();
-    let host = match Host::new(&node, None) {
+    let host = match Host::new(&node, &pool, None) {
         Ok(host) => host,
         Err(err) => {
             tracing::error!("pool thread cannot build its Lua state: {err:#}");

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mlua::{Lua, Table, Value};
 
-use super::messaging::{INTERNAL_DECODE, INTERNAL_ENCODE};
-use super::natives::core;
-use crate::codec::bson;
 use crate::node::timed::{TimedService, TimedSlot};
+use crate::script::bson;
+use crate::script::messaging::{INTERNAL_DECODE, INTERNAL_ENCODE};
+use crate::script::natives::core;
 use crate::service::route::{self, RouteCommand, RouteKey, RouteMessage, RouteOutput, SubChange};
 use crate::service::ticket::{
     self, LeaseId, Outcome, TicketCommand, TicketKey, TicketMessage, TicketOutput,
@@ -146,7 +146,7 @@ fn rearm(
     // A millisecond of slack: the timer wakes at or after the deadline, never just before.
     core()?.post_later(
         delay + Duration::from_millis(1),
-        "svc_tick".into(),
+        crate::node::post::PostKind::ServiceTick,
         out.freeze(),
     );
     Ok(())

@@ -13,8 +13,8 @@
 use bytes::{Bytes, BytesMut};
 use mlua::{Lua, Table, Value};
 
-use super::natives::core;
-use crate::codec::bson::{self, DecodeOptions, EncodeOptions};
+use crate::script::bson::{self, DecodeOptions, EncodeOptions};
+use crate::script::natives::core;
 use crate::service::index::{
     batch_order, parse_batch_key, parse_spec, Command, GetResult, Kind, RangeFrom, RankedEntry,
     Reply, Request, Score, SetItem, SetResult, TIERS,

@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mlua::{Lua, Table, Value};
 
-use super::natives::{core, node};
 use crate::node::CoreMsg;
+use crate::script::natives::{core, node};
 use crate::service::http::{code, Body, FormValue, HttpReply, HttpRequest};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
@@ -48,7 +48,7 @@ fn http_call(
         h
     });
     let time_left = deadline.map(|d| {
-        let now = super::messaging::wall_ms();
+        let now = crate::script::messaging::wall_ms();
         Duration::from_millis((d - now).max(0.0) as u64)
     });
     let parsed = request_from_lua(&request);
@@ -66,7 +66,7 @@ fn http_call(
         };
         DONE.with(|d| d.borrow_mut().insert(handle, (reply, envelope)));
         let msg = CoreMsg::Post {
-            kind: "http_done".into(),
+            kind: crate::node::post::PostKind::HttpDone,
             payload: handle_doc(handle),
         };
         if let Err(err) = node.send(me, msg) {
