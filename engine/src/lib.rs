@@ -1,16 +1,20 @@
-//! The STAGE engine: configuration, the thread-per-core runtime, TCP networking and framing,
-//! the BSON codec, and the LuaJIT host that runs game scripts. The `stage` binary
-//! (`engine/bin/stage.rs`) is a thin wrapper around [`cli::main`].
+//! The STAGE engine: configuration, the thread-per-core runtime, TCP/UDP networking and
+//! framing, and the LuaJIT host that runs game scripts. The `stage` binary
+//! (`stage/src/main.rs`) is a thin wrapper around [`cli::main`].
 //!
-//! Module map (one concept each; see ARCHITECTURE.md for the invariants):
-//! - [`config`]  — parse and validate the JSON configuration, named key paths in errors.
-//! - [`codec`]   — BSON <-> Lua values, and the `packet`/`text`/raw framings.
-//! - [`net`]     — broker URLs, binary socket addresses, listeners and connections.
-//! - [`core`]    — one pinned glommio executor per core, cross-core mailboxes, shutdown.
-//! - [`script`]  — the per-core LuaJIT state, the prelude, `stage.load`, the logger.
-//! - [`service`] — built-in services (index.so, `=ticket`, `=route`) as core-local state machines.
-//! - [`supervisor`] — the multi-process node: start, watch and restart the child processes.
-//! - [`cli`]     — command line: run, `--check`, embedded default configuration.
+//! Module map, top layer first; a module uses only the layers below it (ARCHITECTURE.md
+//! "Layers"; `tests/layers.rs` keeps it so):
+//! - [`cli`], [`supervisor`] — the command line and its roles; the multi-process supervisor.
+//! - [`script`]  — the only Lua: per-core LuaJIT states, prelude, natives, bundle, logger,
+//!   BSON <-> Lua, the blocking pool, the glue to the services. Implements
+//!   [`node::host::ScriptHost`].
+//! - [`node`]    — one pinned glommio executor per core, inboxes, peers, locks, timers,
+//!   service shards, shutdown; drives a `ScriptHost`, knows no Lua.
+//! - [`net`]     — broker URLs, socket addresses, connection ids, listeners, connections,
+//!   UDP; reports to a [`net::ConnEvents`] owner, knows no core.
+//! - [`plan`]    — what this process runs, built once from the configuration.
+//! - [`service`] — built-in services (index.so, `=ticket`, `=route`, curl.so, odbc).
+//! - [`codec`], [`config`], [`notify`] — framing; the JSON configuration; a core-local event.
 
 pub mod cli;
 pub mod codec;

@@ -9,12 +9,16 @@
 //! A third server, `stage-capi`, is the same `stage` with `"%ffi": false` (the classic Lua C
 //! API packet path), so one run also shows what the FFI path buys.
 //!
+//! With `--before PATH`, a fourth server joins the rotation: the `stage` binary at PATH (built
+//! from an earlier commit, FFI path), so one run compares a change with what it replaced
+//! (columns "before" and the ratio stage/before).
+//!
 //! Usage (after `cargo build --release --workspace`):
-//!   target/release/e2e [--pairs 5] [--seconds 5] [--cases 64x64,1000x64,...] [--server-cpu 0] [--client-cpu 1]
+//!   target/release/e2e [--pairs 5] [--seconds 5] [--cases 64x64,1000x64,...] [--server-cpu 0] [--client-cpu 1] [--before PATH]
 //! A case is CONNECTIONSxPAYLOAD. Default cases: 1x32 64x32 1000x32 1x1024 64x1024 1000x1024.
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,8 @@ struct Options {
     cases: Vec<(usize, usize)>,
     server_cpu: usize,
     client_cpu: usize,
+    /// An earlier `stage` binary to compare with (`--before`).
+    before: Option<PathBuf>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -42,6 +48,7 @@ fn parse_options() -> anyhow::Result<Options> {
         ],
         server_cpu: 0,
         client_cpu: 1,
+        before: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -53,6 +60,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "--seconds" => o.seconds = value.parse()?,
             "--server-cpu" => o.server_cpu = value.parse()?,
             "--client-cpu" => o.client_cpu = value.parse()?,
+            "--before" => o.before = Some(PathBuf::from(value)),
             "--cases" => {
                 o.cases = value
                     .split(',')
@@ -120,7 +128,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Result<Child> {
+fn start_server(which: &str, port: u16, o: &Options, dir: &Path) -> anyhow::Result<Child> {
+    let cpu = o.server_cpu;
     let mut cmd = Command::new("taskset");
     cmd.arg("-c").arg(cpu.to_string());
     if which == "baseline" {
@@ -140,8 +149,11 @@ fn start_server(which: &str, port: u16, cpu: usize, dir: &Path) -> anyhow::Resul
                 "broker.ready('tcp://127.0.0.1:{port}?packet=4k,10k', function (socket, addr)\n  return function (socket, data) return data end\nend)\n"
             ),
         )?;
-        cmd.arg(stage_benches::sibling_binary("stage")?)
-            .args(["-c", "stage.json", "-l", "warn"]);
+        let binary = match (which, &o.before) {
+            ("before", Some(path)) => path.clone(),
+            _ => stage_benches::sibling_binary("stage")?,
+        };
+        cmd.arg(binary).args(["-c", "stage.json", "-l", "warn"]);
     }
     let mut child = cmd
         .current_dir(dir)
@@ -176,7 +188,7 @@ fn measure(which: &str, conns: usize, payload: usize, o: &Options) -> anyhow::Re
     let dir = std::env::temp_dir().join(format!("stage-e2e-{}-{which}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let port = free_port();
-    let mut server = start_server(which, port, o.server_cpu, &dir)?;
+    let mut server = start_server(which, port, o, &dir)?;
     let pid = server.id();
     let before = cpu_seconds(pid)?;
     let report = run_load(port, conns, payload, o);
@@ -215,13 +227,22 @@ fn main() -> anyhow::Result<()> {
         "base cpu", "stage", "b/a", "capi", "c/a"
     );
     for &(conns, payload) in &o.cases {
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..o.pairs {
             a.push(measure("baseline", conns, payload, &o)?);
             b.push(measure("stage", conns, payload, &o)?);
             c.push(measure("stage-capi", conns, payload, &o)?);
+            if o.before.is_some() {
+                d.push(measure("before", conns, payload, &o)?);
+            }
         }
-        let errors: u64 = a.iter().chain(&b).chain(&c).map(|s| s.errors).sum();
+        let errors: u64 = a
+            .iter()
+            .chain(&b)
+            .chain(&c)
+            .chain(&d)
+            .map(|s| s.errors)
+            .sum();
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
         let (ta, tb, tc) = (
             m(&a, |s| s.throughput),
@@ -238,9 +259,23 @@ fn main() -> anyhow::Result<()> {
                 m(v, |s| s.p999)
             )
         };
+        let before = if d.is_empty() {
+            String::new()
+        } else {
+            let (td, cd) = (m(&d, |s| s.throughput), m(&d, cpu));
+            format!(
+                " | before {:>8.0} rt/s {}us cpu {:>6.2}us; stage/before rt/s {:.2} cpu {:.2}",
+                td,
+                lat(&d),
+                cd,
+                tb / td,
+                cb / cd
+            )
+        };
         println!(
-            "{:>6} {:>7} | {:>10.0} | {:>10.0} {:>5.2} | {:>10.0} {:>5.2} | {:>23} | {:>23} | {:>6.2}us | {:>6.2}us {:>5.2} | {:>6.2}us {:>5.2}{}",
+            "{:>6} {:>7} | {:>10.0} | {:>10.0} {:>5.2} | {:>10.0} {:>5.2} | {:>23} | {:>23} | {:>6.2}us | {:>6.2}us {:>5.2} | {:>6.2}us {:>5.2}{}{}",
             conns, payload, ta, tb, tb / ta, tc, tc / ta, lat(&a), lat(&b), ca, cb, cb / ca, cc, cc / ca,
+            before,
             if errors > 0 { format!("  ({errors} errors)") } else { String::new() }
         );
     }

@@ -30,7 +30,7 @@ function P.unpack_values(t)
   return unpack(t, 1, t.n or #t)
 end
 
--- Socket ids carry their owning core in the low byte (see core::owner_core).
+-- Socket ids carry their owning core in the low byte (see net::id::ConnId).
 function P.owner_core(id)
   return id % 256
 end

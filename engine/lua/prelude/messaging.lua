@@ -230,7 +230,7 @@ P.posts.svc_tick = function(m)
   send_service_outputs("service tick", pcall(E.service_tick, m.t, m.g))
 end
 
--- A curl.so request finished (script/http_service.rs): answer the sender, if it asked.
+-- A curl.so request finished (script/services/http.rs): answer the sender, if it asked.
 P.posts.http_done = function(m)
   local reply, env = E.http_reply(m.h)
   if reply == nil then return end

@@ -1,5 +1,5 @@
 -- Prelude, part 8: `odbc` (spec/services.md §1.2) over the engine's handles
--- (script/odbc_lua.rs). ODBC calls block, so they run only on the blocking pool: inside a
+-- (script/services/odbc.rs). ODBC calls block, so they run only on the blocking pool: inside a
 -- `thread.new` function. On a core `odbc.new` raises instead of stalling every connection of
 -- that core. Objects are tables of dot-called functions (`db.execute(sql, params)`), as the
 -- spec writes them. Not here yet: the editable rows tree and `apply`, OUTPUT parameters.

@@ -1,6 +1,6 @@
 //! The engine's natives: the Rust functions behind `broker` and `stage`, registered in a
 //! table that only the prelude sees (`E`). Each resolves the calling core through
-//! `runtime::current()` and works on that core's connections; operations on a socket owned by
+//! `node::runtime::try_current()` and works on that core's connections; operations on a socket owned by
 //! another core travel there through its inbox. Errors a script should handle come back as
 //! values (errno, -1); misuse raises a Lua error naming the call.
 
@@ -502,5 +502,48 @@ fn load(lua: &Lua, name: String) -> mlua::Result<MultiValue> {
     match loader.load(lua, &name)? {
         Lookup::Found(l) => (l.chunk, l.position, l.path, l.mtime).into_lua_multi(lua),
         Lookup::NotFound(path) => (Value::Nil, path).into_lua_multi(lua),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// ARCHITECTURE.md lists every native of `E` in one table; the table and what the engine
+    /// registers must name the same functions.
+    #[test]
+    fn every_native_is_listed_in_architecture_md() {
+        let lua = mlua::Lua::new();
+        let e = lua.create_table().unwrap();
+        super::register(&lua, &e).unwrap();
+        let mut registered: BTreeSet<String> = e
+            .pairs::<String, mlua::Value>()
+            .map(|pair| pair.unwrap().0)
+            .collect();
+        // Set by `host::install_prelude` next to the natives: the per-state pointers.
+        registered.extend(["packet_view".to_string(), "ffi_ctx".to_string()]);
+
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md"),
+        )
+        .unwrap();
+        let section = doc
+            .split("## The natives (`E`)")
+            .nth(1)
+            .expect("ARCHITECTURE.md has a natives section");
+        let section = section.split("\n## ").next().unwrap();
+        let listed: BTreeSet<String> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| cell.split(','))
+            .map(|name| name.trim().trim_matches('`').to_string())
+            .collect();
+        let missing: Vec<_> = registered.difference(&listed).collect();
+        let stale: Vec<_> = listed.difference(&registered).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "natives not listed in ARCHITECTURE.md: {missing:?}; listed but not registered: {stale:?}"
+        );
     }
 }

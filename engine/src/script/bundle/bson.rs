@@ -1,5 +1,5 @@
 //! `bundle.bson(x, ...)`: a table's fields as one BSON document and back, through the
-//! engine's codec (`codec::bson`), so the bytes are exactly what the engine sends and
+//! engine's codec (`script::bson`), so the bytes are exactly what the engine sends and
 //! receives elsewhere (integer keys as `"#n"`, `name@type` suffixes, functions as bytecode).
 //!
 //! * table -> the document's bytes as a Lua string. Functions inside are allowed and become

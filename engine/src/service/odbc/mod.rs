@@ -1,7 +1,7 @@
 //! The `odbc` service's Rust core (spec/services.md §1.1–§1.4): config parsing, the process-wide
 //! ODBC environment, the per-OS-thread connection pool and the adapter that executes statements
 //! with bound parameters and reads back whole result sets. Every call blocks: the Lua binding
-//! (`script::odbc_lua`, `engine/lua/prelude/odbc.lua`) serves them only in the blocking pool's Lua
+//! (`script::services::odbc`, `engine/lua/prelude/odbc.lua`) serves them only in the blocking pool's Lua
 //! states, never on a core (DESIGN.md principle 5). There is no Lua here; values cross as the
 //! plain `Value` enum.
 
