@@ -131,19 +131,15 @@ fn a_lua_stage_fetches_over_http_through_a_curl_stage() {
     ] {
         assert!(log.contains(line), "missing `{line}`; log:\n{log}");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|r| r.starts_with("GET /fire"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request without a callback never ran"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_until(
+        "the request without a callback reaches the HTTP server",
+        || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.starts_with("GET /fire"))
+        },
+    );
     let seen = seen.lock().unwrap();
     let form = seen
         .iter()
@@ -186,19 +182,15 @@ fn the_curl_helper_builds_a_request_and_calls_back() {
     assert!(log.contains("HELPER 200 user=bob 7"), "{log}");
     // The one-shot reply id was removed once answered.
     assert!(!log.contains("(no handler)"), "{log}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|r| r.starts_with("GET /quiet"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request without a callback never ran"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_until(
+        "the request without a callback reaches the HTTP server",
+        || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.starts_with("GET /quiet"))
+        },
+    );
     let seen = seen.lock().unwrap();
     let form = seen.iter().find(|r| r.starts_with("POST /form")).unwrap();
     assert!(

@@ -196,6 +196,8 @@ impl Server {
     pub fn wait_reply(&self, what: &str, request: &[u8], ready: impl Fn(&Bson) -> bool) -> Bson {
         self.wait_for(what, || {
             let mut stream = try_connect(self.port).ok()?;
+            // A probe that goes unanswered is retried, not waited for.
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
             stream.write_all(request).ok()?;
             let frame = read_frame(&mut stream).ok()?;
             let v = parse_doc(&frame).get("v").cloned()?;
