@@ -2,6 +2,9 @@
 //! with `stage.signal` as spec/services.md §5.2 shows (a URL string or a request table, a
 //! callback or none) and gets the reply table; the HTTP server is a small one in this test,
 //! on loopback. Behaviour is asserted, never speed.
+//!
+//! The callbacks log the reply tables they get; the tests wait for and read those lines:
+//! they are the results under test, not readiness.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,6 +1,9 @@
 //! Messages between stages inside one process: the seed's request-with-timeout idiom (both
 //! outcomes), the target grammar, handler matching and replies, timers, jobs, `stage.once`
 //! and the ordered locks. Two stages on two cores exercise the cross-core path.
+//!
+//! The handlers, timers and jobs log what ran and with what; the tests wait for and read
+//! those lines: they are the results under test. Readiness comes from round trips.
 
 use std::io::Write;
 

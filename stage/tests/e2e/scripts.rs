@@ -49,6 +49,7 @@ fn an_idle_socket_is_closed_after_expire_with_etimedout() {
     );
     let mut client = server.connect();
     assert!(is_closed(&mut client));
+    // The close callback logs the errno it got: ETIMEDOUT is what is asserted.
     server.wait_log(&format!("closed errno {}", libc::ETIMEDOUT));
 }
 
@@ -175,6 +176,8 @@ fn join_connects_out_and_both_sides_talk() {
              c.receive = function (s, line) logger.info('client got ' .. line) end",
         )],
     );
+    // Both ends of the joined connection are in the script: the connect callback and the
+    // outgoing socket's receive callback log what they saw.
     server.wait_log("joined 127.0.0.1:");
     server.wait_log("client got pong ping");
 }
@@ -193,6 +196,7 @@ fn a_failed_join_runs_the_close_callback_with_the_error() {
             ),
         )],
     );
+    // The close callback of the failed join logs the errno it got.
     server.wait_log(&format!("join failed errno {}", libc::ECONNREFUSED));
 }
 
@@ -212,6 +216,7 @@ fn the_idle_function_is_rescheduled_by_its_return_value() {
              end",
         )],
     );
+    // The idle function logs each call: their number is what is asserted.
     server.wait_log("idle call 3");
     std::thread::sleep(Duration::from_millis(300));
     assert!(!server.log().contains("idle call 4"), "{}", server.log());
@@ -419,6 +424,7 @@ fn a_core_stuck_in_lua_is_reported_and_so_is_its_recovery() {
         end)
     "#;
     let server = Server::start(&config(""), &[("start.lua", script)]);
+    // The watchdog's stall and recovery reports are the behaviour under test.
     server.wait_log("done");
     server.wait_log("is running again");
     let log = server.log();
