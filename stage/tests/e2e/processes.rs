@@ -107,15 +107,17 @@ fn wait_gone(pid: i32) {
 
 /// Connects until every process in `want` holds at least `per` connections; returns them
 /// by process number (with the connections that reached other processes). Also the
-/// readiness of a node whose processes share the port: each of them answers a client.
+/// readiness of a node whose processes share the port: each of them answers a client. (A
+/// connection that fails while a process brings up its cores is not counted.)
 fn connections_on(server: &Server, want: &[i64], per: usize) -> HashMap<i64, Vec<TcpStream>> {
     let mut out: HashMap<i64, Vec<TcpStream>> = HashMap::new();
     server.wait_until(
         &format!("processes {want:?} each answer {per} connection(s) on the shared port"),
         || {
             let mut s = server.connect();
-            let (n, _) = ask(&mut s).expect("answer");
-            out.entry(n).or_default().push(s);
+            if let Ok((n, _)) = ask(&mut s) {
+                out.entry(n).or_default().push(s);
+            }
             want.iter()
                 .all(|n| out.get(n).is_some_and(|v| v.len() >= per))
         },
@@ -255,9 +257,10 @@ fn a_killed_process_is_restarted_while_the_others_keep_answering() {
     server.wait_until(
         "both game processes answer and have had a tick from process 3",
         || {
-            let v = request(&mut server.connect()).expect("answer");
-            if int(&v, "ticks") > 0 {
-                ticked.insert(int(&v, "n"));
+            if let Ok(v) = request(&mut server.connect()) {
+                if int(&v, "ticks") > 0 {
+                    ticked.insert(int(&v, "n"));
+                }
             }
             ticked.len() == 2
         },
@@ -318,11 +321,14 @@ fn a_killed_process_is_restarted_while_the_others_keep_answering() {
         let v = request(&mut server.connect()).ok()?;
         (int(&v, "n") == 2).then(|| int(&v, "pid"))
     });
-    assert_eq!(pid, p2_again as i64);
+    assert_eq!(pid, p2_again as i64, "{}", server.log());
     // ...and receives routed messages again: its heartbeats reached process 3, whose ticks
-    // reach the new process (its count starts from 0).
+    // reach the new process (its count starts from 0). (A probe connection that fails while
+    // the new process brings up its cores is retried, as the hammering clients do.)
     server.wait_until("a tick reaches the restarted process 2", || {
-        let v = request(&mut server.connect()).expect("answer");
+        let Ok(v) = request(&mut server.connect()) else {
+            return false;
+        };
         int(&v, "n") == 2 && int(&v, "pid") == p2_again as i64 && int(&v, "ticks") > 0
     });
     std::thread::sleep(Duration::from_millis(200));
