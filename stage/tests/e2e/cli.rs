@@ -81,14 +81,26 @@ fn sigterm_runs_close_callbacks_and_exits_0() {
         &config(""),
         &[(
             "start.lua",
-            "local l = broker.ready('tcp://127.0.0.1:PORT', function () return true end)
+            "local l = broker.ready('tcp://127.0.0.1:PORT?text=1k,1k', function ()
+               return function (s, line) return line end
+             end)
              l.close = function (s, errno) logger.info('closed at shutdown ' .. errno) end",
         )],
     );
-    let _a = server.connect();
-    let _b = server.connect();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Two clients, each served once (so both are accepted) before the signal.
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            use std::io::{BufRead, BufReader, Write};
+            let mut client = BufReader::new(server.connect());
+            client.get_mut().write_all(b"hi\n").unwrap();
+            let mut line = String::new();
+            client.read_line(&mut line).unwrap();
+            assert_eq!(line, "hi\n");
+            client
+        })
+        .collect();
     assert!(server.stop().success(), "{}", server.log());
+    drop(clients);
     // (The harness's readiness probe also connected and closed before the signal.)
     let log = server.log();
     let after_signal = log.split("received signal").nth(1).unwrap_or_default();
@@ -103,8 +115,9 @@ fn sigterm_runs_close_callbacks_and_exits_0() {
 #[test]
 fn cores_follow_the_affinity_mask() {
     // `taskset -c 1 stage ...`: one core, pinned to CPU 1, and no thread outside the mask.
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        return; // needs a CPU 1
+    if affinity_cpus() < 2 {
+        println!("skipped: pinning to CPU 1 needs a second CPU");
+        return;
     }
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -121,11 +134,7 @@ fn cores_follow_the_affinity_mask() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "not listening");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_port_open(port);
     let pid = child.id();
     let mut threads = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {

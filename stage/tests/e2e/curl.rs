@@ -2,6 +2,9 @@
 //! with `stage.signal` as spec/services.md §5.2 shows (a URL string or a request table, a
 //! callback or none) and gets the reply table; the HTTP server is a small one in this test,
 //! on loopback. Behaviour is asserted, never speed.
+//!
+//! The callbacks log the reply tables they get; the tests wait for and read those lines:
+//! they are the results under test, not readiness.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -131,19 +134,15 @@ fn a_lua_stage_fetches_over_http_through_a_curl_stage() {
     ] {
         assert!(log.contains(line), "missing `{line}`; log:\n{log}");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|r| r.starts_with("GET /fire"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request without a callback never ran"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_until(
+        "the request without a callback reaches the HTTP server",
+        || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.starts_with("GET /fire"))
+        },
+    );
     let seen = seen.lock().unwrap();
     let form = seen
         .iter()
@@ -186,19 +185,15 @@ fn the_curl_helper_builds_a_request_and_calls_back() {
     assert!(log.contains("HELPER 200 user=bob 7"), "{log}");
     // The one-shot reply id was removed once answered.
     assert!(!log.contains("(no handler)"), "{log}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|r| r.starts_with("GET /quiet"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request without a callback never ran"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_until(
+        "the request without a callback reaches the HTTP server",
+        || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.starts_with("GET /quiet"))
+        },
+    );
     let seen = seen.lock().unwrap();
     let form = seen.iter().find(|r| r.starts_with("POST /form")).unwrap();
     assert!(

@@ -89,6 +89,7 @@ fn assert_closes_connection(bytes: &[u8], errno: i32) {
     let mut client = server.connect();
     client.write_all(bytes).unwrap();
     assert!(is_closed(&mut client), "connection stayed open");
+    // The close callback logs the errno it got for the bad frame.
     server.wait_log(&format!("errno {errno}"));
     assert_still_serving(&server);
 }

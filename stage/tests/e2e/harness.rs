@@ -141,29 +141,72 @@ impl Server {
         self.dir.path().join(name)
     }
 
+    /// Waits until the server's port accepts connections (panics with the log if the
+    /// process exits first or after 20 s).
     pub fn wait_port(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+        let port = self.port;
+        let child = self.child.as_mut().unwrap();
+        let mut exited = None;
+        let up = poll(Duration::from_secs(20), || {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(true);
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("stage exited early with {status}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            exited = child.try_wait().unwrap();
+            exited.map(|_| false)
+        });
+        match (up, exited) {
+            (Some(true), _) => {}
+            (_, Some(status)) => panic!("stage exited early with {status}; log:\n{}", self.log()),
+            _ => panic!(
+                "stage did not listen on {port} in time; log:\n{}",
+                self.log()
+            ),
         }
-        panic!(
-            "stage did not listen on {} in time; log:\n{}",
-            self.port,
-            self.log()
-        );
+    }
+
+    /// Waits until `port` (another listener of this server) accepts connections.
+    pub fn wait_ready_port(&self, port: u16) {
+        self.wait_until(&format!("127.0.0.1:{port} accepts connections"), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Polls `cond` every 20 ms until it holds; after [`READY`] panics naming `what`, with
+    /// the server's log.
+    pub fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        self.wait_for(what, || cond().then_some(()))
+    }
+
+    /// Polls `probe` every 20 ms until it returns a value; after [`READY`] panics naming
+    /// `what`, with the server's log.
+    pub fn wait_for<T>(&self, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        poll(READY, probe).unwrap_or_else(|| {
+            panic!(
+                "timed out after {} s waiting until {what}; log:\n{}",
+                READY.as_secs(),
+                self.log()
+            )
+        })
+    }
+
+    /// Sends `request` on a fresh connection, reads the reply's `v`, and repeats until
+    /// `ready(&v)` holds (a request/reply round trip that shows, for instance, that a stage
+    /// behind the listener has booted, or that a message reached another process); returns
+    /// that reply.
+    pub fn wait_reply(&self, what: &str, request: &[u8], ready: impl Fn(&Bson) -> bool) -> Bson {
+        self.wait_for(what, || {
+            let mut stream = try_connect(self.port).ok()?;
+            // A probe that goes unanswered is retried, not waited for.
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream.write_all(request).ok()?;
+            let frame = read_frame(&mut stream).ok()?;
+            let v = parse_doc(&frame).get("v").cloned()?;
+            ready(&v).then_some(v)
+        })
     }
 
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_nodelay(true).unwrap();
-        s
+        try_connect(self.port).unwrap()
     }
 
     pub fn log(&self) -> String {
@@ -223,6 +266,59 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// How long readiness waits poll before they give up (generous: the machine is shared).
+pub const READY: Duration = Duration::from_secs(10);
+
+/// Calls `probe` every 20 ms until it returns a value or `timeout` has passed.
+pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; after [`READY`] panics naming `what` (for waits
+/// that have no [`Server`] whose log would help).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    if poll(READY, || cond().then_some(())).is_none() {
+        panic!("timed out after {} s waiting until {what}", READY.as_secs());
+    }
+}
+
+/// Waits until a TCP connection to `port` on loopback succeeds.
+pub fn wait_port_open(port: u16) {
+    wait_until(&format!("127.0.0.1:{port} accepts connections"), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// A loopback connection to `port` with a 10 s read timeout and no Nagle delay.
+pub fn try_connect(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// How many CPUs this process may run on (its affinity mask): the server runs one core per
+/// CPU of the mask at most.
+pub fn affinity_cpus() -> usize {
+    // SAFETY: sched_getaffinity fills the zeroed set we own; CPU_COUNT only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        libc::CPU_COUNT(&set).max(1) as usize
     }
 }
 
@@ -423,6 +519,22 @@ pub fn read_reply(stream: &mut TcpStream) -> Bson {
     doc.get("v")
         .cloned()
         .unwrap_or_else(|| panic!("reply without `v`: {doc:?}"))
+}
+
+/// Reads until the server closes the connection (EOF or reset): `Some(every byte that
+/// arrived before)`, or `None` when the read timeout passed with the connection still open.
+pub fn read_until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// True when the server closed the connection (EOF or reset) within the read timeout.

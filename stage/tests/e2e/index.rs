@@ -2,6 +2,10 @@
 //! `stage.signal` exactly as spec/services.md §2.3 shows (direct and batch forms, every
 //! command, reply shapes), through the `index.lua` helper, from receive callbacks on any
 //! core, and the acknowledged data survives a SIGKILL.
+//!
+//! A catch-all handler logs every reply (`R <callback> <value>`); the tests wait for the
+//! last reply they expect and read the others from the log: the lines are the results
+//! under test, not readiness.
 
 use std::io::Write;
 use std::time::Duration;
@@ -242,6 +246,7 @@ fn acknowledged_sets_survive_sigkill() {
         "#
     );
     let mut server = Server::start(&index_config(), &[("start.lua", &listen_last(&writer))]);
+    // Acknowledged: every set was answered (the lines under test) before the SIGKILL.
     server.wait_log_count("R ack ", N);
     server.signal(libc::SIGKILL);
     server.wait_exit();

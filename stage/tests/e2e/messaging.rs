@@ -1,6 +1,9 @@
 //! Messages between stages inside one process: the seed's request-with-timeout idiom (both
 //! outcomes), the target grammar, handler matching and replies, timers, jobs, `stage.once`
 //! and the ordered locks. Two stages on two cores exercise the cross-core path.
+//!
+//! The handlers, timers and jobs log what ran and with what; the tests wait for and read
+//! those lines: they are the results under test. Readiness comes from round trips.
 
 use std::io::Write;
 
@@ -81,6 +84,7 @@ fn signals_route_between_stages_on_different_cores_with_replies() {
     let a = format!(
         "{}\n{}",
         r#"
+        stage.waitfor("probed", function () __.b_ready = true end)
         stage.waitfor("got", function (...) logger.info("a got " .. table.concat({...}, ",")) end)
         stage.waitfor("named", function (v) logger.info("a named " .. tostring(v)) end)
         stage.waitfor("b:hello", function (v) logger.info("a heard from b " .. v) end)
@@ -89,6 +93,10 @@ fn signals_route_between_stages_on_different_cores_with_replies() {
         "#,
         listener(
             r#"
+            if data.message == "probe" then             -- readiness: b has its handlers
+              stage.signal("b:echo=probed", 1)
+              return { ready = __.b_ready == true }
+            end
             if data.message == "go" then
               stage.signal("b:echo=got", 1, 2, 3)       -- reply comes back as `got`
               stage.signal("b:double=named", 21)        -- handler's return value -> `named`
@@ -117,11 +125,15 @@ fn signals_route_between_stages_on_different_cores_with_replies() {
         }
     "#;
     let server = Server::start(&two_stages(), &[("a.lua", &a), ("b.lua", b)]);
-    server.wait_log("a heard from b hi");
+    server.wait_reply("stage b answers stage a", &message("probe", &[]), |v| {
+        v.get("ready") == Some(&Bson::Bool(true))
+    });
     let mut client = server.connect();
     client.write_all(&message("go", &[])).unwrap();
     read_reply(&mut client);
+    // The handlers log what reached them: these lines are the routing under test.
     for line in [
+        "a heard from b hi",
         "a got 1,2,3",
         "a named 42",
         "b prefix prefix via group.",
@@ -254,6 +266,7 @@ fn once_guards_setup_in_a_module_loaded_by_every_packet() {
         client.write_all(&message("x", &[])).unwrap();
         read_reply(&mut client);
     }
+    server.wait_ready_port(second);
     let mut other = std::net::TcpStream::connect(("127.0.0.1", second)).unwrap();
     other.write_all(b"hi\n").unwrap();
     let mut line = String::new();

@@ -5,6 +5,9 @@
 //! taking an offer within 300 ms (the service's own timer, no traffic) calls the publisher's
 //! `!fail_cb`; `*` reaches every subscriber; and the route stage may live in another process.
 //! Behaviour is asserted, never speed.
+//!
+//! The handlers log what reaches them (`OFFER`, `GOT`, `RET`, `FAIL` lines); the tests wait
+//! for and read those lines: they are the results under test, not readiness.
 
 use crate::harness::*;
 

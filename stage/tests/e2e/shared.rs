@@ -1,5 +1,8 @@
 //! Process-wide shared state: `__` atomic updates from jobs on every core, `_SANDBOX`
 //! shared and read-only globals seen by jobs and threads, numbered namespaces, `process`.
+//!
+//! The scripts log what they and their jobs and threads see; the tests wait for and read
+//! those lines: they are the results under test, not readiness.
 
 use std::io::Write;
 
@@ -111,9 +114,15 @@ fn the_process_object_describes_this_process() {
     server.wait_log("env debug");
     server.wait_log("config from-config 0");
     server.wait_log("tick number");
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-    assert_eq!(comm.trim(), "stage-test");
+    // The title is set right after the last line: give /proc until it shows it.
+    let comm = || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    poll(READY, || (comm() == "stage-test").then_some(()));
+    assert_eq!(comm(), "stage-test");
     assert!(server.stop().success());
 }
 

@@ -1,6 +1,9 @@
 //! `thread.new` runs blocking work on the pool, never on a core: signals and results come
 //! back to the caller's handler in order, and clients keep being served meanwhile. Also the
 //! `bundle` library as scripts reach it (`bundle.*` and `stage.*`).
+//!
+//! The first test's handler logs each value it gets from the thread: those lines are the
+//! results under test.
 
 use std::io::Write;
 use std::time::Instant;

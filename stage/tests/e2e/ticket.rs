@@ -4,6 +4,9 @@
 //! run-time categories, `=cat` broadcast, the cancel notice when a lease runs out (with no
 //! traffic: the service's own timer), fairness under 100 concurrent requesters, and a ticket
 //! process of a multi-process node. Behaviour is asserted, never speed.
+//!
+//! The handlers log what reaches them (`GRANT`, `FB`, `CANCEL` lines); the tests wait for
+//! and read those lines: they are the results under test, not readiness.
 
 use crate::harness::*;
 

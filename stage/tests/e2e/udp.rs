@@ -21,6 +21,19 @@ fn recv(c: &UdpSocket) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
+/// Readiness of the endpoint on `port`: sends `probe` from a socket of its own until an
+/// answer satisfies `answered` (a late answer reaches that socket, never the test's).
+fn wait_udp_answers(server: &Server, port: u16, probe: &[u8], answered: impl Fn(&[u8]) -> bool) {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    server.wait_until(&format!("udp://127.0.0.1:{port} answers"), || {
+        c.send_to(probe, ("127.0.0.1", port)).is_ok()
+            && matches!(c.recv(&mut buf), Ok(n) if answered(&buf[..n]))
+    });
+}
+
 #[test]
 fn datagrams_reach_the_receive_callback_and_answers_go_back() {
     let up = free_port();
@@ -45,6 +58,10 @@ fn datagrams_reach_the_receive_callback_and_answers_go_back() {
     "#
     .replace("@UDP@", &up.to_string());
     let server = Server::start(&config(""), &[("start.lua", &script)]);
+    wait_udp_answers(&server, up, &message("probe", &[]), |d| {
+        parse_doc(d).get("v").and_then(|v| v.get("echo")) == Some(&Bson::str("probe"))
+    });
+    // The script logs the endpoint's `tostring` and local address: checked here.
     server.wait_log("UDP udp: ");
     assert!(
         server.log().contains(&format!("127.0.0.1:{up}")),
@@ -89,6 +106,7 @@ fn datagrams_reach_the_receive_callback_and_answers_go_back() {
     assert_eq!(loose.get("loose").and_then(Bson::as_i64), Some(1));
     // A group send with an address: the string as it is.
     assert_eq!(recv(&c), b"raw!");
+    // The group send's callback ran, with the value sent.
     server.wait_log("GROUP SENT raw!");
     let log = server.log();
     assert!(!log.contains("udp dispatch failed"), "{log}");
@@ -108,7 +126,7 @@ fn raw_udp_echoes_bytes_and_a_closed_endpoint_stops() {
     "#
     .replace("@UDP@", &up.to_string());
     let server = Server::start(&config(""), &[("start.lua", &script)]);
-    server.wait_log("listening on 127.0.0.1:");
+    wait_udp_answers(&server, up, b"probe", |d| d == b"echo:probe");
     let c = client();
     c.send_to(b"\x00\x01bytes", ("127.0.0.1", up)).unwrap();
     assert_eq!(recv(&c), b"echo:\x00\x01bytes");
