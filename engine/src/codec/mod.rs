@@ -1,5 +1,7 @@
 //! Wire formats that need nothing but bytes: the framings (`packet`/`bson`, `text`, raw)
-//! that cut a byte stream into messages. (BSON <-> Lua values is `script::bson`: it names
-//! Lua, and only the script layer may.)
+//! that cut a byte stream into messages, and a small BSON document reader/writer for the
+//! engine's own documents that must be handled without Lua (`document`). (BSON <-> Lua
+//! values is `script::bson`: it names Lua, and only the script layer may.)
 
+pub mod document;
 pub mod framing;

@@ -9,6 +9,7 @@
 //! reaches sockets through `net`, which in turn knows nothing of cores.
 
 pub mod affinity;
+pub mod envelope;
 pub mod host;
 pub mod lock_service;
 pub mod locks;

@@ -14,8 +14,10 @@
 //!
 //! Datagrams: `H` + process number (u32 LE) + stage ids separated by NUL; `M` + flags (1 =
 //! every stage of the group in the receiving process) + group length (u8) + group + the
-//! engine-internal BSON of the message (`{i, r, rp, d, v}`). On arrival the receiving stage's
-//! index is appended as `t`, which makes it exactly the payload of a local `msg` post.
+//! message's [`Envelope`] in its BSON form (`node::envelope` documents every key) without `t`,
+//! since the sender cannot know the receiving stage's index. On arrival the envelope is
+//! decoded (a malformed one is dropped and counted as unrouted), given `t` = the index of
+//! each receiving stage here and encoded again: exactly the payload of a local `msg` post.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::envelope::{Envelope, EnvelopeError};
 use super::outbox::Outbox;
 use super::runtime::Core;
 use super::{CoreMsg, Node};
@@ -302,21 +305,16 @@ pub fn decode(frame: &[u8]) -> Option<Frame<'_>> {
     }
 }
 
-/// The BSON document `doc` with an int32 `t = index` appended: the local `msg` payload.
-pub fn with_stage_index(doc: &[u8], index: usize) -> Option<Vec<u8>> {
-    let declared = u32::from_le_bytes(doc.get(..4)?.try_into().ok()?) as usize;
-    if declared != doc.len() || declared < 5 || doc[declared - 1] != 0 {
-        return None;
-    }
-    let index = i32::try_from(index).ok()?;
-    let mut out = Vec::with_capacity(doc.len() + 7);
-    out.extend_from_slice(&doc[..doc.len() - 1]);
-    out.extend_from_slice(&[0x10, b't', 0]);
-    out.extend_from_slice(&index.to_le_bytes());
-    out.push(0);
-    let len = out.len() as u32;
-    out[..4].copy_from_slice(&len.to_le_bytes());
-    Some(out)
+/// The local `msg` payload of a message that arrived from another process, for the stage
+/// with directory index `index` here: its envelope with `t` set. Any `t` a sender wrote is
+/// replaced: a stage index means nothing outside its own process.
+pub fn for_local_stage(envelope: &mut Envelope, index: usize) -> Result<Vec<u8>, EnvelopeError> {
+    let stage = u32::try_from(index).map_err(|_| EnvelopeError::OutOfRange {
+        key: "t",
+        value: index as i128,
+    })?;
+    envelope.stage = Some(stage);
+    envelope.encode()
 }
 
 /// Called by core 0 of a child once its stages have booted: binds this process's socket,
@@ -419,13 +417,28 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
 }
 
 /// Posts a message from another process to the main core of the stage(s) of `group` here,
-/// exactly as a local `stage.signal` from another core would.
+/// exactly as a local `stage.signal` from another core would. The envelope is decoded once
+/// and encoded per receiving stage (only `t` differs).
 fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
+    let mut envelope = match Envelope::decode(doc) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            node.count_unrouted(&format!(
+                "a malformed message from another process for `{group}` ({err})"
+            ));
+            return;
+        }
+    };
     let mut delivered = false;
     for stage in node.stages.by_id(group) {
-        let Some(payload) = with_stage_index(doc, stage.index) else {
-            tracing::debug!("malformed message for `{group}` from another process dropped");
-            return;
+        let payload = match for_local_stage(&mut envelope, stage.index) {
+            Ok(payload) => payload,
+            Err(err) => {
+                node.count_unrouted(&format!(
+                    "a message from another process for `{group}` ({err})"
+                ));
+                return;
+            }
         };
         delivered = true;
         let msg = CoreMsg::Post {
@@ -595,12 +608,41 @@ mod tests {
     }
 
     #[test]
-    fn the_stage_index_is_appended_to_the_document() {
-        let empty = [5u8, 0, 0, 0, 0];
-        let out = with_stage_index(&empty, 3).unwrap();
-        assert_eq!(out, vec![12, 0, 0, 0, 0x10, b't', 0, 3, 0, 0, 0, 0]);
-        assert!(with_stage_index(&[6, 0, 0, 0, 0], 1).is_none());
-        assert!(with_stage_index(&[1, 2], 1).is_none());
+    fn an_arriving_message_gets_the_local_stage_index() {
+        use crate::codec::document::{elements, Element, Writer};
+        // `{i, r, rp, d, v}` as a sender in another process writes it.
+        let mut v = Writer::default();
+        v.int64("n", 0).unwrap();
+        let v = v.finish().unwrap();
+        let mut w = Writer::default();
+        w.string("i", b"game:hello").unwrap();
+        w.string("r", b"lobby").unwrap();
+        w.int64("rp", 2).unwrap();
+        w.double("d", 1e12 + 0.5).unwrap();
+        w.document("v", &v).unwrap();
+        let doc = w.finish().unwrap();
+
+        let mut envelope = Envelope::decode(&doc).unwrap();
+        let payload = for_local_stage(&mut envelope, 3).unwrap();
+        let back = Envelope::decode(&payload).unwrap();
+        assert_eq!(back.stage, Some(3));
+        assert_eq!(back.id, "game:hello");
+        assert_eq!(back.reply_stage.as_deref(), Some("lobby"));
+        assert_eq!(back.reply_process, Some(2));
+        assert_eq!(back.deadline_ms, Some(1e12 + 0.5));
+        assert_eq!(back.values.as_deref(), Some(&v[..]));
+        let t = elements(&payload)
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|(k, _)| *k == b"t");
+        assert_eq!(t, Some((&b"t"[..], Element::Int64(3))));
+
+        // The next stage of an `every` delivery gets its own index, not an extra `t`.
+        let payload = for_local_stage(&mut envelope, 0).unwrap();
+        assert_eq!(Envelope::decode(&payload).unwrap().stage, Some(0));
+        // Bytes that are not an envelope are refused before anything is posted.
+        assert!(Envelope::decode(&[6, 0, 0, 0, 0]).is_err());
+        assert!(Envelope::decode(&[5, 0, 0, 0, 0]).is_err(), "no id");
     }
 
     #[test]

@@ -401,3 +401,199 @@ fn lock_check(lua: &Lua, (key, generation): (String, u64)) -> mlua::Result<Multi
         Err(left) => ("later", left.as_millis() as f64).into_lua_multi(lua),
     }
 }
+
+/// The prelude and `node::envelope` agree on the message between stages: tables shaped like
+/// the ones `messaging.lua` builds for `P.posts.msg` (and for `M` datagrams), encoded by the
+/// engine's Lua codec exactly as `E.encode` does, decode to the expected [`Envelope`]; and
+/// what `Envelope::encode` writes decodes in Lua (as `E.decode` does) to an equal table.
+///
+/// [`Envelope`]: crate::node::envelope::Envelope
+#[cfg(test)]
+mod envelope_agreement {
+    use super::*;
+    use crate::node::envelope::{Envelope, EnvelopeError};
+
+    /// `P.pack` of the prelude, and deep equality as a script sees it (functions, which come
+    /// back re-created from bytecode, are equal when they answer the same).
+    const HELPERS: &str = r##"
+        pack = function(...) return { n = select("#", ...), ... } end
+        deq = function(a, b)
+            if type(a) ~= type(b) then return false end
+            if type(a) == "function" then return a(41) == b(41) end
+            if type(a) ~= "table" then return a == b end
+            for k, v in pairs(a) do if not deq(v, b[k]) then return false end end
+            for k in pairs(b) do if a[k] == nil then return false end end
+            return true
+        end
+    "##;
+
+    fn lua() -> Lua {
+        let lua = Lua::new();
+        lua.load(HELPERS).exec().unwrap();
+        lua
+    }
+
+    /// `E.encode(t)`.
+    fn encode_table(lua: &Lua, t: &Table) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        bson::encode_document(lua, t, &mut out, &INTERNAL_ENCODE).unwrap();
+        out.to_vec()
+    }
+
+    fn deep_eq(lua: &Lua, a: Value, b: Value) -> bool {
+        let deq: mlua::Function = lua.globals().get("deq").unwrap();
+        deq.call((a, b)).unwrap()
+    }
+
+    /// The message the Lua expression `src` builds, through the Lua codec into an envelope
+    /// that must equal `expected` (whose `values` are checked against `v` in Lua instead),
+    /// and back.
+    fn agree(lua: &Lua, src: &str, expected: Envelope) {
+        let table: Table = lua.load(src).eval().unwrap();
+        let envelope =
+            Envelope::decode(&encode_table(lua, &table)).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(
+            Envelope {
+                values: None,
+                ..envelope.clone()
+            },
+            expected,
+            "{src}"
+        );
+
+        // `v` stays the bytes of the values as the Lua codec wrote them.
+        let v: Value = table.raw_get("v").unwrap();
+        match &envelope.values {
+            None => assert!(v.is_nil(), "{src}: v lost"),
+            Some(bytes) => {
+                let back = bson::decode_document(lua, bytes, &INTERNAL_DECODE).unwrap();
+                assert!(deep_eq(lua, v, Value::Table(back)), "{src}: v changed");
+            }
+        }
+
+        // Rust's encoding is what `E.decode` turns into the same table.
+        let bytes = envelope.encode().unwrap();
+        let back = bson::decode_document(lua, &bytes, &INTERNAL_DECODE).unwrap();
+        assert!(
+            deep_eq(lua, Value::Table(table), Value::Table(back)),
+            "{src}: the table does not survive Envelope::encode"
+        );
+        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope, "{src}");
+    }
+
+    #[test]
+    fn a_request_with_a_reply_stage() {
+        // post_local / post_to_stage: a `stage.signal("game:hello=back", ...)` from `lobby`.
+        agree(
+            &lua(),
+            r##"return { t = 2, i = "game:hello=back", r = "lobby", v = pack("x", 1, 2.5) }"##,
+            Envelope {
+                stage: Some(2),
+                reply_stage: Some("lobby".into()),
+                ..Envelope::new("game:hello=back")
+            },
+        );
+    }
+
+    #[test]
+    fn a_request_from_another_process_with_a_deadline() {
+        let lua = lua();
+        // route_processes: no `t` (the receiver adds it), the sender's process in `rp`, and
+        // values with nils in their places and a nested table.
+        agree(
+            &lua,
+            r##"return { i = "game:move", r = "lobby", rp = 2, d = 1700000000000 + 1500,
+                        v = pack(nil, { pos = { 1, 2, nil, 4 }, name = "p1", [10] = true }, nil) }"##,
+            Envelope {
+                reply_stage: Some("lobby".into()),
+                reply_process: Some(2),
+                deadline_ms: Some(1_700_000_001_500.0),
+                ..Envelope::new("game:move")
+            },
+        );
+        // A fractional deadline travels as a double.
+        agree(
+            &lua,
+            r##"return { t = 0, i = "game:move", d = 1700000000000.25, v = pack() }"##,
+            Envelope {
+                stage: Some(0),
+                deadline_ms: Some(1_700_000_000_000.25),
+                ..Envelope::new("game:move")
+            },
+        );
+    }
+
+    #[test]
+    fn replies_name_their_sender_in_f_and_fp() {
+        let lua = lua();
+        // send_reply to another process.
+        agree(
+            &lua,
+            r##"return { i = "back", v = pack(true, "ok"), f = "game", fp = 3 }"##,
+            Envelope {
+                from_stage: Some("game".into()),
+                from_process: Some(3),
+                ..Envelope::new("back")
+            },
+        );
+        // send_reply here, with a function among the values (bytecode, kept opaque).
+        agree(
+            &lua,
+            r##"return { t = 1, i = "back", f = "game",
+                        v = pack(function(a) return a + 1 end, nil, "z") }"##,
+            Envelope {
+                stage: Some(1),
+                from_stage: Some("game".into()),
+                ..Envelope::new("back")
+            },
+        );
+    }
+
+    #[test]
+    fn a_batch_part_and_a_ticket_grant() {
+        let lua = lua();
+        // split_batch: one part of an index.so batch split over cores, reply due.
+        agree(
+            &lua,
+            r##"return { t = 4, i = "index:#1.set?scores=done", d = 1700000000000, b = true,
+                        g = 7, gc = 1,
+                        v = { n = 1, { ["#1.set?a"] = { k = "x", v = 3 }, ["#2.get?b"] = {} } } }"##,
+            Envelope {
+                stage: Some(4),
+                deadline_ms: Some(1_700_000_000_000.0),
+                split: true,
+                gather: Some(7),
+                gather_core: Some(1),
+                ..Envelope::new("index:#1.set?scores=done")
+            },
+        );
+        // send_service_output: a `=ticket` grant with its lease and reply address.
+        agree(
+            &lua,
+            r##"return { t = 0, i = "game:@=granted", r = "ticket", rp = 1, k = "17",
+                        v = pack("17", { seat = 3 }) }"##,
+            Envelope {
+                stage: Some(0),
+                reply_stage: Some("ticket".into()),
+                reply_process: Some(1),
+                ticket: Some("17".into()),
+                ..Envelope::new("game:@=granted")
+            },
+        );
+    }
+
+    /// A field the prelude might start to send without the envelope knowing it is refused,
+    /// not dropped on the way.
+    #[test]
+    fn a_key_the_envelope_does_not_know_is_refused() {
+        let lua = lua();
+        let table: Table = lua
+            .load(r##"return { t = 1, i = "game:x", x = "new" }"##)
+            .eval()
+            .unwrap();
+        assert_eq!(
+            Envelope::decode(&encode_table(&lua, &table)),
+            Err(EnvelopeError::UnknownKey { key: "x".into() })
+        );
+    }
+}

@@ -1,0 +1,632 @@
+//! A small BSON document reader and writer for engine-side formats that must be read and
+//! written without a Lua state (the stage-to-stage envelope, `node::envelope`). It knows only
+//! the element types such formats use — double, string, embedded document, boolean, null,
+//! int32 and int64 — and keeps an embedded document as its raw bytes (framing checked,
+//! contents not read), so a caller can carry a nested value it does not interpret. The full
+//! BSON <-> Lua codec is `script::bson`; this one never builds values of its own beyond the
+//! element it is asked for.
+//!
+//! The reader faces bytes from other processes, so every length is checked against the bytes
+//! actually there before anything is sliced or copied, and malformed input is an error (with
+//! the byte offset of the offending item), never a panic. It allocates nothing: elements
+//! borrow from the input. The writer checks what BSON cannot represent (a key with a NUL, a
+//! length past `i32::MAX`, an embedded document that is not one) and reports it instead of
+//! writing a corrupt document.
+
+/// BSON element type bytes this module reads and writes.
+pub mod types {
+    pub const DOUBLE: u8 = 0x01;
+    pub const STRING: u8 = 0x02;
+    pub const DOCUMENT: u8 = 0x03;
+    pub const BOOL: u8 = 0x08;
+    pub const NULL: u8 = 0x0A;
+    pub const INT32: u8 = 0x10;
+    pub const INT64: u8 = 0x12;
+}
+
+/// The largest document BSON can describe: its length is a signed 32-bit integer.
+pub const MAX_DOCUMENT: usize = i32::MAX as usize;
+
+/// The smallest document: a 4-byte length and the terminating NUL.
+const MIN_DOCUMENT: usize = 5;
+
+/// One element's value, borrowed from the document it was read from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Element<'a> {
+    Double(f64),
+    /// A string's bytes without the terminating NUL. BSON says UTF-8, but the engine's Lua
+    /// codec writes any Lua string here, so checking the encoding is the caller's choice.
+    String(&'a [u8]),
+    /// An embedded document, whole (length prefix and terminator included). Its framing is
+    /// checked; its elements are not read.
+    Document(&'a [u8]),
+    Bool(bool),
+    Null,
+    Int32(i32),
+    Int64(i64),
+}
+
+impl Element<'_> {
+    /// The BSON name of the element's type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Element::Double(_) => "double",
+            Element::String(_) => "string",
+            Element::Document(_) => "document",
+            Element::Bool(_) => "boolean",
+            Element::Null => "null",
+            Element::Int32(_) => "int32",
+            Element::Int64(_) => "int64",
+        }
+    }
+}
+
+/// What can be wrong with a document read or written here. Offsets are bytes from the start
+/// of the top-level document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("bson truncated: {what} at offset {offset} needs {need} bytes, only {have} remain")]
+    Truncated {
+        what: &'static str,
+        offset: usize,
+        need: usize,
+        have: usize,
+    },
+    #[error("bson document at offset {offset} declares length {declared} but {available} bytes are available")]
+    BadLength {
+        offset: usize,
+        declared: i64,
+        available: usize,
+    },
+    #[error("bson document at offset {offset} is missing its 0x00 terminator")]
+    MissingTerminator { offset: usize },
+    #[error("bson key at offset {offset} is not nul-terminated")]
+    UnterminatedKey { offset: usize },
+    #[error("bson string at offset {offset} has invalid length {len}")]
+    BadStringLength { offset: usize, len: i64 },
+    #[error("bson string at offset {offset} is not nul-terminated")]
+    UnterminatedString { offset: usize },
+    #[error("bson boolean at offset {offset} has invalid byte 0x{byte:02x}")]
+    BadBoolean { offset: usize, byte: u8 },
+    #[error("bson type 0x{ty:02x} of key {key:?} at offset {offset} is not supported here")]
+    UnsupportedType { key: String, ty: u8, offset: usize },
+    #[error("bson key {key:?} contains a nul byte")]
+    NulInKey { key: String },
+    #[error("bson value of key {key:?} is too large ({len} bytes)")]
+    TooLarge { key: String, len: usize },
+    #[error("value of key {key:?} is not a bson document: {why}")]
+    NotADocument {
+        key: String,
+        why: Box<DocumentError>,
+    },
+}
+
+fn key_text(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// `N` bytes at `pos`, which must end at or before `limit` (itself within `buf`).
+fn fixed<const N: usize>(
+    buf: &[u8],
+    pos: usize,
+    limit: usize,
+    what: &'static str,
+) -> Result<[u8; N], DocumentError> {
+    let have = limit.saturating_sub(pos);
+    match buf.get(pos..limit).and_then(|b| b.first_chunk::<N>()) {
+        Some(bytes) => Ok(*bytes),
+        None => Err(DocumentError::Truncated {
+            what,
+            offset: pos,
+            need: N,
+            have,
+        }),
+    }
+}
+
+/// Checks the framing of the document at `pos` that must fit in `buf[pos..limit]`: a length
+/// of at least 5 that fits, and the terminating NUL where the length says. Returns the
+/// document's length.
+fn framed(buf: &[u8], pos: usize, limit: usize) -> Result<usize, DocumentError> {
+    let declared = i32::from_le_bytes(fixed(buf, pos, limit, "document length")?);
+    let available = limit - pos;
+    let len = usize::try_from(declared).unwrap_or(0);
+    if len < MIN_DOCUMENT || len > available {
+        return Err(DocumentError::BadLength {
+            offset: pos,
+            declared: declared.into(),
+            available,
+        });
+    }
+    let last = pos + len - 1;
+    if buf[last] != 0 {
+        return Err(DocumentError::MissingTerminator { offset: last });
+    }
+    Ok(len)
+}
+
+/// Checks that `doc` is exactly one document: its declared length is `doc.len()` and it ends
+/// in its terminator. The elements are not read.
+pub fn check(doc: &[u8]) -> Result<(), DocumentError> {
+    let len = framed(doc, 0, doc.len())?;
+    if len != doc.len() {
+        return Err(DocumentError::BadLength {
+            offset: 0,
+            declared: len as i64,
+            available: doc.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The elements of the document `doc`, in order, as `(key, value)`. The document's framing is
+/// checked at once; each element as it is reached. After an error the iteration ends.
+pub fn elements(doc: &[u8]) -> Result<Elements<'_>, DocumentError> {
+    check(doc)?;
+    Ok(Elements {
+        doc,
+        pos: 4,
+        end: doc.len() - 1,
+    })
+}
+
+/// The iterator [`elements`] returns.
+pub struct Elements<'a> {
+    doc: &'a [u8],
+    /// Where the next element starts.
+    pos: usize,
+    /// The document's terminator: every element ends at or before it.
+    end: usize,
+}
+
+impl<'a> Elements<'a> {
+    fn read(&mut self) -> Result<(&'a [u8], Element<'a>), DocumentError> {
+        let (buf, start, end) = (self.doc, self.pos, self.end);
+        let ty = buf[start];
+        let key_at = start + 1;
+        let key_area = &buf[key_at..end];
+        let Some(nul) = key_area.iter().position(|&b| b == 0) else {
+            return Err(DocumentError::UnterminatedKey { offset: key_at });
+        };
+        let key = &key_area[..nul];
+        let at = key_at + nul + 1;
+        let (value, size) = match ty {
+            types::DOUBLE => (
+                Element::Double(f64::from_le_bytes(fixed(buf, at, end, "double")?)),
+                8,
+            ),
+            types::STRING => {
+                let len = i32::from_le_bytes(fixed(buf, at, end, "string length")?);
+                let have = end - at - 4;
+                let bytes = usize::try_from(len).unwrap_or(0);
+                if bytes < 1 || bytes > have {
+                    return Err(DocumentError::BadStringLength {
+                        offset: at,
+                        len: len.into(),
+                    });
+                }
+                let nul = at + 4 + bytes - 1;
+                if buf[nul] != 0 {
+                    return Err(DocumentError::UnterminatedString { offset: at });
+                }
+                (Element::String(&buf[at + 4..nul]), 4 + bytes)
+            }
+            types::DOCUMENT => {
+                let len = framed(buf, at, end)?;
+                (Element::Document(&buf[at..at + len]), len)
+            }
+            types::BOOL => {
+                let [byte] = fixed(buf, at, end, "boolean")?;
+                if byte > 1 {
+                    return Err(DocumentError::BadBoolean { offset: at, byte });
+                }
+                (Element::Bool(byte == 1), 1)
+            }
+            types::NULL => (Element::Null, 0),
+            types::INT32 => (
+                Element::Int32(i32::from_le_bytes(fixed(buf, at, end, "int32")?)),
+                4,
+            ),
+            types::INT64 => (
+                Element::Int64(i64::from_le_bytes(fixed(buf, at, end, "int64")?)),
+                8,
+            ),
+            _ => {
+                return Err(DocumentError::UnsupportedType {
+                    key: key_text(key),
+                    ty,
+                    offset: start,
+                })
+            }
+        };
+        self.pos = at + size;
+        Ok((key, value))
+    }
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Result<(&'a [u8], Element<'a>), DocumentError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let item = self.read();
+        if item.is_err() {
+            // Nothing after a malformed element can be found reliably.
+            self.pos = self.end;
+        }
+        Some(item)
+    }
+}
+
+/// Writes one document, element by element; [`Writer::finish`] patches in its length.
+pub struct Writer {
+    out: Vec<u8>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer::with_capacity(64)
+    }
+}
+
+impl Writer {
+    /// A writer whose buffer starts with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Writer {
+        let mut out = Vec::with_capacity(capacity.max(MIN_DOCUMENT));
+        // The length, patched by `finish`.
+        out.extend_from_slice(&[0; 4]);
+        Writer { out }
+    }
+
+    fn header(&mut self, ty: u8, key: &str) -> Result<(), DocumentError> {
+        if key.as_bytes().contains(&0) {
+            return Err(DocumentError::NulInKey { key: key.into() });
+        }
+        self.out.push(ty);
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(0);
+        Ok(())
+    }
+
+    pub fn double(&mut self, key: &str, value: f64) -> Result<(), DocumentError> {
+        self.header(types::DOUBLE, key)?;
+        self.out.extend_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
+
+    /// A string element; `value` may hold any bytes (NUL included: the length says where
+    /// the string ends).
+    pub fn string(&mut self, key: &str, value: &[u8]) -> Result<(), DocumentError> {
+        let len = i32::try_from(value.len() + 1).map_err(|_| DocumentError::TooLarge {
+            key: key.into(),
+            len: value.len(),
+        })?;
+        self.header(types::STRING, key)?;
+        self.out.extend_from_slice(&len.to_le_bytes());
+        self.out.extend_from_slice(value);
+        self.out.push(0);
+        Ok(())
+    }
+
+    /// An embedded document given whole; its framing is checked so that a bad one cannot
+    /// corrupt the document around it.
+    pub fn document(&mut self, key: &str, doc: &[u8]) -> Result<(), DocumentError> {
+        check(doc).map_err(|why| DocumentError::NotADocument {
+            key: key.into(),
+            why: Box::new(why),
+        })?;
+        self.header(types::DOCUMENT, key)?;
+        self.out.extend_from_slice(doc);
+        Ok(())
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> Result<(), DocumentError> {
+        self.header(types::BOOL, key)?;
+        self.out.push(u8::from(value));
+        Ok(())
+    }
+
+    pub fn null(&mut self, key: &str) -> Result<(), DocumentError> {
+        self.header(types::NULL, key)
+    }
+
+    pub fn int32(&mut self, key: &str, value: i32) -> Result<(), DocumentError> {
+        self.header(types::INT32, key)?;
+        self.out.extend_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
+
+    pub fn int64(&mut self, key: &str, value: i64) -> Result<(), DocumentError> {
+        self.header(types::INT64, key)?;
+        self.out.extend_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
+
+    /// The finished document: terminator written, length patched in.
+    pub fn finish(mut self) -> Result<Vec<u8>, DocumentError> {
+        self.out.push(0);
+        let len = self.out.len();
+        let declared = i32::try_from(len).map_err(|_| DocumentError::TooLarge {
+            key: String::new(),
+            len,
+        })?;
+        self.out[..4].copy_from_slice(&declared.to_le_bytes());
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A document from raw elements (type, key, value bytes), built independently of the
+    /// writer so the reader is not only checked against its own twin.
+    fn raw(elems: &[(u8, &str, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (ty, key, value) in elems {
+            body.push(*ty);
+            body.extend_from_slice(key.as_bytes());
+            body.push(0);
+            body.extend_from_slice(value);
+        }
+        let mut out = ((body.len() + 5) as i32).to_le_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.push(0);
+        out
+    }
+
+    fn bstr(s: &[u8]) -> Vec<u8> {
+        let mut v = ((s.len() + 1) as i32).to_le_bytes().to_vec();
+        v.extend_from_slice(s);
+        v.push(0);
+        v
+    }
+
+    fn read_all(doc: &[u8]) -> Result<Vec<(Vec<u8>, String)>, DocumentError> {
+        elements(doc)?
+            .map(|e| e.map(|(k, v)| (k.to_vec(), format!("{v:?}"))))
+            .collect()
+    }
+
+    const EMPTY: [u8; 5] = [5, 0, 0, 0, 0];
+
+    #[test]
+    fn reads_every_supported_type() {
+        let inner = raw(&[(types::INT32, "x", &7i32.to_le_bytes())]);
+        let doc = raw(&[
+            (types::DOUBLE, "d", &1.5f64.to_le_bytes()),
+            (types::STRING, "s", &bstr(b"a\0b")),
+            (types::DOCUMENT, "o", &inner),
+            (types::BOOL, "t", &[1]),
+            (types::BOOL, "f", &[0]),
+            (types::NULL, "n", &[]),
+            (types::INT32, "i", &(-3i32).to_le_bytes()),
+            (types::INT64, "l", &(1i64 << 40).to_le_bytes()),
+        ]);
+        let got: Vec<_> = elements(&doc).unwrap().map(Result::unwrap).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"d"[..], Element::Double(1.5)),
+                (b"s", Element::String(b"a\0b")),
+                (b"o", Element::Document(&inner)),
+                (b"t", Element::Bool(true)),
+                (b"f", Element::Bool(false)),
+                (b"n", Element::Null),
+                (b"i", Element::Int32(-3)),
+                (b"l", Element::Int64(1 << 40)),
+            ]
+        );
+        assert_eq!(elements(&EMPTY).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_writer_and_the_reader_agree() {
+        let inner = raw(&[(types::BOOL, "b", &[1])]);
+        let mut w = Writer::default();
+        w.double("d", -0.0).unwrap();
+        w.string("s", b"x\xff").unwrap();
+        w.document("o", &inner).unwrap();
+        w.bool("b", true).unwrap();
+        w.null("n").unwrap();
+        w.int32("i", i32::MIN).unwrap();
+        w.int64("l", i64::MAX).unwrap();
+        let doc = w.finish().unwrap();
+        assert_eq!(
+            doc,
+            raw(&[
+                (types::DOUBLE, "d", &(-0.0f64).to_le_bytes()),
+                (types::STRING, "s", &bstr(b"x\xff")),
+                (types::DOCUMENT, "o", &inner),
+                (types::BOOL, "b", &[1]),
+                (types::NULL, "n", &[]),
+                (types::INT32, "i", &i32::MIN.to_le_bytes()),
+                (types::INT64, "l", &i64::MAX.to_le_bytes()),
+            ])
+        );
+        assert_eq!(Writer::default().finish().unwrap(), EMPTY);
+    }
+
+    #[test]
+    fn the_writer_refuses_what_bson_cannot_say() {
+        let mut w = Writer::default();
+        assert!(matches!(
+            w.int32("a\0b", 1),
+            Err(DocumentError::NulInKey { .. })
+        ));
+        for bad in [&b""[..], &[6, 0, 0, 0, 0], &[5, 0, 0, 0, 1], &[4, 0, 0, 0]] {
+            assert!(
+                matches!(
+                    w.document("v", bad),
+                    Err(DocumentError::NotADocument { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // Nothing of the refused elements was written.
+        assert_eq!(w.finish().unwrap(), EMPTY);
+    }
+
+    /// A malformed document's name, its bytes, and the test its error must pass.
+    type Case = (&'static str, Vec<u8>, fn(&DocumentError) -> bool);
+
+    /// Table-driven: each malformed document and the error it must give.
+    #[test]
+    fn malformed_documents_are_errors() {
+        let cases: Vec<Case> = vec![
+            ("empty input", vec![], |e| {
+                matches!(e, DocumentError::Truncated { .. })
+            }),
+            ("short length", vec![5, 0, 0], |e| {
+                matches!(e, DocumentError::Truncated { .. })
+            }),
+            ("length too small", vec![4, 0, 0, 0], |e| {
+                matches!(e, DocumentError::BadLength { .. })
+            }),
+            ("negative length", vec![0xff, 0xff, 0xff, 0xff, 0], |e| {
+                matches!(e, DocumentError::BadLength { .. })
+            }),
+            ("length past the end", vec![9, 0, 0, 0, 0], |e| {
+                matches!(e, DocumentError::BadLength { .. })
+            }),
+            ("length short of the end", vec![5, 0, 0, 0, 0, 0], |e| {
+                matches!(e, DocumentError::BadLength { .. })
+            }),
+            ("no terminator", vec![5, 0, 0, 0, 1], |e| {
+                matches!(e, DocumentError::MissingTerminator { .. })
+            }),
+            (
+                "key runs into the end",
+                vec![7, 0, 0, 0, 0x10, b'k', 0],
+                |e| matches!(e, DocumentError::UnterminatedKey { .. }),
+            ),
+            (
+                "int32 cut short",
+                raw(&[(types::INT32, "i", &[1, 2])]),
+                |e| matches!(e, DocumentError::Truncated { .. }),
+            ),
+            (
+                "double cut short",
+                raw(&[(types::DOUBLE, "d", &[0; 7])]),
+                |e| matches!(e, DocumentError::Truncated { .. }),
+            ),
+            (
+                "string length zero",
+                raw(&[(types::STRING, "s", &[0, 0, 0, 0])]),
+                |e| matches!(e, DocumentError::BadStringLength { .. }),
+            ),
+            (
+                "string longer than the document",
+                raw(&[(types::STRING, "s", &[50, 0, 0, 0, b'a', 0])]),
+                |e| matches!(e, DocumentError::BadStringLength { .. }),
+            ),
+            (
+                "string without its nul",
+                raw(&[(types::STRING, "s", &[2, 0, 0, 0, b'a', b'b'])]),
+                |e| matches!(e, DocumentError::UnterminatedString { .. }),
+            ),
+            (
+                "embedded document too long",
+                raw(&[(types::DOCUMENT, "o", &[6, 0, 0, 0, 0])]),
+                |e| matches!(e, DocumentError::BadLength { .. }),
+            ),
+            (
+                "embedded document reaching the outer terminator",
+                {
+                    // The inner length covers the outer document's last byte too.
+                    let mut d = raw(&[(types::DOCUMENT, "o", &[5, 0, 0, 0, 0])]);
+                    let at = d.len() - 6;
+                    d[at] = 6;
+                    d
+                },
+                |e| matches!(e, DocumentError::BadLength { .. }),
+            ),
+            (
+                "embedded document without terminator",
+                raw(&[(types::DOCUMENT, "o", &[5, 0, 0, 0, 7])]),
+                |e| matches!(e, DocumentError::MissingTerminator { .. }),
+            ),
+            ("boolean 2", raw(&[(types::BOOL, "b", &[2])]), |e| {
+                matches!(e, DocumentError::BadBoolean { byte: 2, .. })
+            }),
+            (
+                "binary",
+                raw(&[(0x05, "bin", &[0, 0, 0, 0, 0])]),
+                |e| matches!(e, DocumentError::UnsupportedType { ty: 0x05, key, .. } if key == "bin"),
+            ),
+            ("array", raw(&[(0x04, "a", &EMPTY)]), |e| {
+                matches!(e, DocumentError::UnsupportedType { ty: 0x04, .. })
+            }),
+        ];
+        for (what, doc, expected) in cases {
+            match read_all(&doc) {
+                Ok(got) => panic!("{what}: read as {got:?}"),
+                Err(err) => assert!(expected(&err), "{what}: {err}"),
+            }
+        }
+    }
+
+    /// Every prefix of a valid document, with its length field made to match or not, and
+    /// every single-byte corruption: an error or a value, never a panic, and never a value
+    /// read from outside the input.
+    #[test]
+    fn truncated_and_garbled_input_never_panics() {
+        let inner = raw(&[(types::STRING, "x", &bstr(b"inner"))]);
+        let doc = raw(&[
+            (types::STRING, "i", &bstr(b"game:hello")),
+            (types::INT64, "t", &3i64.to_le_bytes()),
+            (types::DOUBLE, "d", &1e12f64.to_le_bytes()),
+            (types::DOCUMENT, "v", &inner),
+            (types::BOOL, "b", &[1]),
+            (types::NULL, "z", &[]),
+            (types::INT32, "g", &9i32.to_le_bytes()),
+        ]);
+        assert_eq!(read_all(&doc).unwrap().len(), 7);
+        for cut in 0..doc.len() {
+            let mut d = doc[..cut].to_vec();
+            assert!(read_all(&d).is_err(), "prefix {cut} read as a document");
+            if d.len() >= 4 {
+                d[..4].copy_from_slice(&(cut as i32).to_le_bytes());
+                let _ = read_all(&d);
+            }
+        }
+        // Deterministic pseudo-random corruption (xorshift), many rounds.
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut survived = 0;
+        for _ in 0..20_000 {
+            let mut d = doc.clone();
+            for _ in 0..1 + next() % 3 {
+                let r = next();
+                let at = (r >> 8) as usize % d.len();
+                match r % 3 {
+                    0 => d[at] = (r >> 32) as u8,
+                    1 => d[at] = d[at].wrapping_add(((r >> 32) % 5) as u8).wrapping_sub(2),
+                    _ => {
+                        d.remove(at);
+                        if d.is_empty() {
+                            break;
+                        }
+                        // Keep the outer length right so the elements are what is tested.
+                        if d.len() >= 4 && r & (1 << 40) != 0 {
+                            let len = d.len() as i32;
+                            d[..4].copy_from_slice(&len.to_le_bytes());
+                        }
+                    }
+                }
+            }
+            if let Ok(items) = read_all(&d) {
+                survived += 1;
+                assert!(items.len() <= 7 + d.len());
+            }
+        }
+        assert!(survived > 0, "the corruption rejected everything");
+    }
+}
