@@ -190,6 +190,12 @@ impl Conn {
         }
     }
 
+    /// Bytes committed and not yet handed to the socket: lets tests see replies batch up.
+    #[cfg(test)]
+    pub(crate) fn unsent(&self) -> usize {
+        self.out.borrow().len()
+    }
+
     fn has_output(&self) -> bool {
         !self.out.borrow().is_empty()
     }
