@@ -183,6 +183,13 @@ impl Conn {
         self.close_requested.get().is_some()
     }
 
+    /// The errno of a close requested with an error (ENOBUFS when output passed `OUT`):
+    /// the connection stops waiting for its peer, so its unsent output goes out only as far
+    /// as the kernel takes it at once. An orderly close (errno 0) still flushes it all.
+    fn gave_up(&self) -> Option<i32> {
+        self.close_requested.get().filter(|&errno| errno != 0)
+    }
+
     fn signal(&self) {
         self.signalled.set(true);
         if let Some(waker) = self.waker.borrow_mut().take() {
@@ -211,8 +218,10 @@ enum Event {
 pub async fn serve<H: ConnEvents>(events: Rc<H>, conn: Rc<Conn>, mut stream: TcpStream) {
     let mut spare = BytesMut::new();
     let errno = pump(&events, &conn, &mut stream, &mut spare).await;
+    // Whatever the scripts committed before the end still goes out (best effort): all of
+    // it after an orderly close, only what the kernel takes at once after a close with an
+    // error (`flush` does not wait then), nothing when the peer is gone.
     if errno != libc::EPIPE && errno != libc::ECONNRESET {
-        // Whatever the scripts committed before the end still goes out (best effort).
         let _ = flush(&conn, &mut stream, &mut spare).await;
     }
     let _ = stream.shutdown(std::net::Shutdown::Both).await;
@@ -251,8 +260,8 @@ async fn pump<H: ConnEvents>(
         });
         if flush_at.is_some_and(|at| at <= now) {
             conn.flush_forced.set(false);
-            if let Err(err) = flush(conn, stream, spare).await {
-                return errno_of(&err);
+            if let Err(errno) = flush(conn, stream, spare).await {
+                return errno;
             }
             last_flush = Some(Instant::now());
             continue;
@@ -352,18 +361,36 @@ async fn dispatch_frames<H: ConnEvents>(
         }
         // Keep a burst of replies from outgrowing OUT while later frames are processed.
         if conn.out.borrow().len() > conn.spec.output / 2 {
-            flush(conn, stream, spare).await.map_err(|e| errno_of(&e))?;
+            flush(conn, stream, spare).await?;
         }
     }
     Ok(())
 }
 
-async fn flush(conn: &Conn, stream: &mut TcpStream, spare: &mut BytesMut) -> std::io::Result<()> {
+/// Writes the pending output, or the errno that ended the connection. A write waits for as
+/// long as the peer takes to read, so it also gives way to a close with an error (see
+/// [`Conn::gave_up`]): a peer that stops reading while scripts keep committing is closed
+/// with ENOBUFS, which must not wait for that same peer.
+async fn flush(conn: &Conn, stream: &mut TcpStream, spare: &mut BytesMut) -> Result<(), i32> {
     if !conn.has_output() {
         return Ok(());
     }
     let mut data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(spare));
-    let result = stream.write_all(&data).await;
+    let result = {
+        let mut write = std::pin::pin!(stream.write_all(&data));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = write.as_mut().poll(cx) {
+                return Poll::Ready(res.map_err(|e| errno_of(&e)));
+            }
+            if let Some(errno) = conn.gave_up() {
+                // The rest of this buffer is dropped: the peer gets a cut stream, then the end.
+                return Poll::Ready(Err(errno));
+            }
+            *conn.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    };
     data.clear();
     *spare = data;
     result

@@ -280,6 +280,51 @@ fn output_larger_than_out_is_refused_and_the_connection_stays_open() {
     });
 }
 
+#[test]
+fn a_client_that_never_reads_is_closed_with_enobufs() {
+    const OUT: usize = 64 << 10;
+    run_local(|| async {
+        let outcome: Rc<RefCell<Option<OutputError>>> = Rc::new(RefCell::new(None));
+        let result = outcome.clone();
+        // The first frame starts a task that commits for as long as the connection takes
+        // it, the way a script pushing updates to a stalled player would.
+        let events = Rc::new(Recorder::new().on_frame(move |conn, _| {
+            let (conn, result) = (conn.clone(), result.clone());
+            glommio::spawn_local(async move {
+                let chunk = vec![b'x'; 16 << 10];
+                loop {
+                    if let Err(err) = conn.append(&chunk) {
+                        *result.borrow_mut() = Some(err);
+                        break;
+                    }
+                    futures_lite::future::yield_now().await;
+                }
+            })
+            .detach();
+            Ok(())
+        }));
+        let server = listen(&events, packet_spec(64, OUT));
+        let mut client = connect(server.addr).await;
+        send(&mut client, &packet(5, 1)).await;
+
+        let conn = events.first_conn().await;
+        assert_eq!(events.closed_with(conn.id).await, libc::ENOBUFS);
+        assert_eq!(events.closes_of(conn.id), [libc::ENOBUFS]);
+        assert!(
+            matches!(
+                *outcome.borrow(),
+                Some(OutputError::SlowConsumer { limit: OUT })
+            ),
+            "{:?}",
+            outcome.borrow()
+        );
+        // Once it does read, the client finds its connection closed.
+        let (_, end) = read_to_end(&mut client).await;
+        assert!(matches!(end, End::Eof | End::Reset));
+        server.stop.fire();
+    });
+}
+
 // ---- accepting, closing, expiry ----
 
 #[test]
