@@ -183,21 +183,30 @@ fn text_framing_cuts_lines_and_a_line_longer_than_in_closes() {
 }
 
 #[test]
-fn raw_framing_hands_over_whatever_arrives() {
+fn raw_framing_hands_over_whatever_arrives_at_most_in_bytes_at_a_time() {
     run_local(|| async {
         let events = Rc::new(Recorder::echo());
-        let server = listen(&events, FrameSpec::default());
+        let server = listen(
+            &events,
+            FrameSpec {
+                framing: Framing::Raw,
+                input: 4,
+                output: 64,
+            },
+        );
         let mut client = connect(server.addr).await;
         send(&mut client, b"no framing at all").await;
         assert_eq!(receive(&mut client, 17).await, b"no framing at all");
         send(&mut client, &[0, 0, 0, 0, 0xFF]).await;
         assert_eq!(receive(&mut client, 5).await, [0, 0, 0, 0, 0xFF]);
         let conn = events.first_conn().await;
-        // Reads may be cut anywhere; together they are the stream.
-        assert_eq!(
-            events.frames_of(conn.id).concat(),
-            b"no framing at all\0\0\0\0\xFF"
+        // Reads may be cut anywhere (never longer than IN); together they are the stream.
+        let frames = events.frames_of(conn.id);
+        assert!(
+            frames.iter().all(|f| (1..=4).contains(&f.len())),
+            "{frames:?}"
         );
+        assert_eq!(frames.concat(), b"no framing at all\0\0\0\0\xFF");
         server.stop.fire();
     });
 }
@@ -321,6 +330,99 @@ fn a_client_that_never_reads_is_closed_with_enobufs() {
         // Once it does read, the client finds its connection closed.
         let (_, end) = read_to_end(&mut client).await;
         assert!(matches!(end, End::Eof | End::Reset));
+        server.stop.fire();
+    });
+}
+
+#[test]
+fn a_client_that_half_closes_still_gets_its_replies() {
+    run_local(|| async {
+        let events = Rc::new(Recorder::echo());
+        let server = listen(&events, packet_spec(64, 256));
+        let mut client = connect(server.addr).await;
+        let frames = [packet(12, 1), packet(13, 2)];
+        send(&mut client, &frames.concat()).await;
+        client.shutdown(std::net::Shutdown::Write).await.unwrap();
+        // The end of its input does not cut the replies to what came before it.
+        assert_eq!(read_to_end(&mut client).await, (frames.concat(), End::Eof));
+        let conn = events.first_conn().await;
+        assert_eq!(events.closed_with(conn.id).await, 0);
+        assert_eq!(events.frames_of(conn.id), frames);
+        server.stop.fire();
+    });
+}
+
+#[test]
+fn a_flush_interval_holds_replies_until_a_forced_flush() {
+    run_local(|| async {
+        // An interval far longer than the test: only the first flush and `request_flush`
+        // (`socket.commit(nil)`) can get anything out in time.
+        let events = Rc::new(
+            Recorder::new()
+                .on_accept(|conn| {
+                    conn.commit_ms.set(3_600_000);
+                    true
+                })
+                .on_frame(|conn, frame| {
+                    conn.append(frame).map_err(|e| e.to_string())?;
+                    if frame[4] == 2 {
+                        conn.request_flush();
+                    }
+                    Ok(())
+                }),
+        );
+        let server = listen(&events, packet_spec(64, 256));
+        let mut client = connect(server.addr).await;
+        send(&mut client, &packet(6, 1)).await;
+        assert_eq!(receive(&mut client, 6).await, packet(6, 1));
+        // The reply to frame 3 waits for the interval; frame 2 forces both out, in order.
+        send(&mut client, &packet(7, 3)).await;
+        let conn = events.first_conn().await;
+        events
+            .until("frame 3", |_| events.frames_of(conn.id).len() == 2)
+            .await;
+        send(&mut client, &packet(8, 2)).await;
+        assert_eq!(
+            receive(&mut client, 15).await,
+            [packet(7, 3), packet(8, 2)].concat()
+        );
+        server.stop.fire();
+    });
+}
+
+#[test]
+fn an_encoder_writing_in_place_is_flushed_and_held_to_out() {
+    const OUT: usize = 100;
+    run_local(|| async {
+        // The FFI path: reserve room, write into it, then count the bytes with `advance`.
+        let events = Rc::new(Recorder::new().on_frame(|conn, frame| {
+            let (at, room) = conn.reserve_raw(frame.len()).expect("room while open");
+            assert!(room >= frame.len());
+            // SAFETY: `reserve_raw` handed out `room` writable bytes at `at`.
+            unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), at, frame.len()) };
+            assert_eq!(conn.advance(frame.len()).unwrap(), frame.len());
+            // One message longer than OUT is refused, and counts for nothing.
+            conn.reserve_raw(OUT + 1).expect("room while open");
+            assert!(matches!(
+                conn.advance(OUT + 1),
+                Err(OutputError::TooLarge { len, limit: OUT }) if len == OUT + 1
+            ));
+            assert_eq!(conn.unsent(), frame.len());
+            Ok(())
+        }));
+        let server = listen(&events, packet_spec(64, OUT));
+        let mut client = connect(server.addr).await;
+        for tag in 1..=2 {
+            send(&mut client, &packet(9, tag)).await;
+            assert_eq!(receive(&mut client, 9).await, packet(9, tag));
+        }
+        let conn = events.first_conn().await;
+        conn.request_close(0);
+        assert!(
+            conn.reserve_raw(1).is_none(),
+            "room handed out while closing"
+        );
+        assert_eq!(events.closed_with(conn.id).await, 0);
         server.stop.fire();
     });
 }
