@@ -501,6 +501,43 @@ fn an_idle_connection_expires_with_etimedout() {
 }
 
 #[test]
+fn an_idle_connection_expires_even_while_a_write_to_it_is_stuck() {
+    run_local(|| async {
+        // A client sends one request and then neither reads nor sends: the server's replies
+        // fill the socket buffers, and the connection task waits on a write that will never
+        // finish. The idle timeout must still end it (OUT is large, so no ENOBUFS).
+        let events = Rc::new(
+            Recorder::new()
+                .on_accept(|conn| {
+                    conn.expire_ms.set(Some(300));
+                    true
+                })
+                .on_frame(|conn, _| {
+                    let conn = conn.clone();
+                    glommio::spawn_local(async move {
+                        let chunk = vec![b'x'; 64 << 10];
+                        // Commit until output stays unsent (the write is stuck), then stop.
+                        while conn.unsent() < 1 << 20 && conn.append(&chunk).is_ok() {
+                            futures_lite::future::yield_now().await;
+                        }
+                    })
+                    .detach();
+                    Ok(())
+                }),
+        );
+        let server = listen(&events, packet_spec(64, 64 << 20));
+        let mut client = connect(server.addr).await;
+        send(&mut client, &packet(5, 1)).await;
+        let conn = events.first_conn().await;
+        assert_eq!(events.closed_with(conn.id).await, libc::ETIMEDOUT);
+        assert_eq!(events.closes_of(conn.id), [libc::ETIMEDOUT]);
+        let (_, end) = read_to_end(&mut client).await;
+        assert!(matches!(end, End::Eof | End::Reset));
+        server.stop.fire();
+    });
+}
+
+#[test]
 fn a_frame_the_owner_cannot_decode_closes_with_ebadmsg() {
     run_local(|| async {
         let events =
