@@ -183,11 +183,24 @@ impl Conn {
         self.close_requested.get().is_some()
     }
 
+    /// The errno of a close requested with an error (ENOBUFS when output passed `OUT`):
+    /// the connection stops waiting for its peer, so its unsent output goes out only as far
+    /// as the kernel takes it at once. An orderly close (errno 0) still flushes it all.
+    fn gave_up(&self) -> Option<i32> {
+        self.close_requested.get().filter(|&errno| errno != 0)
+    }
+
     fn signal(&self) {
         self.signalled.set(true);
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }
+    }
+
+    /// Bytes committed and not yet handed to the socket: lets tests see replies batch up.
+    #[cfg(test)]
+    pub(crate) fn unsent(&self) -> usize {
+        self.out.borrow().len()
     }
 
     fn has_output(&self) -> bool {
@@ -204,10 +217,17 @@ enum Event {
 /// Runs a connection until it ends, then reports it closed. Owns the stream.
 pub async fn serve<H: ConnEvents>(events: Rc<H>, conn: Rc<Conn>, mut stream: TcpStream) {
     let mut spare = BytesMut::new();
-    let errno = pump(&events, &conn, &mut stream, &mut spare).await;
+    let mut last_rx = Instant::now();
+    let errno = pump(&events, &conn, &mut stream, &mut spare, &mut last_rx).await;
+    // Whatever the scripts committed before the end still goes out, as far as the peer
+    // takes it: after an orderly close, until the idle deadline (if `expire` is set); after
+    // an error, only what the kernel takes at once; nothing when the peer is gone.
     if errno != libc::EPIPE && errno != libc::ECONNRESET {
-        // Whatever the scripts committed before the end still goes out (best effort).
-        let _ = flush(&conn, &mut stream, &mut spare).await;
+        let patience = match errno {
+            0 => idle_deadline(&conn, last_rx),
+            _ => Some(Instant::now()),
+        };
+        let _ = flush(&conn, &mut stream, &mut spare, patience).await;
     }
     let _ = stream.shutdown(std::net::Shutdown::Both).await;
     drop(stream);
@@ -221,15 +241,24 @@ pub fn finish<H: ConnEvents>(events: &Rc<H>, conn: &Rc<Conn>, errno: i32) {
     events.closed(conn, errno);
 }
 
+/// When an idle connection expires: `expire` after the last bytes read, if set.
+fn idle_deadline(conn: &Conn, last_rx: Instant) -> Option<Instant> {
+    conn.expire_ms
+        .get()
+        .map(|ms| last_rx + Duration::from_millis(ms))
+}
+
+/// Reads, dispatches and flushes until the connection ends; returns its errno. `last_rx`
+/// (the last read) is the caller's, so the final flush knows the idle deadline.
 async fn pump<H: ConnEvents>(
     events: &Rc<H>,
     conn: &Rc<Conn>,
     stream: &mut TcpStream,
     spare: &mut BytesMut,
+    last_rx: &mut Instant,
 ) -> i32 {
     let mut input = BytesMut::new();
     let mut window = FIRST_WINDOW.min(conn.spec.input);
-    let mut last_rx = Instant::now();
     let mut last_flush: Option<Instant> = None;
     let mut timer: Option<(Instant, Timer)> = None;
     loop {
@@ -237,6 +266,7 @@ async fn pump<H: ConnEvents>(
             return errno;
         }
         let now = Instant::now();
+        let expire_at = idle_deadline(conn, *last_rx);
         let flush_at = conn.has_output().then(|| match last_flush {
             Some(at) if conn.commit_ms.get() > 0 && !conn.flush_forced.get() => {
                 at + Duration::from_millis(conn.commit_ms.get())
@@ -245,16 +275,12 @@ async fn pump<H: ConnEvents>(
         });
         if flush_at.is_some_and(|at| at <= now) {
             conn.flush_forced.set(false);
-            if let Err(err) = flush(conn, stream, spare).await {
-                return errno_of(&err);
+            if let Err(errno) = flush(conn, stream, spare, expire_at).await {
+                return errno;
             }
             last_flush = Some(Instant::now());
             continue;
         }
-        let expire_at = conn
-            .expire_ms
-            .get()
-            .map(|ms| last_rx + Duration::from_millis(ms));
         if expire_at.is_some_and(|at| at <= now) {
             tracing::debug!(
                 socket = conn.id.raw(),
@@ -308,8 +334,11 @@ async fn pump<H: ConnEvents>(
                 if n == want {
                     window = (window * 2).min(READ_CHUNK);
                 }
-                last_rx = Instant::now();
-                if let Err(errno) = dispatch_frames(events, conn, &mut input, stream, spare).await {
+                *last_rx = Instant::now();
+                let expire_at = idle_deadline(conn, *last_rx);
+                if let Err(errno) =
+                    dispatch_frames(events, conn, &mut input, stream, spare, expire_at).await
+                {
                     return errno;
                 }
             }
@@ -330,6 +359,7 @@ async fn dispatch_frames<H: ConnEvents>(
     input: &mut BytesMut,
     stream: &mut TcpStream,
     spare: &mut BytesMut,
+    expire_at: Option<Instant>,
 ) -> Result<(), i32> {
     while !conn.is_closing() {
         let frame = match conn.spec.next_frame(input) {
@@ -346,18 +376,60 @@ async fn dispatch_frames<H: ConnEvents>(
         }
         // Keep a burst of replies from outgrowing OUT while later frames are processed.
         if conn.out.borrow().len() > conn.spec.output / 2 {
-            flush(conn, stream, spare).await.map_err(|e| errno_of(&e))?;
+            flush(conn, stream, spare, expire_at).await?;
         }
     }
     Ok(())
 }
 
-async fn flush(conn: &Conn, stream: &mut TcpStream, spare: &mut BytesMut) -> std::io::Result<()> {
+/// Writes the pending output, or returns the errno that ends the connection. A write waits
+/// for as long as the peer takes to read, and nothing else of the connection runs meanwhile,
+/// so it gives way to what would otherwise end the connection: a close with an error (see
+/// [`Conn::gave_up`]; a peer that stops reading while scripts keep committing is closed with
+/// ENOBUFS, which must not wait for that same peer), and `deadline`, the idle deadline
+/// (ETIMEDOUT: a peer that neither reads nor sends is idle). When either ends a write, the
+/// rest of the buffer is dropped: the peer gets a cut stream, then the end.
+async fn flush(
+    conn: &Conn,
+    stream: &mut TcpStream,
+    spare: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> Result<(), i32> {
     if !conn.has_output() {
         return Ok(());
     }
     let mut data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(spare));
-    let result = stream.write_all(&data).await;
+    let result = {
+        let mut write = std::pin::pin!(stream.write_all(&data));
+        // Armed only once the peer is behind: a write the kernel takes at once costs no timer.
+        let mut timer: Option<Timer> = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = write.as_mut().poll(cx) {
+                return Poll::Ready(res.map_err(|e| errno_of(&e)));
+            }
+            let mut give_up = conn.gave_up();
+            if let (None, Some(at)) = (give_up, deadline) {
+                let now = Instant::now();
+                if at <= now
+                    || Pin::new(timer.get_or_insert_with(|| Timer::new(at - now)))
+                        .poll(cx)
+                        .is_ready()
+                {
+                    give_up = Some(libc::ETIMEDOUT);
+                }
+            }
+            if let Some(errno) = give_up {
+                tracing::debug!(
+                    socket = conn.id.raw(),
+                    "write abandoned: the peer is not reading"
+                );
+                return Poll::Ready(Err(errno));
+            }
+            *conn.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    };
     data.clear();
     *spare = data;
     result

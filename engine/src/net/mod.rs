@@ -10,6 +10,11 @@ pub mod sockaddr;
 pub mod udp;
 pub mod url;
 
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 
