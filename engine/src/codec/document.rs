@@ -357,13 +357,13 @@ impl Writer {
     }
 }
 
+/// Documents built byte by byte for tests anywhere in the engine, independently of every
+/// writer (this module's, the envelope's, the Lua codec's), so a reader is never checked only
+/// against its own twin.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A document from raw elements (type, key, value bytes), built independently of the
-    /// writer so the reader is not only checked against its own twin.
-    fn raw(elems: &[(u8, &str, &[u8])]) -> Vec<u8> {
+pub(crate) mod handmade {
+    /// A document from raw elements: (type byte, key, value bytes).
+    pub(crate) fn raw(elems: &[(u8, &str, &[u8])]) -> Vec<u8> {
         let mut body = Vec::new();
         for (ty, key, value) in elems {
             body.push(*ty);
@@ -377,12 +377,19 @@ mod tests {
         out
     }
 
-    fn bstr(s: &[u8]) -> Vec<u8> {
+    /// The value bytes of a BSON string: length (counting the NUL), bytes, NUL.
+    pub(crate) fn bstr(s: &[u8]) -> Vec<u8> {
         let mut v = ((s.len() + 1) as i32).to_le_bytes().to_vec();
         v.extend_from_slice(s);
         v.push(0);
         v
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handmade::{bstr, raw};
+    use super::*;
 
     fn read_all(doc: &[u8]) -> Result<Vec<(Vec<u8>, String)>, DocumentError> {
         elements(doc)?

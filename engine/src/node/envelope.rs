@@ -358,29 +358,11 @@ fn write_number(w: &mut Writer, key: &str, f: f64) -> Result<(), DocumentError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::document::handmade::raw;
     use crate::codec::document::types;
 
-    /// A document from raw elements (type, key, value bytes), built by hand so the tests do
-    /// not check the envelope only against its own writer.
-    fn raw(elems: &[(u8, &str, &[u8])]) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (ty, key, value) in elems {
-            body.push(*ty);
-            body.extend_from_slice(key.as_bytes());
-            body.push(0);
-            body.extend_from_slice(value);
-        }
-        let mut out = ((body.len() + 5) as i32).to_le_bytes().to_vec();
-        out.extend_from_slice(&body);
-        out.push(0);
-        out
-    }
-
     fn bstr(s: &str) -> Vec<u8> {
-        let mut v = ((s.len() + 1) as i32).to_le_bytes().to_vec();
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        v
+        crate::codec::document::handmade::bstr(s.as_bytes())
     }
 
     fn i64le(i: i64) -> [u8; 8] {

@@ -997,6 +997,7 @@ fn hash_index(key: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::document::handmade::{bstr, raw as doc};
 
     const ENC: EncodeOptions = EncodeOptions {
         allow_functions: false,
@@ -1067,28 +1068,6 @@ mod tests {
             .find(|(_, k, _)| k == key.as_bytes())
             .map(|(t, _, v)| (t, v))
             .unwrap_or_else(|| panic!("no key {key}"))
-    }
-
-    /// Hand-built document from raw element bytes (type, key, payload).
-    fn doc(elems: &[(u8, &str, &[u8])]) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (ty, key, payload) in elems {
-            body.push(*ty);
-            body.extend_from_slice(key.as_bytes());
-            body.push(0);
-            body.extend_from_slice(payload);
-        }
-        let mut out = ((body.len() + 5) as i32).to_le_bytes().to_vec();
-        out.extend_from_slice(&body);
-        out.push(0);
-        out
-    }
-
-    fn bstr(s: &[u8]) -> Vec<u8> {
-        let mut v = ((s.len() + 1) as i32).to_le_bytes().to_vec();
-        v.extend_from_slice(s);
-        v.push(0);
-        v
     }
 
     #[test]
