@@ -5,6 +5,7 @@
 //! is what a client of A sees. Without a `nats-server` binary the tests print one line and
 //! pass, unless `STAGE_REQUIRE_SERVICES=1` (CI), where that is a failure.
 
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
 use crate::harness::*;
@@ -22,19 +23,26 @@ impl Drop for Nats {
     }
 }
 
+fn nats_bin() -> Option<&'static str> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
 /// Starts a NATS server of this test's own, or `None` (skip) when none is installed.
 fn nats(test: &str) -> Option<Nats> {
-    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists());
-    let Some(bin) = bin else {
+    let Some(bin) = nats_bin() else {
         if std::env::var("STAGE_REQUIRE_SERVICES").as_deref() == Ok("1") {
             panic!("{test}: nats-server is not installed (STAGE_REQUIRE_SERVICES=1)");
         }
         println!("skipped {test}: nats-server is not installed");
         return None;
     };
-    let port = free_port();
+    Some(nats_on(bin, free_port()))
+}
+
+/// A `nats-server` (binary `bin`) on `port`, accepting connections.
+fn nats_on(bin: &str, port: u16) -> Nats {
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
@@ -44,7 +52,7 @@ fn nats(test: &str) -> Option<Nats> {
         .expect("start nats-server");
     let nats = Nats { child, port };
     wait_port_open(port);
-    Some(nats)
+    nats
 }
 
 /// A node named `name` in the cluster of `nats` running the Lua stages `stages` (one
@@ -257,4 +265,66 @@ fn a_request_to_a_killed_node_times_out_through_its_deadline() {
     }
     a.wait_log("cluster member A.1: member B.1 is down");
     drop(b);
+
+    // B comes back (same node name): routing to it resumes by itself.
+    let _b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game""#),
+        &[("game.lua", &game("B", true))],
+    );
+    let v = until(
+        &a,
+        "the restarted B answers a timed request",
+        "timed",
+        3,
+        |v| v.get("t").and_then(Bson::as_str) == Some("answered by B"),
+    );
+    assert_eq!(count(&v, "one_A"), 0, "{v:?}");
+    a.wait_log_count("cluster member A.1: member B.1 is up", 2);
+}
+
+#[test]
+fn a_nats_restart_is_survived_and_logged_once() {
+    let Some(nats) = nats("cluster NATS restart") else {
+        return;
+    };
+    let port = nats.port;
+    let _b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game""#),
+        &[("game.lua", &game("B", true))],
+    );
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", FRONT)],
+    );
+    let before = until(&a, "A's requests are answered by B", "one", 0, |v| {
+        count(v, "one_B") >= 1
+    });
+    drop(nats);
+    a.wait_log("cluster member A.1: lost the NATS connection");
+    // The outage: A keeps serving its client; what it sends to B meanwhile is unrouted.
+    let mut client = a.connect();
+    let mut during = Bson::Null;
+    for _ in 0..10 {
+        client.write_all(&message("one", &[])).unwrap();
+        during = read_reply(&mut client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        count(&during, "one_B") <= count(&before, "one_B") + 5,
+        "answers while NATS was down: {during:?}"
+    );
+    let _nats = nats_on(nats_bin().unwrap(), port);
+    let after = until(&a, "B answers again after NATS is back", "one", 0, |v| {
+        count(v, "one_B") > count(&during, "one_B")
+    });
+    assert_eq!(count(&after, "one_A"), 0, "{after:?}");
+    let log = a.log();
+    assert_eq!(
+        log.matches("lost the NATS connection").count(),
+        1,
+        "the outage is logged once: {log}"
+    );
+    assert_eq!(log.matches("A.1: connected to NATS").count(), 2, "{log}");
+    // Messages sent during the outage were counted as unrouted, not queued for later.
+    assert!(log.contains("(not connected to NATS)"), "{log}");
 }
