@@ -328,3 +328,44 @@ fn a_nats_restart_is_survived_and_logged_once() {
     // Messages sent during the outage were counted as unrouted, not queued for later.
     assert!(log.contains("(not connected to NATS)"), "{log}");
 }
+
+#[test]
+fn an_index_on_another_node_answers_the_asking_node() {
+    let Some(nats) = nats("cluster index.so") else {
+        return;
+    };
+    let b_config = node_config(&nats, "B", r#""lua.so+game", "index.so+rank""#).replacen(
+        '{',
+        r#"{ "index.so+rank": "score/","#,
+        1,
+    );
+    let _b = Server::start(&b_config, &[("game.lua", &game("B", true))]);
+    // The direct form, and a batch naming several indexes, which B may split over its cores
+    // and gather again before the one reply goes back to A.
+    let front = r##"
+        stage.waitfor("total", function (v) __.total = v end)
+        stage.waitfor("batch", function (v) __.batch = v["#5.total?i1"] end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            stage.signal("rank:t?board=total", 0)
+            stage.signal("rank:batch", {
+              ["#1.set?i1"] = { x = { i = 1 } },
+              ["#2.set?i2"] = { y = { i = 2 } },
+              ["#3.set?i3"] = { z = { i = 3 } },
+              ["#4.set?i4"] = { w = { i = 4 } },
+              ["#5.total?i1"] = 0,
+            })
+            return { total = __.total, batch = __.batch }
+          end
+        end)
+    "##;
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", front)],
+    );
+    let v = until(&a, "B's index answers A", "rank", 0, |v| {
+        v.get("total").is_some() && v.get("batch").is_some()
+    });
+    assert_eq!(v.get("total").and_then(Bson::as_i64), Some(0), "{v:?}");
+    assert_eq!(v.get("batch").and_then(Bson::as_i64), Some(1), "{v:?}");
+}
