@@ -58,10 +58,15 @@ fn nats_on(bin: &str, port: u16) -> Nats {
 /// A node named `name` in the cluster of `nats` running the Lua stages `stages` (one
 /// process), with a fast heartbeat (100 ms) and expiry (760 ms).
 fn node_config(nats: &Nats, name: &str, stages: &str) -> String {
+    startup_config(nats, name, &format!("[[{stages}]]"))
+}
+
+/// A node named `name` with `#startup` = `startup` (several processes: a multi-process node).
+fn startup_config(nats: &Nats, name: &str, startup: &str) -> String {
     format!(
         r##"{{ "#router": [400, 100], "#node": "{name}",
               "#cluster": ["nats://127.0.0.1:{port}"],
-              "#startup": [[{stages}]],
+              "#startup": {startup},
               "lua.so": {{ "%package": ["."], "%reflush": 0, "front": "front", "game": "game" }} }}"##,
         port = nats.port
     )
@@ -368,4 +373,46 @@ fn an_index_on_another_node_answers_the_asking_node() {
     });
     assert_eq!(v.get("total").and_then(Bson::as_i64), Some(0), "{v:?}");
     assert_eq!(v.get("batch").and_then(Bson::as_i64), Some(1), "{v:?}");
+}
+
+#[test]
+fn replies_reach_the_asking_process_of_a_multi_process_node() {
+    let Some(nats) = nats("cluster multi-process") else {
+        return;
+    };
+    let _b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game""#),
+        &[("game.lua", &game("B", true))],
+    );
+    // A runs `front` in two processes sharing the port; each counts the answers it gets in
+    // its own store, so an answer delivered to the other process would not show.
+    // The answer also says which process of A served the client (`n`).
+    let front = FRONT.replace("return out", "out.n = process.stage; return out");
+    let a = Server::start(
+        &startup_config(&nats, "A", r#"[["lua.so+front"], ["lua.so+front"]]"#),
+        &[("front.lua", &front)],
+    );
+    let mut answered = std::collections::HashSet::new();
+    a.wait_until("both processes of A get answers from B", || {
+        let Ok(mut s) = try_connect(a.port) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if s.write_all(&message("one", &[])).is_err() {
+            return false;
+        }
+        let Ok(frame) = read_frame(&mut s) else {
+            return false;
+        };
+        let v = parse_doc(&frame).get("v").cloned().unwrap_or(Bson::Null);
+        if let (Some(n), Some(b)) = (v.get("n").and_then(Bson::as_i64), v.get("one_B")) {
+            if b.as_i64().unwrap_or(0) >= 1 {
+                answered.insert(n);
+            }
+        }
+        answered.len() == 2
+    });
+    let log = a.log();
+    assert!(log.contains("this process is cluster member A.1"), "{log}");
+    assert!(log.contains("this process is cluster member A.2"), "{log}");
 }
