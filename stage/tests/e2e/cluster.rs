@@ -416,3 +416,42 @@ fn replies_reach_the_asking_process_of_a_multi_process_node() {
     assert!(log.contains("this process is cluster member A.1"), "{log}");
     assert!(log.contains("this process is cluster member A.2"), "{log}");
 }
+
+#[test]
+fn the_suspend_file_takes_a_node_out_of_cluster_routing() {
+    let Some(nats) = nats("cluster suspend") else {
+        return;
+    };
+    let b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game""#),
+        &[("game.lua", &game("B", true))],
+    );
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", FRONT)],
+    );
+    until(&a, "A's requests are answered by B", "one", 0, |v| {
+        count(v, "one_B") >= 1
+    });
+    std::fs::write(b.path("stage.stop"), "").unwrap();
+    b.wait_log("cluster member B.1: suspend file");
+    a.wait_log("cluster member A.1: member B.1 is down");
+    // Drained: nothing reaches B any more (give late answers a moment to land first).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut client = a.connect();
+    client.write_all(&message("one", &[])).unwrap();
+    let drained = count(&read_reply(&mut client), "one_B");
+    for _ in 0..5 {
+        client.write_all(&message("one", &[])).unwrap();
+        read_reply(&mut client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    client.write_all(&message("", &[])).unwrap();
+    assert_eq!(count(&read_reply(&mut client), "one_B"), drained);
+    // The file is gone: B announces itself again and gets work again.
+    std::fs::remove_file(b.path("stage.stop")).unwrap();
+    until(&a, "B gets work again", "one", 0, |v| {
+        count(v, "one_B") > drained
+    });
+    b.wait_log("cluster member B.1: suspend file gone: heartbeats resume");
+}
