@@ -455,3 +455,29 @@ fn the_suspend_file_takes_a_node_out_of_cluster_routing() {
     });
     b.wait_log("cluster member B.1: suspend file gone: heartbeats resume");
 }
+
+#[test]
+fn the_shipped_two_node_example_pings_across_nodes() {
+    let Some(nats) = nats("cluster example") else {
+        return;
+    };
+    // The example's configurations name the usual NATS port; a first file that defines
+    // `#cluster` points them at this test's own server instead (the first file wins).
+    let dir = tempfile::tempdir().unwrap();
+    let over = dir.path().join("nats.json");
+    let url = format!(r##"{{ "#cluster": ["nats://127.0.0.1:{}"] }}"##, nats.port);
+    std::fs::write(&over, url).unwrap();
+    let over = over.display().to_string();
+    let _b = Server::launch_in_repo(&[
+        "-c",
+        &format!("{over}:engine/lua/examples/cluster/node-b.json"),
+    ]);
+    let a = Server::launch_in_repo(&[
+        "-c",
+        &format!("{over}:engine/lua/examples/cluster/node-a.json"),
+    ]);
+    a.wait_log("answered ping");
+    assert!(a
+        .log()
+        .contains("cluster member a.1: member b.1 is up, hosting [game]"));
+}
