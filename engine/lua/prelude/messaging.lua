@@ -165,7 +165,9 @@ local function send_reply(to, rp, ret, values, from, rn)
     -- The asking member is on another node: straight to it, never load-balanced. No `fp`:
     -- a process number means nothing on the other node.
     if CLUSTER == nil then return E.unrouted(to .. ":" .. ret .. " (a reply to another node)") end
-    E.cluster_send(rn, to, false, E.encode({ i = ret, v = values, f = from }))
+    -- `rn` names this member as the sender (so a `=ticket` / `=route` stage there knows the
+    -- reply is not from its own node).
+    E.cluster_send(rn, to, false, E.encode({ i = ret, v = values, f = from, rn = CLUSTER }))
     return
   end
   if MULTI and rp ~= nil and rp ~= ME then
@@ -297,6 +299,12 @@ P.posts.msg = function(m, payload)
       return
     end
     local call = timed_call[service]
+    if call ~= nil and m.rn ~= nil and m.rn ~= CLUSTER then
+      -- A sender on another node: `=ticket` / `=route` address their outputs by process
+      -- number, which means nothing on this node (they would reach a stage of the same name
+      -- here). Not routed across nodes yet (docs/config.md "Cluster"): refused, not misdelivered.
+      return E.unrouted(stage_ids[stage] .. ":" .. id .. " (=" .. service .. " from cluster member " .. m.rn .. ")")
+    end
     if call ~= nil then
       -- `=ticket` / `=route`: the sender's address is its stage and process (a reply, such
       -- as a claim or a lease extension, names its sender in `f`/`fp` instead).
@@ -370,7 +378,7 @@ local function route_cluster(group, every, id, reply_to, deadline, values)
   if CLUSTER == nil then return false end
   local payload = nil
   local function envelope()
-    payload = payload or E.encode({ i = id, r = reply_to, rp = ME, rn = reply_to and CLUSTER, d = deadline, v = values })
+    payload = payload or E.encode({ i = id, r = reply_to, rp = ME, rn = CLUSTER, d = deadline, v = values })
     return payload
   end
   if every then

@@ -20,7 +20,7 @@
 //! | `i`  | string, **required** | every sender: `route` (`group:name` of `stage.signal`), `send_reply` (the reply's id), `send_service_output` (an output's id), `deliver_here` (a lock grant's callback, `cb` of `>L.cb`), `split_batch` (the batch's id) | the message id; the receiver strips its own `stage:` prefix and finds the handler (Lua stage) or the command (service stage) it names |
 //! | `r`  | string | `route` (the sending stage's id: replies wanted), `send_service_output` (a service's reply stage) | the stage replies go to; absent: nobody is answered |
 //! | `rp` | int64 | a sender in another process: `route_processes` (its own number), `send_service_output` (the output's `rp`, else its own number); kept when a core passes the message on (the parts of a split batch leave it to the gathering core) | the process of `r`, and the sender's process for `=ticket` / `=route`; absent: this process |
-//! | `rn` | string | `route` to a member of another node (`route_cluster`: its own member name, `cluster::Cluster::me`) | the cluster member (`<node>.<process>`) that asked: replies to it go there through `E.cluster_send`, never load-balanced; absent: this node. `P.posts.msg` keeps it in `_WAITFOR[3]`; index.so and curl.so replies carry it through |
+//! | `rn` | string | every message sent to another node: `route_cluster` (requests) and `send_reply` (replies), this member's name (`cluster::Cluster::me`) | the cluster member (`<node>.<process>`) that sent the message; for a request, where its replies go (through `E.cluster_send`, never load-balanced); absent: this node. `P.posts.msg` keeps it in `_WAITFOR[3]`; index.so and curl.so replies carry it through; `=ticket` / `=route` refuse a message that has it (not routed across nodes yet) |
 //! | `f`  | string | `send_reply` (the replying stage's id, when a stage replies) | who sent a reply, without making it answerable (a reply is never answered); `=ticket` / `=route` take it as the sender when `r` is absent (claims, lease extensions) |
 //! | `fp` | int64 | `send_reply` to another process (its own number) | the process of `f`; absent: this process |
 //! | `d`  | int64 if integral, else double | `route`, from `stage.signal({id, ms}, ...)`: the wall clock at sending + `ms`; kept by `split_batch` | deadline, in milliseconds since the Unix epoch: `P.posts.msg` drops a message it receives later; curl.so takes it as the request's time limit |
@@ -52,7 +52,8 @@ pub struct Envelope {
     pub reply_stage: Option<String>,
     /// `rp`: the process of the reply stage, and of the sender (`None`: this process).
     pub reply_process: Option<u32>,
-    /// `rn`: the cluster member that asked (`None`: this node).
+    /// `rn`: the cluster member that sent this message, where a request's replies go
+    /// (`None`: this node).
     pub reply_node: Option<String>,
     /// `f`: the stage that sent this reply; never a reply address.
     pub from_stage: Option<String>,

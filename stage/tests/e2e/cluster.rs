@@ -481,3 +481,100 @@ fn the_shipped_two_node_example_pings_across_nodes() {
         .log()
         .contains("cluster member a.1: member b.1 is up, hosting [game]"));
 }
+
+/// A one-route HTTP server on loopback: every request gets `hi there` (a thread per
+/// connection, as long as the test runs).
+fn http_hello() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader};
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let mut out = stream;
+                let _ = out.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhi there",
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_curl_stage_on_another_node_answers_the_asking_node() {
+    let Some(nats) = nats("cluster curl.so") else {
+        return;
+    };
+    let hp = http_hello();
+    let b_config = node_config(&nats, "B", r#""lua.so+game", "curl.so+agent""#).replacen(
+        '{',
+        r#"{ "curl.so+agent": { "timeout": 3000 },"#,
+        1,
+    );
+    let _b = Server::start(&b_config, &[("game.lua", &game("B", true))]);
+    let front = r#"
+        stage.waitfor("got", function (r) __.got = r.status .. " " .. r.data.content end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if __.got == nil then stage.signal("agent:got", "http://127.0.0.1:HP/hello") end
+            return { got = __.got }
+          end
+        end)
+    "#
+    .replace("HP", &hp.to_string());
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", &front)],
+    );
+    let v = until(&a, "B's curl stage answers A", "get", 0, |v| {
+        v.get("got").is_some()
+    });
+    assert_eq!(v.get("got").and_then(Bson::as_str), Some("200 hi there"));
+}
+
+#[test]
+fn a_ticket_stage_refuses_requests_from_another_node() {
+    let Some(nats) = nats("cluster =ticket") else {
+        return;
+    };
+    let b_config = node_config(&nats, "B", r#""lua.so+game", "=ticket+ticket""#).replacen(
+        '{',
+        r#"{ "=ticket+ticket": [100000, {"solo": 1}],"#,
+        1,
+    );
+    let b = Server::start(&b_config, &[("game.lua", &game("B", true))]);
+    // B also answers `who`, so A knows B is there before it asks the ticket stage.
+    let front = r#"
+        stage.waitfor("one", function (who) __.seen = who end)
+        stage.waitfor("granted", function () __.granted = true end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if __.seen == nil then stage.signal("game:who=one")
+            else stage.signal("ticket:solo=granted", 1) end
+            return { seen = __.seen, granted = __.granted or false }
+          end
+        end)
+    "#;
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", front)],
+    );
+    until(&a, "A knows B", "x", 0, |v| v.get("seen").is_some());
+    let mut client = a.connect();
+    client.write_all(&message("x", &[])).unwrap();
+    read_reply(&mut client);
+    // Refused and counted, not granted to a stage of B that happens to share A's numbers.
+    b.wait_log("(=ticket from cluster member A.1)");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    client.write_all(&message("x", &[])).unwrap();
+    assert_eq!(
+        read_reply(&mut client).get("granted"),
+        Some(&Bson::Bool(false))
+    );
+}
