@@ -227,6 +227,15 @@ fn hostname() -> String {
 }
 
 fn init_logging(filter: &str) {
+    // The NATS client logs each connection event and, at debug, each message; the cluster
+    // logs what matters once (an outage, a reconnect), so the client is kept to warnings
+    // unless the filter names it.
+    let filter = if filter.contains("async_nats") {
+        filter.to_string()
+    } else {
+        format!("{filter},async_nats=warn")
+    };
+    let filter = filter.as_str();
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|err| {
         eprintln!("warning: bad log filter `{filter}` ({err}); using info");
         tracing_subscriber::EnvFilter::new("info")

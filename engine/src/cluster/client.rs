@@ -65,7 +65,8 @@ impl Cluster {
                 }
             }
             Event::Disconnected => {
-                if self.connected.swap(false, Ordering::AcqRel) {
+                let stopping = self.stopping.load(Ordering::Acquire);
+                if self.connected.swap(false, Ordering::AcqRel) && !stopping {
                     tracing::warn!(
                         "cluster member {}: lost the NATS connection; reconnecting (messages to other nodes are unrouted meanwhile)",
                         self.me
@@ -74,6 +75,10 @@ impl Cluster {
             }
             Event::Closed => {
                 self.connected.store(false, Ordering::Release);
+            }
+            // Every failed reconnect attempt reports one: the outage was logged once already.
+            Event::ClientError(err) if !self.connected.load(Ordering::Acquire) => {
+                tracing::debug!("cluster member {}: NATS: {err}", self.me)
             }
             other => tracing::warn!("cluster member {}: NATS: {other}", self.me),
         }
@@ -168,6 +173,8 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
             node.count_unrouted(&format!("a message to another node ({err})"));
         }
     }
-    // Whatever was handed over before the shutdown still goes out.
+    // Whatever was handed over before the shutdown still goes out; the connection closing
+    // after that is no outage.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+    cluster.stopping.store(true, Ordering::Release);
 }

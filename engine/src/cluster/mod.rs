@@ -72,6 +72,8 @@ pub struct Cluster {
     receiver: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// Connected to a NATS server now (set by the client's connection events).
     connected: AtomicBool,
+    /// The process is stopping: the connection's end is not an outage to report.
+    stopping: AtomicBool,
 }
 
 /// The process's cluster, set once before the cores boot (the prelude asks for it as it
@@ -115,6 +117,7 @@ impl Cluster {
             outgoing,
             receiver: Mutex::new(Some(receiver)),
             connected: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
