@@ -83,6 +83,18 @@ local route -- forward
 local ME, MULTI = E.process_info()
 -- This process's name as a member of the cluster (`<node>.<process>`), or nil: no cluster.
 local CLUSTER = E.cluster_me()
+-- `<node>.`: the members of this node (another process of it is reached through `peers`).
+local OWN_NODE = CLUSTER and CLUSTER:match("^(.*%.)%d+$")
+
+-- The member of this node's process `p`.
+local function member_of(p)
+  return OWN_NODE .. p
+end
+
+-- Whether cluster member `m` runs on this node.
+local function on_this_node(m)
+  return OWN_NODE ~= nil and m:sub(1, #OWN_NODE) == OWN_NODE and m:find(".", #OWN_NODE + 1, true) == nil
+end
 
 -- Sharded services (index.so, `=ticket`: service::shard) ------------------------------------
 -- A message for a stage goes to the core that handles it: a Lua stage's or `=route`'s main
@@ -161,13 +173,13 @@ end
 -- name the sender without making it a reply address: a reply is never answered, but a
 -- service such as `=route` must know who claims an offer (spec/services.md §4.3).
 local function send_reply(to, rp, ret, values, from, rn)
-  if rn ~= nil and rn ~= CLUSTER then
+  if rn ~= nil and not on_this_node(rn) then
     -- The asking member is on another node: straight to it, never load-balanced. No `fp`:
     -- a process number means nothing on the other node.
     if CLUSTER == nil then return E.unrouted(to .. ":" .. ret .. " (a reply to another node)") end
     -- `rn` names this member as the sender (so a `=ticket` / `=route` stage there knows the
     -- reply is not from its own node).
-    E.cluster_send(rn, to, false, E.encode({ i = ret, v = values, f = from, rn = CLUSTER }))
+    E.cluster_send(rn, to, false, E.encode({ i = ret, v = values, f = from, fp = ME, rn = CLUSTER }))
     return
   end
   if MULTI and rp ~= nil and rp ~= ME then
@@ -213,18 +225,26 @@ end
 local function send_service_output(o)
   local dest = o.i:match("^([^:]+):")
   if dest == nil then return E.unrouted(o.i .. " (no stage to deliver to)") end
+  if o.n ~= nil and dest == o.s then
+    -- The addressee runs on another node (`o.n`, its member): straight there, like a reply.
+    -- Replies go to the reply stage's member, which is this one unless `o.rn` says otherwise.
+    if CLUSTER == nil then return E.unrouted(o.i .. " (an output for another node)") end
+    local rn = o.rn or (o.rp and member_of(o.rp)) or CLUSTER
+    E.cluster_send(o.n, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = rn, v = o.v, k = o.k }))
+    return
+  end
   local targets = E.stage_by_id(dest)
   if MULTI then
     local p = o.p
     if dest ~= o.s then p = E.pick_process(dest, #targets > 0) end
     if p == nil then return E.unrouted(o.i) end
     if p ~= ME then
-      E.send_process(p, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, v = o.v, k = o.k }))
+      E.send_process(p, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = o.rn, v = o.v, k = o.k }))
       return
     end
   end
   if #targets == 0 then return E.unrouted(o.i) end
-  post_to_stage({ t = targets[1], i = o.i, r = o.r, rp = o.rp, v = o.v, k = o.k })
+  post_to_stage({ t = targets[1], i = o.i, r = o.r, rp = o.rp, rn = o.rn, v = o.v, k = o.k })
 end
 
 local timed_call = { ticket = E.ticket_call, route = E.route_call }
@@ -299,18 +319,14 @@ P.posts.msg = function(m, payload)
       return
     end
     local call = timed_call[service]
-    if call ~= nil and m.rn ~= nil and m.rn ~= CLUSTER then
-      -- A sender on another node: `=ticket` / `=route` address their outputs by process
-      -- number, which means nothing on this node (they would reach a stage of the same name
-      -- here). Not routed across nodes yet (docs/config.md "Cluster"): refused, not misdelivered.
-      return E.unrouted(stage_ids[stage] .. ":" .. id .. " (=" .. service .. " from cluster member " .. m.rn .. ")")
-    end
     if call ~= nil then
       -- `=ticket` / `=route`: the sender's address is its stage and process (a reply, such
-      -- as a claim or a lease extension, names its sender in `f`/`fp` instead).
-      local from, fp = m.r, m.rp
+      -- as a claim or a lease extension, names its sender in `f`/`fp` instead), and its
+      -- cluster member when it runs on another node.
+      local from, fp, member = m.r, m.rp, m.rn
       if from == nil then from, fp = m.f, m.fp end
-      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, from or "", fp or ME))
+      if member ~= nil and on_this_node(member) then member = nil end
+      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, from or "", fp or ME, member))
       return
     end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)

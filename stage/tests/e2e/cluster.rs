@@ -544,7 +544,7 @@ fn a_curl_stage_on_another_node_answers_the_asking_node() {
 }
 
 #[test]
-fn a_ticket_stage_refuses_requests_from_another_node() {
+fn a_ticket_stage_on_another_node_grants_extends_and_releases() {
     let Some(nats) = nats("cluster =ticket") else {
         return;
     };
@@ -553,16 +553,27 @@ fn a_ticket_stage_refuses_requests_from_another_node() {
         r#"{ "=ticket+ticket": [100000, {"solo": 1}],"#,
         1,
     );
-    let b = Server::start(&b_config, &[("game.lua", &game("B", true))]);
-    // B also answers `who`, so A knows B is there before it asks the ticket stage.
+    let _b = Server::start(&b_config, &[("game.lua", &game("B", true))]);
+    // `solo` has one slot. `a` is granted and extends its lease to 5 s from A (a reply that
+    // crosses back to B); at 1.5 s, past the default 1 s lease, `b` still waits; then A
+    // releases `a` by its lease id, and `b` is granted and released by its return value.
     let front = r#"
         stage.waitfor("one", function (who) __.seen = who end)
-        stage.waitfor("granted", function () __.granted = true end)
+        stage.waitfor("a", function (v) __.a = v; HELD = _TICKET; stage.signal(nil, 5000) end)
+        stage.waitfor("b", function (v) __.b = v; return 0 end)
         broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
           return function (s, data)
-            if __.seen == nil then stage.signal("game:who=one")
-            else stage.signal("ticket:solo=granted", 1) end
-            return { seen = __.seen, granted = __.granted or false }
+            if data.message == "probe" and __.seen == nil then stage.signal("game:who=one") end
+            if data.message == "go" then
+              stage.signal("ticket:solo=a", "x")
+              stage.signal("ticket:solo=b", "y")
+              stage.addtask(1500, function ()
+                __.b_at_1500 = __.b or "waiting"
+                stage.signal("ticket:" .. HELD, 0)
+                return 0
+              end)
+            end
+            return { seen = __.seen, a = __.a, b = __.b, b_at_1500 = __.b_at_1500 }
           end
         end)
     "#;
@@ -570,16 +581,18 @@ fn a_ticket_stage_refuses_requests_from_another_node() {
         &node_config(&nats, "A", r#""lua.so+front""#),
         &[("front.lua", front)],
     );
-    until(&a, "A knows B", "x", 0, |v| v.get("seen").is_some());
+    until(&a, "A knows B", "probe", 0, |v| v.get("seen").is_some());
     let mut client = a.connect();
-    client.write_all(&message("x", &[])).unwrap();
+    client.write_all(&message("go", &[])).unwrap();
     read_reply(&mut client);
-    // Refused and counted, not granted to a stage of B that happens to share A's numbers.
-    b.wait_log("(=ticket from cluster member A.1)");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    client.write_all(&message("x", &[])).unwrap();
+    let v = until(&a, "both tickets were granted across nodes", "x", 0, |v| {
+        v.get("b").is_some()
+    });
+    assert_eq!(v.get("a").and_then(Bson::as_str), Some("x"), "{v:?}");
+    assert_eq!(v.get("b").and_then(Bson::as_str), Some("y"), "{v:?}");
     assert_eq!(
-        read_reply(&mut client).get("granted"),
-        Some(&Bson::Bool(false))
+        v.get("b_at_1500").and_then(Bson::as_str),
+        Some("waiting"),
+        "the extension from A did not hold the slot: {v:?}"
     );
 }
