@@ -596,3 +596,56 @@ fn a_ticket_stage_on_another_node_grants_extends_and_releases() {
         "the extension from A did not hold the slot: {v:?}"
     );
 }
+
+#[test]
+fn a_route_stage_on_another_node_offers_delivers_and_returns_the_answer() {
+    let Some(nats) = nats("cluster =route") else {
+        return;
+    };
+    // B runs the route stage and the publisher (`game`); A's `front` subscribes. An offer
+    // crosses to A, A's claim crosses back, the value crosses to A with the publisher as its
+    // reply address, and A's answer crosses back to the publisher on B.
+    let publisher = r#"
+        stage.waitfor("ret", function (s) __.ret = s end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if data.message == "pub" and __.ret == nil then stage.signal("route:login=ret", "v1") end
+            return { ret = __.ret }
+          end
+        end)
+    "#;
+    let b_config = node_config(&nats, "B", r#""lua.so+game", "=route+route""#);
+    let b = Server::start(
+        &b_config,
+        &[("game.lua", &format!("{}\n{publisher}", game("B", false)))],
+    );
+    let front = r#"
+        stage.waitfor("one", function (who) __.seen = who end)
+        stage.waitfor("route:@", function (key, token) stage.signal(nil, token) end)
+        stage.waitfor("got", function (key, v) __.got = v; return "ack-" .. tostring(v) end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if __.seen == nil then stage.signal("game:who=one")
+            else stage.signal("route:@", { login = "got" }) end
+            return { seen = __.seen, got = __.got }
+          end
+        end)
+    "#;
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", front)],
+    );
+    until(&a, "A knows B and subscribed", "sub", 0, |v| {
+        v.get("seen").is_some()
+    });
+    // Subscribe once more now that B is known, then publish until the answer is back.
+    until(&a, "A subscribed", "sub", 0, |_| true);
+    let v = b.wait_reply(
+        "the subscriber's answer reaches the publisher",
+        &message("pub", &[]),
+        |v| v.get("ret").is_some(),
+    );
+    assert_eq!(v.get("ret").and_then(Bson::as_str), Some("ack-v1"), "{v:?}");
+    let v = until(&a, "A got the value", "sub", 0, |v| v.get("got").is_some());
+    assert_eq!(v.get("got").and_then(Bson::as_str), Some("v1"), "{v:?}");
+}
