@@ -635,10 +635,9 @@ fn a_route_stage_on_another_node_offers_delivers_and_returns_the_answer() {
         &node_config(&nats, "A", r#""lua.so+front""#),
         &[("front.lua", front)],
     );
-    until(&a, "A knows B and subscribed", "sub", 0, |v| {
-        v.get("seen").is_some()
-    });
-    // Subscribe once more now that B is known, then publish until the answer is back.
+    until(&a, "A knows B", "sub", 0, |v| v.get("seen").is_some());
+    // Subscribe (again: the probe that saw B may have run before B was known), then publish
+    // until the answer is back.
     until(&a, "A subscribed", "sub", 0, |_| true);
     let v = b.wait_reply(
         "the subscriber's answer reaches the publisher",
