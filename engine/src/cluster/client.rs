@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use futures_lite::StreamExt;
 
-use super::{heartbeat_frame, Cluster, HEARTBEAT_SUBJECT, MEMBER_SUBJECT_PREFIX};
+use super::{Cluster, HEARTBEAT_SUBJECT, MEMBER_SUBJECT_PREFIX};
 use crate::node::peers::{self, Frame, Gate};
 use crate::node::Node;
 
@@ -144,7 +144,7 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
     });
     let (c, n, hb) = (cluster.clone(), node.clone(), client.clone());
     tokio::spawn(async move {
-        let frame = bytes::Bytes::from(heartbeat_frame(&c.me, &n.stages.hosted_ids()));
+        let frame = bytes::Bytes::from(c.heartbeat(&n.stages.hosted_ids()));
         let mut gate = Gate::new(
             format!("cluster member {}", c.me),
             c.settings.suspend.clone(),

@@ -74,6 +74,11 @@ pub struct Cluster {
     connected: AtomicBool,
     /// The process is stopping: the connection's end is not an outage to report.
     stopping: AtomicBool,
+    /// This process's run (pid and start time), sent with every heartbeat: a heartbeat with
+    /// our member name from another run means another process uses the same `#node`.
+    instance: String,
+    /// That clash was logged (once).
+    clash: AtomicBool,
 }
 
 /// The process's cluster, set once before the cores boot (the prelude asks for it as it
@@ -118,6 +123,14 @@ impl Cluster {
             receiver: Mutex::new(Some(receiver)),
             connected: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            instance: format!(
+                "{}-{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
+            clash: AtomicBool::new(false),
         }
     }
 
@@ -162,9 +175,19 @@ impl Cluster {
             })
     }
 
+    /// This member's heartbeat.
+    fn heartbeat(&self, ids: &[String]) -> Vec<u8> {
+        heartbeat_frame(&self.me, &self.instance, ids)
+    }
+
     /// A heartbeat arrived (our own comes back too: ignored).
     fn heard(&self, frame: &[u8], now: Instant) {
-        let Some((member, ids)) = decode_heartbeat(frame) else {
+        let Some(Heartbeat {
+            member,
+            instance,
+            ids,
+        }) = decode_heartbeat(frame)
+        else {
             tracing::debug!(
                 "cluster: malformed heartbeat ({} bytes) dropped",
                 frame.len()
@@ -172,6 +195,14 @@ impl Cluster {
             return;
         };
         if member == self.me {
+            // Two processes with one member name share its inbox subject: each would get
+            // the other's messages. Most likely one `#node` copied to two machines.
+            if instance != self.instance && !self.clash.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    "cluster member {}: another process announces itself under this name (the same `#node` on two nodes?); both receive its messages",
+                    self.me
+                );
+            }
             return;
         }
         let list = ids.join(", ");
@@ -201,9 +232,20 @@ pub fn member_name(node: &str, process: u32) -> String {
     format!("{node}.{process}")
 }
 
-/// A heartbeat: the member's name, then each hosted stage id, NUL-separated.
-pub fn heartbeat_frame(member: &str, ids: &[String]) -> Vec<u8> {
+/// A decoded heartbeat.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Heartbeat<'a> {
+    pub member: &'a str,
+    /// The sending process's run (see `Cluster::instance`).
+    pub instance: &'a str,
+    pub ids: Vec<&'a str>,
+}
+
+/// A heartbeat: the member's name, its run, then each hosted stage id, NUL-separated.
+pub fn heartbeat_frame(member: &str, instance: &str, ids: &[String]) -> Vec<u8> {
     let mut out = member.as_bytes().to_vec();
+    out.push(0);
+    out.extend_from_slice(instance.as_bytes());
     for id in ids {
         out.push(0);
         out.extend_from_slice(id.as_bytes());
@@ -211,11 +253,16 @@ pub fn heartbeat_frame(member: &str, ids: &[String]) -> Vec<u8> {
     out
 }
 
-pub fn decode_heartbeat(frame: &[u8]) -> Option<(&str, Vec<&str>)> {
+pub fn decode_heartbeat(frame: &[u8]) -> Option<Heartbeat<'_>> {
     let text = std::str::from_utf8(frame).ok()?;
     let mut parts = text.split('\0');
     let member = parts.next().filter(|m| !m.is_empty())?;
-    Some((member, parts.filter(|s| !s.is_empty()).collect()))
+    let instance = parts.next().filter(|i| !i.is_empty())?;
+    Some(Heartbeat {
+        member,
+        instance,
+        ids: parts.filter(|s| !s.is_empty()).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -233,19 +280,33 @@ mod tests {
         })
     }
 
+    fn hb(member: &str, ids: &[&str]) -> Vec<u8> {
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        heartbeat_frame(member, "other-run", &ids)
+    }
+
     #[test]
     fn heartbeat_frames_round_trip() {
-        let f = heartbeat_frame("eu-1.2", &["game".into(), "lobby".into()]);
+        let f = heartbeat_frame("eu-1.2", "7-1f", &["game".into(), "lobby".into()]);
         assert_eq!(
             decode_heartbeat(&f),
-            Some(("eu-1.2", vec!["game", "lobby"]))
+            Some(Heartbeat {
+                member: "eu-1.2",
+                instance: "7-1f",
+                ids: vec!["game", "lobby"]
+            })
         );
         assert_eq!(
-            decode_heartbeat(&heartbeat_frame("n.1", &[])),
-            Some(("n.1", vec![]))
+            decode_heartbeat(&heartbeat_frame("n.1", "9-2", &[])),
+            Some(Heartbeat {
+                member: "n.1",
+                instance: "9-2",
+                ids: vec![]
+            })
         );
         assert_eq!(decode_heartbeat(b""), None);
-        assert_eq!(decode_heartbeat(b"\0game"), None, "no member name");
+        assert_eq!(decode_heartbeat(b"n.1"), None, "no run");
+        assert_eq!(decode_heartbeat(b"\0run\0game"), None, "no member name");
         assert_eq!(decode_heartbeat(&[0xff, 0, b'a']), None, "not UTF-8");
     }
 
@@ -254,13 +315,10 @@ mod tests {
         let c = cluster("a", 1);
         assert_eq!(c.me, "a.1");
         let now = Instant::now();
-        c.heard(&heartbeat_frame("a.1", &["game".into()]), now);
-        c.heard(&heartbeat_frame("a.2", &["game".into()]), now);
-        c.heard(&heartbeat_frame("ab.1", &["game".into()]), now);
-        c.heard(
-            &heartbeat_frame("b.1", &["game".into(), "lobby".into()]),
-            now,
-        );
+        c.heard(&c.heartbeat(&["game".into()]), now);
+        c.heard(&hb("a.2", &["game"]), now);
+        c.heard(&hb("ab.1", &["game"]), now);
+        c.heard(&hb("b.1", &["game", "lobby"]), now);
         c.heard(b"", now);
         assert_eq!(
             c.members_of("game"),
@@ -271,6 +329,18 @@ mod tests {
         assert_eq!(picks, vec!["ab.1", "b.1", "ab.1", "b.1"]);
         assert_eq!(c.pick("lobby").as_deref(), Some("b.1"));
         assert_eq!(c.pick("chat"), None);
+        assert!(
+            !c.clash.load(Ordering::Acquire),
+            "our own heartbeat is no clash"
+        );
+    }
+
+    #[test]
+    fn another_process_with_our_member_name_is_noticed() {
+        let c = cluster("a", 1);
+        c.heard(&hb("a.1", &["game"]), Instant::now());
+        assert!(c.clash.load(Ordering::Acquire));
+        assert!(c.members_of("game").is_empty(), "never a member of itself");
     }
 
     #[test]

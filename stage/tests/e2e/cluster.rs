@@ -648,3 +648,20 @@ fn a_route_stage_on_another_node_offers_delivers_and_returns_the_answer() {
     let v = until(&a, "A got the value", "sub", 0, |v| v.get("got").is_some());
     assert_eq!(v.get("got").and_then(Bson::as_str), Some("v1"), "{v:?}");
 }
+
+#[test]
+fn two_nodes_with_one_name_are_reported() {
+    let Some(nats) = nats("cluster name clash") else {
+        return;
+    };
+    // One `#node` copied to two machines: both processes would take the member's messages.
+    let first = Server::start(
+        &node_config(&nats, "A", r#""lua.so+game""#),
+        &[("game.lua", &game("A", true))],
+    );
+    let _second = Server::start(
+        &node_config(&nats, "A", r#""lua.so+game""#),
+        &[("game.lua", &game("A", true))],
+    );
+    first.wait_log("cluster member A.1: another process announces itself under this name");
+}
