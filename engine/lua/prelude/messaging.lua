@@ -225,15 +225,22 @@ end
 local function send_service_output(o)
   local dest = o.i:match("^([^:]+):")
   if dest == nil then return E.unrouted(o.i .. " (no stage to deliver to)") end
-  if o.n ~= nil and dest == o.s then
-    -- The addressee runs on another node (`o.n`, its member): straight there, like a reply.
-    -- Replies go to the reply stage's member, which is this one unless `o.rn` says otherwise.
+  local member = dest == o.s and o.n or nil
+  local targets = E.stage_by_id(dest)
+  if dest ~= o.s and CLUSTER ~= nil and #targets == 0 and not (MULTI and #E.processes_of(dest) > 0) then
+    -- A callback naming another stage that this node does not run: one member of another
+    -- node that does, as `route` would choose.
+    member = E.cluster_pick(dest)
+    if member == nil then return E.unrouted(o.i) end
+  end
+  if member ~= nil then
+    -- The addressee runs on another node (`member`): straight there, like a reply. Replies
+    -- go to the reply stage's member, which is this one unless `o.rn` says otherwise.
     if CLUSTER == nil then return E.unrouted(o.i .. " (an output for another node)") end
     local rn = o.rn or (o.rp and member_of(o.rp)) or CLUSTER
-    E.cluster_send(o.n, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = rn, v = o.v, k = o.k }))
+    E.cluster_send(member, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = rn, v = o.v, k = o.k }))
     return
   end
-  local targets = E.stage_by_id(dest)
   if MULTI then
     local p = o.p
     if dest ~= o.s then p = E.pick_process(dest, #targets > 0) end

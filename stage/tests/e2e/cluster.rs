@@ -665,3 +665,61 @@ fn two_nodes_with_one_name_are_reported() {
     );
     first.wait_log("cluster member A.1: another process announces itself under this name");
 }
+
+#[test]
+fn a_route_callback_naming_a_stage_of_another_node_reaches_it() {
+    let Some(nats) = nats("cluster =route callback") else {
+        return;
+    };
+    // A's `front` subscribes with the callback `lobby:got`; only A runs `lobby`. The route
+    // stage on B finds no `lobby` on its node and sends the value to A's.
+    let publisher = r#"
+        stage.waitfor("ret", function (s) __.ret = s end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if data.message == "pub" and __.ret == nil then stage.signal("route:login=ret", "v2") end
+            return { ret = __.ret }
+          end
+        end)
+    "#;
+    let b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game", "=route+route""#),
+        &[("game.lua", &format!("{}\n{publisher}", game("B", false)))],
+    );
+    let front = r#"
+        stage.waitfor("one", function (who) __.seen = who end)
+        stage.waitfor("route:@", function (key, token) stage.signal(nil, token) end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if __.seen == nil then stage.signal("game:who=one")
+            else stage.signal("route:@", { login = "lobby:got" }) end
+            return { seen = __.seen, got = __.got }
+          end
+        end)
+    "#;
+    let lobby =
+        r#"stage.waitfor("got", function (key, v) __.got = v; return "lobby-" .. tostring(v) end)"#;
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front", "lua.so+lobby""#).replace(
+            r#""front": "front""#,
+            r#""front": "front", "lobby": "lobby""#,
+        ),
+        &[("front.lua", front), ("lobby.lua", lobby)],
+    );
+    until(&a, "A knows B", "sub", 0, |v| v.get("seen").is_some());
+    until(&a, "A subscribed", "sub", 0, |_| true);
+    let v = b.wait_reply(
+        "lobby's answer reaches the publisher",
+        &message("pub", &[]),
+        |v| v.get("ret").is_some(),
+    );
+    assert_eq!(
+        v.get("ret").and_then(Bson::as_str),
+        Some("lobby-v2"),
+        "{v:?}"
+    );
+    let v = until(&a, "lobby got the value", "sub", 0, |v| {
+        v.get("got").is_some()
+    });
+    assert_eq!(v.get("got").and_then(Bson::as_str), Some("v2"), "{v:?}");
+}
