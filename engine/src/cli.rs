@@ -168,7 +168,7 @@ pub fn main() -> ExitCode {
                 supervisor,
                 notify: Duration::from_millis(config.router.notify_ms),
                 expiry: Duration::from_millis(config.router.expiry_ms),
-                suspend: Some(suspend),
+                suspend: Some(suspend.clone()),
             };
             match Peers::new(settings).and_then(|p| p.bind().map(|()| p)) {
                 Ok(peers) => Some(Arc::new(peers)),
@@ -186,6 +186,21 @@ pub fn main() -> ExitCode {
             None
         }
     };
+    if config.clustered() {
+        // Every process of the node agrees on the default name: the supervisor's pid.
+        let node = config.node.clone().unwrap_or_else(|| {
+            config::default_node_name(&hostname(), args.parent.unwrap_or(std::process::id()))
+        });
+        let member = crate::cluster::install(crate::cluster::ClusterSettings {
+            servers: config::nats_servers(&config.cluster),
+            node,
+            process: args.child.unwrap_or(1),
+            notify: Duration::from_millis(config.router.notify_ms),
+            expiry: Duration::from_millis(config.router.expiry_ms),
+            suspend: Some(suspend.clone()),
+        });
+        tracing::info!("this process is cluster member {}", member.me);
+    }
     let alive = match (&args.run_dir, args.child) {
         (Some(dir), Some(n)) => Some(watchdog::alive_file(dir, n)),
         _ => None,
@@ -199,7 +214,28 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// This machine's host name (`gethostname`), for the default node name.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
 fn init_logging(filter: &str) {
+    // The NATS client logs each connection event and, at debug, each message; the cluster
+    // logs what matters once (an outage, a reconnect), so the client is kept to warnings
+    // unless the filter names it.
+    let filter = if filter.contains("async_nats") {
+        filter.to_string()
+    } else {
+        format!("{filter},async_nats=warn")
+    };
+    let filter = filter.as_str();
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|err| {
         eprintln!("warning: bad log filter `{filter}` ({err}); using info");
         tracing_subscriber::EnvFilter::new("info")
@@ -227,6 +263,7 @@ fn run(
     }
     let node = Node::new(cpus, plan, peers);
     let handles = runtime::start(node.clone(), script::host::factory())?;
+    crate::cluster::start(node.clone())?;
     watchdog::start(node.clone(), alive);
     let signals = node.clone();
     std::thread::Builder::new()

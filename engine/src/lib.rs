@@ -8,6 +8,8 @@
 //! - [`script`]  — the only Lua: per-core LuaJIT states, prelude, natives, bundle, logger,
 //!   BSON <-> Lua, the blocking pool, the glue to the services. Implements
 //!   [`node::host::ScriptHost`].
+//! - [`cluster`] — stages of other nodes through NATS: membership heartbeats, a member
+//!   registry, the `stage-nats` thread that bridges the client to the cores' inboxes.
 //! - [`node`]    — one pinned glommio executor per core, inboxes, peers, locks, timers,
 //!   service shards, shutdown; drives a `ScriptHost`, knows no Lua.
 //! - [`net`]     — broker URLs, socket addresses, connection ids, listeners, connections,
@@ -17,6 +19,7 @@
 //! - [`codec`], [`config`], [`notify`] — framing; the JSON configuration; a core-local event.
 
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod net;

@@ -18,6 +18,8 @@ const LAYERS: &[&[&str]] = &[
     &["net"],
     // Cores, inboxes, peers, locks, timers, service shards; drives a ScriptHost, no Lua.
     &["node"],
+    // Other nodes through NATS: members, heartbeats, the NATS thread; no Lua.
+    &["cluster"],
     // The only Lua: states, prelude, natives, bundle, BSON <-> Lua, the blocking pool.
     &["script"],
     // The multi-process supervisor, then the command line that picks a role.

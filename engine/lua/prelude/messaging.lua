@@ -1,7 +1,8 @@
 -- Prelude, part 4: messages between stages (spec/stage.md §3.3-3.8, §10). `stage.signal`
 -- parses the target grammar and `route` posts the message to the main core of every receiving
--- stage of this process, or sends it as a datagram to another process of the node, which
--- posts it the same way on arrival; there it meets the stage's handler table (kept
+-- stage of this process, or sends it as a datagram to another process of the node, or through
+-- NATS to a member of another node (engine/src/cluster), which posts it the same way on
+-- arrival; there it meets the stage's handler table (kept
 -- process-wide by the engine, so `":msg"` calls and `stage.waitfor(id)` queries work from any
 -- core). Handlers, timers and jobs are
 -- re-created from bytecode: they see the globals of where they run, never upvalues.
@@ -80,6 +81,20 @@ local route -- forward
 
 -- This process's number, and whether the node has other processes (spec §1.1, §10.3).
 local ME, MULTI = E.process_info()
+-- This process's name as a member of the cluster (`<node>.<process>`), or nil: no cluster.
+local CLUSTER = E.cluster_me()
+-- `<node>.`: the members of this node (another process of it is reached through `peers`).
+local OWN_NODE = CLUSTER and CLUSTER:match("^(.*%.)%d+$")
+
+-- The member of this node's process `p`.
+local function member_of(p)
+  return OWN_NODE .. p
+end
+
+-- Whether cluster member `m` runs on this node.
+local function on_this_node(m)
+  return OWN_NODE ~= nil and m:sub(1, #OWN_NODE) == OWN_NODE and m:find(".", #OWN_NODE + 1, true) == nil
+end
 
 -- Sharded services (index.so, `=ticket`: service::shard) ------------------------------------
 -- A message for a stage goes to the core that handles it: a Lua stage's or `=route`'s main
@@ -120,7 +135,7 @@ local function split_batch(m)
   if m.r ~= nil then
     gather_seq = gather_seq + 1
     gid = gather_seq
-    gathers[gid] = { left = cores, r = m.r, rp = m.rp, out = {} }
+    gathers[gid] = { left = cores, r = m.r, rp = m.rp, rn = m.rn, out = {} }
   end
   for core, part in pairs(parts) do
     E.post(core, "msg", E.encode({ t = m.t, i = m.i, d = m.d, v = { n = 1, part }, b = true, g = gid, gc = E.core() }))
@@ -151,12 +166,22 @@ local function deliver_here(group, id, reply_to, deadline, values)
 end
 
 -- Sends values back to the stage that asked (the `_WAITFOR` of the request): straight to
--- the requesting process (`_WAITFOR[1]`), never load-balanced (spec §10.4).
--- Sends message `ret` with `values` to stage `to` of process `rp` (nil: the requester is local).
--- `from` (the replying stage) and `fp` (its process) name the sender without making it a
--- reply address: a reply is never answered, but a service such as `=route` must know who
--- claims an offer (spec/services.md §4.3).
-local function send_reply(to, rp, ret, values, from)
+-- the requesting process (`_WAITFOR[1]`) of the requesting member (`_WAITFOR[3]`, nil: this
+-- node), never load-balanced (spec §10.4).
+-- Sends message `ret` with `values` to stage `to` of process `rp` (nil: the requester is local)
+-- of cluster member `rn` (nil: this node). `from` (the replying stage) and `fp` (its process)
+-- name the sender without making it a reply address: a reply is never answered, but a
+-- service such as `=route` must know who claims an offer (spec/services.md §4.3).
+local function send_reply(to, rp, ret, values, from, rn)
+  if rn ~= nil and not on_this_node(rn) then
+    -- The asking member is on another node: straight to it, never load-balanced. No `fp`:
+    -- a process number means nothing on the other node.
+    if CLUSTER == nil then return E.unrouted(to .. ":" .. ret .. " (a reply to another node)") end
+    -- `rn` names this member as the sender (so a `=ticket` / `=route` stage there knows the
+    -- reply is not from its own node).
+    E.cluster_send(rn, to, false, E.encode({ i = ret, v = values, f = from, fp = ME, rn = CLUSTER }))
+    return
+  end
   if MULTI and rp ~= nil and rp ~= ME then
     E.send_process(rp, to, false, E.encode({ i = ret, v = values, f = from, fp = ME }))
     return
@@ -171,7 +196,7 @@ local function reply(w, ...)
   if to == nil then return end
   local id = w[0]
   local ret = id:match("=([^?]*)") or id:match("^([^=?]*)")
-  send_reply(to, w[1], ret, pack(...), P.stage and stage_ids[P.stage])
+  send_reply(to, w[1], ret, pack(...), P.stage and stage_ids[P.stage], w[3])
 end
 
 local function finish(w, ok, ...)
@@ -200,18 +225,33 @@ end
 local function send_service_output(o)
   local dest = o.i:match("^([^:]+):")
   if dest == nil then return E.unrouted(o.i .. " (no stage to deliver to)") end
+  local member = dest == o.s and o.n or nil
   local targets = E.stage_by_id(dest)
+  if dest ~= o.s and CLUSTER ~= nil and #targets == 0 and not (MULTI and #E.processes_of(dest) > 0) then
+    -- A callback naming another stage that this node does not run: one member of another
+    -- node that does, as `route` would choose.
+    member = E.cluster_pick(dest)
+    if member == nil then return E.unrouted(o.i) end
+  end
+  if member ~= nil then
+    -- The addressee runs on another node (`member`): straight there, like a reply. Replies
+    -- go to the reply stage's member, which is this one unless `o.rn` says otherwise.
+    if CLUSTER == nil then return E.unrouted(o.i .. " (an output for another node)") end
+    local rn = o.rn or (o.rp and member_of(o.rp)) or CLUSTER
+    E.cluster_send(member, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = rn, v = o.v, k = o.k }))
+    return
+  end
   if MULTI then
     local p = o.p
     if dest ~= o.s then p = E.pick_process(dest, #targets > 0) end
     if p == nil then return E.unrouted(o.i) end
     if p ~= ME then
-      E.send_process(p, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, v = o.v, k = o.k }))
+      E.send_process(p, dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = o.rn, v = o.v, k = o.k }))
       return
     end
   end
   if #targets == 0 then return E.unrouted(o.i) end
-  post_to_stage({ t = targets[1], i = o.i, r = o.r, rp = o.rp, v = o.v, k = o.k })
+  post_to_stage({ t = targets[1], i = o.i, r = o.r, rp = o.rp, rn = o.rn, v = o.v, k = o.k })
 end
 
 local timed_call = { ticket = E.ticket_call, route = E.route_call }
@@ -237,7 +277,7 @@ P.posts.http_done = function(m)
   env = E.decode(env)
   if env.i == nil then return end
   reply.extra = env.x
-  send_reply(env.r, env.rp, env.i, pack(reply))
+  send_reply(env.r, env.rp, env.i, pack(reply), nil, env.rn)
 end
 
 -- The results of one part of a batch split over cores (`split_batch`); the last part to
@@ -252,7 +292,7 @@ P.posts.gather = function(m)
   g.left = g.left - 1
   if g.left > 0 then return end
   gathers[m.g] = nil
-  if g.i ~= nil then send_reply(g.r, g.rp, g.i, pack(g.out)) end
+  if g.i ~= nil then send_reply(g.r, g.rp, g.i, pack(g.out), nil, g.rn) end
 end
 
 -- A routed message reached the core that handles it (for a Lua stage, its main core).
@@ -279,7 +319,7 @@ P.posts.msg = function(m, payload)
       -- request runs, nobody is answered (spec services.md §5.2).
       local cb = id:match("=(.*)$") or id
       local req = m.v and m.v[1]
-      local env = { r = m.r, rp = m.rp, x = type(req) == "table" and req.extra or nil }
+      local env = { r = m.r, rp = m.rp, rn = m.rn, x = type(req) == "table" and req.extra or nil }
       if cb ~= "" and m.r ~= nil then env.i = cb end
       local ok, err = pcall(E.http_call, stage, req, m.d, E.encode(env))
       if not ok then E.log("warn", "curl `" .. id .. "`: " .. tostring(err)) end
@@ -288,10 +328,12 @@ P.posts.msg = function(m, payload)
     local call = timed_call[service]
     if call ~= nil then
       -- `=ticket` / `=route`: the sender's address is its stage and process (a reply, such
-      -- as a claim or a lease extension, names its sender in `f`/`fp` instead).
-      local from, fp = m.r, m.rp
+      -- as a claim or a lease extension, names its sender in `f`/`fp` instead), and its
+      -- cluster member when it runs on another node.
+      local from, fp, member = m.r, m.rp, m.rn
       if from == nil then from, fp = m.f, m.fp end
-      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, from or "", fp or ME))
+      if member ~= nil and on_this_node(member) then member = nil end
+      send_service_outputs(service .. " `" .. id .. "`", pcall(call, stage, id, m.v, from or "", fp or ME, member))
       return
     end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)
@@ -304,7 +346,7 @@ P.posts.msg = function(m, payload)
     if not ok then
       E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret))
     elseif ret ~= nil and m.r ~= nil then
-      send_reply(m.r, m.rp, ret, pack(value))
+      send_reply(m.r, m.rp, ret, pack(value), nil, m.rn)
     end
     return
   end
@@ -322,13 +364,13 @@ P.posts.msg = function(m, payload)
     return
   end
   local f = handler_function(stage, matched, serial, code)
-  invoke(stage, env, f, { [0] = id, [-1] = matched, [1] = m.rp, [2] = m.r }, stored, m.v, m.k)
+  invoke(stage, env, f, { [0] = id, [-1] = matched, [1] = m.rp, [2] = m.r, [3] = m.rn }, stored, m.v, m.k)
 end
 
 -- Between processes: `*` goes to every eligible process hosting the group (and to the stages
 -- here), anything else to one process, round-robin over the eligible ones (this one included
 -- when it hosts the group). Remote sends go first, so a message too large for a datagram
--- raises before anything was delivered.
+-- raises before anything was delivered. Returns whether this node had a receiver.
 local function route_processes(targets, group, policy, id, reply_to, deadline, values)
   if policy == "*" then
     local procs = E.processes_of(group)
@@ -336,31 +378,67 @@ local function route_processes(targets, group, policy, id, reply_to, deadline, v
       local payload = E.encode({ i = id, r = reply_to, rp = ME, d = deadline, v = values })
       for _, n in ipairs(procs) do E.send_process(n, group, true, payload) end
     elseif #targets == 0 then
-      return E.unrouted(group .. ":" .. id)
+      return false
     end
-    return post_local(targets, true, id, reply_to, deadline, values)
+    post_local(targets, true, id, reply_to, deadline, values)
+    return true
   end
   local n = E.pick_process(group, #targets > 0)
-  if n == nil then return E.unrouted(group .. ":" .. id) end
-  if n == ME then return post_local(targets, false, id, reply_to, deadline, values) end
+  if n == nil then return false end
+  if n == ME then
+    post_local(targets, false, id, reply_to, deadline, values)
+    return true
+  end
   E.send_process(n, group, false, E.encode({ i = id, r = reply_to, rp = ME, d = deadline, v = values }))
+  return true
+end
+
+-- Between nodes (engine/src/cluster): `every` sends to each eligible member of another node
+-- hosting the group, else to one, round-robin. The request names this member in `rn`, so
+-- replies come straight back here. Returns whether a member was chosen (a send that fails
+-- is counted as unrouted by `E.cluster_send`).
+local function route_cluster(group, every, id, reply_to, deadline, values)
+  if CLUSTER == nil then return false end
+  local payload = nil
+  local function envelope()
+    payload = payload or E.encode({ i = id, r = reply_to, rp = ME, rn = CLUSTER, d = deadline, v = values })
+    return payload
+  end
+  if every then
+    local members = E.cluster_members(group)
+    for _, member in ipairs(members) do E.cluster_send(member, group, true, envelope()) end
+    return #members > 0
+  end
+  local member = E.cluster_pick(group)
+  if member == nil then return false end
+  E.cluster_send(member, group, false, envelope())
+  return true
 end
 
 -- Posts message `id` with `values` to the stages of group `group` (policy: "" one, "*" all,
 -- "=" this node, "+" other nodes), replies going to stage `reply_to`. The one place where a
--- message's receivers are chosen.
+-- message's receivers are chosen. One receiver ("") is on this node whenever this node has
+-- an eligible one (no network hop it does not need), else a member of another node.
 route = function(group, policy, id, reply_to, deadline, values)
   if policy == "+" then
-    -- No clustering yet: there are no other nodes, so "+" never has a receiver.
-    return E.unrouted(group .. ":" .. id)
+    if not route_cluster(group, false, id, reply_to, deadline, values) then
+      E.unrouted(group .. ":" .. id)
+    end
+    return
   end
   local targets = E.stage_by_id(group)
+  local here
   if MULTI then
-    -- "=" is every process of this node: the same as no policy until nodes cluster.
-    return route_processes(targets, group, policy, id, reply_to, deadline, values)
+    here = route_processes(targets, group, policy, id, reply_to, deadline, values)
+  else
+    here = #targets > 0
+    if here then post_local(targets, policy == "*", id, reply_to, deadline, values) end
   end
-  if #targets == 0 then return E.unrouted(group .. ":" .. id) end
-  post_local(targets, policy == "*", id, reply_to, deadline, values)
+  local remote = false
+  if policy == "*" or (policy == "" and not here) then
+    remote = route_cluster(group, policy == "*", id, reply_to, deadline, values)
+  end
+  if not here and not remote then E.unrouted(group .. ":" .. id) end
 end
 
 -- Runs the current stage's handler for `msg` now, on this core (`stage.signal(":msg", ...)`).

@@ -26,7 +26,8 @@ pub use error::ConfigError;
 pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_REFLUSH_MS};
 pub use modules::{ModuleKind, ModuleRef, MAX_STAGE_ID};
 pub use settings::{
-    ClusterEntry, Router, Services, Startup, StartupEntry, Threads, DEFAULT_OBJECTS,
+    default_node_name, nats_servers, valid_node_name, ClusterEntry, Router, Services, Startup,
+    StartupEntry, Threads, DEFAULT_OBJECTS,
 };
 
 use error::At;
@@ -84,6 +85,8 @@ pub struct Config {
     pub services: Services,
     pub router: Router,
     pub cluster: Vec<ClusterEntry>,
+    /// `#node`: this node's name in the cluster (`None`: the default, host and pid).
+    pub node: Option<String>,
     pub threads: Threads,
     pub startup: Startup,
     /// `#license` was given. The original checked it; we accept and ignore it.
@@ -148,6 +151,7 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
     let mut services = Services::default();
     let mut router = Router::default();
     let mut cluster = Vec::new();
+    let mut node = None;
     let mut threads = Threads::default();
     let mut startup = None;
     let mut license_present = false;
@@ -160,11 +164,12 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
             "#services" => services = settings::services(v, &at, &mut errs),
             "#router" => router = settings::router(v, &at, &mut errs),
             "#cluster" => cluster = settings::cluster(v, &at, &mut errs),
+            "#node" => node = settings::node_name(v, &at, &mut errs),
             "#threads" => threads = settings::threads(v, &at, &mut errs),
             "#startup" => startup = Some(settings::startup(v, &at, &mut errs)),
             "#license" => license_present = true,
             k if k.starts_with('#') => errs.push(at.invalid(
-                "unknown key (the `#` settings are #services, #license, #router, #cluster, #threads, #startup)",
+                "unknown key (the `#` settings are #services, #license, #router, #cluster, #node, #threads, #startup)",
             )),
             k if is_module_key(k) => match ModuleRef::parse(k) {
                 Err(m) => errs.push(at.invalid(m)),
@@ -221,6 +226,7 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
         services,
         router,
         cluster,
+        node,
         threads,
         startup,
         license_present,
@@ -303,6 +309,11 @@ impl Config {
         matches!(self.startup, Startup::Array(_)) && self.lua_processes().len() > 1
     }
 
+    /// `#cluster` names NATS servers: the node joins the cluster (`cluster`).
+    pub fn clustered(&self) -> bool {
+        !settings::nats_servers(&self.cluster).is_empty()
+    }
+
     /// Configured things this build accepts but does not act on yet, for one info line at boot
     /// so that nobody wonders why, say, `#cluster` has no effect.
     pub fn inactive_keys(&self) -> Vec<String> {
@@ -319,8 +330,11 @@ impl Config {
                 // Every listener already shares its port (between cores and processes) with
                 // SO_REUSEPORT. `#router` drives the heartbeats between the processes of a
                 // multi-process node; with one process there is nothing to register.
-                "#router" if self.multi_process() => {}
-                "#cluster" | "#license" | "#router" | "#services" => out.push(key.clone()),
+                "#router" if self.multi_process() || self.clustered() => {}
+                "#cluster" | "#node" if self.clustered() => {}
+                "#cluster" | "#node" | "#license" | "#router" | "#services" => {
+                    out.push(key.clone())
+                }
                 k if k.starts_with('#') => {}
                 k if is_module_key(k) => match ModuleRef::parse(k).map(|m| m.kind) {
                     Ok(ModuleKind::Lua) | Err(_) => lua_inactive(key, v, &mut out),

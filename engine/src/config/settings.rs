@@ -56,6 +56,80 @@ pub enum ClusterEntry {
     Advertise(String),
     /// `"=host:port"`: fallback node for messages nobody here takes (text after the `=`).
     Backup(String),
+    /// `"nats://[user:pass@]host:port"` or `"tls://..."`: a NATS server of the cluster
+    /// (DESIGN.md principle 7: the cluster runs over NATS, not the original's UDP). Several
+    /// entries are the client's failover list. Kept as written: credentials in it are the
+    /// client library's to read.
+    Nats(String),
+}
+
+/// The NATS servers among `#cluster`'s entries, in order (empty: no cluster).
+pub fn nats_servers(entries: &[ClusterEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            ClusterEntry::Nats(url) => Some(url.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A `nats://` or `tls://` URL with a host after the scheme (and optional credentials).
+fn nats_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("nats://")
+        .or_else(|| s.strip_prefix("tls://"))
+        .unwrap_or_default();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if host.is_empty() || host.starts_with(':') || host.contains('/') {
+        return Err(format!(
+            "`{s}`: expected \"nats://[user:password@]host[:port]\" (or tls://)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `#node`: this node's name in the cluster, `[A-Za-z0-9_-]`, 1 to 64 characters (it is
+/// part of NATS subjects, where `.`, `*`, `>` and spaces have meanings of their own).
+pub(crate) fn node_name(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> Option<String> {
+    match v {
+        OwnedValue::String(s) if valid_node_name(s) => Some(s.to_string()),
+        OwnedValue::String(s) => {
+            errs.push(at.invalid(format!(
+                "`{s}`: a node name is 1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`"
+            )));
+            None
+        }
+        other => {
+            errs.push(at.type_err("a string (the node's name in the cluster)", other));
+            None
+        }
+    }
+}
+
+pub fn valid_node_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The default node name, `<host>-<pid>`, with every character a node name may not hold
+/// replaced by `_` (a host name may hold dots). `pid` is the supervisor's in a
+/// multi-process node, so every process of the node agrees on it.
+pub fn default_node_name(host: &str, pid: u32) -> String {
+    let host: String = host
+        .chars()
+        .take(48)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let host = if host.is_empty() { "node".into() } else { host };
+    format!("{host}-{pid}")
 }
 
 /// `#threads`: worker threads per stage process and the message-object pool size.
@@ -281,6 +355,8 @@ pub(crate) fn cluster(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> V
                     }
                 } else if let Some(addr) = s.strip_prefix('=') {
                     host_port(addr).map(ClusterEntry::Backup)
+                } else if s.starts_with("nats://") || s.starts_with("tls://") {
+                    nats_url(s).map(ClusterEntry::Nats)
                 } else {
                     host_port(s).map(ClusterEntry::Member)
                 }
@@ -290,7 +366,7 @@ pub(crate) fn cluster(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> V
                 Some(i) => port_from_int(i).map(ClusterEntry::Listen),
                 None => {
                     errs.push(at.type_err(
-                        "a listen port, \"host:port\", \":interface\" or \"=host:port\"",
+                        "a listen port, \"host:port\", \":interface\", \"=host:port\" or \"nats://host:port\"",
                         other,
                     ));
                     continue;

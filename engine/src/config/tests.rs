@@ -246,7 +246,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#startup[3]`: `lua` is not a module: expected `NAME.so[@entry][+ID]`, `=route[+ID]` or `=ticket[+ID]`",
             "config `stage.json`: key `#startup[4][0]`: stage id `a:b` contains ':', which has a meaning in message targets",
             "config `stage.json`: key `#startup[5]`: expected a module string, an array of module strings or a delay in msec, found object",
-            "config `stage.json`: key `#bogus`: unknown key (the `#` settings are #services, #license, #router, #cluster, #threads, #startup)",
+            "config `stage.json`: key `#bogus`: unknown key (the `#` settings are #services, #license, #router, #cluster, #node, #threads, #startup)",
             "config `stage.json`: key `#services.tcp[0]`: `localhost` has no port: expected \"host:port\"",
             "config `stage.json`: key `#services.sctp`: unknown key: `#services` takes only `tcp` and `udp`",
             "config `stage.json`: key `#router`: expected at most 2 elements [sync_ms, notify_ms], found 3",
@@ -254,7 +254,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#cluster[0]`: `nohost` has no port: expected \"host:port\"",
             "config `stage.json`: key `#cluster[1]`: port 70000 is not a number from 0 to 65535",
             "config `stage.json`: key `#cluster[2]`: `:` must be followed by an interface name or IPv4 address",
-            "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\" or \"=host:port\", found boolean true",
+            "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\", \"=host:port\" or \"nats://host:port\", found boolean true",
             "config `stage.json`: key `lua.so.%package[1]`: expected a string, found integer 7",
             "config `stage.json`: key `lua.so.%reflush`: -1 msec is out of range: expected 0 to 4294967295",
             "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %odbc, %cluster)",
@@ -366,6 +366,44 @@ fn services_router_cluster_threads_forms() {
         vec![ClusterEntry::Backup("10.0.0.1:18081".into())]
     );
     assert_eq!(c.threads, Threads::default());
+
+    // NATS servers join the cluster; the original's entries still parse beside them.
+    let c = ok(r##"{"#startup": ["lua.so+a"], "#node": "eu-1_a",
+        "#cluster": ["nats://127.0.0.1:4222", "tls://user:pw@nats.lan:4443", ":eth0", 18081]}"##);
+    assert_eq!(
+        c.cluster,
+        vec![
+            ClusterEntry::Nats("nats://127.0.0.1:4222".into()),
+            ClusterEntry::Nats("tls://user:pw@nats.lan:4443".into()),
+            ClusterEntry::Advertise("eth0".into()),
+            ClusterEntry::Listen(18081),
+        ]
+    );
+    assert_eq!(
+        nats_servers(&c.cluster),
+        vec!["nats://127.0.0.1:4222", "tls://user:pw@nats.lan:4443"]
+    );
+    assert!(c.clustered());
+    assert_eq!(c.node.as_deref(), Some("eu-1_a"));
+    assert!(c.inactive_keys().is_empty(), "{:?}", c.inactive_keys());
+    let errs = errors(
+        r##"{"#startup": ["lua.so+a"], "#node": "a.b",
+        "#cluster": ["nats://", "nats://u:p@", "tls://:4222"]}"##,
+    );
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(
+        errs[0].contains("`#node`: `a.b`: a node name is"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("`#cluster[0]`: `nats://`: expected"),
+        "{errs:?}"
+    );
+    assert!(errors(r##"{"#startup": ["lua.so+a"], "#node": 7}"##)[0].contains("expected a string"));
+    // Without NATS servers `#node` has nothing to name.
+    let c = ok(r##"{"#startup": ["lua.so+a"], "#node": "n1"}"##);
+    assert!(!c.clustered());
+    assert_eq!(c.inactive_keys(), vec!["#node"]);
 
     // Absent `#router`: the window is 500 msec and the heartbeat 300 msec (open question 21).
     let c = ok(r##"{"#startup": ["lua.so+a"]}"##);
@@ -673,4 +711,22 @@ fn the_index_block_object_form_is_checked_key_by_key() {
         ]
     );
     ok(r##"{"#startup": ["index.so+a"], "index.so+a": {"sync": "always"}}"##);
+}
+
+#[test]
+fn default_node_names_are_subject_safe() {
+    assert_eq!(
+        default_node_name("web-01.eu.lan", 4242),
+        "web-01_eu_lan-4242"
+    );
+    assert_eq!(default_node_name("", 7), "node-7");
+    assert!(valid_node_name(&default_node_name(
+        &"h".repeat(200),
+        u32::MAX
+    )));
+    assert!(valid_node_name("A-z_09"));
+    assert!(!valid_node_name(""));
+    assert!(!valid_node_name("a b"));
+    assert!(!valid_node_name("a*"));
+    assert!(!valid_node_name(&"x".repeat(65)));
 }

@@ -20,8 +20,9 @@
 //! | `i`  | string, **required** | every sender: `route` (`group:name` of `stage.signal`), `send_reply` (the reply's id), `send_service_output` (an output's id), `deliver_here` (a lock grant's callback, `cb` of `>L.cb`), `split_batch` (the batch's id) | the message id; the receiver strips its own `stage:` prefix and finds the handler (Lua stage) or the command (service stage) it names |
 //! | `r`  | string | `route` (the sending stage's id: replies wanted), `send_service_output` (a service's reply stage) | the stage replies go to; absent: nobody is answered |
 //! | `rp` | int64 | a sender in another process: `route_processes` (its own number), `send_service_output` (the output's `rp`, else its own number); kept when a core passes the message on (the parts of a split batch leave it to the gathering core) | the process of `r`, and the sender's process for `=ticket` / `=route`; absent: this process |
+//! | `rn` | string | every message sent to another node: `route_cluster` (requests) and `send_reply` (replies), this member's name (`cluster::Cluster::me`) | the cluster member (`<node>.<process>`) that sent the message; for a request, where its replies go (through `E.cluster_send`, never load-balanced); absent: this node. `P.posts.msg` keeps it in `_WAITFOR[3]`; index.so and curl.so replies carry it through; `=ticket` / `=route` take it as the sender's member (`Requester::node`) and address their outputs to it |
 //! | `f`  | string | `send_reply` (the replying stage's id, when a stage replies) | who sent a reply, without making it answerable (a reply is never answered); `=ticket` / `=route` take it as the sender when `r` is absent (claims, lease extensions) |
-//! | `fp` | int64 | `send_reply` to another process (its own number) | the process of `f`; absent: this process |
+//! | `fp` | int64 | `send_reply` to another process or node (its own number) | the process of `f` (on node `rn` when set); absent: this process |
 //! | `d`  | int64 if integral, else double | `route`, from `stage.signal({id, ms}, ...)`: the wall clock at sending + `ms`; kept by `split_batch` | deadline, in milliseconds since the Unix epoch: `P.posts.msg` drops a message it receives later; curl.so takes it as the request's time limit |
 //! | `v`  | embedded document | every sender with values: `P.pack(...)` = `{n = count, [1] = .., ...}` (keys `#1`, `#2`, ... and `n`; a nil is a missing `#k`) | the values, in the engine-internal form (functions as LuaJIT bytecode, binary subtype 0x80). **Opaque** here: kept as raw bytes, only its framing checked (the Lua codec checks the rest where it is read) |
 //! | `k`  | string | `send_service_output`, for a `=ticket` grant | the lease the grant runs under (`_TICKET` in the handler) |
@@ -51,6 +52,9 @@ pub struct Envelope {
     pub reply_stage: Option<String>,
     /// `rp`: the process of the reply stage, and of the sender (`None`: this process).
     pub reply_process: Option<u32>,
+    /// `rn`: the cluster member that sent this message, where a request's replies go
+    /// (`None`: this node).
+    pub reply_node: Option<String>,
     /// `f`: the stage that sent this reply; never a reply address.
     pub from_stage: Option<String>,
     /// `fp`: the process of `from_stage` (`None`: this process).
@@ -110,10 +114,11 @@ enum Field {
     Split,
     Gather,
     GatherCore,
+    ReplyNode,
 }
 
 impl Field {
-    const ALL: [Field; 12] = [
+    const ALL: [Field; 13] = [
         Field::Stage,
         Field::Id,
         Field::ReplyStage,
@@ -126,6 +131,7 @@ impl Field {
         Field::Split,
         Field::Gather,
         Field::GatherCore,
+        Field::ReplyNode,
     ];
 
     fn key(self) -> &'static str {
@@ -142,6 +148,7 @@ impl Field {
             Field::Split => "b",
             Field::Gather => "g",
             Field::GatherCore => "gc",
+            Field::ReplyNode => "rn",
         }
     }
 
@@ -157,7 +164,9 @@ impl Field {
             | Field::FromProcess
             | Field::Gather
             | Field::GatherCore => "an integer (int32 or int64)",
-            Field::Id | Field::ReplyStage | Field::FromStage | Field::Ticket => "a string",
+            Field::Id | Field::ReplyStage | Field::FromStage | Field::Ticket | Field::ReplyNode => {
+                "a string"
+            }
             Field::Deadline => "a number (double, int32 or int64)",
             Field::Values => "an embedded document",
             Field::Split => "a boolean",
@@ -251,6 +260,7 @@ impl Envelope {
                 Field::Id => id = Some(field.string(&value)?),
                 Field::ReplyStage => out.reply_stage = Some(field.string(&value)?),
                 Field::ReplyProcess => out.reply_process = Some(field.integer(&value)?),
+                Field::ReplyNode => out.reply_node = Some(field.string(&value)?),
                 Field::FromStage => out.from_stage = Some(field.string(&value)?),
                 Field::FromProcess => out.from_process = Some(field.integer(&value)?),
                 Field::Deadline => out.deadline_ms = Some(field.number(&value)?),
@@ -277,7 +287,12 @@ impl Envelope {
     /// what BSON cannot hold (a field past 2 GiB, `values` that are not one document, a
     /// gather id past `i64::MAX`).
     pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
-        let strings = [&self.reply_stage, &self.from_stage, &self.ticket];
+        let strings = [
+            &self.reply_stage,
+            &self.reply_node,
+            &self.from_stage,
+            &self.ticket,
+        ];
         let size = 64
             + self.id.len()
             + strings
@@ -314,6 +329,9 @@ fn write_fields(e: &Envelope, gather: Option<i64>, w: &mut Writer) -> Result<(),
     }
     if let Some(rp) = e.reply_process {
         w.int64(Field::ReplyProcess.key(), rp.into())?;
+    }
+    if let Some(rn) = &e.reply_node {
+        w.string(Field::ReplyNode.key(), rn.as_bytes())?;
     }
     if let Some(f) = &e.from_stage {
         w.string(Field::FromStage.key(), f.as_bytes())?;
@@ -408,6 +426,7 @@ mod tests {
             id: "index:#1.set?scores=done".into(),
             reply_stage: Some("game".into()),
             reply_process: Some(3),
+            reply_node: Some("eu-1.2".into()),
             from_stage: Some("ticket".into()),
             from_process: Some(4),
             deadline_ms: Some(12.0),
@@ -438,6 +457,7 @@ mod tests {
             ("t", types::INT64),
             ("i", types::STRING),
             ("rp", types::INT64),
+            ("rn", types::STRING),
             ("d", types::INT64),
             ("b", types::BOOL),
             ("g", types::INT64),
@@ -620,6 +640,15 @@ mod tests {
                 ]),
                 EnvelopeError::NotUtf8 { key: "r" },
             ),
+            (
+                "reply node as an integer",
+                raw(&[(types::STRING, "i", &id), (types::INT64, "rn", &i64le(2))]),
+                EnvelopeError::WrongType {
+                    key: "rn",
+                    expected: "a string",
+                    found: "int64".into(),
+                },
+            ),
         ];
         for (what, doc, expected) in cases {
             assert_eq!(Envelope::decode(&doc), Err(expected), "{what}");
@@ -639,6 +668,7 @@ mod tests {
             stage: Some(2),
             reply_stage: Some("lobby".into()),
             reply_process: Some(1),
+            reply_node: Some("n1.1".into()),
             deadline_ms: Some(1e12 + 0.5),
             values: Some(values()),
             split: true,

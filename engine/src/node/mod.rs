@@ -14,6 +14,7 @@ pub mod host;
 pub mod lock_service;
 pub mod locks;
 pub mod mailbox;
+pub mod members;
 pub mod outbox;
 pub mod overrides;
 pub mod peers;

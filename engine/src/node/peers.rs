@@ -19,7 +19,6 @@
 //! decoded (a malformed one is dropped and counted as unrouted), given `t` = the index of
 //! each receiving stage here and encoded again: exactly the payload of a local `msg` post.
 
-use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::envelope::{Envelope, EnvelopeError};
+use super::members::Members;
 use super::outbox::Outbox;
 use super::runtime::Core;
 use super::{CoreMsg, Node};
@@ -66,28 +66,13 @@ pub struct Peers {
     others: Vec<u32>,
     dir: PathBuf,
     notify: Duration,
-    expiry: Duration,
     sender: UnixDatagram,
     /// This process's own socket, bound by [`Peers::bind`] before any stage boots and taken
     /// by the reader thread once core 0 has booted: what arrives in between waits in it.
     receiver: Mutex<Option<UnixDatagram>>,
     /// Datagrams a busy receiver could not take at once (sent by the outbox thread).
     outbox: Outbox,
-    registry: Mutex<Registry>,
-}
-
-#[derive(Default)]
-struct Registry {
-    peers: HashMap<u32, Peer>,
-    /// Round-robin position per stage id.
-    cursors: HashMap<String, usize>,
-}
-
-struct Peer {
-    ids: Vec<String>,
-    seen: Instant,
-    /// Logged as up (so going down is logged once).
-    up: bool,
+    registry: Members<u32>,
 }
 
 /// A decoded datagram.
@@ -137,11 +122,10 @@ impl Peers {
                 .collect(),
             dir: settings.dir,
             notify: settings.notify,
-            expiry: settings.expiry,
             sender,
             receiver: Mutex::new(None),
             outbox: Outbox::default(),
-            registry: Mutex::new(Registry::default()),
+            registry: Members::new(settings.expiry),
         })
     }
 
@@ -181,77 +165,36 @@ impl Peers {
         if n == self.me {
             return;
         }
-        let mut reg = self.registry.lock().unwrap();
-        let peer = reg.peers.entry(n).or_insert_with(|| Peer {
-            ids: Vec::new(),
-            seen: now,
-            up: false,
-        });
-        if !peer.up {
+        let list = ids.join(", ");
+        if self.registry.heard(n, ids, now) {
             tracing::info!(
-                "process {}: peer process {n} is up, hosting [{}]",
-                self.me,
-                ids.join(", ")
+                "process {}: peer process {n} is up, hosting [{list}]",
+                self.me
             );
         }
-        peer.up = true;
-        peer.seen = now;
-        peer.ids = ids;
     }
 
     /// Logs the peers whose heartbeats stopped (they are no longer eligible anyway).
     pub fn sweep(&self, now: Instant) {
-        let mut reg = self.registry.lock().unwrap();
-        for (n, peer) in reg.peers.iter_mut() {
-            if peer.up && now.duration_since(peer.seen) >= self.expiry {
-                peer.up = false;
-                tracing::info!(
-                    "process {}: peer process {n} is down (no heartbeat for {} ms)",
-                    self.me,
-                    now.duration_since(peer.seen).as_millis()
-                );
-            }
+        for (n, silent) in self.registry.sweep(now) {
+            tracing::info!(
+                "process {}: peer process {n} is down (no heartbeat for {} ms)",
+                self.me,
+                silent.as_millis()
+            );
         }
-    }
-
-    fn hosting_now(&self, reg: &Registry, group: &str, now: Instant) -> Vec<u32> {
-        let mut out: Vec<u32> = reg
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                now.duration_since(p.seen) < self.expiry && p.ids.iter().any(|id| id == group)
-            })
-            .map(|(n, _)| *n)
-            .collect();
-        out.sort_unstable();
-        out
     }
 
     /// The other processes currently eligible for `group`, in number order.
     pub fn hosting(&self, group: &str, now: Instant) -> Vec<u32> {
-        let reg = self.registry.lock().unwrap();
-        self.hosting_now(&reg, group, now)
+        self.registry.hosting(group, now, &|_| true)
     }
 
     /// The next process (round-robin) among those eligible for `group`; this process is a
     /// candidate when `local` (it hosts the group). `None`: nobody.
     pub fn pick(&self, group: &str, local: bool, now: Instant) -> Option<u32> {
-        let mut reg = self.registry.lock().unwrap();
-        let mut candidates = self.hosting_now(&reg, group, now);
-        if local {
-            candidates.push(self.me);
-            candidates.sort_unstable();
-        }
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            len => {
-                let cursor = reg.cursors.entry(group.to_string()).or_insert(0);
-                let n = candidates[*cursor % len];
-                *cursor = cursor.wrapping_add(1);
-                Some(n)
-            }
-        }
+        self.registry
+            .pick(group, local.then_some(self.me), now, &|_| true)
     }
 }
 
@@ -416,10 +359,10 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
     }
 }
 
-/// Posts a message from another process to the main core of the stage(s) of `group` here,
+/// Posts a message from another process (or, through `cluster`, another node) to the main core of the stage(s) of `group` here,
 /// exactly as a local `stage.signal` from another core would. The envelope is decoded once
 /// and encoded per receiving stage (only `t` differs).
-fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
+pub(crate) fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
     let mut envelope = match Envelope::decode(doc) {
         Ok(envelope) => envelope,
         Err(err) => {
@@ -492,45 +435,61 @@ impl Overload {
     }
 }
 
-async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
-    let mut ids: Vec<&str> = core
-        .node
-        .stages
-        .iter()
-        .map(|s| s.id.as_str())
-        .filter(|id| !id.is_empty())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let frame = heartbeat_frame(peers.me, &ids);
-    let mut suspended = false;
-    let mut overload = Overload::default();
-    loop {
-        peers.sweep(Instant::now());
-        let suspend = peers.suspend.as_ref().filter(|f| f.exists());
-        if suspend.is_some() != suspended {
-            suspended = suspend.is_some();
+/// Whether this process should announce itself now: not while the suspend file (`-s`)
+/// exists, not while overloaded. Shared by the heartbeats to the other processes of the node
+/// and to the cluster (`cluster`), so both drop out of routing for the same reasons. Each
+/// change is logged once, naming `who` ("process 2", "cluster member n1.2").
+pub struct Gate {
+    who: String,
+    suspend: Option<PathBuf>,
+    suspended: bool,
+    overload: Overload,
+}
+
+impl Gate {
+    pub fn new(who: String, suspend: Option<PathBuf>) -> Gate {
+        Gate {
+            who,
+            suspend,
+            suspended: false,
+            overload: Overload::default(),
+        }
+    }
+
+    /// Called once per heartbeat period with the messages queued for this process's cores.
+    pub fn open(&mut self, queued: usize) -> bool {
+        let who = &self.who;
+        let suspend = self.suspend.as_ref().filter(|f| f.exists());
+        if suspend.is_some() != self.suspended {
+            self.suspended = suspend.is_some();
             match suspend {
                 Some(f) => tracing::warn!(
-                    "process {}: suspend file {} exists: no more heartbeats, traffic drains away",
-                    peers.me,
+                    "{who}: suspend file {} exists: no more heartbeats, traffic drains away",
                     f.display()
                 ),
-                None => {
-                    tracing::info!("process {}: suspend file gone: heartbeats resume", peers.me)
-                }
+                None => tracing::info!("{who}: suspend file gone: heartbeats resume"),
             }
         }
-        let queued = core.node.queued();
-        match overload.update(queued) {
+        match self.overload.update(queued) {
             Some(true) => tracing::warn!(
-                "process {}: overloaded ({queued} messages queued and growing): no heartbeats until they drain, so new work goes elsewhere",
-                peers.me
+                "{who}: overloaded ({queued} messages queued and growing): no heartbeats until they drain, so new work goes elsewhere"
             ),
-            Some(false) => tracing::info!("process {}: backlog drained: heartbeats resume", peers.me),
+            Some(false) => tracing::info!("{who}: backlog drained: heartbeats resume"),
             None => {}
         }
-        for n in peers.others.iter().filter(|_| !suspended && !overload.on) {
+        !self.suspended && !self.overload.on
+    }
+}
+
+async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
+    let ids = core.node.stages.hosted_ids();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let frame = heartbeat_frame(peers.me, &ids);
+    let mut gate = Gate::new(format!("process {}", peers.me), peers.suspend.clone());
+    loop {
+        peers.sweep(Instant::now());
+        let open = gate.open(core.node.queued());
+        for n in peers.others.iter().filter(|_| open) {
             if let Err(err) = peers.send(*n, &frame) {
                 tracing::trace!("heartbeat to process {n} not sent: {err}");
             }

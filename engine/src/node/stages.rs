@@ -99,6 +99,19 @@ impl StageDirectory {
         self.stages.iter()
     }
 
+    /// The stage ids this process hosts, sorted, once each: what its heartbeats announce.
+    pub fn hosted_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|s| !s.id.is_empty())
+            .map(|s| s.id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     fn next_serial(&self) -> u64 {
         self.serial.fetch_add(1, Ordering::Relaxed)
     }

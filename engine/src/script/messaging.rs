@@ -511,6 +511,19 @@ mod envelope_agreement {
                 ..Envelope::new("game:move")
             },
         );
+        // route_cluster: a request to a member of another node names the asking member.
+        agree(
+            &lua,
+            r##"return { i = "game:move=back", r = "lobby", rp = 2, rn = "eu-1.2",
+                        d = 1700000000000 + 1500, v = pack("x") }"##,
+            Envelope {
+                reply_stage: Some("lobby".into()),
+                reply_process: Some(2),
+                reply_node: Some("eu-1.2".into()),
+                deadline_ms: Some(1_700_000_001_500.0),
+                ..Envelope::new("game:move=back")
+            },
+        );
         // A fractional deadline travels as a double.
         agree(
             &lua,

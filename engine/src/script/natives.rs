@@ -39,6 +39,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("listener_close", lua.create_function(listener_close)?)?;
     e.set("load", lua.create_function(load)?)?;
     super::messaging::register(lua, e)?;
+    super::cluster::register(lua, e)?;
     super::shared::register(lua, e)?;
     super::services::index::register(lua, e)?;
     super::services::timed::register(lua, e)?;

@@ -2,7 +2,7 @@
 //! built-in services. The services never look inside a payload, so it stays opaque bytes.
 
 /// Who sent a message, and where its answers go (spec §0.1 "Reply addressing"): the sender's
-/// process number and stage sign. The services only compare, order and hand it back; the
+/// process number and stage sign, and in a cluster the member it runs in. The services only compare, order and hand it back; the
 /// ordering makes every "send to each distinct requester" deterministic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Requester {
@@ -10,6 +10,8 @@ pub struct Requester {
     pub process: u32,
     /// The sender's stage sign (`ss_stage`); may be empty for a sender that has none.
     pub sign: String,
+    /// The cluster member (`<node>.<process>`) the sender runs in; `None`: this node.
+    pub node: Option<String>,
 }
 
 impl Requester {
@@ -17,6 +19,15 @@ impl Requester {
         Requester {
             process,
             sign: sign.into(),
+            node: None,
+        }
+    }
+
+    /// A sender on another node of the cluster (`node`: its member name), or on this one.
+    pub fn on_node(process: u32, sign: impl Into<String>, node: Option<String>) -> Self {
+        Requester {
+            node,
+            ..Requester::new(process, sign)
         }
     }
 }

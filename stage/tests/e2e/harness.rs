@@ -102,6 +102,12 @@ impl Server {
         server
     }
 
+    /// Runs the binary from the repository root with `args`, without waiting for a port
+    /// (for examples that listen on none).
+    pub fn launch_in_repo(args: &[&str]) -> Server {
+        Server::launch(tempfile::tempdir().unwrap(), &repo_root(), 0, args, None)
+    }
+
     /// Starts `stage args` in `cwd`, logging (at debug) into `dir/stage.log`.
     fn launch(
         dir: tempfile::TempDir,

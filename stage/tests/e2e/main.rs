@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod curl;
 mod examples;
 mod ffi_path;

@@ -2,9 +2,10 @@
 //! `E.route_call`, `E.service_tick`). Like index.so, a message for one of these stages is
 //! routed like any stage message and reaches `P.posts.msg` on the service's owner core; the
 //! prelude hands the command key (the id without `"<sign>:"`), the values and the sender's
-//! address (`r` = its stage, `rp` = its process) here. This module turns them into the
-//! service's command, runs it, and returns the service's outputs as plain message
-//! descriptions `{s, p, i, r, rp, v, k}`, which the prelude sends with its usual machinery, so
+//! address (`r` = its stage, `rp` = its process, and the cluster member it runs in when that
+//! is another node) here. This module turns them into the service's command, runs it, and
+//! returns the service's outputs as plain message descriptions `{s, p, n, i, r, rp, rn, v, k}`
+//! (`n` / `rn`: the member of the addressee / of the reply address, absent on this node), which the prelude sends with its usual machinery, so
 //! they reach the right stage in the right process. Keeping the sending in the prelude keeps a
 //! single delivery path (`route` stays the one place receivers are chosen).
 //!
@@ -43,8 +44,9 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-/// The arguments every call gets: stage index, command key, values, sender stage and process.
-type CallArgs = (usize, String, Option<Table>, String, u32);
+/// The arguments every call gets: stage index, command key, values, sender stage, process
+/// and cluster member (nil: this node).
+type CallArgs = (usize, String, Option<Table>, String, u32, Option<String>);
 
 fn slot(stage: usize) -> mlua::Result<std::rc::Rc<std::cell::RefCell<TimedSlot>>> {
     core()?.timed_service(stage).ok_or_else(|| {
@@ -60,7 +62,7 @@ type Run<C> = fn(&mut TimedService, Instant, Requester, C) -> Option<Outputs>;
 /// One call into a timed service: parse (with no borrow held, the parser reads Lua values),
 /// run, re-arm the service's timer, and hand the outputs to the prelude.
 fn call<C>(lua: &Lua, args: CallArgs, parse: Parse<C>, run: Run<C>) -> mlua::Result<Table> {
-    let (stage, key, values, sign, rp) = args;
+    let (stage, key, values, sign, rp, node) = args;
     let slot = slot(stage)?;
     let own = service_sign(&slot);
     let Some(cmd) = parse(lua, &own, &key, values.as_ref())? else {
@@ -70,7 +72,7 @@ fn call<C>(lua: &Lua, args: CallArgs, parse: Parse<C>, run: Run<C>) -> mlua::Res
     let outs = run(
         &mut slot.borrow_mut().service,
         now,
-        Requester::new(rp, sign),
+        Requester::on_node(rp, sign, node),
         cmd,
     )
     .ok_or_else(|| mlua::Error::runtime(format!("stage #{stage} is another kind of service")))?;
@@ -78,7 +80,7 @@ fn call<C>(lua: &Lua, args: CallArgs, parse: Parse<C>, run: Run<C>) -> mlua::Res
     outputs(lua, outs)
 }
 
-/// `E.ticket_call(stage, key, values, sender_stage, sender_process)` -> outputs.
+/// `E.ticket_call(stage, key, values, sender_stage, sender_process, sender_member)` -> outputs.
 fn ticket_call(lua: &Lua, args: CallArgs) -> mlua::Result<Table> {
     call(
         lua,
@@ -91,7 +93,7 @@ fn ticket_call(lua: &Lua, args: CallArgs) -> mlua::Result<Table> {
     )
 }
 
-/// `E.route_call(stage, key, values, sender_stage, sender_process)` -> outputs.
+/// `E.route_call(stage, key, values, sender_stage, sender_process, sender_member)` -> outputs.
 fn route_call(lua: &Lua, args: CallArgs) -> mlua::Result<Table> {
     call(
         lua,
@@ -357,11 +359,16 @@ enum Outputs {
     Route(Vec<RouteOutput>),
 }
 
+/// A reply address: stage, process (`None`: the service's own), member (`None`: this node).
+type Reply = (String, Option<u32>, Option<String>);
+
 /// One message for the prelude to send.
 struct Out {
     to: Requester,
     id: String,
-    reply: Option<(String, Option<u32>)>,
+    /// Reply stage, its process (`None`: the service's) and its cluster member (`None`: this
+    /// node).
+    reply: Option<Reply>,
     values: Table,
     ticket: Option<String>,
 }
@@ -382,10 +389,12 @@ fn outputs(lua: &Lua, outs: Outputs) -> mlua::Result<Table> {
         let t = lua.create_table()?;
         t.raw_set("s", o.to.sign)?;
         t.raw_set("p", o.to.process)?;
+        t.raw_set("n", o.to.node)?;
         t.raw_set("i", o.id)?;
-        if let Some((stage, process)) = o.reply {
+        if let Some((stage, process, node)) = o.reply {
             t.raw_set("r", stage)?;
             t.raw_set("rp", process)?;
+            t.raw_set("rn", node)?;
         }
         t.raw_set("v", o.values)?;
         t.raw_set("k", o.ticket)?;
@@ -396,10 +405,13 @@ fn outputs(lua: &Lua, outs: Outputs) -> mlua::Result<Table> {
 
 /// A reply address `"<stage>:<ret>"` folded into the message: id `<key>=<ret>` (replacing a
 /// `=ret` the key already had), reply stage `<stage>` of the service's own process.
-fn with_reply(key: &str, reply_to: &str) -> (String, Option<(String, Option<u32>)>) {
+fn with_reply(key: &str, reply_to: &str) -> (String, Option<Reply>) {
     let base = key.split_once('=').map_or(key, |(b, _)| b);
     match reply_to.split_once(':') {
-        Some((stage, ret)) => (format!("{base}={ret}"), Some((stage.to_string(), None))),
+        Some((stage, ret)) => (
+            format!("{base}={ret}"),
+            Some((stage.to_string(), None, None)),
+        ),
         None => (key.to_string(), None),
     }
 }
@@ -527,7 +539,7 @@ fn route_out(lua: &Lua, o: RouteOutput) -> mlua::Result<Out> {
             reply_to,
         } => {
             // The publisher is the reply address: the taker's answer goes straight back.
-            out.reply = Some((reply_to.sign, Some(reply_to.process)));
+            out.reply = Some((reply_to.sign, Some(reply_to.process), reply_to.node));
             out.values = packed(lua, vec![str_value(lua, &original_key)?], Some(&value))?;
         }
         RouteMessage::Fail {

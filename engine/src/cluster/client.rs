@@ -1,0 +1,180 @@
+//! The `stage-nats` thread: one tokio current-thread runtime driving the async-nats client.
+//! It connects (retrying, with the client's backoff, for as long as the process runs),
+//! subscribes to the heartbeats and to this member's inbox, delivers arriving messages into
+//! the cores' inboxes (`node::peers::deliver`), publishes what the cores queued and sends the
+//! heartbeats. Only this thread waits on the network.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{ConnectOptions, Event, ServerAddr};
+use futures_lite::StreamExt;
+
+use super::{Cluster, HEARTBEAT_SUBJECT, MEMBER_SUBJECT_PREFIX};
+use crate::node::peers::{self, Frame, Gate};
+use crate::node::Node;
+
+/// How often the outgoing loop looks up to notice a shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+pub(super) fn run(node: Arc<Node>, cluster: Arc<Cluster>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!("cluster: cannot start the NATS thread's runtime: {err}");
+            return;
+        }
+    };
+    runtime.block_on(serve(node, cluster));
+}
+
+/// The client's options: this member's name, reconnects forever, credentials from the URLs,
+/// and connection events turned into the `connected` flag and one log line per change.
+fn options(cluster: &Arc<Cluster>, addrs: &[ServerAddr]) -> ConnectOptions {
+    let events = cluster.clone();
+    let mut options = ConnectOptions::new()
+        .name(&cluster.me)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let cluster = events.clone();
+            async move { cluster.event(event) }
+        });
+    // async-nats reads credentials from its options only: take them from the first URL that
+    // has some (`user:password@` or a lone `token@`).
+    if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
+        let user = addr.username().unwrap_or_default().to_string();
+        options = match addr.password() {
+            Some(pass) => options.user_and_password(user, pass.to_string()),
+            None => options.token(user),
+        };
+    }
+    options
+}
+
+impl Cluster {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Connected => {
+                if !self.connected.swap(true, Ordering::AcqRel) {
+                    tracing::info!("cluster member {}: connected to NATS", self.me);
+                }
+            }
+            Event::Disconnected => {
+                let stopping = self.stopping.load(Ordering::Acquire);
+                if self.connected.swap(false, Ordering::AcqRel) && !stopping {
+                    tracing::warn!(
+                        "cluster member {}: lost the NATS connection; reconnecting (messages to other nodes are unrouted meanwhile)",
+                        self.me
+                    );
+                }
+            }
+            Event::Closed => {
+                self.connected.store(false, Ordering::Release);
+            }
+            // Every failed reconnect attempt reports one: the outage was logged once already.
+            Event::ClientError(err) if !self.connected.load(Ordering::Acquire) => {
+                tracing::debug!("cluster member {}: NATS: {err}", self.me)
+            }
+            other => tracing::warn!("cluster member {}: NATS: {other}", self.me),
+        }
+    }
+}
+
+async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
+    let Some(mut outgoing) = cluster.receiver.lock().unwrap().take() else {
+        return;
+    };
+    let mut addrs = Vec::new();
+    for url in &cluster.settings.servers {
+        match url.parse::<ServerAddr>() {
+            Ok(addr) => addrs.push(addr),
+            Err(err) => tracing::error!("cluster: `#cluster` entry {url}: {err}"),
+        }
+    }
+    if addrs.is_empty() {
+        return;
+    }
+    let client = match options(&cluster, &addrs).connect(addrs).await {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!("cluster member {}: cannot use NATS: {err}", cluster.me);
+            return;
+        }
+    };
+    let heartbeats = client.subscribe(HEARTBEAT_SUBJECT).await;
+    let inbox = client
+        .subscribe(format!("{MEMBER_SUBJECT_PREFIX}{}", cluster.me))
+        .await;
+    let (mut heartbeats, mut inbox) = match (heartbeats, inbox) {
+        (Ok(h), Ok(i)) => (h, i),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!("cluster member {}: cannot subscribe: {err}", cluster.me);
+            return;
+        }
+    };
+    tracing::info!(
+        "cluster member {}: joining the cluster through {} NATS server(s)",
+        cluster.me,
+        cluster.settings.servers.len()
+    );
+
+    let c = cluster.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = heartbeats.next().await {
+            c.heard(&msg.payload, Instant::now());
+        }
+    });
+    let (c, n) = (cluster.clone(), node.clone());
+    tokio::spawn(async move {
+        while let Some(msg) = inbox.next().await {
+            match peers::decode(&msg.payload) {
+                Some(Frame::Message { every, group, doc }) => peers::deliver(&n, group, every, doc),
+                _ => n.count_unrouted(&format!(
+                    "a malformed message from another node ({} bytes) for cluster member {}",
+                    msg.payload.len(),
+                    c.me
+                )),
+            }
+        }
+    });
+    let (c, n, hb) = (cluster.clone(), node.clone(), client.clone());
+    tokio::spawn(async move {
+        let frame = bytes::Bytes::from(c.heartbeat(&n.stages.hosted_ids()));
+        let mut gate = Gate::new(
+            format!("cluster member {}", c.me),
+            c.settings.suspend.clone(),
+        );
+        let mut tick = tokio::time::interval(c.settings.notify);
+        loop {
+            tick.tick().await;
+            c.sweep(Instant::now());
+            let open = gate.open(n.queued());
+            if open && c.connected.load(Ordering::Acquire) {
+                if let Err(err) = hb.publish(HEARTBEAT_SUBJECT, frame.clone()).await {
+                    tracing::trace!("cluster heartbeat not sent: {err}");
+                }
+            }
+        }
+    });
+
+    while !node.is_shutting_down() {
+        let Ok(next) = tokio::time::timeout(SHUTDOWN_POLL, outgoing.recv()).await else {
+            continue;
+        };
+        let Some(out) = next else {
+            break;
+        };
+        if let Err(err) = client.publish(out.subject, out.payload).await {
+            node.count_unrouted(&format!("a message to another node ({err})"));
+        }
+    }
+    // Whatever was handed over before the shutdown still goes out; the connection closing
+    // after that is no outage.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+    cluster.stopping.store(true, Ordering::Release);
+}
