@@ -1,7 +1,7 @@
 //! Support code for STAGE's benchmarks. The crate's binaries are the measuring tools:
 //! `baseline-echo`, the plain glommio echo server (same framing as `stage`, no Lua) that
 //! every end-to-end figure is a ratio against, and `e2e`, the interleaved comparison. Shared
-//! here: finding the workspace's other binaries.
+//! here: finding the workspace's other binaries, a process's CPU time, a free port.
 
 use std::path::PathBuf;
 
@@ -20,4 +20,34 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far, in seconds; 0 once
+/// it is gone. Read from `/proc/PID/stat` (proc(5): utime and stime are fields 14 and 15,
+/// counted after the command name, which may itself hold spaces and parentheses).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // `fields[0]` is the state, field 3.
+    let at = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (at(14) + at(15)) as f64 / hz
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use stage_benches::cpu_seconds;
 
 const CLIENT: &str = r#"
 -- Globals only: handlers and timers are re-created from bytecode and see no upvalues.
@@ -61,38 +62,6 @@ end)
 "#;
 
 const SERVER: &str = r#"stage.waitfor("echo", function (x) return x end)"#;
-
-/// CPU time (user + system) of `pid` so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let at = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    at(14) + at(15)
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 struct Kill(Child);
 
@@ -141,15 +110,15 @@ fn measure(
     nats: Option<u32>,
 ) -> anyhow::Result<Outcome> {
     let deadline = Instant::now() + Duration::from_secs(180);
-    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
-    let mut start: Option<(u64, u64)> = None;
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let mut start: Option<(f64, f64)> = None;
     loop {
         let text = std::fs::read_to_string(client_log).unwrap_or_default();
         if start.is_none() && text.contains("WARM") {
-            start = Some((cpu(&pids()), nats.map_or(0, cpu_ticks)));
+            start = Some((cpu(&pids()), nats.map_or(0.0, cpu_seconds)));
         }
         if let (Some((c0, n0)), Some(done)) = (start, text.split("DONE ").nth(1)) {
-            let (c1, n1) = (cpu(&pids()), nats.map_or(0, cpu_ticks));
+            let (c1, n1) = (cpu(&pids()), nats.map_or(0.0, cpu_seconds));
             let nums: Vec<f64> = done
                 .split_whitespace()
                 .take(3)
@@ -158,7 +127,7 @@ fn measure(
             let [ms, p50, p99] = nums[..] else {
                 bail!("bad DONE line: {done}");
             };
-            let us_per = |ticks: u64| ticks as f64 / ticks_per_second() * 1e6 / total as f64;
+            let us_per = |seconds: f64| seconds * 1e6 / total as f64;
             return Ok(Outcome {
                 per_second: total as f64 / (ms / 1000.0),
                 p50_us: p50,
@@ -208,7 +177,7 @@ fn processes(stage: &Path, total: usize, window: usize) -> anyhow::Result<Outcom
 fn nodes(stage: &Path, nats_bin: &Path, total: usize, window: usize) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     write_scripts(dir.path(), total, window)?;
-    let port = free_port()?;
+    let port = stage_benches::free_port()?;
     let nats = Kill(
         Command::new(nats_bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])

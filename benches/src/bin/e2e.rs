@@ -94,18 +94,6 @@ impl Sample {
     }
 }
 
-/// utime + stime of a process (all its threads), seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
 fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -118,14 +106,6 @@ fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("server did not listen on {port}")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_server(which: &str, port: u16, o: &Options, dir: &Path) -> anyhow::Result<Child> {
@@ -187,12 +167,12 @@ fn run_load(
 fn measure(which: &str, conns: usize, payload: usize, o: &Options) -> anyhow::Result<Sample> {
     let dir = std::env::temp_dir().join(format!("stage-e2e-{}-{which}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let port = free_port();
+    let port = stage_benches::free_port()?;
     let mut server = start_server(which, port, o, &dir)?;
     let pid = server.id();
-    let before = cpu_seconds(pid)?;
+    let before = stage_benches::cpu_seconds(pid);
     let report = run_load(port, conns, payload, o);
-    let after = cpu_seconds(pid)?;
+    let after = stage_benches::cpu_seconds(pid);
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
