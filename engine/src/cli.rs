@@ -16,7 +16,7 @@ use clap::Parser;
 
 use crate::config::{self, ConfigSource};
 use crate::node::peers::{PeerSettings, Peers};
-use crate::node::{affinity, runtime, watchdog, Node};
+use crate::node::{affinity, runtime, watchdog, Node, STOP_BOUND};
 use crate::plan::{self, Plan};
 use crate::script::{self, EMBEDDED};
 use crate::supervisor;
@@ -272,8 +272,15 @@ fn run(
             let first = wait_shutdown_signal();
             tracing::info!("received signal {first}: shutting down");
             signals.shutdown();
-            let second = wait_shutdown_signal();
-            tracing::warn!("received signal {second} during shutdown: exiting now");
+            match wait_shutdown_signal_for(STOP_BOUND) {
+                Some(second) => {
+                    tracing::warn!("received signal {second} during shutdown: exiting now")
+                }
+                None => tracing::error!(
+                    "the shutdown did not finish within {} s: exiting now",
+                    STOP_BOUND.as_secs()
+                ),
+            }
             std::process::exit(1);
         })?;
     for handle in handles {
@@ -304,6 +311,28 @@ fn block_shutdown_signals() {
     // SAFETY: plain libc call on a valid, initialised sigset.
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The next shutdown signal, or `None` when `timeout` passes first.
+fn wait_shutdown_signal_for(timeout: std::time::Duration) -> Option<i32> {
+    let set = shutdown_sigset();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: sigtimedwait reads the set and timeout we own; the info pointer may be null.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+        if sig > 0 {
+            return Some(sig);
+        }
+        // EINTR (a signal outside the set) waits again; EAGAIN is the timeout.
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 

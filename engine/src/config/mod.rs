@@ -26,8 +26,8 @@ pub use error::ConfigError;
 pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_REFLUSH_MS};
 pub use modules::{ModuleKind, ModuleRef, MAX_STAGE_ID};
 pub use settings::{
-    default_node_name, nats_servers, valid_node_name, ClusterEntry, Router, Services, Startup,
-    StartupEntry, Threads, DEFAULT_OBJECTS,
+    default_node_name, nats_servers, valid_node_name, ClusterEntry, Restart, Router, Services,
+    Startup, StartupEntry, Threads, DEFAULT_OBJECTS,
 };
 
 use error::At;
@@ -84,6 +84,8 @@ pub fn read_sources(spec: &str) -> Result<Vec<ConfigSource>, ConfigError> {
 pub struct Config {
     pub services: Services,
     pub router: Router,
+    /// `#restart`: the supervisor's restart intensity.
+    pub restart: Restart,
     pub cluster: Vec<ClusterEntry>,
     /// `#node`: this node's name in the cluster (`None`: the default, host and pid).
     pub node: Option<String>,
@@ -150,6 +152,7 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
 
     let mut services = Services::default();
     let mut router = Router::default();
+    let mut restart = Restart::default();
     let mut cluster = Vec::new();
     let mut node = None;
     let mut threads = Threads::default();
@@ -163,13 +166,14 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
         match key.as_str() {
             "#services" => services = settings::services(v, &at, &mut errs),
             "#router" => router = settings::router(v, &at, &mut errs),
+            "#restart" => restart = settings::restart(v, &at, &mut errs),
             "#cluster" => cluster = settings::cluster(v, &at, &mut errs),
             "#node" => node = settings::node_name(v, &at, &mut errs),
             "#threads" => threads = settings::threads(v, &at, &mut errs),
             "#startup" => startup = Some(settings::startup(v, &at, &mut errs)),
             "#license" => license_present = true,
             k if k.starts_with('#') => errs.push(at.invalid(
-                "unknown key (the `#` settings are #services, #license, #router, #cluster, #node, #threads, #startup)",
+                "unknown key (the `#` settings are #services, #license, #router, #restart, #cluster, #node, #threads, #startup)",
             )),
             k if is_module_key(k) => match ModuleRef::parse(k) {
                 Err(m) => errs.push(at.invalid(m)),
@@ -225,6 +229,7 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
     Ok(Config {
         services,
         router,
+        restart,
         cluster,
         node,
         threads,
@@ -331,6 +336,8 @@ impl Config {
                 // SO_REUSEPORT. `#router` drives the heartbeats between the processes of a
                 // multi-process node; with one process there is nothing to register.
                 "#router" if self.multi_process() || self.clustered() => {}
+                "#restart" if self.multi_process() => {}
+                "#restart" => out.push(key.clone()),
                 "#cluster" | "#node" if self.clustered() => {}
                 "#cluster" | "#node" | "#license" | "#router" | "#services" => {
                     out.push(key.clone())

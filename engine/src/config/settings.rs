@@ -1,5 +1,5 @@
 //! The `#` settings of the configuration (spec stage.md 9.2, services.md 6.2–6.4): `#services`,
-//! `#router`, `#cluster`, `#threads` and `#startup`. Each parser takes the raw value and its
+//! `#router`, `#cluster`, `#threads`, `#startup` and our own `#restart`. Each parser takes the raw value and its
 //! location, returns the typed setting and pushes one error per bad element, so a file with
 //! several mistakes is reported completely. Nothing here opens sockets or forks: this is only
 //! the shape of the data.
@@ -43,6 +43,27 @@ impl Default for Router {
 
 const DEFAULT_EXPIRY_MS: u64 = 500;
 const DEFAULT_NOTIFY_MS: u64 = 300;
+
+/// `#restart`: the supervisor's restart intensity (Erlang/OTP's `intensity` and `period`). A
+/// process restarted more than `intensity` times within `period_s` seconds is restarted only
+/// after a growing delay, so a crash loop cannot keep the machine busy forking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    pub intensity: u32,
+    pub period_s: u32,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        // Five restarts a minute: a process that crashes now and then (a bad packet, a
+        // script bug on one code path) is back at once; one that crashes every few seconds
+        // is slowed down after the fifth time.
+        Restart {
+            intensity: 5,
+            period_s: 60,
+        }
+    }
+}
 
 /// One element of `#cluster` (spec services.md 6.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +351,39 @@ pub(crate) fn router(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> Ro
         sync_ms: sync,
         expiry_ms: sync.map_or(DEFAULT_EXPIRY_MS, |s| s * 19 / 10),
         notify_ms: notify.or(sync).unwrap_or(DEFAULT_NOTIFY_MS),
+    }
+}
+
+pub(crate) fn restart(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> Restart {
+    const EXPECTED: &str = "an array [intensity, period_s] of positive integers";
+    let OwnedValue::Array(a) = v else {
+        errs.push(at.type_err(EXPECTED, v));
+        return Restart::default();
+    };
+    if a.len() != 2 {
+        errs.push(at.invalid(format!(
+            "expected 2 elements [intensity, period_s], found {}",
+            a.len()
+        )));
+        return Restart::default();
+    }
+    let mut n = [0u32; 2];
+    for (i, (slot, x)) in n.iter_mut().zip(a.iter()).enumerate() {
+        match as_int(x) {
+            Some(v) if v > 0 && v <= 86_400 => *slot = v as u32,
+            Some(v) => errs.push(
+                at.index(i)
+                    .invalid(format!("{v} is out of range: expected 1 to 86400")),
+            ),
+            None => errs.push(at.index(i).type_err("a positive integer", x)),
+        }
+    }
+    match n {
+        [intensity, period_s] if intensity > 0 && period_s > 0 => Restart {
+            intensity,
+            period_s,
+        },
+        _ => Restart::default(),
     }
 }
 

@@ -246,7 +246,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#startup[3]`: `lua` is not a module: expected `NAME.so[@entry][+ID]`, `=route[+ID]` or `=ticket[+ID]`",
             "config `stage.json`: key `#startup[4][0]`: stage id `a:b` contains ':', which has a meaning in message targets",
             "config `stage.json`: key `#startup[5]`: expected a module string, an array of module strings or a delay in msec, found object",
-            "config `stage.json`: key `#bogus`: unknown key (the `#` settings are #services, #license, #router, #cluster, #node, #threads, #startup)",
+            "config `stage.json`: key `#bogus`: unknown key (the `#` settings are #services, #license, #router, #restart, #cluster, #node, #threads, #startup)",
             "config `stage.json`: key `#services.tcp[0]`: `localhost` has no port: expected \"host:port\"",
             "config `stage.json`: key `#services.sctp`: unknown key: `#services` takes only `tcp` and `udp`",
             "config `stage.json`: key `#router`: expected at most 2 elements [sync_ms, notify_ms], found 3",
@@ -729,4 +729,41 @@ fn default_node_names_are_subject_safe() {
     assert!(!valid_node_name("a b"));
     assert!(!valid_node_name("a*"));
     assert!(!valid_node_name(&"x".repeat(65)));
+}
+
+#[test]
+fn restart_intensity_is_two_positive_integers_with_a_default() {
+    let c = load(vec![ConfigSource::new(
+        "s.json",
+        r##"{"#startup": [["lua.so+a"], ["lua.so+b"]]}"##,
+    )])
+    .unwrap();
+    assert_eq!(c.restart, crate::config::Restart::default());
+    let c = load(vec![ConfigSource::new(
+        "s.json",
+        r##"{"#restart": [3, 20], "#startup": [["lua.so+a"], ["lua.so+b"]]}"##,
+    )])
+    .unwrap();
+    assert_eq!((c.restart.intensity, c.restart.period_s), (3, 20));
+    let errs = load(vec![ConfigSource::new(
+        "s.json",
+        r##"{"#restart": [0, "x"], "#startup": ["lua.so"]}"##,
+    )])
+    .unwrap_err();
+    assert_eq!(
+        messages(&errs),
+        vec![
+            "config `s.json`: key `#restart[0]`: 0 is out of range: expected 1 to 86400",
+            "config `s.json`: key `#restart[1]`: expected a positive integer, found string \"x\"",
+        ]
+    );
+    let errs = load(vec![ConfigSource::new(
+        "s.json",
+        r##"{"#restart": 5, "#startup": ["lua.so"]}"##,
+    )])
+    .unwrap_err();
+    assert_eq!(
+        messages(&errs),
+        vec!["config `s.json`: key `#restart`: expected an array [intensity, period_s] of positive integers, found integer 5"]
+    );
 }

@@ -40,6 +40,15 @@ use crate::plan::{Plan, ServiceKind, StageKind};
 /// How many undelivered messages a core's inbox holds before senders get an error.
 pub const INBOX_CAPACITY: usize = 65_536;
 
+/// How long a graceful shutdown waits for connections to flush and run their close
+/// callbacks before the cores stop.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The bound on a whole graceful stop: a process still running this long after the shutdown
+/// signal (a core stuck in a C call, an index snapshot that never ends) exits at once, and
+/// the supervisor SIGKILLs a child that is still there.
+pub const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Messages one core (or the signal thread) sends to another.
 pub enum CoreMsg {
     /// Start accepting on a listener that a script opened on another core.

@@ -28,7 +28,7 @@ use super::host::{HostFactory, ScriptHost};
 use super::mailbox::{self, Inbox};
 use super::post::PostKind;
 use super::timed::{TimedService, TimedSlot};
-use super::{CoreMsg, ListenerShared, Node};
+use super::{CoreMsg, ListenerShared, Node, SHUTDOWN_GRACE};
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
 use crate::net::id::ConnId;
@@ -42,9 +42,6 @@ use crate::service::ticket::TicketService;
 
 /// services.md §2.2: the index service's idle period (log sync per policy, snapshots).
 const INDEX_IDLE: Duration = Duration::from_secs(3);
-
-/// How long a graceful shutdown waits for connections to run their close callbacks.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };

@@ -154,3 +154,39 @@ fn cores_follow_the_affinity_mask() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_shutdown_that_cannot_finish_is_bounded() {
+    // The close callback never returns, so the graceful stop cannot finish: the process
+    // exits on its own STOP_BOUND (10 s) after the signal, with status 1, instead of hanging
+    // until someone sends a second signal.
+    let mut server = Server::start(
+        &config(""),
+        &[(
+            "start.lua",
+            "local l = broker.ready('tcp://127.0.0.1:PORT?text=1k,1k', function ()
+               return function (s, line) armed = true return line end
+             end)
+             -- (Only a served client hangs: the harness's readiness probe closes first.)
+             l.close = function (s, errno)
+               if not armed then return end
+               logger.info('stuck in close')
+               local t = os.time() while os.time() < t + 60 do end
+             end",
+        )],
+    );
+    use std::io::{BufRead, BufReader, Write};
+    let mut client = BufReader::new(server.connect());
+    client.get_mut().write_all(b"hi\n").unwrap();
+    let mut line = String::new();
+    client.read_line(&mut line).unwrap();
+    assert_eq!(line, "hi\n");
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", server.log());
+    assert!(
+        server.log().contains("did not finish within 10 s"),
+        "{}",
+        server.log()
+    );
+}

@@ -605,3 +605,37 @@ fn an_overloaded_process_stops_its_heartbeats_until_it_drains() {
     );
     assert_eq!(started_pids(&log, 2).len(), 1, "{log}");
 }
+
+#[test]
+fn a_process_that_keeps_crashing_is_restarted_with_a_growing_delay() {
+    // Process 2 dies 1.2 s after every start (past the TIME BREAK second, so it is restarted).
+    // `#restart: [2, 60]`: two restarts come at once, the third waits 1 s, the fourth 2 s.
+    let crash = r#"
+        logger.info("crasher up in pid " .. process.id)
+        stage.addtask(1200, function () os.exit(3) end)
+    "#;
+    let config = format!(
+        r##"{{ {ROUTER}, "#restart": [2, 60], "#startup": [["lua.so+a"], ["lua.so+b"]],
+              "lua.so": {{ "%package": ["."], "a": "a", "b": "b" }} }}"##
+    );
+    let a = "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function () return { n = process.stage, pid = process.id } end
+             end)";
+    let mut server = Server::start(&config, &[("a.lua", a), ("b.lua", crash)]);
+    // The held-back restarts are what is under test; the supervisor's log is where they show.
+    server.wait_log("restarting it in 1 s");
+    server.wait_log("restarting it in 2 s");
+    assert_eq!(started_pids(&server.log(), 2).len(), 4, "{}", server.log());
+    // The 2 s are really waited: no fifth start during the next 1.5 s (the restart comes 2 s
+    // after the line we just saw, however slow the machine is)...
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(started_pids(&server.log(), 2).len(), 4, "{}", server.log());
+    // ... and then it comes.
+    server.wait_log_count("crasher up in pid", 5);
+    // Meanwhile process 1 serves its clients.
+    assert_eq!(ask(&mut server.connect()).unwrap().0, 1);
+    // A stop during a held-back restart ends the node cleanly, without starting it.
+    server.wait_log("restarting it in 4 s");
+    assert_eq!(server.stop().code(), Some(0), "{}", server.log());
+    assert_eq!(started_pids(&server.log(), 2).len(), 5, "{}", server.log());
+}

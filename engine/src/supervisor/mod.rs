@@ -3,9 +3,10 @@
 //! writes the merged configuration into a private runtime directory, then starts one child per
 //! such process, in order (sleeping for the delay entries), by re-executing its own binary
 //! with `--child N` (N = the process number, counting process entries only). It restarts a
-//! child that ends, unless it lived less than a second ("TIME BREAK"); it exits when no child
-//! is left. SIGINT/SIGTERM/SIGQUIT are forwarded as SIGTERM (graceful), a second one sends
-//! SIGKILL. Children bind their life to the supervisor (`bind_to_parent`), so a SIGKILLed
+//! child that ends, unless it lived less than a second ("TIME BREAK"), and slows down the
+//! restarts of a child that keeps dying (`#restart`, see [`intensity`]); it exits when no child
+//! is left. SIGINT/SIGTERM/SIGQUIT are forwarded as SIGTERM (graceful); a second one, or
+//! children still running [`STOP_BOUND`] after the first, get SIGKILL. Children bind their life to the supervisor (`bind_to_parent`), so a SIGKILLed
 //! supervisor takes them along.
 //!
 //! The watchdog (spec 6.1): each child writes the oldest beat of its cores into its
@@ -23,8 +24,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, Startup, StartupEntry};
-use crate::node::watchdog;
+use crate::config::{Config, Restart, Startup, StartupEntry};
+use crate::node::{watchdog, STOP_BOUND};
+
+pub mod intensity;
+use intensity::History;
 
 /// A child that ends sooner than this after its start is not restarted.
 const TIME_BREAK: Duration = Duration::from_secs(1);
@@ -136,6 +140,10 @@ pub fn run(config: &Config, child: ChildArgs) -> ExitCode {
         children: HashMap::new(),
         pending: steps.into(),
         next_at: Instant::now(),
+        restart: config.restart,
+        histories: HashMap::new(),
+        delayed: Vec::new(),
+        stop_deadline: None,
         stopping: false,
         forced: false,
     };
@@ -161,6 +169,14 @@ struct Supervisor {
     pending: VecDeque<Step>,
     /// When the next pending step may run (after a delay entry).
     next_at: Instant,
+    /// `#restart`: how many restarts per period before they are delayed.
+    restart: Restart,
+    /// Recent restarts of each process number.
+    histories: HashMap<u32, History>,
+    /// Restarts held back by the restart intensity: when, which process, its label.
+    delayed: Vec<(Instant, u32, String)>,
+    /// After a shutdown signal: when children still running get SIGKILL.
+    stop_deadline: Option<Instant>,
     stopping: bool,
     forced: bool,
 }
@@ -169,7 +185,10 @@ impl Supervisor {
     fn run(&mut self, set: &libc::sigset_t) -> ExitCode {
         loop {
             self.start_due();
-            if self.children.is_empty() && (self.pending.is_empty() || self.stopping) {
+            if self.children.is_empty()
+                && self.delayed.is_empty()
+                && (self.pending.is_empty() || self.stopping)
+            {
                 if self.stopping {
                     tracing::info!("every process has stopped: STAGE supervisor exits");
                     return if self.forced {
@@ -189,13 +208,36 @@ impl Supervisor {
                 _ => watchdog::LOOK,
             }
             .min(watchdog::LOOK);
+            let wait = match self.delayed.iter().map(|d| d.0).min() {
+                Some(due) => wait.min(due.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
             match wait_signal(set, wait) {
                 Some(libc::SIGCHLD) | None => {}
                 Some(sig) => self.on_shutdown_signal(sig),
             }
             self.reap();
             self.kill_stalled();
+            self.kill_overdue_stop();
         }
+    }
+
+    /// A graceful stop is bounded: children still running [`STOP_BOUND`] after the shutdown
+    /// signal (a core stuck in a C call, a close callback that never ends) are SIGKILLed.
+    fn kill_overdue_stop(&mut self) {
+        let Some(deadline) = self.stop_deadline else {
+            return;
+        };
+        if self.forced || self.children.is_empty() || Instant::now() < deadline {
+            return;
+        }
+        tracing::error!(
+            "{} process(es) still running {} s after the shutdown signal: killing them",
+            self.children.len(),
+            STOP_BOUND.as_secs() + 2
+        );
+        self.forced = true;
+        self.kill_all(libc::SIGKILL);
     }
 
     /// The watchdog (spec services.md §6.1): a child whose oldest core beat is older than
@@ -225,8 +267,19 @@ impl Supervisor {
         }
     }
 
-    /// Runs the pending steps whose time has come.
+    /// Runs the pending steps and the held-back restarts whose time has come.
     fn start_due(&mut self) {
+        if self.stopping {
+            self.delayed.clear();
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|d| d.0 <= now);
+        self.delayed = later;
+        for (_, n, label) in due {
+            self.spawn(n, label);
+        }
         while !self.stopping && Instant::now() >= self.next_at {
             match self.pending.pop_front() {
                 None => return,
@@ -288,7 +341,10 @@ impl Supervisor {
                 self.children.len()
             );
             self.stopping = true;
+            // The children bound their own stop by STOP_BOUND; this is for one that cannot.
+            self.stop_deadline = Some(Instant::now() + STOP_BOUND + Duration::from_secs(2));
             self.pending.clear();
+            self.delayed.clear();
             self.kill_all(libc::SIGTERM);
         } else {
             tracing::warn!("received signal {sig} during shutdown: killing every process");
@@ -328,11 +384,27 @@ impl Supervisor {
                     lived.as_millis()
                 );
             } else {
-                tracing::warn!(
-                    "process {n} (pid {pid}) {why} after {:.1} s; restarting it",
-                    lived.as_secs_f64()
-                );
-                self.spawn(n, child.label);
+                let history = self.histories.entry(n).or_default();
+                let delay = history.restart_delay(self.restart, Instant::now());
+                if delay.is_zero() {
+                    tracing::warn!(
+                        "process {n} (pid {pid}) {why} after {:.1} s; restarting it",
+                        lived.as_secs_f64()
+                    );
+                    self.spawn(n, child.label);
+                } else {
+                    // Once per crash, and crashes are at least the delay apart: a bounded log.
+                    tracing::error!(
+                        "process {n} (pid {pid}) {why} after {:.1} s; it was restarted {} times in the last {} s (`#restart`: {} per {} s): restarting it in {} s",
+                        lived.as_secs_f64(),
+                        history.recent() - 1,
+                        self.restart.period_s,
+                        self.restart.intensity,
+                        self.restart.period_s,
+                        delay.as_secs()
+                    );
+                    self.delayed.push((Instant::now() + delay, n, child.label));
+                }
             }
         }
     }
