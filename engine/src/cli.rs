@@ -193,6 +193,7 @@ pub fn main() -> ExitCode {
         });
         let member = crate::cluster::install(crate::cluster::ClusterSettings {
             servers: config::nats_servers(&config.cluster),
+            auth: config::nats_auth(&config.cluster),
             node,
             process: args.child.unwrap_or(1),
             notify: Duration::from_millis(config.router.notify_ms),

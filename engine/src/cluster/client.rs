@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event, ServerAddr};
+
+use crate::config::NatsAuth;
 use futures_lite::StreamExt;
 
 use super::{Cluster, HEARTBEAT_SUBJECT, MEMBER_SUBJECT_PREFIX};
@@ -32,9 +34,10 @@ pub(super) fn run(node: Arc<Node>, cluster: Arc<Cluster>) {
     runtime.block_on(serve(node, cluster));
 }
 
-/// The client's options: this member's name, reconnects forever, credentials from the URLs,
-/// and connection events turned into the `connected` flag and one log line per change.
-fn options(cluster: &Arc<Cluster>, addrs: &[ServerAddr]) -> ConnectOptions {
+/// The client's options: this member's name, reconnects forever, credentials from the URLs
+/// and from the files of `#cluster`'s object entry, and connection events turned into the
+/// `connected` flag and one log line per change.
+async fn options(cluster: &Arc<Cluster>, addrs: &[ServerAddr]) -> std::io::Result<ConnectOptions> {
     let events = cluster.clone();
     let mut options = ConnectOptions::new()
         .name(&cluster.me)
@@ -53,7 +56,45 @@ fn options(cluster: &Arc<Cluster>, addrs: &[ServerAddr]) -> ConnectOptions {
             None => options.token(user),
         };
     }
-    options
+    with_auth_files(options, &cluster.settings.auth).await
+}
+
+/// Adds the TLS and authentication files (`#cluster`'s object entry). A file that cannot be
+/// read is an error naming it; certificates themselves are checked by the TLS handshake.
+async fn with_auth_files(
+    mut options: ConnectOptions,
+    auth: &NatsAuth,
+) -> std::io::Result<ConnectOptions> {
+    let named = |what: &str, path: &str, err: std::io::Error| {
+        std::io::Error::new(err.kind(), format!("`#cluster` {what} file {path}: {err}"))
+    };
+    let readable = |what: &str, path: &str| {
+        std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|err| named(what, path, err))
+    };
+    if let Some(ca) = &auth.ca {
+        readable("ca", ca)?;
+        options = options.add_root_certificates(ca.into()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&auth.cert, &auth.key) {
+        readable("cert", cert)?;
+        readable("key", key)?;
+        options = options
+            .add_client_certificate(cert.into(), key.into())
+            .require_tls(true);
+    }
+    if let Some(nkey) = &auth.nkey {
+        let seed = std::fs::read_to_string(nkey).map_err(|err| named("nkey", nkey, err))?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let Some(creds) = &auth.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|err| named("creds", creds, err))?;
+    }
+    Ok(options)
 }
 
 impl Cluster {
@@ -99,7 +140,14 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
     if addrs.is_empty() {
         return;
     }
-    let client = match options(&cluster, &addrs).connect(addrs).await {
+    let options = match options(&cluster, &addrs).await {
+        Ok(options) => options,
+        Err(err) => {
+            tracing::error!("cluster member {}: cannot use NATS: {err}", cluster.me);
+            return;
+        }
+    };
+    let client = match options.connect(addrs).await {
         Ok(client) => client,
         Err(err) => {
             tracing::error!("cluster member {}: cannot use NATS: {err}", cluster.me);

@@ -44,6 +44,8 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 pub struct ClusterSettings {
     /// `nats://` / `tls://` URLs, credentials included (the failover list).
     pub servers: Vec<String>,
+    /// TLS and authentication files for the NATS connection.
+    pub auth: crate::config::NatsAuth,
     /// This node's name (`#node`, or `<host>-<pid>`).
     pub node: String,
     /// This process's number in the node.
@@ -272,6 +274,7 @@ mod tests {
     fn cluster(node: &str, process: u32) -> Cluster {
         Cluster::new(ClusterSettings {
             servers: vec!["nats://127.0.0.1:1".into()],
+            auth: Default::default(),
             node: node.into(),
             process,
             notify: Duration::from_millis(100),

@@ -26,8 +26,8 @@ pub use error::ConfigError;
 pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_REFLUSH_MS};
 pub use modules::{ModuleKind, ModuleRef, MAX_STAGE_ID};
 pub use settings::{
-    default_node_name, nats_servers, valid_node_name, ClusterEntry, Restart, Router, Services,
-    Startup, StartupEntry, Threads, DEFAULT_OBJECTS,
+    default_node_name, nats_auth, nats_servers, valid_node_name, ClusterEntry, NatsAuth, Restart,
+    Router, Services, Startup, StartupEntry, Threads, DEFAULT_OBJECTS,
 };
 
 use error::At;

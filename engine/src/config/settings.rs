@@ -82,6 +82,69 @@ pub enum ClusterEntry {
     /// entries are the client's failover list. Kept as written: credentials in it are the
     /// client library's to read.
     Nats(String),
+    /// `{"ca": ..., "cert": ..., "key": ..., "nkey": ..., "creds": ...}`: how to authenticate
+    /// to the NATS servers, by files (no secret has to sit in the configuration itself).
+    NatsAuth(NatsAuth),
+}
+
+/// The NATS client's TLS and authentication files (an object entry of `#cluster`). Paths are
+/// relative to the working directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// PEM file of the CA certificates that sign the servers' certificates (else the
+    /// system's web roots).
+    pub ca: Option<String>,
+    /// PEM certificate and private key this node presents to servers that verify clients.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// A file holding an NKey seed (`SU...`), for servers that authorize by NKey.
+    pub nkey: Option<String>,
+    /// A `.creds` file (JWT + NKey seed) of a NATS account.
+    pub creds: Option<String>,
+}
+
+/// The authentication entry of `#cluster`, if any (the last one wins).
+pub fn nats_auth(entries: &[ClusterEntry]) -> NatsAuth {
+    entries
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            ClusterEntry::NatsAuth(a) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn nats_auth_entry(o: &simd_json::owned::Object, at: &At, errs: &mut Vec<ConfigError>) -> NatsAuth {
+    let mut auth = NatsAuth::default();
+    for (k, v) in o.iter() {
+        let slot = match k.as_str() {
+            "ca" => &mut auth.ca,
+            "cert" => &mut auth.cert,
+            "key" => &mut auth.key,
+            "nkey" => &mut auth.nkey,
+            "creds" => &mut auth.creds,
+            other => {
+                errs.push(at.invalid(format!(
+                    "unknown NATS option `{other}` (expected ca, cert, key, nkey, creds)"
+                )));
+                continue;
+            }
+        };
+        match v {
+            OwnedValue::String(s) if !s.is_empty() => *slot = Some(s.to_string()),
+            other => errs.push(at.type_err(&format!("`{k}`: a file path"), other)),
+        }
+    }
+    if auth.cert.is_some() != auth.key.is_some() {
+        errs.push(at.invalid("`cert` and `key` go together (the client certificate and its key)"));
+    }
+    if auth.nkey.is_some() && auth.creds.is_some() {
+        errs.push(
+            at.invalid("`nkey` and `creds` exclude each other (a .creds file holds its own NKey)"),
+        );
+    }
+    auth
 }
 
 /// The NATS servers among `#cluster`'s entries, in order (empty: no cluster).
@@ -415,12 +478,13 @@ pub(crate) fn cluster(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> V
                     host_port(s).map(ClusterEntry::Member)
                 }
             }
+            OwnedValue::Object(o) => Ok(ClusterEntry::NatsAuth(nats_auth_entry(o, &at, errs))),
             other => match as_int(other) {
                 Some(0) => Err("listen port 0 cannot be reached by other nodes".into()),
                 Some(i) => port_from_int(i).map(ClusterEntry::Listen),
                 None => {
                     errs.push(at.type_err(
-                        "a listen port, \"host:port\", \":interface\", \"=host:port\" or \"nats://host:port\"",
+                        "a listen port, \"host:port\", \":interface\", \"=host:port\", \"nats://host:port\" or an object of NATS files {ca, cert, key, nkey, creds}",
                         other,
                     ));
                     continue;

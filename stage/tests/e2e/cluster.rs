@@ -723,3 +723,221 @@ fn a_route_callback_naming_a_stage_of_another_node_reaches_it() {
     });
     assert_eq!(v.get("got").and_then(Bson::as_str), Some("v2"), "{v:?}");
 }
+
+/// Runs `openssl` with `args` in `dir` (the test's certificate authority).
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA,
+/// as PEM files `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key` in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let key = |name: &str| {
+        openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ],
+        )
+    };
+    key("ca.key");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=stage test CA",
+            "-days",
+            "2",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    for (name, usage, san) in [
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ] {
+        key(&format!("{name}.key"));
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                &format!("/CN=stage test {name}"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{san}"),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn nodes_route_through_a_nats_server_that_requires_tls_and_client_certificates() {
+    let Some(bin) = nats_bin() else {
+        let _ = nats("cluster over TLS");
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    make_certificates(c);
+    // The server verifies clients: a node must present a certificate signed by the CA.
+    let port = free_port();
+    let conf = c.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\ntls {{\n  cert_file: \"{d}/server.pem\"\n  key_file: \"{d}/server.key\"\n  ca_file: \"{d}/ca.pem\"\n  verify: true\n}}\n",
+            d = c.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let nats = Nats { child, port };
+    wait_port_open(port);
+    let tls_config = |name: &str, stage: &str, with_cert: bool| {
+        let cert = if with_cert {
+            format!(
+                r#", "cert": "{d}/client.pem", "key": "{d}/client.key""#,
+                d = c.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r##"{{ "#router": [400, 100], "#node": "{name}",
+                  "#cluster": ["tls://127.0.0.1:{port}", {{ "ca": "{d}/ca.pem"{cert} }}],
+                  "#startup": [["lua.so+{stage}"]],
+                  "lua.so": {{ "%package": ["."], "%reflush": 0, "front": "front", "game": "game" }} }}"##,
+            port = nats.port,
+            d = c.display()
+        )
+    };
+    let _b = Server::start(
+        &tls_config("B", "game", true),
+        &[("game.lua", &game("B", true))],
+    );
+    let a = Server::start(&tls_config("A", "front", true), &[("front.lua", FRONT)]);
+    let v = until(
+        &a,
+        "A's requests are answered by B over TLS",
+        "one",
+        0,
+        |v| count(v, "one_B") >= 5,
+    );
+    assert_eq!(count(&v, "one_A"), 0, "{v:?}");
+    // A node without a client certificate is refused by the server: it serves its own
+    // clients, and its requests to `game` find nobody (counted as unrouted, never answered).
+    let lone = Server::start(&tls_config("C", "front", false), &[("front.lua", FRONT)]);
+    let mut client = lone.connect();
+    for _ in 0..3 {
+        client.write_all(&message("one", &[])).unwrap();
+        let v = read_reply(&mut client);
+        assert_eq!(count(&v, "one_B"), 0, "{v:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_node_authenticates_with_an_nkey_seed_file() {
+    let Some(bin) = nats_bin() else {
+        let _ = nats("cluster with NKey");
+        return;
+    };
+    let user = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("node.nk");
+    std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\nauthorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let nats = Nats { child, port };
+    wait_port_open(port);
+    let config = |name: &str, stage: &str| {
+        format!(
+            r##"{{ "#router": [400, 100], "#node": "{name}",
+                  "#cluster": ["nats://127.0.0.1:{port}", {{ "nkey": "{seed}" }}],
+                  "#startup": [["lua.so+{stage}"]],
+                  "lua.so": {{ "%package": ["."], "%reflush": 0, "front": "front", "game": "game" }} }}"##,
+            port = nats.port,
+            seed = seed.display()
+        )
+    };
+    let _b = Server::start(&config("B", "game"), &[("game.lua", &game("B", true))]);
+    let a = Server::start(&config("A", "front"), &[("front.lua", FRONT)]);
+    until(
+        &a,
+        "A's requests are answered by B with NKeys",
+        "one",
+        0,
+        |v| count(v, "one_B") >= 5,
+    );
+}
