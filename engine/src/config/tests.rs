@@ -254,7 +254,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#cluster[0]`: `nohost` has no port: expected \"host:port\"",
             "config `stage.json`: key `#cluster[1]`: port 70000 is not a number from 0 to 65535",
             "config `stage.json`: key `#cluster[2]`: `:` must be followed by an interface name or IPv4 address",
-            "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\", \"=host:port\" or \"nats://host:port\", found boolean true",
+            "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\", \"=host:port\", \"nats://host:port\" or an object of NATS files {ca, cert, key, nkey, creds}, found boolean true",
             "config `stage.json`: key `lua.so.%package[1]`: expected a string, found integer 7",
             "config `stage.json`: key `lua.so.%reflush`: -1 msec is out of range: expected 0 to 4294967295",
             "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %odbc, %cluster)",
@@ -765,5 +765,37 @@ fn restart_intensity_is_two_positive_integers_with_a_default() {
     assert_eq!(
         messages(&errs),
         vec!["config `s.json`: key `#restart`: expected an array [intensity, period_s] of positive integers, found integer 5"]
+    );
+}
+
+#[test]
+fn an_object_in_cluster_names_the_nats_tls_and_auth_files() {
+    let c = load(vec![ConfigSource::new(
+        "s.json",
+        r##"{"#startup": ["lua.so+a"], "#cluster": ["tls://n:4443", {"ca": "ca.pem", "cert": "c.pem", "key": "c.key", "nkey": "n.nk"}]}"##,
+    )])
+    .unwrap();
+    assert_eq!(
+        crate::config::nats_auth(&c.cluster),
+        crate::config::NatsAuth {
+            ca: Some("ca.pem".into()),
+            cert: Some("c.pem".into()),
+            key: Some("c.key".into()),
+            nkey: Some("n.nk".into()),
+            creds: None,
+        }
+    );
+    let errs = load(vec![ConfigSource::new(
+        "s.json",
+        r##"{"#startup": ["lua.so+a"], "#cluster": ["nats://n:4222", {"cert": "c.pem", "nkey": 1, "creds": "x", "pass": "p"}]}"##,
+    )])
+    .unwrap_err();
+    assert_eq!(
+        messages(&errs),
+        vec![
+            "config `s.json`: key `#cluster[1]`: expected `nkey`: a file path, found integer 1",
+            "config `s.json`: key `#cluster[1]`: unknown NATS option `pass` (expected ca, cert, key, nkey, creds)",
+            "config `s.json`: key `#cluster[1]`: `cert` and `key` go together (the client certificate and its key)",
+        ]
     );
 }
