@@ -14,7 +14,7 @@ use crate::config::NatsAuth;
 use futures_lite::StreamExt;
 
 use super::{Cluster, HEARTBEAT_SUBJECT, MEMBER_SUBJECT_PREFIX};
-use crate::node::peers::{self, Frame, Gate};
+use crate::node::peers::{self, Frame};
 use crate::node::Node;
 
 /// How often the outgoing loop looks up to notice a shutdown.
@@ -193,15 +193,14 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
     let (c, n, hb) = (cluster.clone(), node.clone(), client.clone());
     tokio::spawn(async move {
         let frame = bytes::Bytes::from(c.heartbeat(&n.stages.hosted_ids()));
-        let mut gate = Gate::new(
-            format!("cluster member {}", c.me),
-            c.settings.suspend.clone(),
-        );
         let mut tick = tokio::time::interval(c.settings.notify);
         loop {
             tick.tick().await;
             c.sweep(Instant::now());
-            let open = gate.open(n.queued());
+            let open = n.announce(
+                || format!("cluster member {}", c.me),
+                c.settings.suspend.as_deref(),
+            );
             if open && c.connected.load(Ordering::Acquire) {
                 if let Err(err) = hb.publish(HEARTBEAT_SUBJECT, frame.clone()).await {
                     tracing::trace!("cluster heartbeat not sent: {err}");

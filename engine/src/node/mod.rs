@@ -126,6 +126,10 @@ pub struct Node {
     listeners: Mutex<HashMap<u64, Arc<ListenerShared>>>,
     next_listener: AtomicU64,
     shutting_down: AtomicBool,
+    /// Whether this process announces itself (suspend file, overload): one gate for the
+    /// heartbeats to the node's other processes and to the cluster, so a change is decided
+    /// and logged once.
+    gate: Mutex<Option<peers::Gate>>,
     /// Every core's last beat, read by the watchdog thread.
     pub pulses: watchdog::Pulses,
     /// `process["%NAME"]` / `process["$NAME"]` assignments.
@@ -184,6 +188,7 @@ impl Node {
             listeners: Mutex::new(HashMap::new()),
             next_listener: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            gate: Mutex::new(None),
         })
     }
 
@@ -262,6 +267,19 @@ impl Node {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Whether this process should announce itself now (see [`peers::Gate`]); `who` and
+    /// `suspend` name the process in the log the first time.
+    pub fn announce(
+        &self,
+        who: impl FnOnce() -> String,
+        suspend: Option<&std::path::Path>,
+    ) -> bool {
+        let queued = self.queued();
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        gate.get_or_insert_with(|| peers::Gate::new(who(), suspend.map(Into::into)))
+            .open(queued)
     }
 
     /// Asks every core to shut down gracefully. Safe to call from any thread, more than once.

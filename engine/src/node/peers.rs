@@ -485,10 +485,11 @@ async fn heartbeats(core: Rc<Core>, peers: Arc<Peers>) {
     let ids = core.node.stages.hosted_ids();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let frame = heartbeat_frame(peers.me, &ids);
-    let mut gate = Gate::new(format!("process {}", peers.me), peers.suspend.clone());
     loop {
         peers.sweep(Instant::now());
-        let open = gate.open(core.node.queued());
+        let open = core
+            .node
+            .announce(|| format!("process {}", peers.me), peers.suspend.as_deref());
         for n in peers.others.iter().filter(|_| open) {
             if let Err(err) = peers.send(*n, &frame) {
                 tracing::trace!("heartbeat to process {n} not sent: {err}");
