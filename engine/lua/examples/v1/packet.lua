@@ -9,6 +9,18 @@ return {
         return { message = "login", result = "ok", user = data.user, socket = socket.id }
     end,
 
+    -- What stage-loadtest's `echo` and `login-then-echo` scenarios send (loadtest/README.md):
+    -- the packet comes back as it came, so a bot can check every field of its reply.
+    ["echo"] = function (socket, data)
+        return data
+    end,
+
+    -- A keep-alive (the load tester's bots.lua sends one every tick): it proves the client is
+    -- there, which is all `sp.expire` needs, so it gets no answer.
+    ["heartbeat"] = function (socket, data)
+        return nil
+    end,
+
     -- start.lua calls this when a client disconnects.
     ["__close"] = function (socket)
         logger.info("client " .. tostring(socket.id) .. " left")
