@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{self, ConfigSource};
+use crate::logging::{self, LogFormat};
 use crate::node::peers::{PeerSettings, Peers};
 use crate::node::{affinity, runtime, watchdog, Node, STOP_BOUND};
 use crate::plan::{self, Plan};
@@ -48,6 +49,14 @@ struct Args {
     /// Log filter, e.g. `info`, `debug`, `warn,lua=debug` (default: $STAGE_LOG, else info).
     #[arg(short = 'l', long = "log", value_name = "FILTER")]
     log: Option<String>,
+    /// Log lines as text (default) or one JSON object per line (for log shippers).
+    #[arg(
+        long = "log-format",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
     /// Scale-down file (default `<program>.stop`, deleted at start): while it exists, the
     /// processes of a multi-process node stop announcing their stages, so traffic drains away.
     #[arg(short = 's', long = "suspend", value_name = "FILE")]
@@ -67,6 +76,14 @@ struct Args {
 }
 
 pub fn main() -> ExitCode {
+    let code = run_command();
+    // The log writer thread may still hold lines (the guard lives in a static, which is
+    // never dropped): write them out before the process ends.
+    logging::flush();
+    code
+}
+
+fn run_command() -> ExitCode {
     let args = Args::parse();
     if let Some(parent) = args.parent {
         supervisor::bind_to_parent(parent);
@@ -76,7 +93,7 @@ pub fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("STAGE_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    init_logging(&log_filter);
+    logging::init(&log_filter, args.log_format);
     let sources = match &args.config {
         None => vec![ConfigSource {
             name: "<embedded>".into(),
@@ -123,6 +140,7 @@ pub fn main() -> ExitCode {
             supervisor::ChildArgs {
                 program,
                 log_filter,
+                log_format: args.log_format,
                 script_args: args.args.clone(),
                 suspend,
             },
@@ -227,28 +245,6 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
-fn init_logging(filter: &str) {
-    // The NATS client logs each connection event and, at debug, each message; the cluster
-    // logs what matters once (an outage, a reconnect), so the client is kept to warnings
-    // unless the filter names it.
-    let filter = if filter.contains("async_nats") {
-        filter.to_string()
-    } else {
-        format!("{filter},async_nats=warn")
-    };
-    let filter = filter.as_str();
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|err| {
-        eprintln!("warning: bad log filter `{filter}` ({err}); using info");
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 /// Runs the node until SIGINT/SIGTERM (graceful) or `stage.exit()`. A second signal during
 /// the graceful shutdown exits at once.
 fn run(
@@ -282,6 +278,7 @@ fn run(
                     STOP_BOUND.as_secs()
                 ),
             }
+            logging::flush();
             std::process::exit(1);
         })?;
     for handle in handles {

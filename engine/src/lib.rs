@@ -16,12 +16,14 @@
 //!   UDP; reports to a [`net::ConnEvents`] owner, knows no core.
 //! - [`plan`]    — what this process runs, built once from the configuration.
 //! - [`service`] — built-in services (index.so, `=ticket`, `=route`, curl.so, odbc).
-//! - [`codec`], [`config`], [`notify`] — framing; the JSON configuration; a core-local event.
+//! - [`codec`], [`config`], [`notify`], [`logging`] — framing; the JSON configuration; a
+//!   core-local event; where log lines go.
 
 pub mod cli;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod logging;
 pub mod net;
 pub mod node;
 pub mod notify;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 /// Top-level modules of `src/`, bottom to top. A module may use modules of a lower layer
 /// only (never its own layer's siblings, never a layer above).
 const LAYERS: &[&[&str]] = &[
-    // Leaves: bytes, configuration, a core-local event. They know nothing of the engine.
-    &["codec", "config", "notify"],
+    // Leaves: bytes, configuration, a core-local event, the log writer. They know nothing of
+    // the engine.
+    &["codec", "config", "notify", "logging"],
     // Built-in services as state machines (they parse their own config blocks).
     &["service"],
     // The runtime plan: what a process runs, built from config, naming service configs.

@@ -79,6 +79,7 @@ pub struct ChildArgs {
     /// `argv[0]` as the supervisor was started (scripts see it as `arg[0]`).
     pub program: String,
     pub log_filter: String,
+    pub log_format: crate::logging::LogFormat,
     pub script_args: Vec<String>,
     /// The scale-down file the children watch (`-s`).
     pub suspend: PathBuf,
@@ -304,6 +305,8 @@ impl Supervisor {
             .arg(self.dir.join(CONFIG_FILE))
             .arg("-l")
             .arg(&self.child.log_filter)
+            .arg("--log-format")
+            .arg(self.child.log_format.as_arg())
             .arg("-s")
             .arg(&self.child.suspend)
             .arg("--")

@@ -11,6 +11,7 @@ mod examples;
 mod ffi_path;
 mod framing;
 mod index;
+mod logs;
 mod messaging;
 mod odbc;
 mod processes;
