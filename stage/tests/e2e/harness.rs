@@ -561,3 +561,19 @@ pub fn message(name: &str, extra: &[(&str, Bson)]) -> Vec<u8> {
     fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     doc(&[("v", Bson::Doc(fields))])
 }
+
+/// Whether SQLite's ODBC driver is registered (`[SQLite3]` in odbcinst.ini). When it is not,
+/// prints one line saying the test is skipped and what to install — or fails the test under
+/// `STAGE_REQUIRE_SERVICES=1` (CI installs it, so a skip there would hide a broken setup).
+pub fn sqlite_odbc_or_skip(test: &str) -> bool {
+    let dir = std::env::var("ODBCSYSINI").unwrap_or_else(|_| "/etc".into());
+    let ini = std::fs::read_to_string(Path::new(&dir).join("odbcinst.ini"));
+    if ini.is_ok_and(|text| text.lines().any(|l| l.trim() == "[SQLite3]")) {
+        return true;
+    }
+    if std::env::var("STAGE_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{test}: SQLite's ODBC driver is not installed (STAGE_REQUIRE_SERVICES=1)");
+    }
+    println!("skipped {test}: SQLite's ODBC driver is not installed (apt install libsqliteodbc)");
+    false
+}

@@ -66,6 +66,9 @@ end)
 
 #[test]
 fn a_pool_thread_reads_and_writes_sqlite_through_odbc() {
+    if !sqlite_odbc_or_skip("odbc::a_pool_thread_reads_and_writes_sqlite_through_odbc") {
+        return;
+    }
     let server = Server::start(
         &config(r#", "%odbc": { "DB": { "DRIVER": "SQLite3", "DATABASE": "game.db" } }"#),
         &[("start.lua", SCRIPT)],
