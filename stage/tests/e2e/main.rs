@@ -13,6 +13,7 @@ mod framing;
 mod index;
 mod messaging;
 mod odbc;
+mod packets;
 mod processes;
 mod route;
 mod scripts;
