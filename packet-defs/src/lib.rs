@@ -14,7 +14,7 @@
 //! parser is a few hundred lines with no dependencies.
 //!
 //! # Layout (each module names only the ones below it)
-//! `main.rs` (CLI) -> [`lua`] (generator) and [`compat`] (breaking-change check) ->
+//! `main.rs` (CLI) -> [`lua`] and [`rust`] (generators) and [`compat`] (breaking-change check) ->
 //! [`parser`] (text -> checked model) -> [`lexer`] -> [`schema`] (the model) and [`error`].
 //! Nothing here depends on the engine: the crate turns text into text.
 
@@ -23,6 +23,7 @@ pub mod error;
 pub mod lexer;
 pub mod lua;
 pub mod parser;
+pub mod rust;
 pub mod schema;
 
 pub use error::{Error, Pos};

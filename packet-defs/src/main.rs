@@ -1,10 +1,10 @@
-//! The `packet-defs` command: `gen` compiles a schema into a Lua module (and, later, Rust
-//! types); `check` validates a schema and, with `--against`, lists every breaking change
+//! The `packet-defs` command: `gen` compiles a schema into a Lua module and/or a Rust
+//! module; `check` validates a schema and, with `--against`, lists every breaking change
 //! from an older version (exit status 1 if there is any). Errors are printed as
 //! `file:line:column: error: ...`, exit status 2 for an unreadable or invalid schema.
 
 use clap::{Parser, Subcommand};
-use packet_defs::{compat, lua, module_name, parse, Schema};
+use packet_defs::{compat, lua, module_name, parse, rust, Schema};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -21,13 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Generate code from SCHEMA: DIR/<name>_packets.lua with --lua.
+    /// Generate code from SCHEMA: DIR/<name>_packets.lua (--lua), DIR/<name>_packets.rs (--rust).
     Gen {
         schema: PathBuf,
         /// Directory for the generated Lua module.
         #[arg(long, value_name = "DIR")]
         lua: Option<PathBuf>,
-        /// Directory for generated Rust types (not available yet in this version).
+        /// Directory for the generated Rust module (typed messages with BSON encode/decode).
         #[arg(long, value_name = "DIR")]
         rust: Option<PathBuf>,
     },
@@ -44,27 +44,40 @@ fn main() -> ExitCode {
         Cmd::Gen {
             schema,
             lua: lua_dir,
-            rust,
+            rust: rust_dir,
         } => {
-            if rust.is_some() {
-                eprintln!("packet-defs: --rust is not implemented yet; only --lua is generated");
+            if lua_dir.is_none() && rust_dir.is_none() {
+                eprintln!("packet-defs: nothing to generate: pass --lua DIR and/or --rust DIR");
                 return ExitCode::from(2);
             }
-            let Some(dir) = lua_dir else {
-                eprintln!("packet-defs: nothing to generate: pass --lua DIR");
-                return ExitCode::from(2);
-            };
             let Some(s) = load(&schema) else {
                 return ExitCode::from(2);
             };
             let module = module_name(&schema);
-            let code = lua::generate(&s, &display_name(&schema), &module);
-            let out = dir.join(format!("{module}.lua"));
-            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&out, code)) {
-                eprintln!("packet-defs: cannot write {}: {e}", out.display());
-                return ExitCode::from(2);
+            let source = display_name(&schema);
+            let mut outputs = Vec::new();
+            if let Some(dir) = lua_dir {
+                outputs.push((
+                    dir.join(format!("{module}.lua")),
+                    lua::generate(&s, &source, &module),
+                ));
             }
-            println!("wrote {}", out.display());
+            if let Some(dir) = rust_dir {
+                outputs.push((
+                    dir.join(format!("{module}.rs")),
+                    rust::generate(&s, &source),
+                ));
+            }
+            for (out, code) in outputs {
+                let dir = out.parent().expect("a file in a directory");
+                if let Err(e) =
+                    std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&out, code))
+                {
+                    eprintln!("packet-defs: cannot write {}: {e}", out.display());
+                    return ExitCode::from(2);
+                }
+                println!("wrote {}", out.display());
+            }
             ExitCode::SUCCESS
         }
         Cmd::Check { schema, against } => {

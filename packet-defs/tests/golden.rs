@@ -1,9 +1,9 @@
-//! Golden files: the generator's output for `tests/golden/all_types.packets` (a schema using
-//! every type and option) is checked in, so any change to generated code shows up in review.
+//! Golden files: the generators' output (Lua and Rust) for `tests/golden/all_types.packets`
+//! (a schema using every type and option) is checked in, so any change to generated code shows up in review.
 //! After an intended change, regenerate with
 //! `UPDATE_GOLDEN=1 cargo test --release -p packet-defs --test golden` and commit the diff.
 
-use packet_defs::{lua, module_name, parse};
+use packet_defs::{lua, module_name, parse, rust};
 use std::path::Path;
 
 fn golden_dir() -> &'static Path {
@@ -36,12 +36,34 @@ fn generated_lua_matches_the_golden_file() {
 }
 
 #[test]
+fn generated_rust_matches_the_golden_file() {
+    let src = std::fs::read_to_string(golden_dir().join("all_types.packets")).unwrap();
+    let code = rust::generate(&parse(&src).unwrap(), "all_types.packets");
+    assert_eq!(
+        code,
+        rust::generate(&parse(&src).unwrap(), "all_types.packets")
+    );
+    let golden = golden_dir().join("all_types_packets.rs");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &code).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert!(
+        code == expected,
+        "generated Rust differs from {}; if the change is intended, rerun with UPDATE_GOLDEN=1",
+        golden.display()
+    );
+}
+
+#[test]
 fn the_cli_writes_the_golden_bytes() {
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_packet-defs"))
         .arg("gen")
         .arg(golden_dir().join("all_types.packets"))
         .arg("--lua")
+        .arg(out.path())
+        .arg("--rust")
         .arg(out.path())
         .status()
         .unwrap();
