@@ -7,6 +7,7 @@
 mod all_types;
 
 use all_types::*;
+use proptest::prelude::*;
 
 fn moving() -> Move {
     Move {
@@ -122,4 +123,23 @@ fn bad_values_are_refused_with_the_lua_paths_and_reasons() {
     assert_eq!(e.reason, "empty frame");
     let e = Message::decode(b"\x06\x00\x00\x00\x00").unwrap_err();
     assert_eq!(e.reason, "bad frame length");
+}
+
+proptest! {
+    /// Hostile bytes never panic the decoder: random frames, and valid frames cut short or
+    /// with one byte changed, give a message or an error.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(
+        junk in proptest::collection::vec(any::<u8>(), 0..200),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let _ = Message::decode(&junk);
+        let mut frame = Message::Move(moving()).encode();
+        let _ = Message::decode(&frame[..cut.index(frame.len())]);
+        let i = flip.index(frame.len());
+        frame[i] = byte;
+        let _ = Message::decode(&frame);
+    }
 }

@@ -3,11 +3,16 @@
 //! idiom: valid packets from the wire (int32, int64, double, binary, BSON arrays) reach their
 //! handler checked and with defaults filled, the reply is completed from the schema, and a
 //! malformed packet gets the `bad_packet` answer naming the field while the connection lives
-//! (or is closed, with `on_bad_packet = "close"`).
+//! (or is closed, with `on_bad_packet = "close"`). The generated Rust (the bots' side) talks
+//! to the same server: its frames are accepted as the engine's wire and the server's replies
+//! decode into its types.
 
 use std::io::Write;
 
 use crate::harness::*;
+
+#[path = "../../../packet-defs/tests/golden/all_types_packets.rs"]
+mod all_types;
 
 const MODULE: &str = include_str!("../../../packet-defs/tests/golden/all_types_packets.lua");
 
@@ -214,4 +219,66 @@ fn on_bad_packet_close_answers_then_closes() {
         read_reply(&mut other).get("message").and_then(Bson::as_str),
         Some("login_ok")
     );
+}
+
+#[test]
+fn the_generated_rust_speaks_the_engine_wire_both_ways() {
+    use all_types::{Color, Item, Message, Move, Vec2};
+    let server = server("reply");
+    let mut c = server.connect();
+    let request = Move {
+        pos: Vec2 { x: 1.0, y: 2.0 },
+        speed: 12.5,
+        facing: Some(Color::Red),
+        path: vec![
+            Vec2 { x: 0.0, y: 0.0 },
+            Vec2 {
+                x: -7.25,
+                y: 1000.0,
+            },
+        ],
+        grid: Some(vec![vec![1, 2, 3], vec![]]),
+        items: vec![
+            Item {
+                id: 1,
+                count: 2,
+                color: None,
+            },
+            Item {
+                id: 3,
+                count: 4,
+                color: Some(Color::Blue),
+            },
+        ],
+        end: None,
+    };
+    c.write_all(&request.encode()).unwrap();
+    let reply = Message::decode(&read_frame(&mut c).unwrap()).expect("the reply fits the schema");
+    let Message::Moved(m) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((m.id, m.small, m.big, m.ratio), (2, -5, 2, 0.25));
+    assert_eq!(
+        m.pos,
+        Vec2 {
+            x: -7.25,
+            y: 1000.0
+        }
+    );
+    // A bot can send a bad packet on purpose (encode does not check): the server refuses it
+    // by field and keeps the connection.
+    let mut bad = request.clone();
+    bad.items[1].count = 100;
+    c.write_all(&bad.encode()).unwrap();
+    assert_bad_packet(
+        &read_reply(&mut c),
+        "move",
+        "items[2].count",
+        "above maximum 99",
+    );
+    c.write_all(&request.encode()).unwrap();
+    assert!(matches!(
+        Message::decode(&read_frame(&mut c).unwrap()),
+        Ok(Message::Moved(_))
+    ));
 }
