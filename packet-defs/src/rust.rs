@@ -168,7 +168,7 @@ fn enumeration(out: &mut String, e: &EnumDef) {
     for (v, raw) in variants.iter().zip(&e.values) {
         let _ = writeln!(out, "            {name}::{v} => {},", quoted(raw));
     }
-    out.push_str("        }\n    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        match v {\n            Bson::Str(s) => match s.as_slice() {\n");
+    out.push_str("        }\n    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        match v {\n            Bson::Str(s) | Bson::Binary(s) => match s.as_slice() {\n");
     for (v, raw) in variants.iter().zip(&e.values) {
         let _ = writeln!(out, "                b{} => Ok({name}::{v}),", quoted(raw));
     }

@@ -323,6 +323,10 @@ fn d_array<T>(v: &Bson, lo: usize, hi: usize, elem: impl Fn(&Bson) -> Result<T, 
         }
         _ => return fail("expected array"),
     };
+    // A null element is a hole in the Lua table the server would see.
+    if items.iter().any(|e| **e == Bson::Null) {
+        return fail("not an array");
+    }
     if items.len() > hi {
         return fail(format!("more than {hi} elements"));
     }

@@ -333,6 +333,10 @@ fn d_array<T>(v: &Bson, lo: usize, hi: usize, elem: impl Fn(&Bson) -> Result<T, 
         }
         _ => return fail("expected array"),
     };
+    // A null element is a hole in the Lua table the server would see.
+    if items.iter().any(|e| **e == Bson::Null) {
+        return fail("not an array");
+    }
     if items.len() > hi {
         return fail(format!("more than {hi} elements"));
     }
@@ -368,7 +372,7 @@ impl Color {
 
     fn read(v: &Bson) -> Result<Self, DecodeError> {
         match v {
-            Bson::Str(s) => match s.as_slice() {
+            Bson::Str(s) | Bson::Binary(s) => match s.as_slice() {
                 b"red" => Ok(Color::Red),
                 b"green" => Ok(Color::Green),
                 b"blue" => Ok(Color::Blue),
