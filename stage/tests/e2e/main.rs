@@ -14,6 +14,7 @@ mod index;
 mod logs;
 mod messaging;
 mod odbc;
+mod packets;
 mod processes;
 mod route;
 mod scripts;
