@@ -35,7 +35,9 @@ local band, rshift = bit.band, bit.rshift
 -- object per field whenever the code runs in the interpreter (garbage on every packet).
 local scratch = ffi.new("union { double d; uint8_t b[8]; }")
 
-local MAX_DEPTH = 64
+-- The BSON limits of every decoder of the engine (codec/bson_limits.rs). A frame over one
+-- steps aside here; the Rust decoder then refuses it, counts it and closes the connection.
+local MAX_DEPTH, MAX_ELEMENTS = ptrs.max_depth, ptrs.max_elements
 local TWO63 = 2 ^ 63
 local TWO32 = 4294967296
 
@@ -213,6 +215,8 @@ end
 -- frame is bad).
 
 local rd
+-- Elements read so far from the frame being decoded, over every level (MAX_ELEMENTS).
+local nelem = 0
 
 local function u32at(p)
   return rd[p] + rd[p + 1] * 256 + rd[p + 2] * 65536 + rd[p + 3] * 16777216
@@ -229,7 +233,19 @@ local function i64at(p)
   return i32at(p + 4) * TWO32 + u32at(p)
 end
 
+-- A double read through FFI is not canonicalized by LuaJIT, and with NaN-tagging a NaN whose
+-- payload bits look like a type tag would become a forged Lua value (a "string" or "table"
+-- at an address the client chose). So the bytes are checked first: every NaN becomes the
+-- one NaN Lua makes itself. (Testing `x ~= x` after the read would be too late: a forged
+-- value equals itself.)
+local NAN = 0 / 0
 local function double_at(p)
+  -- Exponent all ones (bits 52..62) and a mantissa that is not zero: a NaN.
+  if band(rd[p + 7], 0x7F) == 0x7F and rd[p + 6] >= 0xF0
+    and (band(rd[p + 6], 0x0F) ~= 0 or rd[p] ~= 0 or rd[p + 1] ~= 0 or rd[p + 2] ~= 0
+      or rd[p + 3] ~= 0 or rd[p + 4] ~= 0 or rd[p + 5] ~= 0) then
+    return NAN
+  end
   for i = 0, 7 do scratch.b[i] = rd[p + i] end
   return scratch.d
 end
@@ -325,7 +341,12 @@ decode_doc = function(p, limit, depth, is_array, first)
   local stop = p + len - 1
   if rd[stop] ~= 0 then return nil end
   local t
-  if not first then t = table_new(shape(p + 4, stop, is_array)) end
+  if not first then
+    local narr, nrec = shape(p + 4, stop, is_array)
+    -- Refused before the table is sized for them.
+    if nelem + narr + nrec > MAX_ELEMENTS then return nil end
+    t = table_new(narr, nrec)
+  end
   local value, seen = nil, false
   local q, index = p + 4, 0
   while q < stop do
@@ -333,6 +354,8 @@ decode_doc = function(p, limit, depth, is_array, first)
     local k = q + 1
     while k < stop and rd[k] ~= 0 do k = k + 1 end
     if k >= stop then return nil end
+    nelem = nelem + 1
+    if nelem > MAX_ELEMENTS then return nil end
     local key_at, key_len = q + 1, k - q - 1
     local ok, v, next_q = decode_value(ty, k + 1, stop, depth)
     if not ok then return nil end
@@ -375,6 +398,7 @@ function P.hooks.receive_view(id, packet)
     return true
   end
   if len < 5 or i32at(0) ~= len then return false end
+  nelem = 0
   local value, _, ok = decode_doc(0, len, 1, false, true)
   if not ok then return false end
   P.deliver(id, value)

@@ -63,7 +63,9 @@ log4cxx = logger
 
 -- The original's preload copies every bundle function into `stage` (spec/stage.md §2).
 for name, f in pairs(bundle) do stage[name] = f end
+-- The platform modules are `require`-able as in the original (`odbc` in odbc.lua).
 package.loaded.broker, package.loaded.bundle, package.loaded.logger = broker, bundle, logger
+package.loaded.stage = stage
 
 -- Engine hooks -----------------------------------------------------------------------------
 

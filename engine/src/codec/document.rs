@@ -12,6 +12,12 @@
 //! borrow from the input. The writer checks what BSON cannot represent (a key with a NUL, a
 //! length past `i32::MAX`, an embedded document that is not one) and reports it instead of
 //! writing a corrupt document.
+//!
+//! The shared BSON limits (`codec::bson_limits`) hold here too: [`elements`] yields at most
+//! `MAX_ELEMENTS` elements of one document, and [`validate`] walks a document with everything
+//! embedded in it, at most `MAX_DEPTH` levels and `MAX_ELEMENTS` elements over all of them.
+
+use super::bson_limits::{self, Limit, MAX_DEPTH, MAX_ELEMENTS};
 
 /// BSON element type bytes this module reads and writes.
 pub mod types {
@@ -94,6 +100,10 @@ pub enum DocumentError {
     NulInKey { key: String },
     #[error("bson value of key {key:?} is too large ({len} bytes)")]
     TooLarge { key: String, len: usize },
+    #[error("bson nesting deeper than {limit} levels at offset {offset}")]
+    TooDeep { offset: usize, limit: usize },
+    #[error("bson document with more than {limit} elements")]
+    TooManyElements { limit: usize },
     #[error("value of key {key:?} is not a bson document: {why}")]
     NotADocument {
         key: String,
@@ -167,7 +177,45 @@ pub fn elements(doc: &[u8]) -> Result<Elements<'_>, DocumentError> {
         doc,
         pos: 4,
         end: doc.len() - 1,
+        count: 0,
     })
+}
+
+/// Checks `doc` and every document embedded in it, element by element: the framing and
+/// types [`elements`] checks, at most `MAX_DEPTH` levels (`doc` is level 1) and at most
+/// `MAX_ELEMENTS` elements over all levels. For a caller about to keep or pass on a document
+/// whose nested parts it does not read itself.
+pub fn validate(doc: &[u8]) -> Result<(), DocumentError> {
+    let mut total = 0;
+    walk(doc, 1, 0, &mut total)
+}
+
+/// [`validate`] of the document `doc` at nesting level `depth`, which starts `at` bytes into
+/// the top-level document; `total` counts the elements seen so far.
+fn walk(doc: &[u8], depth: usize, at: usize, total: &mut usize) -> Result<(), DocumentError> {
+    if depth > MAX_DEPTH {
+        bson_limits::hit(Limit::Depth);
+        return Err(DocumentError::TooDeep {
+            offset: at,
+            limit: MAX_DEPTH,
+        });
+    }
+    for item in elements(doc)? {
+        let (_, value) = item?;
+        *total += 1;
+        if *total > MAX_ELEMENTS {
+            bson_limits::hit(Limit::Elements);
+            return Err(DocumentError::TooManyElements {
+                limit: MAX_ELEMENTS,
+            });
+        }
+        if let Element::Document(inner) = value {
+            // `inner` borrows from `doc`: its offset is where it sits in the slice.
+            let offset = at + (inner.as_ptr() as usize - doc.as_ptr() as usize);
+            walk(inner, depth + 1, offset, total)?;
+        }
+    }
+    Ok(())
 }
 
 /// The iterator [`elements`] returns.
@@ -177,6 +225,8 @@ pub struct Elements<'a> {
     pos: usize,
     /// The document's terminator: every element ends at or before it.
     end: usize,
+    /// Elements yielded so far: at most `MAX_ELEMENTS`.
+    count: usize,
 }
 
 impl<'a> Elements<'a> {
@@ -250,6 +300,14 @@ impl<'a> Iterator for Elements<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.end {
             return None;
+        }
+        self.count += 1;
+        if self.count > MAX_ELEMENTS {
+            bson_limits::hit(Limit::Elements);
+            self.pos = self.end;
+            return Some(Err(DocumentError::TooManyElements {
+                limit: MAX_ELEMENTS,
+            }));
         }
         let item = self.read();
         if item.is_err() {
@@ -635,5 +693,173 @@ mod tests {
             }
         }
         assert!(survived > 0, "the corruption rejected everything");
+    }
+}
+
+/// Properties: any bytes are read without a panic, and what the writer writes reads back.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value the writer can write, embedded documents as trees.
+    #[derive(Debug, Clone)]
+    enum Tree {
+        Double(u64),
+        String(Vec<u8>),
+        Document(Vec<(String, Tree)>),
+        Bool(bool),
+        Null,
+        Int32(i32),
+        Int64(i64),
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        proptest::collection::vec(1u8..=0x7F, 0..8)
+            .prop_map(|b| String::from_utf8(b).expect("ascii without nul"))
+    }
+
+    fn tree() -> impl Strategy<Value = Tree> {
+        let leaf = prop_oneof![
+            // Any bits: NaNs with every payload, infinities, -0.0.
+            any::<u64>().prop_map(Tree::Double),
+            any::<f64>().prop_map(|f| Tree::Double(f.to_bits())),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Tree::String),
+            any::<bool>().prop_map(Tree::Bool),
+            Just(Tree::Null),
+            any::<i32>().prop_map(Tree::Int32),
+            any::<i64>().prop_map(Tree::Int64),
+        ];
+        leaf.prop_recursive(6, 48, 6, |inner| {
+            proptest::collection::vec((key(), inner), 0..6).prop_map(Tree::Document)
+        })
+    }
+
+    fn write(fields: &[(String, Tree)]) -> Vec<u8> {
+        let mut w = Writer::default();
+        for (k, v) in fields {
+            match v {
+                Tree::Double(bits) => w.double(k, f64::from_bits(*bits)),
+                Tree::String(s) => w.string(k, s),
+                Tree::Document(inner) => w.document(k, &write(inner)),
+                Tree::Bool(b) => w.bool(k, *b),
+                Tree::Null => w.null(k),
+                Tree::Int32(i) => w.int32(k, *i),
+                Tree::Int64(i) => w.int64(k, *i),
+            }
+            .expect("a writable element");
+        }
+        w.finish().expect("a small document")
+    }
+
+    /// Reads `doc` back and checks it against `fields`, bit for bit (NaN payloads included).
+    fn same(doc: &[u8], fields: &[(String, Tree)]) -> Result<(), TestCaseError> {
+        let read: Vec<_> = elements(doc)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(read.len(), fields.len());
+        for ((k, v), (key, want)) in read.into_iter().zip(fields) {
+            prop_assert_eq!(k, key.as_bytes());
+            match (v, want) {
+                (Element::Double(f), Tree::Double(bits)) => prop_assert_eq!(f.to_bits(), *bits),
+                (Element::String(s), Tree::String(t)) => prop_assert_eq!(s, &t[..]),
+                (Element::Document(d), Tree::Document(inner)) => same(d, inner)?,
+                (Element::Bool(b), Tree::Bool(c)) => prop_assert_eq!(b, *c),
+                (Element::Null, Tree::Null) => {}
+                (Element::Int32(i), Tree::Int32(j)) => prop_assert_eq!(i, *j),
+                (Element::Int64(i), Tree::Int64(j)) => prop_assert_eq!(i, *j),
+                (got, want) => prop_assert!(false, "{:?} read as {:?}", want, got),
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes, and arbitrary bytes behind a length that matches: an error or
+        /// elements, never a panic; every element read lies within the input.
+        #[test]
+        fn any_bytes_are_read_without_a_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..256), fix in any::<bool>()) {
+            if fix && bytes.len() >= 5 {
+                let len = bytes.len() as i32;
+                bytes[..4].copy_from_slice(&len.to_le_bytes());
+                let last = bytes.len() - 1;
+                bytes[last] = 0;
+            }
+            if let Ok(items) = elements(&bytes) {
+                for (key, _) in items.flatten() {
+                    prop_assert!(key.len() < bytes.len());
+                }
+            }
+            let _ = validate(&bytes);
+        }
+
+        /// Every document the writer writes reads back to the same values, nested
+        /// documents included, and passes `validate`.
+        #[test]
+        fn written_documents_read_back(fields in proptest::collection::vec((key(), tree()), 0..8)) {
+            let doc = write(&fields);
+            prop_assert!(validate(&doc).is_ok());
+            same(&doc, &fields)?;
+        }
+
+        /// A key with a NUL cannot be written (it would end the key early).
+        #[test]
+        fn keys_with_a_nul_are_refused(a in key(), b in key(), v in any::<i32>()) {
+            let mut w = Writer::default();
+            let bad = format!("{a}\0{b}");
+            prop_assert!(matches!(w.int32(&bad, v), Err(DocumentError::NulInKey { .. })), "key {:?} was written", bad);
+            prop_assert_eq!(w.finish().unwrap(), vec![5, 0, 0, 0, 0]);
+        }
+    }
+
+    /// `validate`'s limits: MAX_DEPTH levels pass, one more does not; MAX_ELEMENTS elements
+    /// over all levels pass, one more does not.
+    #[test]
+    fn validate_enforces_depth_and_element_limits() {
+        let nest = |levels: usize| {
+            let mut doc = Writer::default().finish().unwrap();
+            for _ in 1..levels {
+                let mut w = Writer::default();
+                w.document("x", &doc).unwrap();
+                doc = w.finish().unwrap();
+            }
+            doc
+        };
+        assert_eq!(validate(&nest(MAX_DEPTH)), Ok(()));
+        assert!(matches!(
+            validate(&nest(MAX_DEPTH + 1)),
+            Err(DocumentError::TooDeep {
+                limit: MAX_DEPTH,
+                ..
+            })
+        ));
+        // Half the elements in an embedded document, the rest (and the element holding it)
+        // beside it.
+        let nulls = |n: usize| {
+            let mut w = Writer::with_capacity(2 * n + 8);
+            for _ in 0..n {
+                w.null("").unwrap();
+            }
+            w
+        };
+        let inner = nulls(MAX_ELEMENTS / 2).finish().unwrap();
+        for (rest, ok) in [(MAX_ELEMENTS / 2 - 1, true), (MAX_ELEMENTS / 2, false)] {
+            let mut w = nulls(rest);
+            w.document("d", &inner).unwrap();
+            let doc = w.finish().unwrap();
+            match validate(&doc) {
+                Ok(()) => assert!(ok, "{rest}: over the limit and accepted"),
+                Err(DocumentError::TooManyElements { .. }) => assert!(!ok, "{rest}: refused"),
+                Err(other) => panic!("{other}"),
+            }
+        }
+        // One document's own elements, read with `elements`.
+        let doc = nulls(MAX_ELEMENTS + 1).finish().unwrap();
+        let last = elements(&doc).unwrap().last().unwrap();
+        assert!(matches!(last, Err(DocumentError::TooManyElements { .. })));
+        assert_eq!(elements(&doc).unwrap().count(), MAX_ELEMENTS + 1);
     }
 }

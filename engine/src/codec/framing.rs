@@ -97,7 +97,10 @@ impl FrameSpec {
     pub fn next_frame(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         match self.framing {
             Framing::Raw => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
-            Framing::Text => match memchr_newline(buf) {
+            // A line (its newline counted) longer than IN is refused whether its newline has
+            // arrived yet or not, so the outcome never depends on how the bytes were split
+            // into reads.
+            Framing::Text => match memchr_newline(&buf[..buf.len().min(self.input)]) {
                 Some(end) => Ok(Some(buf.split_to(end + 1).freeze())),
                 None if buf.len() >= self.input => {
                     Err(FrameError::LineTooLong { limit: self.input })
@@ -274,6 +277,18 @@ mod tests {
             spec.next_frame(&mut buf),
             Err(FrameError::LineTooLong { limit: 8 })
         );
+        // The same line with its newline in the same buffer: refused the same way.
+        let mut buf = BytesMut::from(&b"123456789\n"[..]);
+        assert_eq!(
+            spec.next_frame(&mut buf),
+            Err(FrameError::LineTooLong { limit: 8 })
+        );
+        // A line of exactly IN bytes, newline included, fits.
+        let mut buf = BytesMut::from(&b"1234567\n9"[..]);
+        assert_eq!(
+            &spec.next_frame(&mut buf).unwrap().unwrap()[..],
+            b"1234567\n"
+        );
     }
 
     #[test]
@@ -282,5 +297,102 @@ mod tests {
         let mut buf = BytesMut::from(&b"xyz"[..]);
         assert_eq!(&spec.next_frame(&mut buf).unwrap().unwrap()[..], b"xyz");
         assert_eq!(spec.next_frame(&mut buf).unwrap(), None);
+    }
+}
+
+/// Properties: any byte stream, split into reads anywhere, is cut without a panic, no frame
+/// is longer than IN, and the frames do not depend on where the stream was split.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `stream` in pieces of the given sizes and cuts frames after each, as the
+    /// connection's reader does; stops at the first error (the connection would close).
+    fn cut(spec: &FrameSpec, stream: &[u8], pieces: &[usize]) -> (Vec<Bytes>, Option<FrameError>) {
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut rest = stream;
+        let mut sizes = pieces.iter().copied().cycle();
+        while !rest.is_empty() {
+            let n = sizes.next().unwrap_or(1).clamp(1, rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            loop {
+                match spec.next_frame(&mut buf) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(err) => return (frames, Some(err)),
+                }
+            }
+        }
+        (frames, None)
+    }
+
+    /// Streams of frames with mostly sensible headers (so that frames are actually cut), and
+    /// plain noise.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let framed = proptest::collection::vec(
+            (0u32..80, proptest::collection::vec(any::<u8>(), 0..80)),
+            0..8,
+        )
+        .prop_map(|parts| {
+            let mut out = Vec::new();
+            for (len, body) in parts {
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&body);
+            }
+            out
+        });
+        let lines = proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..40),
+            0..6,
+        )
+        .prop_map(|ls| ls.concat());
+        prop_oneof![
+            framed,
+            lines,
+            proptest::collection::vec(any::<u8>(), 0..300)
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_stream_split_anywhere_is_cut_the_same_within_in(
+            bytes in stream(),
+            pieces in proptest::collection::vec(1usize..64, 1..8),
+            input in 5usize..64,
+            which in 0u8..2,
+        ) {
+            let framing = if which == 0 { Framing::Packet } else { Framing::Text };
+            let spec = FrameSpec { framing, input, output: 64 };
+            let (frames, err) = cut(&spec, &bytes, &pieces);
+            for f in &frames {
+                prop_assert!(f.len() <= input, "a frame of {} bytes with IN = {}", f.len(), input);
+                if framing == Framing::Packet {
+                    prop_assert!(f.len() >= 5);
+                    prop_assert_eq!(u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize, f.len());
+                } else {
+                    prop_assert_eq!(f.last(), Some(&b'\n'));
+                }
+            }
+            // The same stream in one piece, and byte by byte: the same frames, the same end.
+            for other in [vec![bytes.len().max(1)], vec![1]] {
+                let (again, err_again) = cut(&spec, &bytes, &other);
+                prop_assert_eq!(&again, &frames);
+                prop_assert_eq!(&err_again, &err);
+            }
+        }
+
+        /// A raw stream yields what was buffered; the reader bounds each read by IN.
+        #[test]
+        fn raw_yields_every_byte_once(bytes in proptest::collection::vec(any::<u8>(), 0..300), pieces in proptest::collection::vec(1usize..64, 1..8)) {
+            let spec = FrameSpec::default();
+            let (frames, err) = cut(&spec, &bytes, &pieces);
+            prop_assert!(err.is_none());
+            prop_assert_eq!(frames.concat(), bytes);
+        }
     }
 }

@@ -371,7 +371,8 @@ async fn dispatch_frames<H: ConnEvents>(
             }
         };
         if let Err(err) = events.frame(conn, frame) {
-            tracing::warn!(socket = conn.id.raw(), "closing connection: {err}");
+            // The owner logged why (at most once a second for a limit, `bson_limits`).
+            tracing::debug!(socket = conn.id.raw(), "closing connection: {err}");
             return Err(libc::EBADMSG);
         }
         // Keep a burst of replies from outgrowing OUT while later frames are processed.

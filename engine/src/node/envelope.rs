@@ -734,3 +734,86 @@ mod tests {
         ));
     }
 }
+
+/// Properties: any bytes decode without a panic, and every envelope encodes and decodes back
+/// to itself (the envelope is what travels between cores and processes).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter)
+    }
+
+    /// A values document: `{"#1" = .., "#2" = .., n = count}` of int64s, as `P.pack` makes.
+    fn values() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<i64>(), 0..6).prop_map(|vs| {
+            let mut w = Writer::default();
+            for (i, v) in vs.iter().enumerate() {
+                w.int64(&format!("#{}", i + 1), *v).unwrap();
+            }
+            w.int64("n", vs.len() as i64).unwrap();
+            w.finish().unwrap()
+        })
+    }
+
+    fn deadline() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            any::<u64>().prop_map(f64::from_bits),
+            (0i64..1 << 50).prop_map(|i| i as f64),
+        ]
+    }
+
+    prop_compose! {
+        fn envelope()(
+            stage in proptest::option::of(any::<u32>()),
+            id in text(),
+            reply_stage in proptest::option::of(text()),
+            reply_process in proptest::option::of(any::<u32>()),
+            reply_node in proptest::option::of(text()),
+            from_stage in proptest::option::of(text()),
+            from_process in proptest::option::of(any::<u32>()),
+            deadline_ms in proptest::option::of(deadline()),
+            values in proptest::option::of(values()),
+            ticket in proptest::option::of(text()),
+            split in any::<bool>(),
+            gather in proptest::option::of(0..=i64::MAX as u64),
+            gather_core in proptest::option::of(any::<u32>()),
+        ) -> Envelope {
+            Envelope {
+                stage, id, reply_stage, reply_process, reply_node, from_stage, from_process,
+                deadline_ms, values, ticket, split, gather, gather_core,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn every_envelope_comes_back_as_itself(e in envelope()) {
+            let bytes = e.encode().unwrap();
+            let back = Envelope::decode(&bytes).unwrap();
+            // NaN is the one deadline not equal to itself: compared as "both NaN".
+            let nan = |x: &Envelope| x.deadline_ms.is_some_and(f64::is_nan);
+            prop_assert_eq!(nan(&back), nan(&e));
+            if !nan(&e) {
+                prop_assert_eq!(&back, &e);
+            }
+            prop_assert_eq!(back.encode().unwrap(), bytes);
+        }
+
+        #[test]
+        fn any_bytes_decode_without_a_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..200), fix in any::<bool>()) {
+            if fix && bytes.len() >= 5 {
+                let len = bytes.len() as i32;
+                bytes[..4].copy_from_slice(&len.to_le_bytes());
+            }
+            if let Ok(e) = Envelope::decode(&bytes) {
+                prop_assert!(e.id.len() < bytes.len());
+            }
+        }
+    }
+}

@@ -28,13 +28,18 @@
 //!   the spec's optional gzip variant is not produced or accepted. Other binary subtypes
 //!   decode to their raw payload.
 //! * Depth counts documents: the top-level document is level 1, at most [`MAX_DEPTH`] levels.
-//!   This bounds recursion on both sides and turns cyclic tables into an error.
+//!   This bounds recursion on both sides and turns cyclic tables into an error. A decoded
+//!   document holds at most [`MAX_ELEMENTS`] elements over all its levels. Both limits are
+//!   `codec::bson_limits`'s, shared with the FFI decoder; a decode that hits one is counted
+//!   and logged there.
+
+use std::cell::Cell;
 
 use bytes::{BufMut, BytesMut};
 use mlua::{ChunkMode, Function, Lua, Table, Value};
 
-/// Maximum document nesting, counting the top-level document as level 1.
-pub const MAX_DEPTH: usize = 64;
+use crate::codec::bson_limits::{self, Limit};
+pub use crate::codec::bson_limits::{MAX_DEPTH, MAX_ELEMENTS};
 
 /// Options for the encoder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +93,8 @@ pub enum BsonError {
     UnsupportedType { ty: u8, offset: usize },
     #[error("bson nesting deeper than {limit} levels at offset {offset}")]
     TooDeep { offset: usize, limit: usize },
+    #[error("bson document with more than {limit} elements (at offset {offset})")]
+    TooManyElements { offset: usize, limit: usize },
     #[error("cannot load function bytecode at offset {offset}: {source}")]
     BadFunction { offset: usize, source: mlua::Error },
     #[error("key {key:?} contains a nul byte")]
@@ -665,11 +672,13 @@ pub fn decode_first(lua: &Lua, doc: &[u8], opts: &DecodeOptions) -> Result<Value
         lua,
         buf: doc,
         load_functions: opts.load_functions,
+        elements: Cell::new(0),
     };
     let mut first = None;
     let mut pos = 4;
     while pos < end {
         let (ty, _key, vpos) = dec.element(pos, end)?;
+        dec.one_more(pos)?;
         pos = if first.is_none() {
             let (value, next) = dec.value::<true>(ty, vpos, end, 1, pos)?;
             first = Some(value);
@@ -688,6 +697,7 @@ pub fn decode_document(lua: &Lua, doc: &[u8], opts: &DecodeOptions) -> Result<Ta
         lua,
         buf: doc,
         load_functions: opts.load_functions,
+        elements: Cell::new(0),
     };
     match dec.document::<true>(0, doc.len(), 1, false)?.0 {
         Value::Table(t) => Ok(t),
@@ -725,9 +735,30 @@ struct Decoder<'a> {
     lua: &'a Lua,
     buf: &'a [u8],
     load_functions: bool,
+    /// Elements read so far, over every level: at most [`MAX_ELEMENTS`].
+    elements: Cell<usize>,
 }
 
 impl<'a> Decoder<'a> {
+    /// Counts the element at `pos`; an error past [`MAX_ELEMENTS`].
+    fn one_more(&self, pos: usize) -> Result<(), BsonError> {
+        self.room_for(1, pos)?;
+        self.elements.set(self.elements.get() + 1);
+        Ok(())
+    }
+
+    /// Whether `n` more elements fit under [`MAX_ELEMENTS`] (nothing is counted).
+    fn room_for(&self, n: usize, pos: usize) -> Result<(), BsonError> {
+        if self.elements.get() + n > MAX_ELEMENTS {
+            bson_limits::hit(Limit::Elements);
+            return Err(BsonError::TooManyElements {
+                offset: pos,
+                limit: MAX_ELEMENTS,
+            });
+        }
+        Ok(())
+    }
+
     /// `N` bytes at `pos`, which must end at or before `limit`.
     fn fixed<const N: usize>(
         &self,
@@ -879,6 +910,7 @@ impl<'a> Decoder<'a> {
         array: bool,
     ) -> Result<(Value, usize), BsonError> {
         if depth > MAX_DEPTH {
+            bson_limits::hit(Limit::Depth);
             return Err(BsonError::TooDeep {
                 offset: pos,
                 limit: MAX_DEPTH,
@@ -900,6 +932,8 @@ impl<'a> Decoder<'a> {
 
         let table = if BUILD {
             let (narr, nrec) = self.count(pos + 4, end, array);
+            // Refused before the table is sized for them.
+            self.room_for(narr + nrec, pos)?;
             Some(self.lua.create_table_with_capacity(narr, nrec)?)
         } else {
             None
@@ -909,6 +943,7 @@ impl<'a> Decoder<'a> {
         let mut index: i64 = 0;
         while p < end {
             let (ty, key, vpos) = self.element(p, end)?;
+            self.one_more(p)?;
             let (value, next) = self.value::<BUILD>(ty, vpos, end, depth, p)?;
             if let Some(t) = &table {
                 // null/undefined decode to nil, i.e. the field is absent.

@@ -13,6 +13,7 @@ use std::ffi::c_void;
 use mlua::{LightUserData, Lua, Table};
 use stage_ffi::{FfiContext, OutputReservation, CDEF, STAGE_NOT_HERE, STAGE_REFUSED};
 
+use crate::codec::bson_limits;
 use crate::net::conn::{Conn, OutputError};
 use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
@@ -146,6 +147,9 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
             t.set("advance", ptr(advance as *const ()))?;
             t.set("socket_addr", ptr(socket_addr as *const ()))?;
             t.set("not_here", STAGE_NOT_HERE)?;
+            // The decoder's limits: the same numbers as every other BSON decoder's.
+            t.set("max_depth", bson_limits::MAX_DEPTH)?;
+            t.set("max_elements", bson_limits::MAX_ELEMENTS)?;
             Ok(t)
         })?,
     )

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mlua::{Function, LightUserData, Lua, LuaOptions, StdLib, Table, Value};
 
-use super::bson::{self, DecodeOptions};
+use super::bson::{self, BsonError, DecodeOptions};
 use super::loader::ScriptLoader;
 use super::pool::Pool;
 use super::{logger, natives};
@@ -229,8 +229,22 @@ impl Host {
             }
         }
         let data = match framing {
-            Framing::Packet => bson::decode_first(&self.lua, &frame, &DecodeOptions::default())
-                .map_err(|e| e.to_string())?,
+            Framing::Packet => {
+                match bson::decode_first(&self.lua, &frame, &DecodeOptions::default()) {
+                    Ok(v) => v,
+                    Err(err) => {
+                        // A document over a BSON limit was counted and logged (at most once a
+                        // second) by `bson_limits`; any other bad BSON is logged here.
+                        if !matches!(
+                            err,
+                            BsonError::TooDeep { .. } | BsonError::TooManyElements { .. }
+                        ) {
+                            tracing::warn!(socket = id, "closing connection: {err}");
+                        }
+                        return Err(err.to_string());
+                    }
+                }
+            }
             Framing::Text | Framing::Raw => match self.lua.create_string(&frame[..]) {
                 Ok(s) => Value::String(s),
                 Err(err) => {

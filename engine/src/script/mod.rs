@@ -8,6 +8,8 @@ pub mod bson;
 pub mod bundle;
 pub mod check;
 pub mod cluster;
+#[cfg(test)]
+mod decoder_props;
 pub mod fastpath;
 pub mod host;
 pub mod loader;

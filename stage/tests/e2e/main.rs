@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod bson_limits;
 mod cli;
 mod cluster;
 mod curl;

@@ -541,3 +541,54 @@ fn a_script_past_its_memory_limit_fails_that_call_only() {
         Some("ok")
     );
 }
+
+#[test]
+fn the_platform_modules_are_requireable_in_preload_and_odbc_raises_when_called_on_a_core() {
+    // The original platform's preloads begin with `odbc = require('odbc')`; a named proxy
+    // (`{"actor", ...}`) is what its scripts build next.
+    let server = Server::start(
+        r##"{ "#startup": [["lua.so+stage"]],
+              "lua.so": { "%preload": "preload", "%package": ["package"],
+                          "%reflush": 0, "lua.so+stage": "start" } }"##,
+        &[
+            (
+                "preload/platform.lua",
+                "odbc = require('odbc')
+                 local modules = {}
+                 for _, name in ipairs({ 'broker', 'logger', 'odbc', 'bundle', 'stage' }) do
+                   modules[#modules + 1] = name .. '=' .. type(require(name))
+                 end
+                 preloaded = table.concat(modules, ',')",
+            ),
+            (
+                "package/start.lua",
+                "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+                   return function (s, data)
+                     local ok, err = pcall(odbc.new, 'DSN=nowhere')
+                     local t = {}
+                     local actor = stage.proxy(t, { 'actor', hp = function () end })
+                     actor.hp = 3
+                     return { preloaded = preloaded, same = require('odbc') == odbc, ok = ok,
+                              err = tostring(err),
+                              proxy = tostring(actor) == 'actor:[' .. tostring(t) .. ']',
+                              hp = t.hp }
+                   end
+                 end)",
+            ),
+        ],
+    );
+    let mut client = server.connect();
+    client.write_all(&message("x", &[])).unwrap();
+    let reply = read_reply(&mut client);
+    assert_eq!(
+        reply.get("preloaded").and_then(Bson::as_str),
+        Some("broker=table,logger=table,odbc=table,bundle=table,stage=table"),
+        "{reply:?}"
+    );
+    assert_eq!(reply.get("same"), Some(&Bson::Bool(true)));
+    assert_eq!(reply.get("ok"), Some(&Bson::Bool(false)));
+    let err = reply.get("err").and_then(Bson::as_str).unwrap_or_default();
+    assert!(err.contains("ODBC calls block"), "{err}");
+    assert_eq!(reply.get("proxy"), Some(&Bson::Bool(true)), "{reply:?}");
+    assert_eq!(reply.get("hp").and_then(Bson::as_i64), Some(3));
+}

@@ -33,6 +33,11 @@
 //! chains like xp -> level work; a cycle stops at the first key already running). A
 //! handler's error propagates to the writer, after the key is released.
 //!
+//! * `rules[n] = "name"` (a string at a numeric index, as in `{"actor", hp = F}`), or
+//!   `rules[""] = "name"`, or `rules` itself a string: the proxy's name, as in the original.
+//!   `tostring(proxy)` is `name:[tostring(t)]` (the name up to its first `:`), `proxy:[...]`
+//!   when unnamed. A name is not a rule: writing `proxy[n]` fires nothing for it.
+//!
 //! `fn`, if given, is called as `fn(proxy)` and its results are returned instead of the
 //! proxy.
 //!
@@ -55,8 +60,12 @@ use super::{as_number, call_user, fail, key_text, native, type_name, Res};
 const RULES: &str = "__bundle_rules";
 /// Metatable slot holding the set of keys whose handlers are running.
 const ACTIVE: &str = "__bundle_active";
+/// Metatable slot holding the proxy's name (what `tostring` shows).
+const NAME: &str = "__bundle_name";
 /// What `getmetatable(proxy)` returns.
 const TAG: &str = "bundle.proxy";
+/// The name of a proxy whose rules give none (the original's default).
+const DEFAULT_NAME: &str = "proxy";
 
 /// Builds `bundle.proxy` and the metamethods all proxies of this state share.
 pub(super) fn create(lua: &Lua) -> mlua::Result<Function> {
@@ -98,9 +107,49 @@ pub(super) fn create(lua: &Lua) -> mlua::Result<Function> {
             None => fail("bundle.proxy: not a proxy"),
         }
     })?;
+    let tostring: Function = lua.globals().get("tostring")?;
+    let show = native(lua, "bundle.proxy", move |lua, args| {
+        let Some(Value::Table(p)) = args.front() else {
+            return fail("bundle.proxy: not a proxy");
+        };
+        let (Some(t), Some(m)) = (target_of(p), p.metatable()) else {
+            return fail("bundle.proxy: not a proxy");
+        };
+        let name: String = m.raw_get(NAME)?;
+        // The original shows the name up to its first `:` (a `name:{...}` form's prefix).
+        let name = name.split(':').next().unwrap_or_default();
+        let inner: mlua::String = tostring.call(Value::Table(t))?;
+        let text = format!("{name}:[{}]", inner.to_str()?);
+        Ok(MultiValue::from_vec(vec![Value::String(
+            lua.create_string(text)?,
+        )]))
+    })?;
+    let shared = Shared {
+        newindex,
+        call,
+        pairs,
+        len,
+        show,
+    };
     native(lua, "bundle.proxy", move |lua, args| {
-        make(lua, args, &newindex, &call, &pairs, &len)
+        make(lua, args, &shared)
     })
+}
+
+/// The metamethods every proxy of a state shares.
+struct Shared {
+    newindex: Function,
+    call: Function,
+    pairs: Function,
+    len: Function,
+    show: Function,
+}
+
+/// Whether `(k, v)` of a rules table names the proxy rather than being a rule: a string at a
+/// numeric index, or at `""`.
+fn is_name(k: &Value, v: &Value) -> bool {
+    matches!(v, Value::String(_))
+        && (is_blank(k) || matches!(k, Value::Integer(_) | Value::Number(_)))
 }
 
 /// The table a proxy observes, or None if `p` is not a proxy.
@@ -112,14 +161,7 @@ pub(super) fn target_of(p: &Table) -> Option<Table> {
     m.raw_get::<Table>("__index").ok()
 }
 
-fn make(
-    lua: &Lua,
-    args: MultiValue,
-    newindex: &Function,
-    call: &Function,
-    pairs: &Function,
-    len: &Function,
-) -> Res<MultiValue> {
+fn make(lua: &Lua, args: MultiValue, shared: &Shared) -> Res<MultiValue> {
     let mut args = args.into_iter();
     let t = match args.next().unwrap_or(Value::Nil) {
         Value::Table(t) => t,
@@ -130,9 +172,15 @@ fn make(
             ))
         }
     };
+    let mut name = None;
     let rules = match args.next().unwrap_or(Value::Nil) {
         Value::Table(r) => r,
         Value::Nil => lua.create_table()?,
+        // `stage.proxy(t, "name")`: a name and no rules.
+        Value::String(s) => {
+            name = Some(s.to_str()?.to_owned());
+            lua.create_table()?
+        }
         other => {
             return fail(format!(
                 "bundle.proxy: rules must be a table, got {}",
@@ -156,16 +204,24 @@ fn make(
         Ok(())
     })?;
     for (k, v) in &entries {
+        if is_name(k, v) {
+            if let Value::String(s) = v {
+                name = Some(s.to_str()?.to_owned());
+            }
+            continue;
+        }
         check_rule(k, v)?;
     }
 
     let m = lua.create_table_with_capacity(0, 8)?;
     m.raw_set("__index", t)?;
-    m.raw_set("__newindex", newindex.clone())?;
-    m.raw_set("__call", call.clone())?;
-    m.raw_set("__pairs", pairs.clone())?;
-    m.raw_set("__len", len.clone())?;
+    m.raw_set("__newindex", shared.newindex.clone())?;
+    m.raw_set("__call", shared.call.clone())?;
+    m.raw_set("__pairs", shared.pairs.clone())?;
+    m.raw_set("__len", shared.len.clone())?;
+    m.raw_set("__tostring", shared.show.clone())?;
     m.raw_set("__metatable", TAG)?;
+    m.raw_set(NAME, name.as_deref().unwrap_or(DEFAULT_NAME))?;
     m.raw_set(RULES, rules)?;
     let p = lua.create_table()?;
     p.set_metatable(Some(m))?;
@@ -308,7 +364,8 @@ fn newindex(lua: &Lua, args: MultiValue) -> Res<MultiValue> {
                 return Ok(none);
             }
         }
-        Value::Nil => {}
+        // Nothing, or the proxy's name.
+        Value::Nil | Value::String(_) => {}
         Value::Table(_) => return translation_unsupported(),
         other => {
             return fail(format!(
@@ -321,7 +378,11 @@ fn newindex(lua: &Lua, args: MultiValue) -> Res<MultiValue> {
     let rule: Value = if is_blank(&k) {
         Value::Nil
     } else {
-        rules.raw_get(k.clone())?
+        match rules.raw_get(k.clone())? {
+            // A name (`{"actor", ...}`), not a rule for this key.
+            ref v if is_name(&k, v) => Value::Nil,
+            v => v,
+        }
     };
     if rule.is_nil() {
         t.set(k, v)?;
@@ -523,6 +584,29 @@ mod tests {
             -- and the key is released afterwards
             local ok2 = pcall(function() q.x = 2 end)
             assert(not ok2)
+        "#);
+    }
+
+    #[test]
+    fn a_string_at_a_numeric_index_names_the_proxy() {
+        run(r#"
+            local t = {}
+            local seen = {}
+            local p = bundle.proxy(t, { "actor", hp = function(_, old, k, new) seen[#seen + 1] = new end })
+            local shown = tostring(p)
+            assert(shown == "actor:[" .. tostring(t) .. "]", shown)
+            p.hp = 5
+            assert(seen[1] == 5 and t.hp == 5)
+            -- writing the index that holds the name is a plain write
+            p[1] = "x"
+            assert(t[1] == "x")
+            -- the name up to its first ':'; unnamed proxies show as `proxy`
+            local q = bundle.proxy(t, { [""] = "npc:{id}" })
+            assert(tostring(q) == "npc:[" .. tostring(t) .. "]", tostring(q))
+            local r = bundle.proxy(t, {})
+            assert(tostring(r) == "proxy:[" .. tostring(t) .. "]", tostring(r))
+            local s = bundle.proxy(t, "mob")
+            assert(tostring(s) == "mob:[" .. tostring(t) .. "]", tostring(s))
         "#);
     }
 
