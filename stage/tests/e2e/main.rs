@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod budget;
 mod cli;
 mod cluster;
 mod curl;
