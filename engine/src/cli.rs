@@ -262,6 +262,7 @@ fn run(
     let handles = runtime::start(node.clone(), script::host::factory())?;
     crate::cluster::start(node.clone())?;
     watchdog::start(node.clone(), alive);
+    crate::node::budget::start(&node);
     let signals = node.clone();
     std::thread::Builder::new()
         .name("stage-signals".into())

@@ -1,7 +1,7 @@
 //! The runtime plan: what this process runs, decided once from the configuration before any
 //! core starts — its Lua stages (entry, main script, main core), its service stages
 //! (index.so, `=ticket`, `=route`, curl.so with their parsed configuration) and what every
-//! Lua state is built with (`%package`, `%preload`, `%reflush`, `%ffi`, `%memory`, the
+//! Lua state is built with (`%package`, `%preload`, `%reflush`, `%ffi`, `%memory`, `%cpu`, the
 //! scripts compiled into the binary). Plain data: the node layer reads it to start cores and
 //! service shards, the script layer to build Lua states; neither builds it.
 
@@ -28,6 +28,8 @@ pub struct Plan {
     /// `%memory`: the most bytes one Lua state may hold; an allocation past it fails as a Lua
     /// error ("not enough memory") in the callback that made it.
     pub memory: Option<usize>,
+    /// `%cpu`: the CPU budget of one Lua callback in msec (0 = none), `node::budget`.
+    pub cpu_ms: u64,
     pub stages: Vec<LuaStage>,
     /// The service stages of this process (index.so), numbered after the Lua stages.
     pub services: Vec<ServiceStage>,
@@ -209,6 +211,7 @@ pub fn build(
             reflush: Duration::from_secs(1),
             ffi: true,
             memory: None,
+            cpu_ms: crate::config::DEFAULT_CPU_MS,
             stages,
             services,
             args,
@@ -221,6 +224,7 @@ pub fn build(
         reflush: Duration::from_millis(first.reflush_ms),
         ffi: first.ffi,
         memory: first.memory_mib.map(|mib| (mib as usize) << 20),
+        cpu_ms: first.cpu_ms,
         stages,
         services,
         args,

@@ -126,6 +126,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
         reflush: Duration::from_secs(1),
         ffi,
         memory: None,
+        cpu_ms: 0,
         stages: vec![LuaStage {
             id: "echo".into(),
             entry: "lua.so+echo".into(),

@@ -18,8 +18,15 @@ use super::modules::{module_kind, ModuleKind, ModuleRef};
 /// what one expects while developing. A stat per second per script is negligible.
 pub const DEFAULT_REFLUSH_MS: u64 = 1000;
 
+/// `%cpu` when the configuration says nothing: the CPU budget of one Lua callback, in msec
+/// (`node::budget`).
+pub const DEFAULT_CPU_MS: u64 = 500;
+/// The largest `%cpu` accepted, in msec: the supervisor kills a process whose core has not
+/// returned to its loop for 3.1 s, and a budget must end a runaway callback well before that.
+pub const MAX_CPU_MS: u64 = 2000;
+
 /// The `%` keys a Lua block may contain; anything else starting with `%` is a typo.
-const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %memory, %odbc, %cluster";
+const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %memory, %cpu, %odbc, %cluster";
 
 /// One `%package` search-path entry (spec 8.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +89,8 @@ pub struct LuaStageConfig {
     /// `%memory`: the most memory one Lua state may hold, in MiB (this build's limit, DESIGN
     /// principle 9); `None` = no limit.
     pub memory_mib: Option<u64>,
+    /// `%cpu`: the CPU budget of one Lua callback in msec (0 = none), see [`DEFAULT_CPU_MS`].
+    pub cpu_ms: u64,
     /// Main script name, if configured anywhere (a missing one is a boot-time warning).
     pub main_script: Option<String>,
     /// `%odbc`: named DSN objects (or raw connection strings) for `odbc.new`.
@@ -107,6 +116,7 @@ fn parse_keys(
         reflush_ms: DEFAULT_REFLUSH_MS,
         ffi: true,
         memory_mib: None,
+        cpu_ms: DEFAULT_CPU_MS,
         main_script: None,
         odbc: None,
         cluster: None,
@@ -161,6 +171,17 @@ fn parse_keys(
                     1 << 20
                 ))),
                 None => errs.push(at.type_err("an integer (MiB per Lua state, 0 = no limit)", v)),
+            },
+            "%cpu" => match as_int(v) {
+                Some(ms) if ms >= 0 && ms <= i128::from(MAX_CPU_MS) => out.cpu_ms = ms as u64,
+                Some(ms) => errs.push(at.invalid(format!(
+                    "{ms} ms is out of range: expected 0 (no budget) to {} (the budget must end \
+                     a runaway callback well before the supervisor's 3.1 s kill)",
+                    MAX_CPU_MS
+                ))),
+                None => {
+                    errs.push(at.type_err("an integer (msec per Lua callback, 0 = no budget)", v))
+                }
             },
             "%odbc" => {
                 check_odbc(v, &at, errs);

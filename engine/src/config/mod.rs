@@ -23,7 +23,7 @@ use simd_json::owned::Object;
 use simd_json::OwnedValue;
 
 pub use error::ConfigError;
-pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_REFLUSH_MS};
+pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_CPU_MS, DEFAULT_REFLUSH_MS, MAX_CPU_MS};
 pub use modules::{ModuleKind, ModuleRef, MAX_STAGE_ID};
 pub use settings::{
     default_node_name, nats_auth, nats_servers, valid_node_name, ClusterEntry, NatsAuth, Restart,

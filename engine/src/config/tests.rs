@@ -257,7 +257,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\", \"=host:port\", \"nats://host:port\" or an object of NATS files {ca, cert, key, nkey, creds}, found boolean true",
             "config `stage.json`: key `lua.so.%package[1]`: expected a string, found integer 7",
             "config `stage.json`: key `lua.so.%reflush`: -1 msec is out of range: expected 0 to 4294967295",
-            "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %odbc, %cluster)",
+            "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %cpu, %odbc, %cluster)",
             "config `stage.json`: key `lua.so.%odbc.A`: expected an object of ODBC keywords or a raw connection string, found integer 1",
             "config `stage.json`: key `=ticket+ticket[1].odbc`: expected an integer (ticket limit; negative = refuse instead of queue), found string \"ten\"",
             "config `stage.json`: key `curl.so+agent.user_agent`: unknown key: a curl.so block takes `user-agent`, `verbose` and `timeout`",
@@ -797,5 +797,30 @@ fn an_object_in_cluster_names_the_nats_tls_and_auth_files() {
             "config `s.json`: key `#cluster[1]`: unknown NATS option `pass` (expected ca, cert, key, nkey, creds)",
             "config `s.json`: key `#cluster[1]`: `cert` and `key` go together (the client certificate and its key)",
         ]
+    );
+}
+
+#[test]
+fn cpu_budget_is_msec_up_to_two_seconds_with_a_default() {
+    let c = ok(&with_stage(""));
+    let s = c.lua_stage(&module("lua.so+stage")).unwrap();
+    assert_eq!(s.cpu_ms, crate::config::DEFAULT_CPU_MS);
+    for (given, want) in [("0", 0), ("50", 50), ("2000", 2000)] {
+        let c = ok(&with_stage(&format!(
+            r##", "lua.so": {{"%cpu": {given}}}"##
+        )));
+        assert_eq!(c.lua_stage(&module("lua.so+stage")).unwrap().cpu_ms, want);
+    }
+    assert_eq!(
+        errors(&with_stage(r##", "lua.so": {"%cpu": 2001}"##)),
+        vec!["config `stage.json`: key `lua.so.%cpu`: 2001 ms is out of range: expected 0 (no budget) to 2000 (the budget must end a runaway callback well before the supervisor's 3.1 s kill)"]
+    );
+    assert_eq!(
+        errors(&with_stage(r##", "lua.so": {"%cpu": -1}"##)),
+        vec!["config `stage.json`: key `lua.so.%cpu`: -1 ms is out of range: expected 0 (no budget) to 2000 (the budget must end a runaway callback well before the supervisor's 3.1 s kill)"]
+    );
+    assert_eq!(
+        errors(&with_stage(r##", "lua.so": {"%cpu": "fast"}"##)),
+        vec!["config `stage.json`: key `lua.so.%cpu`: expected an integer (msec per Lua callback, 0 = no budget), found string \"fast\""]
     );
 }

@@ -9,6 +9,7 @@
 //! reaches sockets through `net`, which in turn knows nothing of cores.
 
 pub mod affinity;
+pub mod budget;
 pub mod envelope;
 pub mod host;
 pub mod lock_service;
@@ -132,6 +133,8 @@ pub struct Node {
     gate: Mutex<Option<peers::Gate>>,
     /// Every core's last beat, read by the watchdog thread.
     pub pulses: watchdog::Pulses,
+    /// The CPU budget of the Lua callbacks of every core (`%cpu`).
+    pub budget: budget::Budget,
     /// `process["%NAME"]` / `process["$NAME"]` assignments.
     pub overrides: overrides::Overrides,
     /// The HTTP agent of each curl.so stage, by stage index: created here, before the cores
@@ -173,6 +176,7 @@ impl Node {
         );
         Arc::new(Node {
             pulses: watchdog::Pulses::new(cpus.len()),
+            budget: budget::Budget::new(plan.cpu_ms, cpus.len()),
             overrides: overrides::Overrides::default(),
             http: http_agents(&plan),
             cpus,

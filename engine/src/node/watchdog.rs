@@ -1,9 +1,9 @@
 //! The liveness watchdog (spec services.md §6.1 "Watchdog"). A core that never gets back to
-//! its event loop — a Lua callback that loops forever, blocking work done on a core — serves
-//! nobody: its connections hang, its stages' timers and handlers stop. LuaJIT cannot be
-//! interrupted from outside while it runs compiled code, so the engine does what the
-//! original did: it notices, says so, and in a multi-process node lets the supervisor kill
-//! and restart the process.
+//! its event loop — a C call that never returns, blocking work done on a core, a Lua loop
+//! when `%cpu` is 0 — serves nobody: its connections hang, its stages' timers and handlers
+//! stop. A Lua loop is normally ended by the CPU budget ([`super::budget`]); for what that
+//! cannot reach the engine does what the original did: it notices, says so, and in a
+//! multi-process node lets the supervisor kill and restart the process.
 //!
 //! Each core beats (stores the monotonic clock into its slot) from a small task every
 //! [`BEAT`]; a core whose beat is old has not run its loop since. A watchdog thread per

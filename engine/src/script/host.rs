@@ -16,6 +16,7 @@ use bytes::Bytes;
 use mlua::{Function, LightUserData, Lua, LuaOptions, StdLib, Table, Value};
 
 use super::bson::{self, BsonError, DecodeOptions};
+use super::budget::{within, CoreBudget};
 use super::loader::ScriptLoader;
 use super::pool::Pool;
 use super::{logger, natives};
@@ -91,6 +92,15 @@ pub struct Host {
     ffi_ctx: Box<UnsafeCell<FfiContext>>,
     /// The idle function each booted stage returned, by stage index.
     idle: RefCell<HashMap<usize, Function>>,
+    /// The CPU budget of this core's callbacks (`%cpu`); `None` on pool threads and when off.
+    budget: Option<CoreBudget>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Before the state closes: the budget thread must never interrupt a closed state.
+        self.budget.take();
+    }
 }
 
 /// The script hosts of a process: each core gets a [`Host`]; all of them (and the pool
@@ -136,14 +146,19 @@ impl Host {
                 tracing::warn!("%memory cannot be enforced in this build: {err}");
             }
         }
-        let host = Host {
+        let mut host = Host {
             lua,
             hooks,
             view,
             ffi_ctx,
             idle: RefCell::new(HashMap::new()),
+            budget: None,
         };
         host.run_preload(&settings.preload, core);
+        // Only now: `%preload` runs unbudgeted, like the main scripts at boot.
+        if let Some(core) = core {
+            host.budget = CoreBudget::attach(&host.lua, node, core);
+        }
         Ok(host)
     }
 
@@ -270,10 +285,12 @@ impl Host {
 impl ScriptHost for Host {
     fn accept(&self, listener: u64, stage: Option<usize>, conn: &Rc<Conn>) -> bool {
         let peer = conn.peer.get().map(|a| self.addr_string(a));
-        let result = self.with_ffi_conn(conn, || {
-            self.hooks
-                .accept
-                .call::<bool>((listener, conn.id.raw(), peer, stage))
+        let result = within(&self.budget, || {
+            self.with_ffi_conn(conn, || {
+                self.hooks
+                    .accept
+                    .call::<bool>((listener, conn.id.raw(), peer, stage))
+            })
         });
         match result {
             Ok(accepted) => accepted,
@@ -285,8 +302,10 @@ impl ScriptHost for Host {
     }
 
     fn receive(&self, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
-        self.with_ffi_conn(conn, || {
-            self.receive_frame(conn.id, frame, conn.spec.framing)
+        within(&self.budget, || {
+            self.with_ffi_conn(conn, || {
+                self.receive_frame(conn.id, frame, conn.spec.framing)
+            })
         })
     }
 
@@ -318,25 +337,31 @@ impl ScriptHost for Host {
             },
         };
         let addr = self.addr_string(from);
-        if let Err(err) = self
-            .hooks
-            .datagram
-            .call::<()>((endpoint, stage, data, addr))
-        {
+        let result = within(&self.budget, || {
+            self.hooks
+                .datagram
+                .call::<()>((endpoint, stage, data, addr))
+        });
+        if let Err(err) = result {
             tracing::warn!(listener = endpoint, "udp dispatch failed: {err}");
         }
     }
 
     fn close(&self, conn: ConnId, errno: i32) {
-        if let Err(err) = self.hooks.close.call::<()>((conn.raw(), errno)) {
+        let result = within(&self.budget, || {
+            self.hooks.close.call::<()>((conn.raw(), errno))
+        });
+        if let Err(err) = result {
             tracing::warn!(socket = %conn, "close dispatch failed: {err}");
         }
     }
 
     fn connected(&self, conn: &Rc<Conn>) {
         let peer = conn.peer.get().map(|a| self.addr_string(a));
-        let result = self.with_ffi_conn(conn, || {
-            self.hooks.connected.call::<()>((conn.id.raw(), peer))
+        let result = within(&self.budget, || {
+            self.with_ffi_conn(conn, || {
+                self.hooks.connected.call::<()>((conn.id.raw(), peer))
+            })
         });
         if let Err(err) = result {
             tracing::warn!(socket = %conn.id, "connect dispatch failed: {err}");
@@ -344,10 +369,11 @@ impl ScriptHost for Host {
     }
 
     fn post(&self, kind: PostKind, payload: &[u8]) {
-        let result = self
-            .lua
-            .create_string(payload)
-            .and_then(|p| self.hooks.post.call::<()>((kind.name(), p)));
+        let result = within(&self.budget, || {
+            self.lua
+                .create_string(payload)
+                .and_then(|p| self.hooks.post.call::<()>((kind.name(), p)))
+        });
         if let Err(err) = result {
             tracing::warn!("{kind} dispatch failed: {err}");
         }
@@ -382,7 +408,9 @@ impl ScriptHost for Host {
 
     fn idle(&self, stage: usize) -> Option<f64> {
         let idle = self.idle.borrow().get(&stage).cloned()?;
-        let next = match self.hooks.idle.call::<Option<f64>>((stage, idle)) {
+        let next = match within(&self.budget, || {
+            self.hooks.idle.call::<Option<f64>>((stage, idle))
+        }) {
             Ok(next) => next,
             Err(err) => {
                 tracing::warn!("idle dispatch failed: {err}");

@@ -5,6 +5,7 @@
 //! state; the node layer below knows no Lua.
 
 pub mod bson;
+pub mod budget;
 pub mod bundle;
 pub mod check;
 pub mod cluster;

@@ -5,6 +5,7 @@
 mod harness;
 
 mod bson_limits;
+mod budget;
 mod cli;
 mod cluster;
 mod curl;
