@@ -10,6 +10,7 @@ mod curl;
 mod examples;
 mod ffi_path;
 mod framing;
+mod front_door;
 mod index;
 mod messaging;
 mod odbc;
