@@ -178,7 +178,7 @@ end)
     let einval = libc::EINVAL.to_string();
     assert_eq!(
         reply.get("results").and_then(Bson::as_str),
-        Some(vec![einval.as_str(); 5].join(",").as_str())
+        Some([einval.as_str(); 5].join(",").as_str())
     );
     server.wait_log("bad `maxconn=0` (expected a whole number of at least 1)");
     server.wait_log("bad `deadline=soon`");
