@@ -2,10 +2,12 @@
 //! to CPU 0 with `taskset`) with a chat-like script: `subscribe` adds a connection to the
 //! subscribers, `publish` commits a 4 KiB blob to every subscriber, anything else is echoed.
 //! One normal client does echo round trips (32 bytes) the whole time and its round-trip times
-//! are recorded in alternating phases: **quiet** (only it), and **flood** (F clients that
-//! subscribe, publish every 5 ms and never read: their output piles up until it passes `OUT`
-//! = 64 KiB and the server closes them with ENOBUFS; each then reconnects and starts again).
-//! Prints p50/p99/p99.9 of each phase (medians over the pairs) and the flood/quiet ratio.
+//! are recorded in alternating phases: **quiet** (only it); **busy** (F clients that
+//! subscribe, publish every 5 ms and read everything: the same kind of work for the core, no
+//! slow reader); and **flood** (the same F clients, but they never read: their output piles up
+//! until it passes `OUT` = 64 KiB and the server closes them with ENOBUFS; each then
+//! reconnects and starts again). Prints p50/p99/p99.9 of each phase (medians over the rounds)
+//! and the ratios.
 //!
 //! Usage: target/release/slow-reader [--pairs 3] [--seconds 3] [--flooders 16]
 
@@ -79,9 +81,10 @@ fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> 
     stream.read_exact(buf)
 }
 
-/// One non-reading client, again and again until `stop`: connect, subscribe, publish every
-/// 5 ms without reading anything. Counts the connections the server ended.
-fn flooder(port: u16, stop: Arc<AtomicBool>, ended: Arc<AtomicU64>) {
+/// One publishing client, again and again until `stop`: connect, subscribe, publish every
+/// 5 ms; with `drain` a second thread reads everything it is sent, without it nothing is
+/// read. Counts the connections the server ended.
+fn flooder(port: u16, drain: bool, stop: Arc<AtomicBool>, ended: Arc<AtomicU64>) {
     let subscribe = request("subscribe", 32);
     let publish = request("publish", 32);
     while !stop.load(Ordering::Relaxed) {
@@ -90,13 +93,21 @@ fn flooder(port: u16, stop: Arc<AtomicBool>, ended: Arc<AtomicU64>) {
             continue;
         };
         let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+        if drain {
+            if let Ok(mut r) = s.try_clone() {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        }
         if s.write_all(&subscribe).is_err() {
             continue;
         }
         while !stop.load(Ordering::Relaxed) {
             match s.write_all(&publish) {
                 Ok(()) => std::thread::sleep(Duration::from_millis(5)),
-                // Its own output has filled every buffer: it is stuck until the server ends it.
+                // Its own output has filled every buffer: stuck until the server ends it.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => {
@@ -105,6 +116,8 @@ fn flooder(port: u16, stop: Arc<AtomicBool>, ended: Arc<AtomicU64>) {
                 }
             }
         }
+        // Ends the drain thread's read too.
+        let _ = s.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -198,39 +211,47 @@ fn main() -> anyhow::Result<()> {
     measure(&mut client, 0.5)?;
 
     let mut quiet = Vec::new();
+    let mut busy = Vec::new();
     let mut flood = Vec::new();
     let mut closed = 0;
     for _ in 0..pairs {
         quiet.push(summarize(measure(&mut client, seconds)?));
-        let stop = Arc::new(AtomicBool::new(false));
-        let ended = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..flooders)
-            .map(|_| {
-                let (stop, ended) = (stop.clone(), ended.clone());
-                std::thread::spawn(move || flooder(port, stop, ended))
-            })
-            .collect();
-        // Let the flood fill its buffers before measuring.
-        std::thread::sleep(Duration::from_millis(500));
-        flood.push(summarize(measure(&mut client, seconds)?));
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            let _ = t.join();
+        for drain in [true, false] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let ended = Arc::new(AtomicU64::new(0));
+            let threads: Vec<_> = (0..flooders)
+                .map(|_| {
+                    let (stop, ended) = (stop.clone(), ended.clone());
+                    std::thread::spawn(move || flooder(port, drain, stop, ended))
+                })
+                .collect();
+            // Let the publishers (and, not reading, their buffers) fill up before measuring.
+            std::thread::sleep(Duration::from_millis(500));
+            let phase = summarize(measure(&mut client, seconds)?);
+            stop.store(true, Ordering::Relaxed);
+            for t in threads {
+                let _ = t.join();
+            }
+            if drain {
+                busy.push(phase);
+            } else {
+                flood.push(phase);
+                closed += ended.load(Ordering::Relaxed);
+            }
+            // Let the server close what the phase left before the next one.
+            std::thread::sleep(Duration::from_millis(300));
         }
-        closed += ended.load(Ordering::Relaxed);
-        // Let the server close what the flood left before the next quiet phase.
-        std::thread::sleep(Duration::from_millis(300));
     }
     let _ = child.kill();
     let _ = child.wait();
 
     let med = |phases: &[Phase], f: fn(&Phase) -> f64| median(phases.iter().map(f).collect());
     println!(
-        "slow-reader: {pairs} pairs x {seconds} s, {flooders} non-reading clients in the flood phases, stage on one core (CPU 0)"
+        "slow-reader: {pairs} rounds x {seconds} s, {flooders} publishing clients in the busy (reading) and flood (not reading) phases, stage on one core (CPU 0)"
     );
     println!("| phase | round trips/s | p50 us | p99 us | p99.9 us |");
     println!("|---|---|---|---|---|");
-    for (name, phases) in [("quiet", &quiet), ("flood", &flood)] {
+    for (name, phases) in [("quiet", &quiet), ("busy", &busy), ("flood", &flood)] {
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
             med(phases, |p| p.rts as f64) / seconds,
@@ -239,9 +260,12 @@ fn main() -> anyhow::Result<()> {
             med(phases, |p| p.p999),
         );
     }
+    let p99 = |phases: &[Phase]| med(phases, |p| p.p99);
     println!(
-        "p99 flood/quiet: {:.2}; flood connections the server ended: {closed}",
-        med(&flood, |p| p.p99) / med(&quiet, |p| p.p99)
+        "p99 flood/quiet: {:.2}, flood/busy: {:.2}, busy/quiet: {:.2}; flood connections the server ended: {closed}",
+        p99(&flood) / p99(&quiet),
+        p99(&flood) / p99(&busy),
+        p99(&busy) / p99(&quiet)
     );
     Ok(())
 }
