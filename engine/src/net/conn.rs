@@ -23,6 +23,7 @@ use glommio::timer::Timer;
 
 use super::admission::Ticket;
 use super::id::ConnId;
+use super::ratelog::RateLog;
 use super::ConnEvents;
 use crate::codec::framing::{FrameError, FrameSpec};
 
@@ -69,6 +70,22 @@ pub enum OutputError {
     Closing,
     #[error("output buffer is in use (commit called from inside an encoder)")]
     Busy,
+}
+
+/// Refused commits of the whole process: a slow reader that was closed with ENOBUFS is
+/// committed to by every broadcast until its close callback runs, so one line per refusal
+/// would flood the log.
+static COMMITS_REFUSED: RateLog = RateLog::new();
+
+/// Logs a refused commit (the script got -1), at most one line per second for the process,
+/// with the count since the last line and the latest reason.
+pub fn log_refused_commit(socket: u64, err: &OutputError) {
+    if let Some(n) = COMMITS_REFUSED.hit() {
+        tracing::warn!(
+            socket,
+            "{n} commit(s) refused since the last line; latest: {err}"
+        );
+    }
 }
 
 impl Conn {

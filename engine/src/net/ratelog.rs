@@ -18,6 +18,14 @@ pub struct RateLog {
 }
 
 impl RateLog {
+    /// A log with no line written yet (usable in a `static`).
+    pub const fn new() -> RateLog {
+        RateLog {
+            pending: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
     /// Counts one event. Returns `Some(n)` when a line is due now, `n` being the events it
     /// reports (this one and those since the last line); the caller writes the line.
     pub fn hit(&self) -> Option<u64> {

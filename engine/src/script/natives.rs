@@ -141,7 +141,7 @@ fn commit(lua: &Lua, (raw, value): (u64, Value)) -> mlua::Result<i64> {
         return match conn.encode_with(|out| encode(lua, &value, out))? {
             Ok(len) => Ok(len as i64),
             Err(err) => {
-                tracing::warn!(socket = raw, "commit refused: {err}");
+                crate::net::conn::log_refused_commit(raw, &err);
                 Ok(-1)
             }
         };
