@@ -1,5 +1,6 @@
 //! One TCP connection owned by one core: its output buffer, its options (idle `expire`, flush
-//! interval `commit`), and the task that reads, cuts frames, hands them to Lua and flushes.
+//! interval `commit`, the listener's frame `deadline`), and the task that reads, cuts frames,
+//! hands them to Lua and flushes.
 //!
 //! The read buffer is filled straight from the socket, frames are cut out of it without a
 //! copy, and replies are encoded by the natives straight into `out`. Output is written when
@@ -20,7 +21,9 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
+use super::admission::Ticket;
 use super::id::ConnId;
+use super::ratelog::RateLog;
 use super::ConnEvents;
 use crate::codec::framing::{FrameError, FrameSpec};
 
@@ -42,6 +45,12 @@ pub struct Conn {
     pub commit_ms: Cell<u64>,
     /// The last socket error seen (for `socket.errno`).
     pub errno: Cell<i32>,
+    /// How long a frame whose first byte arrived may take to be complete (the listener's
+    /// `deadline`); `None` = no limit. Unlike `expire` it does not restart on every byte,
+    /// so a peer that dribbles a frame byte by byte is caught too.
+    pub frame_deadline: Cell<Option<Duration>>,
+    /// This connection's places at its listener's gate (accepted connections only).
+    ticket: RefCell<Option<Ticket>>,
     out: RefCell<BytesMut>,
     close_requested: Cell<Option<i32>>,
     flush_forced: Cell<bool>,
@@ -63,6 +72,22 @@ pub enum OutputError {
     Busy,
 }
 
+/// Refused commits of the whole process: a slow reader that was closed with ENOBUFS is
+/// committed to by every broadcast until its close callback runs, so one line per refusal
+/// would flood the log.
+static COMMITS_REFUSED: RateLog = RateLog::new();
+
+/// Logs a refused commit (the script got -1), at most one line per second for the process,
+/// with the count since the last line and the latest reason.
+pub fn log_refused_commit(socket: u64, err: &OutputError) {
+    if let Some(n) = COMMITS_REFUSED.hit() {
+        tracing::warn!(
+            socket,
+            "{n} commit(s) refused since the last line; latest: {err}"
+        );
+    }
+}
+
 impl Conn {
     pub fn new(id: ConnId, spec: FrameSpec) -> Rc<Conn> {
         Rc::new(Conn {
@@ -73,12 +98,24 @@ impl Conn {
             expire_ms: Cell::new(None),
             commit_ms: Cell::new(0),
             errno: Cell::new(0),
+            frame_deadline: Cell::new(None),
+            ticket: RefCell::new(None),
             out: RefCell::new(BytesMut::new()),
             close_requested: Cell::new(None),
             flush_forced: Cell::new(false),
             signalled: Cell::new(false),
             waker: RefCell::new(None),
         })
+    }
+
+    /// Holds `ticket` (the listener's places) until the connection ends.
+    pub fn admit(&self, ticket: Ticket) {
+        *self.ticket.borrow_mut() = Some(ticket);
+    }
+
+    /// Gives the listener's places back (the connection ended or was refused).
+    pub fn release(&self) {
+        drop(self.ticket.borrow_mut().take());
     }
 
     /// Lets `encode` append one message to the output buffer, then enforces `OUT`.
@@ -238,6 +275,9 @@ pub async fn serve<H: ConnEvents>(events: Rc<H>, conn: Rc<Conn>, mut stream: Tcp
 pub fn finish<H: ConnEvents>(events: &Rc<H>, conn: &Rc<Conn>, errno: i32) {
     conn.close_requested.set(Some(errno));
     conn.errno.set(errno);
+    // The socket is closed: its places are free before the close callback runs, so a
+    // reconnect the callback causes is not refused for a place nobody holds any more.
+    conn.release();
     events.closed(conn, errno);
 }
 
@@ -261,6 +301,9 @@ async fn pump<H: ConnEvents>(
     let mut window = FIRST_WINDOW.min(conn.spec.input);
     let mut last_flush: Option<Instant> = None;
     let mut timer: Option<(Instant, Timer)> = None;
+    // When the bytes of the frame now pending in `input` began to arrive (`None` while
+    // `input` holds no partial frame): one Instant per started frame, no timer per byte.
+    let mut frame_started: Option<Instant> = None;
     loop {
         if let Some(errno) = conn.close_requested.get() {
             return errno;
@@ -288,12 +331,22 @@ async fn pump<H: ConnEvents>(
             );
             return libc::ETIMEDOUT;
         }
-        // One timer covers both the idle deadline and a delayed flush; it may fire early
-        // (the idle deadline moves with every read) and is then simply re-armed.
-        let wanted = match (flush_at, expire_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let frame_due = frame_started
+            .zip(conn.frame_deadline.get())
+            .map(|(at, limit)| at + limit);
+        if frame_due.is_some_and(|at| at <= now) {
+            tracing::debug!(
+                socket = conn.id.raw(),
+                "a started frame was not complete within the deadline; closing"
+            );
+            if let Some(ticket) = conn.ticket.borrow().as_ref() {
+                ticket.gate().frame_timed_out();
+            }
+            return libc::ETIMEDOUT;
+        }
+        // One timer covers the idle deadline, the frame deadline and a delayed flush; it
+        // may fire early (the idle deadline moves with every read) and is then re-armed.
+        let wanted = [flush_at, expire_at, frame_due].into_iter().flatten().min();
         match (wanted, &mut timer) {
             (None, _) => timer = None,
             (Some(at), Some((armed, _))) if *armed <= at => {}
@@ -334,12 +387,21 @@ async fn pump<H: ConnEvents>(
                 if n == want {
                     window = (window * 2).min(READ_CHUNK);
                 }
-                *last_rx = Instant::now();
-                let expire_at = idle_deadline(conn, *last_rx);
-                if let Err(errno) =
-                    dispatch_frames(events, conn, &mut input, stream, spare, expire_at).await
+                let now = Instant::now();
+                *last_rx = now;
+                let expire_at = idle_deadline(conn, now);
+                let cut = match dispatch_frames(events, conn, &mut input, stream, spare, expire_at)
+                    .await
                 {
-                    return errno;
+                    Ok(cut) => cut,
+                    Err(errno) => return errno,
+                };
+                // What is left is a partial frame: it started with this read unless it is
+                // the same one that was pending before (nothing was cut, something was there).
+                if input.is_empty() {
+                    frame_started = None;
+                } else if cut > 0 || filled == 0 {
+                    frame_started = Some(now);
                 }
             }
             Event::Read(Err(err)) => return errno_of(&err),
@@ -352,7 +414,8 @@ async fn pump<H: ConnEvents>(
     }
 }
 
-/// Cuts every complete frame out of `input` and hands each to the owner, in order.
+/// Cuts every complete frame out of `input` and hands each to the owner, in order; returns
+/// how many it cut.
 async fn dispatch_frames<H: ConnEvents>(
     events: &Rc<H>,
     conn: &Rc<Conn>,
@@ -360,7 +423,8 @@ async fn dispatch_frames<H: ConnEvents>(
     stream: &mut TcpStream,
     spare: &mut BytesMut,
     expire_at: Option<Instant>,
-) -> Result<(), i32> {
+) -> Result<usize, i32> {
+    let mut cut = 0;
     while !conn.is_closing() {
         let frame = match conn.spec.next_frame(input) {
             Ok(Some(frame)) => frame,
@@ -370,6 +434,7 @@ async fn dispatch_frames<H: ConnEvents>(
                 return Err(frame_errno(&err));
             }
         };
+        cut += 1;
         if let Err(err) = events.frame(conn, frame) {
             // The owner logged why (at most once a second for a limit, `bson_limits`).
             tracing::debug!(socket = conn.id.raw(), "closing connection: {err}");
@@ -380,7 +445,7 @@ async fn dispatch_frames<H: ConnEvents>(
             flush(conn, stream, spare, expire_at).await?;
         }
     }
-    Ok(())
+    Ok(cut)
 }
 
 /// Writes the pending output, or returns the errno that ends the connection. A write waits

@@ -1,13 +1,19 @@
 //! Accepting and joining. Every core runs its own accept loop on its own SO_REUSEPORT socket
 //! for each listener, so the kernel spreads connections over cores; the connection then
 //! belongs to the accepting core for life. `broker.join` connects from the calling core.
+//!
+//! A new connection first passes its listener's [`Gate`] (`maxconn`, `perip`): over a cap it
+//! is closed at once, before the owner hears of it. Running out of descriptors on `accept`
+//! (EMFILE/ENFILE) backs the loop off instead of letting it spin.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 
+use super::admission::Gate;
 use super::conn::{self, Conn};
 use super::url::BrokerUrl;
 use super::ConnEvents;
@@ -51,13 +57,19 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(std::io::Error::from)
 }
 
+/// The first pause after a failed `accept` (EMFILE: out of descriptors); it doubles on each
+/// further failure up to [`ACCEPT_BACKOFF_MAX`] and starts over after a success.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
 /// What an accept loop serves: the listener's id (reported with each accepted client), the
-/// address every core binds, and the framing its connections use.
-#[derive(Clone, Copy, Debug)]
+/// address every core binds, the framing its connections use and its limits.
+#[derive(Clone)]
 pub struct Endpoint {
     pub id: u64,
     pub addr: SocketAddr,
     pub frame: FrameSpec,
+    pub gate: Arc<Gate>,
 }
 
 /// Accepts on `endpoint` (on `prebound` when this core already bound it) until `stop`
@@ -79,6 +91,7 @@ pub async fn accept_loop<H: ConnEvents>(
         },
     };
     tracing::debug!(listener = endpoint.id, addr = %endpoint.addr, "accepting");
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.wait().await;
@@ -87,11 +100,33 @@ pub async fn accept_loop<H: ConnEvents>(
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => accept(&events, &endpoint, stream),
+            Some(Ok(stream)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accept(&events, &endpoint, stream);
+            }
             Some(Err(err)) => {
-                // Running out of descriptors must not spin the core: back off briefly.
-                tracing::warn!(listener = endpoint.id, "accept failed: {err}");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
+                // Out of descriptors (EMFILE/ENFILE), the pending connection stays in the
+                // backlog and accept fails again at once: retrying straight away would spin
+                // the core. Wait, longer while it goes on, until descriptors are free.
+                endpoint
+                    .gate
+                    .accept_failed(&std::io::Error::from(err), backoff);
+                let pause = glommio::timer::sleep(backoff);
+                if futures_lite::future::or(
+                    async {
+                        pause.await;
+                        false
+                    },
+                    async {
+                        stop.wait().await;
+                        true
+                    },
+                )
+                .await
+                {
+                    break;
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -99,12 +134,24 @@ pub async fn accept_loop<H: ConnEvents>(
 }
 
 fn accept<H: ConnEvents>(events: &Rc<H>, endpoint: &Endpoint, stream: TcpStream) {
+    let peer = stream.peer_addr().ok().map(canonical);
+    // Over a cap: dropping the stream closes it before anything of it was read, and the
+    // owner (the scripts) never hears of it. The gate counts and logs it.
+    let Ok(ticket) = endpoint.gate.admit(peer.map(|p| p.ip())) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let conn = Conn::new(events.next_conn_id(), endpoint.frame);
-    conn.peer.set(stream.peer_addr().ok().map(canonical));
+    conn.peer.set(peer);
     conn.local.set(stream.local_addr().ok().map(canonical));
+    conn.frame_deadline.set(endpoint.gate.limits.deadline());
+    conn.admit(ticket);
     if events.accepted(endpoint.id, &conn) {
         glommio::spawn_local(conn::serve(events.clone(), conn, stream)).detach();
+    } else {
+        // Refused by the accept callback: its places are free at once, whoever still holds
+        // the connection object.
+        conn.release();
     }
     // Refused: dropping the stream closes it before anything of it was read.
 }

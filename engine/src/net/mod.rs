@@ -3,9 +3,11 @@
 //! whoever owns the connections (a core, or a test) implements [`ConnEvents`] and is told
 //! what happens on them.
 
+pub mod admission;
 pub mod conn;
 pub mod id;
 pub mod listener;
+pub mod ratelog;
 pub mod sockaddr;
 pub mod udp;
 pub mod url;

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::admission::{Gate, Limits};
 use super::conn::Conn;
 use super::id::{listener_id, ConnId};
 use super::listener::{self, Endpoint};
@@ -268,6 +269,11 @@ pub(crate) struct Server {
 
 /// Starts `listener::accept_loop` for `events` on 127.0.0.1 with framing `frame`.
 pub(crate) fn listen(events: &Rc<Recorder>, frame: FrameSpec) -> Server {
+    listen_with(events, frame, Limits::default())
+}
+
+/// [`listen`] with connection limits.
+pub(crate) fn listen_with(events: &Rc<Recorder>, frame: FrameSpec, limits: Limits) -> Server {
     let socket = listener::bind("127.0.0.1:0".parse().unwrap()).expect("bind a loopback port");
     let addr = socket.local_addr().expect("the listener's address");
     let stop = Notify::default();
@@ -275,6 +281,7 @@ pub(crate) fn listen(events: &Rc<Recorder>, frame: FrameSpec) -> Server {
         id: listener_id(1),
         addr,
         frame,
+        gate: Gate::new(listener_id(1), limits),
     };
     glommio::spawn_local(listener::accept_loop(
         events.clone(),

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::admission::{Gate, Limits};
 use super::conn::{Conn, OutputError};
 use super::id::listener_id;
 use super::listener::{self, Endpoint};
@@ -501,6 +502,65 @@ fn an_idle_connection_expires_with_etimedout() {
 }
 
 #[test]
+fn a_frame_dribbled_past_the_deadline_closes_with_etimedout() {
+    run_local(|| async {
+        let events = Rc::new(Recorder::echo());
+        let limits = Limits {
+            deadline_ms: 300,
+            ..Limits::default()
+        };
+        let server = listen_with(&events, packet_spec(64, 64), limits);
+        let mut client = connect(server.addr).await;
+        // A whole frame in two parts well within the deadline is answered...
+        let frame = packet(8, 1);
+        send(&mut client, &frame[..3]).await;
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        send(&mut client, &frame[3..]).await;
+        assert_eq!(receive(&mut client, 8).await, frame);
+        // ...the next one, one byte every 50 ms, is not: each byte would restart an idle
+        // timeout, the deadline counts from the frame's first byte.
+        let next = packet(16, 2);
+        for byte in &next[..3] {
+            send(&mut client, &[*byte]).await;
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        let conn = events.first_conn().await;
+        assert_eq!(events.closed_with(conn.id).await, libc::ETIMEDOUT);
+        // The client sees the end (a reset: its bytes were left unread).
+        read_to_end(&mut client).await;
+        server.stop.fire();
+    });
+}
+
+#[test]
+fn a_connection_over_perip_is_closed_before_the_owner_hears_of_it() {
+    run_local(|| async {
+        let events = Rc::new(Recorder::echo());
+        let limits = Limits {
+            perip: Some(1),
+            ..Limits::default()
+        };
+        let server = listen_with(&events, packet_spec(64, 64), limits);
+        let mut first = connect(server.addr).await;
+        send(&mut first, &packet(5, 1)).await;
+        assert_eq!(receive(&mut first, 5).await, packet(5, 1));
+        let mut second = connect(server.addr).await;
+        assert_eq!(read_to_end(&mut second).await, (vec![], End::Eof));
+        assert_eq!(events.conns().len(), 1, "the refused one reached the owner");
+        // The first goes on; once it ends its place is free again.
+        send(&mut first, &packet(6, 2)).await;
+        assert_eq!(receive(&mut first, 6).await, packet(6, 2));
+        drop(first);
+        let conn = events.first_conn().await;
+        events.closed_with(conn.id).await;
+        let mut third = connect(server.addr).await;
+        send(&mut third, &packet(7, 3)).await;
+        assert_eq!(receive(&mut third, 7).await, packet(7, 3));
+        server.stop.fire();
+    });
+}
+
+#[test]
 fn an_idle_connection_expires_even_while_a_write_to_it_is_stuck() {
     run_local(|| async {
         // A client sends one request and then neither reads nor sends: the server's replies
@@ -567,6 +627,7 @@ fn stopping_the_accept_loop_ends_it_and_frees_the_port() {
             id: listener_id(1),
             addr,
             frame: packet_spec(64, 64),
+            gate: Gate::new(listener_id(1), Limits::default()),
         };
         let task = glommio::spawn_local(listener::accept_loop(
             events.clone(),
@@ -658,6 +719,7 @@ fn a_udp_endpoint_reports_one_packet_datagrams_and_drops_the_rest() {
             id,
             addr,
             frame: packet_spec(64, 64),
+            gate: Gate::new(listener_id(1), Limits::default()),
         };
         let task = glommio::spawn_local(udp::serve(events.clone(), endpoint, stop.clone()));
 

@@ -1,6 +1,9 @@
-//! Broker URLs: `scheme://host:port?filter=IN,OUT` (spec/stage.md §4.1). The port is taken
-//! after the last `:` so `[::]:8081` and `::1:8081` both work; a missing scheme means TCP.
+//! Broker URLs: `scheme://host:port?filter=IN,OUT` (spec/stage.md §4.1), plus the connection
+//! limits of a listener as further `&`-separated options (`maxconn=N&perip=M&deadline=MS`,
+//! see [`super::admission`]). The port is taken after the last `:` so `[::]:8081` and
+//! `::1:8081` both work; a missing scheme means TCP.
 
+use super::admission::Limits;
 use crate::codec::framing::{FilterError, FrameSpec};
 use thiserror::Error;
 
@@ -18,6 +21,8 @@ pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
     pub frame: FrameSpec,
+    /// `maxconn`, `perip`, `deadline` (used by `broker.ready` listeners).
+    pub limits: Limits,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,6 +33,14 @@ pub enum UrlError {
     Port(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error("bad `{key}={value}` (expected a whole number of at least {min})")]
+    BadOption {
+        key: &'static str,
+        value: String,
+        min: u64,
+    },
+    #[error("more than one filter in `{0}` (one of packet, bson or text)")]
+    TwoFilters(String),
 }
 
 impl UrlError {
@@ -55,11 +68,13 @@ impl BrokerUrl {
         let port: u16 = port.parse().map_err(|_| UrlError::Port(url.to_string()))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = if host.is_empty() { "0.0.0.0" } else { host };
+        let (filter, limits) = parse_query(query.unwrap_or(""))?;
         Ok(BrokerUrl {
             scheme,
             host: host.to_string(),
             port,
-            frame: FrameSpec::parse(query)?,
+            frame: FrameSpec::parse(filter)?,
+            limits,
         })
     }
 
@@ -71,6 +86,37 @@ impl BrokerUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// Splits the query into its one filter (`packet=4k,10k`) and the limits options.
+fn parse_query(query: &str) -> Result<(Option<&str>, Limits), UrlError> {
+    let mut filter = None;
+    let mut limits = Limits::default();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        match key {
+            "maxconn" => limits.maxconn = Some(number("maxconn", value, 1)? as u32),
+            "perip" => limits.perip = Some(number("perip", value, 1)? as u32),
+            "deadline" => limits.deadline_ms = number("deadline", value, 0)?,
+            _ if filter.is_some() => return Err(UrlError::TwoFilters(query.to_string())),
+            _ => filter = Some(part),
+        }
+    }
+    Ok((filter, limits))
+}
+
+/// A whole number of at least `min` that fits a u32 (a cap of 0 would refuse everything,
+/// so caps start at 1; `deadline=0` turns the deadline off).
+fn number(key: &'static str, value: &str, min: u64) -> Result<u64, UrlError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n >= min && n <= u64::from(u32::MAX))
+        .ok_or_else(|| UrlError::BadOption {
+            key,
+            value: value.to_string(),
+            min,
+        })
 }
 
 #[cfg(test)]
@@ -120,6 +166,61 @@ mod tests {
         assert!(matches!(
             BrokerUrl::parse("tcp://x:1?zip=1"),
             Err(UrlError::Filter(_))
+        ));
+    }
+
+    #[test]
+    fn parses_the_limits_options() {
+        let u =
+            BrokerUrl::parse("tcp://0.0.0.0:8081?packet=4k,10k&maxconn=100&perip=3&deadline=500")
+                .unwrap();
+        assert_eq!((u.frame.framing, u.frame.input), (Framing::Packet, 4096));
+        assert_eq!(
+            u.limits,
+            Limits {
+                maxconn: Some(100),
+                perip: Some(3),
+                deadline_ms: 500
+            }
+        );
+        // Options in any order, without a filter, and the defaults.
+        let u = BrokerUrl::parse("tcp://x:1?deadline=0&text=1k,1k").unwrap();
+        assert_eq!(
+            (u.frame.framing, u.limits.deadline()),
+            (Framing::Text, None)
+        );
+        let u = BrokerUrl::parse("tcp://x:1?perip=1").unwrap();
+        assert_eq!(u.frame.framing, Framing::Raw);
+        assert_eq!(
+            BrokerUrl::parse("tcp://x:1").unwrap().limits,
+            Limits::default()
+        );
+        assert_eq!(
+            Limits::default().deadline(),
+            Some(std::time::Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn refuses_bad_limits() {
+        for bad in [
+            "maxconn=0",
+            "maxconn=-1",
+            "maxconn=ten",
+            "maxconn=",
+            "perip=0",
+            "perip=1.5",
+            "deadline=-5",
+            "maxconn=4294967296",
+        ] {
+            let url = format!("tcp://x:1?packet=4k,4k&{bad}");
+            let err = BrokerUrl::parse(&url).unwrap_err();
+            assert!(matches!(err, UrlError::BadOption { .. }), "{bad}: {err}");
+            assert_eq!(err.errno(), libc::EINVAL);
+        }
+        assert!(matches!(
+            BrokerUrl::parse("tcp://x:1?packet=1k,1k&text=1k,1k"),
+            Err(UrlError::TwoFilters(_))
         ));
     }
 }

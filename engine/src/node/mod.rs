@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::net::admission::Gate;
 use crate::net::id::{listener_id, ConnId};
 use crate::net::listener::Endpoint;
 use crate::net::url::BrokerUrl;
@@ -80,6 +81,8 @@ pub struct ListenerShared {
     pub url: BrokerUrl,
     pub addr: SocketAddr,
     pub props: Mutex<ListenerProps>,
+    /// The listener's connection limits and counters, shared by the cores of this process.
+    pub gate: Arc<Gate>,
 }
 
 impl ListenerShared {
@@ -89,6 +92,7 @@ impl ListenerShared {
             id: self.id,
             addr: self.addr,
             frame: self.url.frame,
+            gate: self.gate.clone(),
         }
     }
 }

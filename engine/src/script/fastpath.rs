@@ -64,7 +64,7 @@ fn counted(id: u64, result: Where<Result<usize, OutputError>>) -> i32 {
         Where::Closed => status(STAGE_REFUSED),
         Where::Done(Ok(n)) => n as i32,
         Where::Done(Err(err)) => {
-            tracing::warn!(socket = id, "commit refused: {err}");
+            crate::net::conn::log_refused_commit(id, &err);
             status(STAGE_REFUSED)
         }
     }

@@ -14,6 +14,7 @@ use mlua::{Function, Lua, MultiValue, Table, Value};
 use super::bson::{self, EncodeOptions};
 use super::loader::{Lookup, ScriptLoader};
 use super::pool::Pool;
+use crate::net::admission::Gate;
 use crate::net::conn::{errno_of, Conn};
 use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
@@ -140,7 +141,7 @@ fn commit(lua: &Lua, (raw, value): (u64, Value)) -> mlua::Result<i64> {
         return match conn.encode_with(|out| encode(lua, &value, out))? {
             Ok(len) => Ok(len as i64),
             Err(err) => {
-                tracing::warn!(socket = raw, "commit refused: {err}");
+                crate::net::conn::log_refused_commit(raw, &err);
                 Ok(-1)
             }
         };
@@ -289,9 +290,11 @@ fn ready(
     };
     let id = core.node.next_listener_id();
     let framing = parsed.frame;
+    let limits = parsed.limits;
     let shared = Arc::new(ListenerShared {
         id,
         stage,
+        gate: Gate::new(id, limits),
         url: parsed,
         addr,
         props: Mutex::new(ListenerProps {
@@ -302,10 +305,13 @@ fn ready(
     });
     tracing::info!(
         listener = id,
-        "listening on {addr} ({:?}, in {} / out {} bytes) on {} cores",
+        "listening on {addr} ({:?}, in {} / out {} bytes, maxconn {}, perip {}, deadline {} ms) on {} cores",
         framing.framing,
         framing.input,
         framing.output,
+        limits.maxconn.map_or("off".to_string(), |n| n.to_string()),
+        limits.perip.map_or("off".to_string(), |n| n.to_string()),
+        limits.deadline_ms,
         core.node.cores()
     );
     core.node.add_listener(shared.clone());

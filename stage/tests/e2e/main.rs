@@ -12,6 +12,7 @@ mod curl;
 mod examples;
 mod ffi_path;
 mod framing;
+mod front_door;
 mod index;
 mod logs;
 mod messaging;
