@@ -3,5 +3,6 @@
 //! engine's own documents that must be handled without Lua (`document`). (BSON <-> Lua
 //! values is `script::bson`: it names Lua, and only the script layer may.)
 
+pub mod crypto;
 pub mod document;
 pub mod framing;
