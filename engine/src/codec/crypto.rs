@@ -9,6 +9,7 @@
 //! again. IV = one block of ASCII spaces, the same for every frame; keys are zero-padded or cut
 //! to the cipher's key size. See docs/compat.md "Socket crypto" for every choice.
 
+use bytes::BytesMut;
 use cbc::cipher::block_padding::{Iso7816, NoPadding, Pkcs7};
 use cbc::cipher::{
     AsyncStreamCipher, BlockCipher, BlockDecryptMut, BlockEncryptMut, KeyInit, KeyIvInit,
@@ -238,7 +239,7 @@ impl Crypto {
                     Padding::OneAndZeros => enc.encrypt_padded_vec_mut::<Iso7816>(plain),
                     Padding::None => {
                         let block = self.block_size();
-                        if plain.len() % block != 0 {
+                        if !plain.len().is_multiple_of(block) {
                             return Err(CryptoError::NotBlockAligned {
                                 len: plain.len(),
                                 block,
@@ -266,7 +267,7 @@ impl Crypto {
             }
             Mode::Cbc => {
                 let block = self.block_size();
-                if cipher.is_empty() || cipher.len() % block != 0 {
+                if cipher.is_empty() || !cipher.len().is_multiple_of(block) {
                     return Err(CryptoError::BadLength {
                         len: cipher.len(),
                         block,
@@ -285,7 +286,7 @@ impl Crypto {
 
     /// Appends the encrypted frame of BSON document `doc` (its own length field included) to
     /// `out`: header `(4 + ciphertext) | bit 31`, then the ciphertext of `doc[4..]`.
-    pub fn seal_frame(&self, doc: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn seal_frame(&self, doc: &[u8], out: &mut BytesMut) -> Result<(), CryptoError> {
         if doc.len() < 5 {
             return Err(CryptoError::BadFrame { len: doc.len() });
         }

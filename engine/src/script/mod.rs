@@ -8,6 +8,7 @@ pub mod bson;
 pub mod bundle;
 pub mod check;
 pub mod cluster;
+pub mod crypto;
 pub mod fastpath;
 pub mod host;
 pub mod loader;

@@ -6,6 +6,7 @@ mod harness;
 
 mod cli;
 mod cluster;
+mod crypto;
 mod curl;
 mod examples;
 mod ffi_path;

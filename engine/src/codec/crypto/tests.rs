@@ -247,7 +247,7 @@ fn document() -> Vec<u8> {
 fn a_sealed_frame_is_flagged_counts_itself_and_hides_the_document_less_its_length() {
     let doc = document();
     let c = Crypto::from_spec("SEED/CBC/PKCS5Padding", b"seed key").unwrap();
-    let mut frame = Vec::new();
+    let mut frame = bytes::BytesMut::new();
     c.seal_frame(&doc, &mut frame).unwrap();
     let header = u32::from_le_bytes(frame[..4].try_into().unwrap());
     assert_eq!(header & ENCRYPTED_FLAG, ENCRYPTED_FLAG);
@@ -266,7 +266,7 @@ fn a_sealed_frame_is_flagged_counts_itself_and_hides_the_document_less_its_lengt
 #[test]
 fn bad_frames_are_refused() {
     let c = Crypto::from_key(b"k");
-    let mut frame = Vec::new();
+    let mut frame = bytes::BytesMut::new();
     c.seal_frame(&document(), &mut frame).unwrap();
     // A wrong key leaves garbage whose padding does not check out.
     assert_eq!(
