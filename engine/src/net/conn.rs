@@ -126,6 +126,7 @@ impl Conn {
         self.crypto.borrow().clone()
     }
 
+    /// Whether `socket.crypto` is set: the FFI reply path steps aside when it is.
     pub fn encrypts(&self) -> bool {
         self.crypto.borrow().is_some()
     }

@@ -380,3 +380,47 @@ fn crypto_misuse_is_a_clear_lua_error_and_udp_refuses_it() {
         assert!(log.contains(expected), "missing `{expected}` in:\n{log}");
     }
 }
+
+#[test]
+fn a_table_committed_from_another_core_is_sealed_by_the_owner() {
+    // Two cores: a connection's receive callback commits (a group `broker.signal`) to a
+    // connection owned by the other core, which seals it with that connection's key.
+    if affinity_cpus() < 2 {
+        println!("skipped: needs two cores");
+        return;
+    }
+    let server = Server::start(
+        r##"{ "#threads": 2, "#startup": [["lua.so+stage"]],
+              "lua.so": { "%package": ["."], "%reflush": 0, "lua.so+stage": "start" } }"##,
+        &[(
+            "start.lua",
+            "local l = broker.ready('tcp://127.0.0.1:PORT?packet=4k,16k', function () return true end)
+             l.crypto = { ['SEED/CBC/PKCS5Padding'] = 'front door key' }
+             l.receive = function (s, data)
+               if data.to then broker.signal({ data.to }, { hello = s.id }) return { sent = data.to } end
+               return { id = s.id }
+             end",
+        )],
+    );
+    let cipher = Cipher::SeedCbc;
+    let ask = |client: &mut TcpStream, fields: Vec<(String, Bson)>| {
+        client
+            .write_all(&cipher.seal(&doc(&[("v", Bson::Doc(fields))])))
+            .unwrap();
+        read_sealed(client, cipher)
+    };
+    let open = || {
+        let mut client = server.connect();
+        let reply = ask(&mut client, vec![("who".into(), Bson::Bool(true))]);
+        (reply.get("id").and_then(Bson::as_i64).unwrap(), client)
+    };
+    let (sender_id, mut sender) = open();
+    let (victim_id, mut victim) = server.wait_for("a connection on the other core", || {
+        let (id, client) = open();
+        (id & 0xFF != sender_id & 0xFF).then_some((id, client))
+    });
+    let reply = ask(&mut sender, vec![("to".into(), Bson::Int64(victim_id))]);
+    assert_eq!(reply.get("sent").and_then(Bson::as_i64), Some(victim_id));
+    let pushed = read_sealed(&mut victim, cipher);
+    assert_eq!(pushed.get("hello").and_then(Bson::as_i64), Some(sender_id));
+}
