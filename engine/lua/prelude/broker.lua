@@ -57,7 +57,10 @@ Socket.__index = function(s, k)
     st.localaddr = st.localaddr or P.local_addr(st.id)
     return st.localaddr
   elseif k == "errno" then return E.conn_get(st.id, "errno")
-  elseif k == "crypto" then return false
+  elseif k == "crypto" then
+    if st.kind == "udp" then return false end
+    if endpoint(st) then return E.listener_get(st.id, "crypto") end
+    return E.conn_get(st.id, "crypto")
   elseif k == "receive" then
     if st.kind == "udp" then
       local L = P.listener_callbacks(st.id)
@@ -99,7 +102,11 @@ Socket.__newindex = function(s, k, v)
   -- Reading `socket.commit` gives the method; assigning a number sets the flush interval.
   elseif k == "commit" then set_number(st, "commit_interval", v)
   elseif k == "crypto" then
-    if v ~= nil then error("socket.crypto is not supported yet in this build", 2) end
+    -- A datagram has no stream to mark frames in: UDP refuses crypto (docs/compat.md).
+    if st.kind == "udp" then
+      if v ~= nil then error("socket.crypto: UDP sockets do not support crypto (use tcp://)", 2) end
+    elseif endpoint(st) then E.listener_set(st.id, "crypto", v)
+    else E.conn_set(st.id, "crypto", v) end
   elseif READ_ONLY[k] then error("socket field `" .. tostring(k) .. "` is read-only", 2)
   else st.user[k] = v end
 end
@@ -319,5 +326,21 @@ function broker.submit(target, f, ...)
   E.post(P.owner_core(id), "inject", E.encode({ id = id, f = f, v = P.pack(...) }))
 end
 
-broker.encrypt = function() error("broker.encrypt is not supported yet in this build (socket crypto)", 2) end
-broker.decrypt = function() error("broker.decrypt is not supported yet in this build (socket crypto)", 2) end
+-- broker.encrypt/decrypt(key_or_socket, ...): a key form as for `socket.crypto`, or a socket
+-- (connection of this core or listener) whose key is used.
+local function key_args(x)
+  local st = type(x) == "table" and state[x]
+  if st then return nil, st.id, endpoint(st) end
+  return x, nil, false
+end
+
+function broker.encrypt(x, v)
+  local key, id, listener = key_args(x)
+  return E.encrypt(key, id, listener, v)
+end
+
+function broker.decrypt(x, bytes)
+  if type(bytes) ~= "string" then error("broker.decrypt: expected a string of bytes", 2) end
+  local key, id, listener = key_args(x)
+  return E.decrypt(key, id, listener, bytes)
+end

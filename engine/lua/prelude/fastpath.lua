@@ -4,7 +4,8 @@
 -- advance) — no Lua C API call on the way, so the JIT compiles through it.
 --
 -- This path only does the common case. Anything unusual — a malformed or exotic frame, a
--- key with an `@type` suffix, a function value, -0.0, a socket of another core — makes it
+-- key with an `@type` suffix, a function value, -0.0, a socket of another core, a socket
+-- with `crypto` set (its replies are sealed by the engine) — makes it
 -- step aside, and the classic path (Rust codec over the C API) handles it: the same bytes
 -- reach the wire either way, and errors are reported by one implementation only.
 local E, P = ...

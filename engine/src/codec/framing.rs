@@ -1,5 +1,6 @@
 //! Framings that cut a connection's byte stream into messages: `packet`/`bson` (4-byte
-//! little-endian length that counts itself, bit 31 reserved for encryption), `text` (lines
+//! little-endian length that counts itself; bit 31 marks an encrypted frame, which is cut
+//! like any other and opened by the connection with its key, see `codec::crypto`), `text` (lines
 //! ending in `\n`) and raw (whatever one read returned). Frames are cut out of the read buffer
 //! with `split_to(..).freeze()`, so a frame is never copied between the socket read and Lua.
 //!
@@ -63,8 +64,6 @@ pub enum FrameError {
     TooLong { len: usize, limit: usize },
     #[error("frame length {len} is shorter than the smallest BSON document (5 bytes)")]
     TooShort { len: usize },
-    #[error("encrypted frame received but this socket has no crypto key")]
-    Encrypted,
     #[error("line longer than the input buffer of {limit} bytes (raise IN in `text=IN,OUT`)")]
     LineTooLong { limit: usize },
 }
@@ -111,11 +110,7 @@ impl FrameSpec {
                 if buf.len() < 4 {
                     return Ok(None);
                 }
-                let header = (&buf[..4]).get_u32_le();
-                if header & ENCRYPTED_FLAG != 0 {
-                    return Err(FrameError::Encrypted);
-                }
-                let len = header as usize;
+                let len = ((&buf[..4]).get_u32_le() & !ENCRYPTED_FLAG) as usize;
                 if len < 5 {
                     return Err(FrameError::TooShort { len });
                 }
@@ -139,7 +134,7 @@ impl FrameSpec {
         if self.framing != Framing::Packet || buf.len() < 4 {
             return None;
         }
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let len = (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) & !ENCRYPTED_FLAG) as usize;
         (len <= self.input && len > buf.len()).then_some(len)
     }
 }
@@ -243,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_short_huge_and_encrypted_headers_before_buffering() {
+    fn refuses_short_and_huge_headers_before_buffering() {
         let spec = packet(64);
         for len in [0u32, 4] {
             let mut buf = BytesMut::from(&len.to_le_bytes()[..]);
@@ -257,8 +252,36 @@ mod tests {
             spec.next_frame(&mut buf),
             Err(FrameError::TooLong { .. })
         ));
-        let mut buf = BytesMut::from(&(ENCRYPTED_FLAG | 16).to_le_bytes()[..]);
-        assert_eq!(spec.next_frame(&mut buf), Err(FrameError::Encrypted));
+        // Bit 31 is not part of the length: flagged headers obey the same limits.
+        for len in [0u32, 4] {
+            let mut buf = BytesMut::from(&(ENCRYPTED_FLAG | len).to_le_bytes()[..]);
+            assert_eq!(
+                spec.next_frame(&mut buf),
+                Err(FrameError::TooShort { len: len as usize })
+            );
+        }
+        let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        assert!(matches!(
+            spec.next_frame(&mut buf),
+            Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn cuts_an_encrypted_frame_at_its_masked_length() {
+        let spec = packet(64);
+        let mut flagged = frame(20);
+        flagged[..4].copy_from_slice(&(ENCRYPTED_FLAG | 20).to_le_bytes());
+        let mut buf = BytesMut::from(&flagged[..12]);
+        assert_eq!(spec.pending_frame_len(&buf), Some(20));
+        assert_eq!(spec.next_frame(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&flagged[12..]);
+        buf.extend_from_slice(&frame(5));
+        assert_eq!(
+            &spec.next_frame(&mut buf).unwrap().unwrap()[..],
+            &flagged[..]
+        );
+        assert_eq!(spec.next_frame(&mut buf).unwrap().unwrap().len(), 5);
     }
 
     #[test]

@@ -5,5 +5,6 @@
 //! BSON decoders share are `bson_limits`.
 
 pub mod bson_limits;
+pub mod crypto;
 pub mod document;
 pub mod framing;

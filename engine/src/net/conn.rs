@@ -13,6 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,8 @@ use super::admission::Ticket;
 use super::id::ConnId;
 use super::ratelog::RateLog;
 use super::ConnEvents;
-use crate::codec::framing::{FrameError, FrameSpec};
+use crate::codec::crypto::{self, Crypto};
+use crate::codec::framing::{FrameError, FrameSpec, Framing};
 
 /// The most a single read asks the kernel for; bounds the bytes zeroed before each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -51,6 +53,8 @@ pub struct Conn {
     pub frame_deadline: Cell<Option<Duration>>,
     /// This connection's places at its listener's gate (accepted connections only).
     ticket: RefCell<Option<Ticket>>,
+    /// `socket.crypto`: the key that opens encrypted frames and seals committed tables.
+    pub crypto: RefCell<Option<Arc<Crypto>>>,
     out: RefCell<BytesMut>,
     close_requested: Cell<Option<i32>>,
     flush_forced: Cell<bool>,
@@ -70,6 +74,8 @@ pub enum OutputError {
     Closing,
     #[error("output buffer is in use (commit called from inside an encoder)")]
     Busy,
+    #[error("cannot encrypt the message: {0}")]
+    Seal(#[from] crypto::CryptoError),
 }
 
 /// Refused commits of the whole process: a slow reader that was closed with ENOBUFS is
@@ -100,6 +106,7 @@ impl Conn {
             errno: Cell::new(0),
             frame_deadline: Cell::new(None),
             ticket: RefCell::new(None),
+            crypto: RefCell::new(None),
             out: RefCell::new(BytesMut::new()),
             close_requested: Cell::new(None),
             flush_forced: Cell::new(false),
@@ -151,6 +158,16 @@ impl Conn {
         Ok(Ok(len))
     }
 
+    /// The key committed tables are sealed with, when `socket.crypto` is set.
+    pub fn crypto(&self) -> Option<Arc<Crypto>> {
+        self.crypto.borrow().clone()
+    }
+
+    /// Whether `socket.crypto` is set: the FFI reply path steps aside when it is.
+    pub fn encrypts(&self) -> bool {
+        self.crypto.borrow().is_some()
+    }
+
     /// Room for at least `want` more output bytes, for an encoder that writes in place
     /// (the FFI path). Nothing counts until [`Conn::advance`]. `None` while closing.
     pub fn reserve_raw(&self, want: usize) -> Option<(*mut u8, usize)> {
@@ -200,6 +217,17 @@ impl Conn {
             Ok::<(), std::convert::Infallible>(())
         })
         .unwrap_or_else(|never| match never {})
+    }
+
+    /// Appends a committed table's BSON document (`{"v": v}`), sealed into an encrypted frame
+    /// when `socket.crypto` is set (spec/stage.md §4.5).
+    pub fn commit_document(&self, doc: &[u8]) -> Result<usize, OutputError> {
+        match self.crypto() {
+            None => self.append(doc),
+            Some(key) => self
+                .encode_with(|out| key.seal_frame(doc, out))
+                .unwrap_or_else(|err| Err(err.into())),
+        }
     }
 
     /// `socket.commit(nil)`: write pending output now, ignoring the flush interval.
@@ -426,7 +454,7 @@ async fn dispatch_frames<H: ConnEvents>(
 ) -> Result<usize, i32> {
     let mut cut = 0;
     while !conn.is_closing() {
-        let frame = match conn.spec.next_frame(input) {
+        let mut frame = match conn.spec.next_frame(input) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(err) => {
@@ -435,6 +463,10 @@ async fn dispatch_frames<H: ConnEvents>(
             }
         };
         cut += 1;
+        // The one test a plain frame pays for socket crypto.
+        if conn.spec.framing == Framing::Packet && crypto::is_encrypted(&frame) {
+            frame = open_frame(conn, &frame)?;
+        }
         if let Err(err) = events.frame(conn, frame) {
             // The owner logged why (at most once a second for a limit, `bson_limits`).
             tracing::debug!(socket = conn.id.raw(), "closing connection: {err}");
@@ -446,6 +478,29 @@ async fn dispatch_frames<H: ConnEvents>(
         }
     }
     Ok(cut)
+}
+
+/// The BSON document inside an encrypted frame, or EBADMSG (as for bad BSON) when the
+/// socket has no key or the frame does not decrypt. Logged at debug: a client with the wrong
+/// key is the client's problem, and must not flood the log.
+fn open_frame(conn: &Conn, frame: &[u8]) -> Result<bytes::Bytes, i32> {
+    let Some(key) = conn.crypto() else {
+        tracing::debug!(
+            socket = conn.id.raw(),
+            "closing connection: encrypted frame but socket.crypto is not set"
+        );
+        return Err(libc::EBADMSG);
+    };
+    key.open_frame(frame)
+        .map(bytes::Bytes::from)
+        .map_err(|err| {
+            tracing::debug!(
+                socket = conn.id.raw(),
+                "closing connection: encrypted frame ({}): {err}",
+                key.describe()
+            );
+            libc::EBADMSG
+        })
 }
 
 /// Writes the pending output, or returns the errno that ends the connection. A write waits
@@ -515,6 +570,5 @@ fn frame_errno(err: &FrameError) -> i32 {
     match err {
         FrameError::TooLong { .. } | FrameError::LineTooLong { .. } => libc::EMSGSIZE,
         FrameError::TooShort { .. } => libc::EBADMSG,
-        FrameError::Encrypted => libc::ENOTSUP,
     }
 }

@@ -125,11 +125,12 @@ fn a_frame_of_exactly_in_bytes_is_reported_and_one_more_byte_closes_with_emsgsiz
 
 #[test]
 fn bad_packet_headers_close_the_connection() {
+    // The last: a whole encrypted frame on a socket without `crypto` (see codec::crypto).
     let cases: [(u32, i32); 4] = [
         (4, libc::EBADMSG),
         (0, libc::EBADMSG),
         (0x7FFF_FFFF, libc::EMSGSIZE),
-        (0x8000_0000 | 16, libc::ENOTSUP),
+        (0x8000_0000 | 12, libc::EBADMSG),
     ];
     run_local(move || async move {
         let events = Rc::new(Recorder::echo());
@@ -762,5 +763,56 @@ fn a_udp_endpoint_reports_one_packet_datagrams_and_drops_the_rest() {
             udp::send(id, b"x", from).is_err(),
             "the sender outlived the endpoint"
         );
+    });
+}
+
+#[test]
+fn a_sealed_reply_counts_against_out_and_encrypted_frames_arrive_opened() {
+    use crate::codec::crypto::Crypto;
+    const OUT: usize = 64;
+    let key = std::sync::Arc::new(Crypto::from_key(b"net test key"));
+    let sealer = key.clone();
+    run_local(move || async move {
+        // Each frame is committed back as a document, sealed with the connection's key. A
+        // 40-byte document seals to 4 + 48 bytes (fits OUT); a 64-byte one to 4 + 64 (not).
+        let events = Rc::new(
+            Recorder::new()
+                .on_accept(move |conn| {
+                    *conn.crypto.borrow_mut() = Some(sealer.clone());
+                    true
+                })
+                .on_frame(|conn, frame| {
+                    let sealed = conn.commit_document(frame);
+                    if frame.len() == 64 {
+                        assert!(matches!(
+                            sealed,
+                            Err(OutputError::TooLarge {
+                                len: 68,
+                                limit: OUT
+                            })
+                        ));
+                    } else {
+                        assert_eq!(sealed.unwrap(), 52);
+                    }
+                    Ok(())
+                }),
+        );
+        let server = listen(&events, packet_spec(128, OUT));
+        let mut client = connect(server.addr).await;
+        let mut sealed = bytes::BytesMut::new();
+        key.seal_frame(&packet(40, 1), &mut sealed).unwrap();
+        send(&mut client, &sealed).await;
+        send(&mut client, &packet(64, 2)).await;
+        send(&mut client, &packet(40, 3)).await;
+        let replies = receive(&mut client, 2 * 52).await;
+        assert_eq!(key.open_frame(&replies[..52]).unwrap(), packet(40, 1));
+        assert_eq!(key.open_frame(&replies[52..]).unwrap(), packet(40, 3));
+        // The encrypted frame reached the owner opened, the plain ones as they were.
+        let conn = events.first_conn().await;
+        assert_eq!(
+            events.frames_of(conn.id),
+            [packet(40, 1), packet(64, 2), packet(40, 3)]
+        );
+        server.stop.fire();
     });
 }

@@ -59,8 +59,13 @@ pub enum CoreMsg {
     Unlisten(u64),
     /// Close a connection owned by the receiving core.
     Close { id: ConnId, errno: i32 },
-    /// Append already-encoded output to a connection owned by the receiving core.
-    Commit { id: ConnId, data: Bytes },
+    /// Append already-encoded output to a connection owned by the receiving core; `document`
+    /// when it is a committed table's BSON, which the owner seals if the socket encrypts.
+    Commit {
+        id: ConnId,
+        data: Bytes,
+        document: bool,
+    },
     /// A message for the receiving core's script host (routed stage messages, timers set
     /// from other cores, submitted jobs): `kind` says which, `payload` is BSON.
     Post {
@@ -109,6 +114,8 @@ pub struct ListenerProps {
     pub expire: Option<u64>,
     /// Output flush interval in msec (0 = as soon as the core gets to it).
     pub commit: u64,
+    /// `listener.crypto`: the key its connections start with.
+    pub crypto: Option<Arc<crate::codec::crypto::Crypto>>,
 }
 
 /// The process-wide part of the runtime.

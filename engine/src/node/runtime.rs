@@ -245,9 +245,14 @@ impl Core {
                     conn.request_close(errno);
                 }
             }
-            CoreMsg::Commit { id, data } => match self.conn(id) {
+            CoreMsg::Commit { id, data, document } => match self.conn(id) {
                 Some(conn) => {
-                    if let Err(err) = conn.append(&data) {
+                    let appended = if document {
+                        conn.commit_document(&data)
+                    } else {
+                        conn.append(&data)
+                    };
+                    if let Err(err) = appended {
                         tracing::warn!(
                             socket = id.raw(),
                             "commit from another core dropped: {err}"
@@ -464,6 +469,7 @@ impl ConnEvents for Core {
             let props = shared.props.lock().unwrap();
             conn.expire_ms.set(props.expire);
             conn.commit_ms.set(props.commit);
+            *conn.crypto.borrow_mut() = props.crypto.clone();
         }
         self.add_conn(conn.clone());
         let accepted = self.host.accept(listener, shared.stage, conn);

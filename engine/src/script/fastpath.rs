@@ -77,17 +77,21 @@ unsafe extern "C" fn commit_bytes(ctx: *mut c_void, id: u64, data: *const u8, le
     counted(id, local_conn(ctx, id, |conn| conn.append(bytes)))
 }
 
-/// Room for an in-place encoder at the end of the connection's output buffer.
+/// Room for an in-place encoder at the end of the connection's output buffer. A socket with
+/// `crypto` set is "not here": its tables are sealed by the classic path (`E.commit`).
 unsafe extern "C" fn reserve(
     ctx: *mut c_void,
     id: u64,
     want: usize,
     out: *mut OutputReservation,
 ) -> i32 {
-    match local_conn(ctx, id, |conn| conn.reserve_raw(want)) {
-        Where::NotHere => status(STAGE_NOT_HERE),
-        Where::Closed | Where::Done(None) => status(STAGE_REFUSED),
-        Where::Done(Some((ptr, cap))) => {
+    let room = local_conn(ctx, id, |conn| {
+        (!conn.encrypts()).then(|| conn.reserve_raw(want))
+    });
+    match room {
+        Where::NotHere | Where::Done(None) => status(STAGE_NOT_HERE),
+        Where::Closed | Where::Done(Some(None)) => status(STAGE_REFUSED),
+        Where::Done(Some(Some((ptr, cap)))) => {
             // SAFETY: `out` points at a reservation struct the prelude owns.
             unsafe { *out = OutputReservation { ptr, cap } };
             0

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod bundle;
 pub mod check;
 pub mod cluster;
+pub mod crypto;
 #[cfg(test)]
 mod decoder_props;
 pub mod fastpath;

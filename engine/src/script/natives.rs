@@ -47,6 +47,7 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     super::services::http::register(lua, e)?;
     super::services::odbc::register(lua, e)?;
     super::fastpath::register(lua, e)?;
+    super::crypto::register(lua, e)?;
     e.set(
         "exit",
         lua.create_function(|lua, ()| {
@@ -138,7 +139,15 @@ fn commit(lua: &Lua, (raw, value): (u64, Value)) -> mlua::Result<i64> {
             conn.request_flush();
             return Ok(0);
         }
-        return match conn.encode_with(|out| encode(lua, &value, out))? {
+        let queued = if matches!(value, Value::Table(_)) && conn.encrypts() {
+            // socket.crypto: the document is sealed into an encrypted frame.
+            let mut doc = BytesMut::new();
+            encode(lua, &value, &mut doc)?;
+            conn.commit_document(&doc)
+        } else {
+            conn.encode_with(|out| encode(lua, &value, out))?
+        };
+        return match queued {
             Ok(len) => Ok(len as i64),
             Err(err) => {
                 crate::net::conn::log_refused_commit(raw, &err);
@@ -154,7 +163,8 @@ fn commit(lua: &Lua, (raw, value): (u64, Value)) -> mlua::Result<i64> {
     encode(lua, &value, &mut out)?;
     let len = out.len() as i64;
     let data = out.freeze();
-    match node.send(owner, CoreMsg::Commit { id, data }) {
+    let document = matches!(value, Value::Table(_));
+    match node.send(owner, CoreMsg::Commit { id, data, document }) {
         Ok(()) => Ok(len),
         Err(err) => {
             tracing::warn!(socket = raw, "commit to core {owner} refused: {err}");
@@ -213,6 +223,7 @@ fn conn_set(_: &Lua, (id, key, value): (u64, String, Value)) -> mlua::Result<()>
     match key.as_str() {
         "expire" => conn.expire_ms.set(msec_option(&value)),
         "commit_interval" => conn.commit_ms.set(msec_option(&value).unwrap_or(0)),
+        "crypto" => *conn.crypto.borrow_mut() = super::crypto::parse("socket.crypto", &value)?,
         other => {
             return Err(mlua::Error::runtime(format!(
                 "unknown socket option `{other}`"
@@ -234,6 +245,7 @@ fn conn_get(lua: &Lua, (id, key): (u64, String)) -> mlua::Result<Value> {
             .get()
             .map_or(Value::Nil, |ms| Value::Integer(ms as i64)),
         "commit_interval" => Value::Integer(conn.commit_ms.get() as i64),
+        "crypto" => Value::Boolean(conn.encrypts()),
         "local" => match conn.local.get() {
             Some(addr) => {
                 Value::String(lua.create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))?)
@@ -408,6 +420,7 @@ fn listener_set(_: &Lua, (id, key, value): (u64, String, Value)) -> mlua::Result
         "close" => props.close = bytecode(&value),
         "expire" => props.expire = msec_option(&value),
         "commit_interval" => props.commit = msec_option(&value).unwrap_or(0),
+        "crypto" => props.crypto = super::crypto::parse("socket.crypto", &value)?,
         other => {
             return Err(mlua::Error::runtime(format!(
                 "unknown listener option `{other}`"
@@ -428,6 +441,7 @@ fn listener_get(lua: &Lua, (id, key): (u64, String)) -> mlua::Result<Value> {
             .expire
             .map_or(Value::Nil, |ms| Value::Integer(ms as i64)),
         "commit_interval" => Value::Integer(props.commit as i64),
+        "crypto" => Value::Boolean(props.crypto.is_some()),
         "local" => {
             Value::String(lua.create_string(sockaddr::to_binary(&SockAddr::Inet(shared.addr)))?)
         }

@@ -8,6 +8,7 @@ mod bson_limits;
 mod budget;
 mod cli;
 mod cluster;
+mod crypto;
 mod curl;
 mod examples;
 mod ffi_path;
