@@ -297,6 +297,22 @@ impl Node {
             .open(queued)
     }
 
+    /// Logs a message to a core that could not be queued (its inbox full or closed): at most
+    /// one line per second for the process, with the count since the last line, because a
+    /// core that is overloaded is sent to by every other core at once.
+    pub fn log_dropped(&self, core: usize, err: &mailbox::SendError) {
+        static DROPPED: crate::net::ratelog::RateLog = crate::net::ratelog::RateLog::new();
+        if self.is_shutting_down() {
+            return;
+        }
+        if let Some(n) = DROPPED.hit() {
+            tracing::warn!(
+                core,
+                "{n} message(s) dropped since the last line; latest: {err}"
+            );
+        }
+    }
+
     /// Asks every core to shut down gracefully. Safe to call from any thread, more than once.
     pub fn shutdown(&self) {
         if self.shutting_down.swap(true, Ordering::AcqRel) {

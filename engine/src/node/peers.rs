@@ -348,7 +348,7 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
                 payload: Bytes::copy_from_slice(payload),
             };
             if let Err(err) = node.send(0, msg) {
-                tracing::warn!("lock grant dropped: {err}");
+                node.log_dropped(0, &err);
             }
         }
         None => tracing::debug!(
@@ -389,9 +389,7 @@ pub(crate) fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
             payload: Bytes::from(payload),
         };
         if let Err(err) = node.send(stage.main_core, msg) {
-            if !node.is_shutting_down() {
-                tracing::warn!(core = stage.main_core, "message dropped: {err}");
-            }
+            node.log_dropped(stage.main_core, &err);
         }
         if !every {
             break;

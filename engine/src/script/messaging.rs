@@ -97,10 +97,11 @@ pub fn wall_ms() -> f64 {
 fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
     let kind = post_kind(&kind)?;
     let payload = Bytes::copy_from_slice(&payload.as_bytes());
-    match node(lua)?.send(target, CoreMsg::Post { kind, payload }) {
+    let node = node(lua)?;
+    match node.send(target, CoreMsg::Post { kind, payload }) {
         Ok(()) => Ok(true),
         Err(err) => {
-            tracing::warn!(core = target, "message dropped: {err}");
+            node.log_dropped(target, &err);
             Ok(false)
         }
     }

@@ -167,7 +167,7 @@ fn commit(lua: &Lua, (raw, value): (u64, Value)) -> mlua::Result<i64> {
     match node.send(owner, CoreMsg::Commit { id, data, document }) {
         Ok(()) => Ok(len),
         Err(err) => {
-            tracing::warn!(socket = raw, "commit to core {owner} refused: {err}");
+            node.log_dropped(owner, &err);
             Ok(-1)
         }
     }

@@ -553,14 +553,21 @@ fn a_lock_is_held_by_one_process_of_the_node_at_a_time() {
     // The holders log ENTER / LEAVE: their order is what is asserted.
     server.wait_log_count("LEAVE ", 10);
     let log = server.log();
-    let events: Vec<&str> = log
+    // Each process writes its lines from its own log thread, so two processes' lines can
+    // reach the shared file out of order: order the events by their timestamps (the first
+    // word of a line, RFC 3339 in UTC, so they sort as text).
+    let mut timed: Vec<(&str, &str)> = log
         .lines()
         .filter_map(|l| {
-            l.split_once("ENTER ")
+            let kind = l
+                .split_once("ENTER ")
                 .map(|_| "ENTER")
-                .or_else(|| l.split_once("LEAVE ").map(|_| "LEAVE"))
+                .or_else(|| l.split_once("LEAVE ").map(|_| "LEAVE"))?;
+            Some((l.split_whitespace().next()?, kind))
         })
         .collect();
+    timed.sort();
+    let events: Vec<&str> = timed.into_iter().map(|(_, kind)| kind).collect();
     assert_eq!(events.len(), 20, "{log}");
     for pair in events.chunks(2) {
         assert_eq!(pair, ["ENTER", "LEAVE"], "overlapping holds; log:\n{log}");

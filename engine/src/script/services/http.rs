@@ -71,7 +71,7 @@ fn http_call(
         };
         if let Err(err) = node.send(me, msg) {
             DONE.with(|d| d.borrow_mut().remove(&handle));
-            tracing::warn!("curl: a reply was dropped: {err}");
+            node.log_dropped(me, &err);
         }
     })
     .detach();
