@@ -215,7 +215,25 @@ impl Server {
         try_connect(self.port).unwrap()
     }
 
+    /// The log as written so far, once it has settled. The server writes its log from a
+    /// thread of its own (engine/src/logging.rs), so a line logged before a reply was sent
+    /// can reach the file just after the client got the reply: wait until the file has not
+    /// grown for a moment (at most half a second) before reading it for good.
     pub fn log(&self) -> String {
+        let mut text = self.log_now();
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(50));
+            let again = self.log_now();
+            if again.len() == text.len() {
+                return again;
+            }
+            text = again;
+        }
+        text
+    }
+
+    /// The log as written this instant (for polling).
+    fn log_now(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -227,7 +245,7 @@ impl Server {
     pub fn wait_log_count(&self, needle: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.log().matches(needle).count() >= count {
+            if self.log_now().matches(needle).count() >= count {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
