@@ -1030,7 +1030,7 @@ fn hash_index(key: &[u8]) -> Option<i64> {
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::codec::document::handmade::{bstr, raw as doc};
 
@@ -1047,8 +1047,9 @@ mod tests {
         load_functions: true,
     };
 
-    /// Deep structural equality, written in Lua so it sees exactly what scripts see.
-    const DEEP_EQ: &str = r#"
+    /// Deep structural equality, written in Lua so it sees exactly what scripts see (NaN equal
+    /// to NaN, types compared first). Also used by `script::decoder_props`.
+    pub(in crate::script) const DEEP_EQ: &str = r#"
         local function deq(a, b)
             if type(a) ~= type(b) then return false end
             if type(a) ~= "table" then

@@ -26,21 +26,8 @@ struct States {
     deq: Function,
 }
 
-/// Deep equality as scripts see it (NaN equal to NaN, types compared first, so a forged
-/// value would show as a type mismatch).
-const DEEP_EQ: &str = r#"
-    local function deq(a, b)
-        if type(a) ~= type(b) then return false end
-        if type(a) ~= "table" then
-            if a ~= a and b ~= b then return true end
-            return a == b
-        end
-        for k, v in pairs(a) do if not deq(v, b[k]) then return false end end
-        for k in pairs(b) do if a[k] == nil then return false end end
-        return true
-    end
-    return deq
-"#;
+/// Deep equality as scripts see it (shared with `script::bson`'s tests).
+use super::bson::tests::DEEP_EQ;
 
 fn states() -> States {
     // SAFETY: the ffi library is what the decoder under test is written in; this state runs
