@@ -24,6 +24,11 @@ pub enum Framing {
     Text,
     /// Length-prefixed BSON documents (`packet=` and `bson=` are the same).
     Packet,
+    /// lotus's original wire: a 2-byte big-endian body length, then the body (JSON). The
+    /// frame handed on is the body alone. Only lotus listeners use it (no URL filter names it).
+    Be16,
+    /// lotus's v1 wire: a 4-byte big-endian body length, then the body (MessagePack).
+    Be32,
 }
 
 /// The framing plus the two buffer limits of a `?filter=IN,OUT` URL part.
@@ -125,14 +130,43 @@ impl FrameSpec {
                 }
                 Ok(Some(buf.split_to(len).freeze()))
             }
+            Framing::Be16 => self.cut_body(buf, 2),
+            Framing::Be32 => self.cut_body(buf, 4),
         }
+    }
+
+    /// A big-endian length of `header` bytes that counts only the body, checked against IN
+    /// before the body is buffered; the header is dropped.
+    fn cut_body(&self, buf: &mut BytesMut, header: usize) -> Result<Option<Bytes>, FrameError> {
+        if buf.len() < header {
+            return Ok(None);
+        }
+        let len = buf[..header]
+            .iter()
+            .fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        if len > self.input {
+            return Err(FrameError::TooLong {
+                len,
+                limit: self.input,
+            });
+        }
+        if buf.len() < header + len {
+            return Ok(None);
+        }
+        buf.advance(header);
+        Ok(Some(buf.split_to(len).freeze()))
     }
 
     /// How many more bytes the frame at the front of `buf` needs, when its header is known;
     /// lets the reader grow the buffer once for a large frame instead of many times.
     pub fn pending_frame_len(&self, buf: &[u8]) -> Option<usize> {
-        if self.framing != Framing::Packet || buf.len() < 4 {
-            return None;
+        match self.framing {
+            Framing::Be32 if buf.len() >= 4 => {
+                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize + 4;
+                return (len - 4 <= self.input && len > buf.len()).then_some(len);
+            }
+            Framing::Packet if buf.len() >= 4 => {}
+            _ => return None,
         }
         let len = (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) & !ENCRYPTED_FLAG) as usize;
         (len <= self.input && len > buf.len()).then_some(len)
@@ -417,5 +451,44 @@ mod props {
             prop_assert!(err.is_none());
             prop_assert_eq!(frames.concat(), bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod lotus_tests {
+    use super::*;
+
+    fn spec(framing: Framing, input: usize) -> FrameSpec {
+        FrameSpec {
+            framing,
+            input,
+            output: DEFAULT_BUFFER,
+        }
+    }
+
+    #[test]
+    fn big_endian_frames_hand_on_the_body_alone() {
+        let mut buf = BytesMut::from(&b"\x00\x03abc\x00\x00\x00\x02xy\x00"[..]);
+        let s16 = spec(Framing::Be16, 100);
+        assert_eq!(&s16.next_frame(&mut buf).unwrap().unwrap()[..], b"abc");
+        let s32 = spec(Framing::Be32, 100);
+        assert_eq!(&s32.next_frame(&mut buf).unwrap().unwrap()[..], b"xy");
+        assert_eq!(s32.next_frame(&mut buf), Ok(None));
+        assert_eq!(&buf[..], b"\x00");
+    }
+
+    #[test]
+    fn a_big_endian_length_over_in_is_refused_before_buffering() {
+        let mut buf = BytesMut::from(&b"\x00\x01\x00\x00"[..]);
+        assert_eq!(
+            spec(Framing::Be32, 1000).next_frame(&mut buf),
+            Err(FrameError::TooLong {
+                len: 65536,
+                limit: 1000
+            })
+        );
+        let mut buf = BytesMut::from(&b"\x00\x00\x00\x10ab"[..]);
+        assert_eq!(spec(Framing::Be32, 100).pending_frame_len(&buf), Some(20));
+        assert_eq!(spec(Framing::Be32, 100).next_frame(&mut buf), Ok(None));
     }
 }

@@ -10,6 +10,7 @@
 //! unknown key, because in a file of string keys a typo is otherwise silently ignored.
 
 mod error;
+mod lotus;
 mod lua;
 mod modules;
 mod settings;
@@ -23,6 +24,7 @@ use simd_json::owned::Object;
 use simd_json::OwnedValue;
 
 pub use error::ConfigError;
+pub use lotus::{Account, LotusConfig, Secret, Store};
 pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_CPU_MS, DEFAULT_REFLUSH_MS, MAX_CPU_MS};
 pub use modules::{ModuleKind, ModuleRef, MAX_STAGE_ID};
 pub use settings::{

@@ -20,6 +20,8 @@ pub enum ModuleKind {
     Route,
     /// `=ticket`: built-in admission control.
     Ticket,
+    /// `lotus.so`: states with handlers and channels with history (spec/lotus.md).
+    Lotus,
     /// Any other `*.so`, or any library with an `@entry` symbol.
     Plugin,
 }
@@ -33,6 +35,7 @@ impl ModuleKind {
             ModuleKind::Curl => "curl.so",
             ModuleKind::Route => "=route",
             ModuleKind::Ticket => "=ticket",
+            ModuleKind::Lotus => "lotus.so",
             ModuleKind::Plugin => "plugin",
         }
     }
@@ -130,6 +133,7 @@ pub(crate) fn module_kind(module: &str) -> Result<ModuleKind, String> {
         ("lua.so" | "luajit.so", None) => ModuleKind::Lua,
         ("index.so", None) => ModuleKind::Index,
         ("curl.so", None) => ModuleKind::Curl,
+        ("lotus.so", None) => ModuleKind::Lotus,
         _ => ModuleKind::Plugin,
     })
 }
@@ -164,6 +168,9 @@ pub(crate) fn check_block(kind: ModuleKind, v: &OwnedValue, at: &At, errs: &mut 
         ModuleKind::Ticket => check_ticket(v, at, errs),
         ModuleKind::Index => check_index(v, at, errs),
         ModuleKind::Route => check_route(v, at, errs),
+        ModuleKind::Lotus => {
+            super::lotus::parse(v, at, errs);
+        }
         // Plugins define their own.
         ModuleKind::Plugin | ModuleKind::Lua => {}
     }

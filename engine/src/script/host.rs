@@ -260,13 +260,16 @@ impl Host {
                     }
                 }
             }
-            Framing::Text | Framing::Raw => match self.lua.create_string(&frame[..]) {
-                Ok(s) => Value::String(s),
-                Err(err) => {
-                    tracing::warn!(socket = id, "receive dispatch failed: {err}");
-                    return Ok(());
+            // Be16/Be32 frames go to lotus before this point (`receive`).
+            Framing::Text | Framing::Raw | Framing::Be16 | Framing::Be32 => {
+                match self.lua.create_string(&frame[..]) {
+                    Ok(s) => Value::String(s),
+                    Err(err) => {
+                        tracing::warn!(socket = id, "receive dispatch failed: {err}");
+                        return Ok(());
+                    }
                 }
-            },
+            }
         };
         drop(frame);
         if let Err(err) = self.hooks.receive.call::<()>((id, data)) {
@@ -328,13 +331,16 @@ impl ScriptHost for Host {
                     }
                 }
             }
-            Framing::Text | Framing::Raw => match self.lua.create_string(message) {
-                Ok(s) => Value::String(s),
-                Err(err) => {
-                    tracing::warn!(listener = endpoint, "udp dispatch failed: {err}");
-                    return;
+            // No UDP endpoint uses the lotus framings.
+            Framing::Text | Framing::Raw | Framing::Be16 | Framing::Be32 => {
+                match self.lua.create_string(message) {
+                    Ok(s) => Value::String(s),
+                    Err(err) => {
+                        tracing::warn!(listener = endpoint, "udp dispatch failed: {err}");
+                        return;
+                    }
                 }
-            },
+            }
         };
         let addr = self.addr_string(from);
         let result = within(&self.budget, || {

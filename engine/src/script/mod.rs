@@ -16,6 +16,7 @@ pub mod fastpath;
 pub mod host;
 pub mod loader;
 pub mod logger;
+pub mod lotus;
 pub mod messaging;
 pub mod natives;
 pub mod pool;

@@ -10,6 +10,7 @@
 mod address;
 pub mod http;
 pub mod index;
+pub mod lotus;
 pub mod odbc;
 pub mod route;
 pub mod shard;

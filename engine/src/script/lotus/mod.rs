@@ -1,0 +1,6 @@
+//! lotus's Lua side (spec/lotus.md §9.1–9.2): the sandbox handlers are compiled and run in,
+//! inside the core's own LuaJIT state. The wires, the configuration and the channel rings are
+//! plain data in `service::lotus`.
+
+pub mod sandbox;
+pub mod value;
