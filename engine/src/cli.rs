@@ -46,6 +46,10 @@ struct Args {
     /// Validate the configuration and compile every script, print all errors, then exit.
     #[arg(long)]
     check: bool,
+    /// Read a password from standard input (one line), print its Argon2id hash for a lotus.so
+    /// account's `password_hash`, then exit.
+    #[arg(long = "hash-password")]
+    hash_password: bool,
     /// Log filter, e.g. `info`, `debug`, `warn,lua=debug` (default: $STAGE_LOG, else info).
     #[arg(short = 'l', long = "log", value_name = "FILTER")]
     log: Option<String>,
@@ -75,6 +79,30 @@ struct Args {
     run_dir: Option<std::path::PathBuf>,
 }
 
+/// `--hash-password`: the PHC string for a lotus account, from the first line of stdin.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().read_line(&mut line) {
+        eprintln!("error: cannot read the password from standard input: {err}");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("error: empty password (type it on standard input, e.g. `stage --hash-password <<< 'secret'`)");
+        return ExitCode::from(2);
+    }
+    match crate::service::lotus::password::hash(password) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let code = run_command();
     // The log writer thread may still hold lines (the guard lives in a static, which is
@@ -85,6 +113,9 @@ pub fn main() -> ExitCode {
 
 fn run_command() -> ExitCode {
     let args = Args::parse();
+    if args.hash_password {
+        return hash_password();
+    }
     if let Some(parent) = args.parent {
         supervisor::bind_to_parent(parent);
     }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ModuleKind, ModuleRef, PackageEntry};
+use crate::config::{Config, LotusConfig, ModuleKind, ModuleRef, PackageEntry};
 use crate::service::http::HttpConfig;
 use crate::service::index::{IndexConfig, SyncPolicy};
 use crate::service::route::RouteConfig;
@@ -69,6 +69,8 @@ pub enum ServiceKind {
     Ticket(TicketConfig),
     Route(RouteConfig),
     Http(HttpConfig),
+    /// lotus.so: states and channels on every core, its own listeners (spec/lotus.md).
+    Lotus(LotusConfig),
 }
 
 impl ServiceKind {
@@ -79,13 +81,17 @@ impl ServiceKind {
             ServiceKind::Ticket(_) => StageKind::Ticket,
             ServiceKind::Route(_) => StageKind::Route,
             ServiceKind::Http(_) => StageKind::Http,
+            ServiceKind::Lotus(_) => StageKind::Lotus,
         }
     }
 
     /// Whether the service runs one shard per core (named indexes and categories spread over
     /// the cores by name) rather than one instance on its main core.
     pub fn is_sharded(&self) -> bool {
-        matches!(self, ServiceKind::Index(_) | ServiceKind::Ticket(_))
+        matches!(
+            self,
+            ServiceKind::Index(_) | ServiceKind::Ticket(_) | ServiceKind::Lotus(_)
+        )
     }
 }
 
@@ -100,6 +106,8 @@ pub enum StageKind {
     Route,
     /// curl.so: served by whichever core the message reaches (no state between requests).
     Http,
+    /// lotus.so: reached by its own clients over its listeners, not by stage messages.
+    Lotus,
 }
 
 impl StageKind {
@@ -111,6 +119,7 @@ impl StageKind {
             StageKind::Ticket => Some("ticket"),
             StageKind::Route => Some("route"),
             StageKind::Http => Some("curl"),
+            StageKind::Lotus => Some("lotus"),
         }
     }
 }
@@ -188,6 +197,13 @@ pub fn build(
                 "curl",
                 ServiceKind::Http(HttpConfig::from_config(config, module)),
             ),
+            ModuleKind::Lotus => match config.lotus_config(module) {
+                Ok(cfg) => ("lotus", ServiceKind::Lotus(cfg)),
+                Err(errs) => {
+                    errors.extend(errs.iter().map(ToString::to_string));
+                    continue;
+                }
+            },
             _ => continue,
         };
         services.push(ServiceStage {
@@ -197,6 +213,16 @@ pub fn build(
             kind,
             ticket_tracked: Default::default(),
         });
+    }
+    if services
+        .iter()
+        .filter(|s| matches!(s.kind, ServiceKind::Lotus(_)))
+        .count()
+        > 1
+    {
+        errors.push(
+            "#startup: a process runs at most one lotus.so stage (put a second one in another process entry)".into(),
+        );
     }
     if !errors.is_empty() {
         return Err(errors);

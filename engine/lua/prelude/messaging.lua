@@ -314,6 +314,11 @@ P.posts.msg = function(m, payload)
     local id = m.i
     local own = stage_ids[stage] .. ":"
     if id:sub(1, #own) == own then id = id:sub(#own + 1) end
+    if service == "lotus" then
+      E.log("warn", "lotus stage `" .. stage_ids[stage] .. "` takes no stage messages (`" .. tostring(id)
+        .. "` dropped): talk to it over its `listen` or `compat` address")
+      return
+    end
     if service == "curl" then
       -- `<callback>` or `<request_id>=<callback>`; no callback (or no reply stage): the
       -- request runs, nobody is answered (spec services.md §5.2).

@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 pub const DEFAULT_MAX_STATES: usize = 100_000;
 /// The largest state, measured as its stored (MessagePack) size.
 pub const DEFAULT_MAX_STATE_BYTES: usize = 1 << 20;
+/// The most unsent output one lotus connection may hold (a slow reader past it is closed).
+pub const DEFAULT_MAX_OUTPUT: usize = 4 << 20;
 /// Where the embedded store keeps its files when the block names no `store`.
 pub const DEFAULT_STORE_DIR: &str = "lotus/";
 
@@ -36,6 +38,7 @@ pub struct LotusConfig {
     pub max_frame: usize,
     pub max_states: usize,
     pub max_state_bytes: usize,
+    pub max_output: usize,
 }
 
 /// A login account (the original kept these in Mongo).
@@ -64,7 +67,7 @@ pub enum Store {
     Redis(String),
 }
 
-const KEYS: &str = "`listen`, `compat`, `accounts`, `store`, `flush_ms`, `history`, `max_frame`, `max_states` and `max_state_bytes`";
+const KEYS: &str = "`listen`, `compat`, `accounts`, `store`, `flush_ms`, `history`, `max_frame`, `max_states`, `max_state_bytes` and `max_output`";
 
 /// Checks a lotus block, pushing one error per wrong key, and returns what it could read
 /// (defaults where a key is absent or wrong).
@@ -79,6 +82,7 @@ pub(crate) fn parse(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> Lot
         max_frame: DEFAULT_MAX_FRAME,
         max_states: DEFAULT_MAX_STATES,
         max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+        max_output: DEFAULT_MAX_OUTPUT,
     };
     let OwnedValue::Object(o) = v else {
         errs.push(at.type_err(&format!("an object with {KEYS}"), v));
@@ -122,6 +126,10 @@ pub(crate) fn parse(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) -> Lot
             "max_states" => {
                 cfg.max_states = number(x, &at, errs, 1, u32::MAX.into(), "states")
                     .map_or(cfg.max_states, |n| n as usize)
+            }
+            "max_output" => {
+                cfg.max_output = number(x, &at, errs, 1024, 1 << 30, "bytes")
+                    .map_or(cfg.max_output, |n| n as usize)
             }
             "max_state_bytes" => {
                 cfg.max_state_bytes = number(x, &at, errs, 64, 1 << 30, "bytes")
@@ -322,7 +330,7 @@ mod tests {
             [
                 "config `stage.json`: key `lotus.so+l.accounts.a`: an account needs exactly one of `password` and `password_hash`",
                 "config `stage.json`: key `lotus.so+l.accounts.b`: an account needs a `project`",
-                "config `stage.json`: key `lotus.so+l.colour`: unknown key: a lotus.so block takes `listen`, `compat`, `accounts`, `store`, `flush_ms`, `history`, `max_frame`, `max_states` and `max_state_bytes`",
+                "config `stage.json`: key `lotus.so+l.colour`: unknown key: a lotus.so block takes `listen`, `compat`, `accounts`, `store`, `flush_ms`, `history`, `max_frame`, `max_states`, `max_state_bytes` and `max_output`",
                 "config `stage.json`: key `lotus.so+l.flush_ms`: 0 msec is out of range: expected 1 to 60000",
                 "config `stage.json`: key `lotus.so+l.listen`: `nowhere` is not an address: expected \"HOST:PORT\" or \"tcp://HOST:PORT\"",
                 "config `stage.json`: key `lotus.so+l.store`: expected \"redis://host:port/db\" or a directory for the embedded store, found string \"mongodb://x\"",

@@ -300,6 +300,34 @@ impl Config {
             .collect()
     }
 
+    /// The configuration of a `lotus.so` stage: its block (`config[entry]`, else
+    /// `config[module]`), which it cannot do without (accounts, addresses).
+    pub fn lotus_config(&self, m: &ModuleRef) -> Result<LotusConfig, Vec<ConfigError>> {
+        let key = [&m.entry, &m.module]
+            .into_iter()
+            .find(|k| self.origins.contains_key(k.as_str()))
+            .cloned()
+            .unwrap_or_else(|| m.entry.clone());
+        let source = self
+            .origins
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| "#startup".into());
+        let at = At::new(source, key);
+        let Some(block) = self.module_block(m) else {
+            return Err(vec![at.invalid(
+                "a lotus.so stage needs its block (`listen` or `compat`, and `accounts`; docs/config.md)",
+            )]);
+        };
+        let mut errs = Vec::new();
+        let cfg = lotus::parse(block, &at, &mut errs);
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
+    }
+
     /// The configuration block of a non-Lua module (services.md §0.1): `config[entry]`, else
     /// `config[module]` (the entry without `+suffix`), else none (JSON null).
     pub fn module_block(&self, m: &ModuleRef) -> Option<&OwnedValue> {

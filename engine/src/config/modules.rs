@@ -41,7 +41,7 @@ impl ModuleKind {
     }
 
     /// Modules this build runs as stages of a process: Lua stages and the service stages
-    /// wired to the router (index.so, `=ticket`, `=route`, curl.so). The others are accepted
+    /// wired to the router (index.so, `=ticket`, `=route`, curl.so) and lotus.so. The others are accepted
     /// but not active.
     pub fn is_hosted(self) -> bool {
         matches!(
@@ -51,6 +51,7 @@ impl ModuleKind {
                 | ModuleKind::Ticket
                 | ModuleKind::Route
                 | ModuleKind::Curl
+                | ModuleKind::Lotus
         )
     }
 }

@@ -18,7 +18,7 @@ use super::Node;
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
 use crate::net::id::ConnId;
-use crate::plan::LuaStage;
+use crate::plan::{LuaStage, ServiceStage};
 
 pub trait ScriptHost {
     /// A client was accepted on `listener` (opened by stage `stage`): run the accept
@@ -47,6 +47,9 @@ pub trait ScriptHost {
     fn boot(&self, index: usize, stage: &LuaStage) -> bool;
     /// Runs stage `stage`'s idle function: the msec until the next call, or `None` to stop.
     fn idle(&self, stage: usize) -> Option<f64>;
+    /// Starts this core's part of a service stage that the script engine runs (lotus.so):
+    /// called on every core at boot, before the inbox is read.
+    fn boot_service(&self, index: usize, service: &ServiceStage);
 }
 
 /// Builds the script host of core `index` (on that core's thread, before it boots).

@@ -34,11 +34,14 @@ pub enum PostKind {
     ServiceTick,
     /// A curl.so reply is ready on this core.
     HttpDone,
+    /// lotus work for this core (`script::lotus::posts`): handled by the engine, not the
+    /// prelude.
+    Lotus,
 }
 
 impl PostKind {
     /// Every kind, for tests and for listing.
-    pub const ALL: [PostKind; 13] = [
+    pub const ALL: [PostKind; 14] = [
         PostKind::Msg,
         PostKind::Gather,
         PostKind::Inject,
@@ -52,6 +55,7 @@ impl PostKind {
         PostKind::ThreadEnd,
         PostKind::ServiceTick,
         PostKind::HttpDone,
+        PostKind::Lotus,
     ];
 
     /// The prelude's name for it (the key in `P.posts`).
@@ -70,6 +74,7 @@ impl PostKind {
             PostKind::ThreadEnd => "thread_end",
             PostKind::ServiceTick => "svc_tick",
             PostKind::HttpDone => "http_done",
+            PostKind::Lotus => "lotus",
         }
     }
 

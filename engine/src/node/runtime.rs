@@ -180,6 +180,8 @@ async fn run_core(
             ),
             // Stateless: every core serves it with the node's agent (`Node::http`).
             ServiceKind::Http(_) => {}
+            // States and channels live in Lua: the script host runs them.
+            ServiceKind::Lotus(_) => core.host.boot_service(lua_stages + j, service),
         }
     }
     // Main scripts run before the inbox is read: a message another core sends at boot waits

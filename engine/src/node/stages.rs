@@ -48,7 +48,7 @@ impl LocalStage {
         match self.kind {
             StageKind::Index => shard::index_owner(key, cores),
             StageKind::Ticket => Some(shard::ticket_owner(key, cores)),
-            StageKind::Lua | StageKind::Route => Some(self.main_core),
+            StageKind::Lua | StageKind::Route | StageKind::Lotus => Some(self.main_core),
             // Any core serves a request; the router keeps it on the sender's core.
             StageKind::Http => Some(here.unwrap_or(self.main_core)),
         }

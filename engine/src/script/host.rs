@@ -19,7 +19,7 @@ use super::bson::{self, BsonError, DecodeOptions};
 use super::budget::{within, CoreBudget};
 use super::loader::ScriptLoader;
 use super::pool::Pool;
-use super::{logger, natives};
+use super::{logger, lotus, natives};
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
 use crate::net::id::ConnId;
@@ -27,7 +27,7 @@ use crate::net::sockaddr::{self, SockAddr};
 use crate::node::host::{HostFactory, ScriptHost};
 use crate::node::post::PostKind;
 use crate::node::Node;
-use crate::plan::LuaStage;
+use crate::plan::{LuaStage, ServiceKind, ServiceStage};
 use stage_ffi::{FfiContext, PacketView};
 
 /// The prelude, in load order; each part is a chunk called with `(E, P)`.
@@ -94,6 +94,8 @@ pub struct Host {
     idle: RefCell<HashMap<usize, Function>>,
     /// The CPU budget of this core's callbacks (`%cpu`); `None` on pool threads and when off.
     budget: Option<CoreBudget>,
+    /// This core's part of the process's lotus.so stage, if it runs one.
+    lotus: RefCell<Option<Rc<lotus::server::Server>>>,
 }
 
 impl Drop for Host {
@@ -153,6 +155,7 @@ impl Host {
             ffi_ctx,
             idle: RefCell::new(HashMap::new()),
             budget: None,
+            lotus: RefCell::new(None),
         };
         host.run_preload(&settings.preload, core);
         // Only now: `%preload` runs unbudgeted, like the main scripts at boot.
@@ -285,8 +288,30 @@ impl Host {
     }
 }
 
+/// The lotus wire of a connection, by its framing (only lotus listeners use these).
+fn lotus_wire(framing: Framing) -> Option<lotus::posts::Wire> {
+    match framing {
+        Framing::Be32 => Some(lotus::posts::Wire::V1),
+        Framing::Be16 => Some(lotus::posts::Wire::Compat),
+        _ => None,
+    }
+}
+
+impl Host {
+    fn lotus(&self) -> Option<Rc<lotus::server::Server>> {
+        self.lotus.borrow().clone()
+    }
+}
+
 impl ScriptHost for Host {
     fn accept(&self, listener: u64, stage: Option<usize>, conn: &Rc<Conn>) -> bool {
+        if let Some(wire) = lotus_wire(conn.spec.framing) {
+            let Some(lotus) = self.lotus() else {
+                return false;
+            };
+            lotus.accept(conn, wire);
+            return true;
+        }
         let peer = conn.peer.get().map(|a| self.addr_string(a));
         let result = within(&self.budget, || {
             self.with_ffi_conn(conn, || {
@@ -305,6 +330,12 @@ impl ScriptHost for Host {
     }
 
     fn receive(&self, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
+        if lotus_wire(conn.spec.framing).is_some() {
+            return match self.lotus() {
+                Some(lotus) => within(&self.budget, || lotus.receive(conn, &frame)),
+                None => Err("no lotus stage on this core".into()),
+            };
+        }
         within(&self.budget, || {
             self.with_ffi_conn(conn, || {
                 self.receive_frame(conn.id, frame, conn.spec.framing)
@@ -354,6 +385,9 @@ impl ScriptHost for Host {
     }
 
     fn close(&self, conn: ConnId, errno: i32) {
+        if self.lotus().is_some_and(|lotus| lotus.close(conn)) {
+            return;
+        }
         let result = within(&self.budget, || {
             self.hooks.close.call::<()>((conn.raw(), errno))
         });
@@ -375,6 +409,13 @@ impl ScriptHost for Host {
     }
 
     fn post(&self, kind: PostKind, payload: &[u8]) {
+        if kind == PostKind::Lotus {
+            match self.lotus() {
+                Some(lotus) => within(&self.budget, || lotus.post(payload)),
+                None => tracing::warn!("lotus work for a core without lotus dropped"),
+            }
+            return;
+        }
         let result = within(&self.budget, || {
             self.lua
                 .create_string(payload)
@@ -409,6 +450,29 @@ impl ScriptHost for Host {
                 tracing::warn!(stage = %stage.entry, "boot failed: {err}");
                 false
             }
+        }
+    }
+
+    fn boot_service(&self, _index: usize, service: &ServiceStage) {
+        let ServiceKind::Lotus(cfg) = &service.kind else {
+            return;
+        };
+        let Some(core) = crate::node::runtime::try_current() else {
+            return;
+        };
+        let server = lotus::server::Server::new(
+            &self.lua,
+            &service.entry,
+            cfg.clone(),
+            core.index,
+            core.node.cores(),
+        );
+        *self.lotus.borrow_mut() = Some(server);
+        if service.main_core == core.index {
+            for err in lotus::listen::open(&core, &service.entry, cfg) {
+                tracing::error!("{err}");
+            }
+            core.after_script();
         }
     }
 

@@ -16,6 +16,7 @@ mod framing;
 mod front_door;
 mod index;
 mod logs;
+mod lotus;
 mod messaging;
 mod odbc;
 mod packets;

@@ -2,5 +2,8 @@
 //! inside the core's own LuaJIT state. The wires, the configuration and the channel rings are
 //! plain data in `service::lotus`.
 
+pub mod listen;
+pub mod posts;
 pub mod sandbox;
+pub mod server;
 pub mod value;

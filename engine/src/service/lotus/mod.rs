@@ -5,4 +5,5 @@
 //! `script::lotus`.
 
 pub mod channel;
+pub mod password;
 pub mod wire;

@@ -255,7 +255,16 @@ pub fn command(name: &str, params: &Value) -> Result<Command, WireError> {
         },
         "publish" => Command::Publish {
             channel: string(p, "channel")?,
-            msg: field(p, "msg").cloned().unwrap_or(Value::Nil),
+            msg: match field(p, "args") {
+                Some(Value::Array(args)) => Value::Array(args.clone()),
+                Some(other) => {
+                    return Err(WireError::bad_frame(format!(
+                        "`args` must be an array, found {}",
+                        kind(other)
+                    )))
+                }
+                None => Value::Array(vec![field(p, "msg").cloned().unwrap_or(Value::Nil)]),
+            },
         },
         "delete_channel" => Command::DeleteChannel {
             channel: string(p, "channel")?,
@@ -318,6 +327,13 @@ pub enum Outgoing {
     },
     /// The channel was deleted; the subscription is gone (spec §6.4).
     ChannelDeleted { channel: String },
+    /// A resume started before the oldest retained message: the client missed messages
+    /// before `first_id` (sent ahead of the replay).
+    ChannelTruncated {
+        channel: String,
+        epoch: u64,
+        first_id: u64,
+    },
     /// A history reply (spec §6.5).
     ChannelHistory {
         rid: u64,
@@ -373,6 +389,16 @@ impl Outgoing {
             Outgoing::ChannelDeleted { channel } => map([
                 ("type", Value::from("channel_deleted")),
                 ("channel", Value::from(channel.as_str())),
+            ]),
+            Outgoing::ChannelTruncated {
+                channel,
+                epoch,
+                first_id,
+            } => map([
+                ("type", Value::from("channel_truncated")),
+                ("channel", Value::from(channel.as_str())),
+                ("epoch", Value::from(*epoch)),
+                ("first_id", Value::from(*first_id)),
             ]),
             Outgoing::ChannelHistory {
                 rid,

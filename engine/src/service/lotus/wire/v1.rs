@@ -99,6 +99,7 @@ pub fn encode(out: &Outgoing) -> Vec<u8> {
         Outgoing::ChannelHistory { rid, .. } => (KIND_OK, *rid, "channel_history", out.body()),
         Outgoing::ChannelMessage { .. } => (KIND_EVENT, 0, "channel_message", out.body()),
         Outgoing::ChannelDeleted { .. } => (KIND_EVENT, 0, "channel_deleted", out.body()),
+        Outgoing::ChannelTruncated { .. } => (KIND_EVENT, 0, "channel_truncated", out.body()),
     };
     frame(&Value::Array(vec![
         Value::from(kind),

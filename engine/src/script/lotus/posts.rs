@@ -1,0 +1,364 @@
+//! What one core's lotus sends another (`PostKind::Lotus`): plain data encoded as
+//! MessagePack, never Lua values, so a core only ever touches its own Lua state. A request
+//! travels as the frame body the client sent (re-decoded by the owner with the same wire's
+//! decoder) or, from a handler's `ctx`, as a v1 request body the server built.
+
+use rmpv::Value;
+
+use super::value;
+use crate::service::lotus::channel::History;
+
+/// Which wire a connection speaks (what its replies are encoded for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    V1,
+    Compat,
+}
+
+impl Wire {
+    fn code(self) -> u64 {
+        match self {
+            Wire::V1 => 0,
+            Wire::Compat => 1,
+        }
+    }
+
+    fn from_code(v: &Value) -> Result<Wire, String> {
+        match v.as_u64() {
+            Some(0) => Ok(Wire::V1),
+            Some(1) => Ok(Wire::Compat),
+            _ => Err("bad wire code".into()),
+        }
+    }
+}
+
+/// One inter-core lotus message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Post {
+    /// A request for the core that owns what it names (a state or a channel). `conn` 0: from
+    /// a handler, nobody to answer.
+    Req {
+        conn: u64,
+        wire: Wire,
+        project: String,
+        body: Vec<u8>,
+    },
+    /// A registered schema, for every core.
+    Schema {
+        project: String,
+        typename: String,
+        schema: Value,
+    },
+    /// Core `core` gained its first (`+`) or lost its last (`-`) subscriber of a channel;
+    /// `resume` asks the owner to replay from an id to one connection first.
+    Interest {
+        project: String,
+        channel: String,
+        core: usize,
+        add: bool,
+        resume: Option<(u64, Wire, u64)>,
+    },
+    /// A channel message for the subscribers on the receiving core.
+    Deliver {
+        project: String,
+        channel: String,
+        epoch: u64,
+        id: u64,
+        msg: Value,
+    },
+    /// The replay that answers a resume, for one connection of the receiving core; the
+    /// connection is live from then on.
+    Replay {
+        project: String,
+        channel: String,
+        conn: u64,
+        history: History<Value>,
+    },
+    /// The channel is gone: its subscribers on the receiving core are told and dropped.
+    Deleted { project: String, channel: String },
+    /// One frame for a connection of the receiving core.
+    Out { conn: u64, frame: Vec<u8> },
+    /// A state's timer is due (posted by the owner core to itself).
+    Timer {
+        project: String,
+        state: String,
+        name: String,
+        generation: u64,
+    },
+}
+
+fn s(v: &str) -> Value {
+    Value::from(v)
+}
+
+fn text(v: Option<&Value>) -> Result<String, String> {
+    v.and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| "expected a string".to_string())
+}
+
+fn uint(v: Option<&Value>) -> Result<u64, String> {
+    v.and_then(Value::as_u64)
+        .ok_or_else(|| "expected an integer".to_string())
+}
+
+fn bin(v: Option<&Value>) -> Result<Vec<u8>, String> {
+    match v {
+        Some(Value::Binary(b)) => Ok(b.clone()),
+        _ => Err("expected bytes".into()),
+    }
+}
+
+fn history_value(h: &History<Value>) -> Value {
+    Value::Array(vec![
+        Value::from(h.epoch),
+        Value::from(h.first_id),
+        Value::from(h.last_id),
+        Value::from(h.truncated),
+        Value::Array(
+            h.items
+                .iter()
+                .map(|(id, m)| Value::Array(vec![Value::from(*id), m.clone()]))
+                .collect(),
+        ),
+    ])
+}
+
+fn history_from(v: Option<&Value>) -> Result<History<Value>, String> {
+    let Some(Value::Array(a)) = v else {
+        return Err("expected a history".into());
+    };
+    let items = match a.get(4) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|it| match it {
+                Value::Array(pair) if pair.len() == 2 => Ok((uint(pair.first())?, pair[1].clone())),
+                _ => Err("bad history item".to_string()),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err("expected history items".into()),
+    };
+    Ok(History {
+        epoch: uint(a.first())?,
+        first_id: uint(a.get(1))?,
+        last_id: uint(a.get(2))?,
+        truncated: a.get(3).and_then(Value::as_bool).unwrap_or(false),
+        items,
+    })
+}
+
+impl Post {
+    pub fn encode(&self) -> Vec<u8> {
+        let v = match self {
+            Post::Req {
+                conn,
+                wire,
+                project,
+                body,
+            } => vec![
+                s("req"),
+                Value::from(*conn),
+                Value::from(wire.code()),
+                s(project),
+                Value::Binary(body.clone()),
+            ],
+            Post::Schema {
+                project,
+                typename,
+                schema,
+            } => vec![s("schema"), s(project), s(typename), schema.clone()],
+            Post::Interest {
+                project,
+                channel,
+                core,
+                add,
+                resume,
+            } => {
+                let resume = match resume {
+                    Some((conn, wire, from)) => Value::Array(vec![
+                        Value::from(*conn),
+                        Value::from(wire.code()),
+                        Value::from(*from),
+                    ]),
+                    None => Value::Nil,
+                };
+                vec![
+                    s("interest"),
+                    s(project),
+                    s(channel),
+                    Value::from(*core as u64),
+                    Value::from(*add),
+                    resume,
+                ]
+            }
+            Post::Deliver {
+                project,
+                channel,
+                epoch,
+                id,
+                msg,
+            } => vec![
+                s("deliver"),
+                s(project),
+                s(channel),
+                Value::from(*epoch),
+                Value::from(*id),
+                msg.clone(),
+            ],
+            Post::Replay {
+                project,
+                channel,
+                conn,
+                history,
+            } => vec![
+                s("replay"),
+                s(project),
+                s(channel),
+                Value::from(*conn),
+                history_value(history),
+            ],
+            Post::Deleted { project, channel } => vec![s("deleted"), s(project), s(channel)],
+            Post::Out { conn, frame } => {
+                vec![s("out"), Value::from(*conn), Value::Binary(frame.clone())]
+            }
+            Post::Timer {
+                project,
+                state,
+                name,
+                generation,
+            } => vec![
+                s("timer"),
+                s(project),
+                s(state),
+                s(name),
+                Value::from(*generation),
+            ],
+        };
+        value::encode(&Value::Array(v))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Post, String> {
+        let Value::Array(a) = value::decode(bytes)? else {
+            return Err("a lotus post is an array".into());
+        };
+        let at = |i: usize| a.get(i);
+        Ok(match a.first().and_then(Value::as_str) {
+            Some("req") => Post::Req {
+                conn: uint(at(1))?,
+                wire: Wire::from_code(at(2).unwrap_or(&Value::Nil))?,
+                project: text(at(3))?,
+                body: bin(at(4))?,
+            },
+            Some("schema") => Post::Schema {
+                project: text(at(1))?,
+                typename: text(at(2))?,
+                schema: at(3).cloned().unwrap_or(Value::Nil),
+            },
+            Some("interest") => Post::Interest {
+                project: text(at(1))?,
+                channel: text(at(2))?,
+                core: uint(at(3))? as usize,
+                add: at(4).and_then(Value::as_bool).unwrap_or(false),
+                resume: match at(5) {
+                    Some(Value::Array(r)) if r.len() == 3 => {
+                        Some((uint(r.first())?, Wire::from_code(&r[1])?, uint(r.get(2))?))
+                    }
+                    _ => None,
+                },
+            },
+            Some("deliver") => Post::Deliver {
+                project: text(at(1))?,
+                channel: text(at(2))?,
+                epoch: uint(at(3))?,
+                id: uint(at(4))?,
+                msg: at(5).cloned().unwrap_or(Value::Nil),
+            },
+            Some("replay") => Post::Replay {
+                project: text(at(1))?,
+                channel: text(at(2))?,
+                conn: uint(at(3))?,
+                history: history_from(at(4))?,
+            },
+            Some("deleted") => Post::Deleted {
+                project: text(at(1))?,
+                channel: text(at(2))?,
+            },
+            Some("out") => Post::Out {
+                conn: uint(at(1))?,
+                frame: bin(at(2))?,
+            },
+            Some("timer") => Post::Timer {
+                project: text(at(1))?,
+                state: text(at(2))?,
+                name: text(at(3))?,
+                generation: uint(at(4))?,
+            },
+            other => return Err(format!("unknown lotus post {other:?}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_post_round_trips() {
+        let posts = [
+            Post::Req {
+                conn: 7,
+                wire: Wire::Compat,
+                project: "p".into(),
+                body: b"{}".to_vec(),
+            },
+            Post::Schema {
+                project: "p".into(),
+                typename: "t".into(),
+                schema: Value::from("x"),
+            },
+            Post::Interest {
+                project: "p".into(),
+                channel: "c".into(),
+                core: 3,
+                add: true,
+                resume: Some((9, Wire::V1, 4)),
+            },
+            Post::Deliver {
+                project: "p".into(),
+                channel: "c".into(),
+                epoch: 2,
+                id: 5,
+                msg: Value::Array(vec![Value::from(1)]),
+            },
+            Post::Replay {
+                project: "p".into(),
+                channel: "c".into(),
+                conn: 9,
+                history: History {
+                    epoch: 2,
+                    first_id: 3,
+                    last_id: 4,
+                    truncated: true,
+                    items: vec![(3, Value::from("a")), (4, Value::from("b"))],
+                },
+            },
+            Post::Deleted {
+                project: "p".into(),
+                channel: "c".into(),
+            },
+            Post::Out {
+                conn: 1,
+                frame: vec![1, 2],
+            },
+            Post::Timer {
+                project: "p".into(),
+                state: "s".into(),
+                name: "n".into(),
+                generation: 8,
+            },
+        ];
+        for p in posts {
+            assert_eq!(Post::decode(&p.encode()).unwrap(), p);
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! lotus.so (spec/lotus.md, issue #11) end to end: the real binary with a `lotus.so+lotus`
+//! stage on two cores, clients on both wires — compat (2-byte big-endian length + JSON, the
+//! bare login line) written with serde_json, v1 (4-byte big-endian length + MessagePack) with
+//! rmpv — asserting the replies and deliveries a client sees: the seed's schema and handler,
+//! every command, errors by code, handlers across cores, ctx timers and state-to-state calls,
+//! channel ids, history, resume without gap or duplicate under concurrent publishers,
+//! channel deletion, sandbox escapes and the slow-subscriber cap.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use rmpv::Value;
+use serde_json::{json, Value as Json};
+
+use crate::harness::*;
+
+struct Lotus {
+    server: Server,
+    v1: u16,
+    compat: u16,
+}
+
+/// Starts a node with a lotus stage (two cores where the machine has them) and `extra` keys
+/// in its block.
+fn start(extra: &str) -> Lotus {
+    let (v1, compat) = (free_port(), free_port());
+    let threads = affinity_cpus().min(2);
+    let config = format!(
+        r##"{{ "#threads": {threads}, "#startup": ["lotus.so+lotus"],
+              "lotus.so+lotus": {{ "listen": "127.0.0.1:{v1}", "compat": "127.0.0.1:{compat}",
+                 "accounts": {{ "account": {{ "password": "password", "project": "demo" }},
+                               "other": {{ "password": "pw2", "project": "elsewhere" }} }} {extra} }} }}"##
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stage.json"), config).unwrap();
+    let mut server = Server::spawn(dir, compat, &["-c", "stage.json"], None);
+    server.wait_port();
+    server.wait_ready_port(v1);
+    Lotus { server, v1, compat }
+}
+
+// ---- the compat wire ----------------------------------------------------------------------
+
+struct Compat(TcpStream);
+
+impl Compat {
+    fn connect(port: u16) -> Compat {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Compat(s)
+    }
+
+    fn send(&mut self, v: &Json) {
+        let body = serde_json::to_vec(v).unwrap();
+        let mut frame = (body.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        self.0.write_all(&frame).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        while !out.ends_with(b"\n") {
+            if self.0.read(&mut b).unwrap() == 0 {
+                break;
+            }
+            out.push(b[0]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn recv(&mut self) -> Json {
+        let mut h = [0u8; 2];
+        self.0.read_exact(&mut h).unwrap();
+        let mut body = vec![0; u16::from_be_bytes(h) as usize];
+        self.0.read_exact(&mut body).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn login(port: u16) -> Compat {
+        let mut c = Compat::connect(port);
+        c.send(&json!({"account": "account", "password": "password", "name": "gate"}));
+        let line = c.line();
+        assert!(line.starts_with("200 OK (token:"), "{line}");
+        c
+    }
+
+    fn cmd(&mut self, name: &str, params: Json) -> Json {
+        self.send(&json!({"name": name, "params": params}));
+        self.recv()
+    }
+}
+
+/// The seed's client schema, as its README writes it.
+fn seed_schema() -> Json {
+    json!({
+        "typename": "client",
+        "unique": false,
+        "init": {},
+        "handlers": {
+            "ping": "\n            function(ctx, client, params)\n                ctx.log(\"ping\")\n                -- push msg to channel\n                ctx.publish(\"client-socket-\" .. client.id, {name = \"pong\"})\n            end\n            "
+        }
+    })
+}
+
+#[test]
+fn the_seed_client_example_runs_on_the_compat_wire() {
+    let l = start("");
+    let mut c = Compat::login(l.compat);
+    let r = c.cmd("register", json!({"schema": seed_schema(), "rid": 1}));
+    assert_eq!(
+        (r["type"].as_str(), r["rid"].as_u64()),
+        (Some("register"), Some(1)),
+        "{r}"
+    );
+    let mut sub = Compat::login(l.compat);
+    let r = sub.cmd(
+        "subscribe",
+        json!({"channel": "client-socket-100001", "rid": 2}),
+    );
+    assert_eq!(r["type"], "subscribe");
+    // init (once; a second init is ignored), update, then the remote exec (no reply).
+    for (value, created) in [(json!({"id": 100001}), true), (json!({"id": 5}), false)] {
+        let r = c.cmd(
+            "init_state",
+            json!({"typename": "client", "statename": "c1", "value": value, "rid": 3}),
+        );
+        assert_eq!(r["result"]["created"], created, "{r}");
+    }
+    c.send(
+        &json!({"name": "update_state", "params": {"statename": "c1", "keys": ["lv"], "value": 7}}),
+    );
+    c.send(&json!({"name": "execute_state", "params": {"statename": "c1", "funcname": "ping", "params": []}}));
+    let m = sub.recv();
+    assert_eq!(
+        m,
+        json!({"type": "channel_message", "channel": "client-socket-100001", "epoch": m["epoch"], "id": 1, "msg": [{"name": "pong"}]})
+    );
+    let r = c.cmd("get", json!({"statename": "c1", "keys": [], "rid": 4}));
+    assert_eq!(r["result"], json!({"id": 100001, "lv": 7}));
+    // Errors reach a compat client that asked with a rid.
+    let r = c.cmd(
+        "execute_state",
+        json!({"statename": "c1", "funcname": "nope", "params": [], "rid": 5}),
+    );
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("unknown_handler"))
+    );
+    let r = c.cmd("launch", json!({"rid": 6}));
+    assert_eq!(r["code"], "unknown_command");
+    l.server.wait_log("lotus demo/c1: ping");
+}
+
+#[test]
+fn a_wrong_password_gets_401_and_the_socket_closes() {
+    let l = start("");
+    let mut c = Compat::connect(l.compat);
+    c.send(&json!({"account": "account", "password": "nope", "name": "gate"}));
+    assert_eq!(c.line(), "401 Unauthorized, wrong password\n");
+    assert!(is_closed(&mut c.0));
+    let mut c = Compat::connect(l.compat);
+    c.send(&json!({"account": "ghost", "password": "x", "name": "gate"}));
+    assert_eq!(c.line(), "401 Unauthorized, account does not exist\n");
+    let mut v = V1::connect(l.v1);
+    let (code, _) = V1::err(v.request("get", json!({"statename": "x"})));
+    assert_eq!(code, "auth_failed");
+    assert!(is_closed(&mut v.0));
+}
+
+// ---- the v1 wire --------------------------------------------------------------------------
+
+/// A v1 client: its socket, the last rid, and events that arrived while it waited for a reply.
+struct V1(TcpStream, u64, std::collections::VecDeque<Value>);
+
+fn mp(v: Json) -> Value {
+    match v {
+        Json::Null => Value::Nil,
+        Json::Bool(b) => Value::from(b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::from(i),
+            None => Value::from(n.as_f64().unwrap()),
+        },
+        Json::String(s) => Value::from(s),
+        Json::Array(a) => Value::Array(a.into_iter().map(mp).collect()),
+        Json::Object(o) => Value::Map(
+            o.into_iter()
+                .map(|(k, v)| (Value::from(k), mp(v)))
+                .collect(),
+        ),
+    }
+}
+
+impl V1 {
+    fn connect(port: u16) -> V1 {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        V1(s, 0, Default::default())
+    }
+
+    fn login(port: u16) -> V1 {
+        let mut v = V1::connect(port);
+        let r = v.request(
+            "login",
+            json!({"account": "account", "password": "password", "name": "gate"}),
+        );
+        assert_eq!(r[0].as_u64(), Some(1), "{r}");
+        assert_eq!(r[3]["session"].as_str(), Some("demo.gate"));
+        v
+    }
+
+    fn send_raw(&mut self, rid: u64, name: &str, args: Value) {
+        let mut body = Vec::new();
+        rmpv::encode::write_value(
+            &mut body,
+            &Value::Array(vec![
+                Value::from(0),
+                Value::from(rid),
+                Value::from(name),
+                args,
+            ]),
+        )
+        .unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        self.0.write_all(&frame).unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut h = [0u8; 4];
+        self.0.read_exact(&mut h).unwrap();
+        let mut body = vec![0; u32::from_be_bytes(h) as usize];
+        self.0.read_exact(&mut body).unwrap();
+        rmpv::decode::read_value(&mut &body[..]).unwrap()
+    }
+
+    /// Sends a request with a fresh rid; returns its reply (events in between are skipped).
+    fn request(&mut self, name: &str, args: Json) -> Value {
+        self.1 += 1;
+        let rid = self.1;
+        self.send_raw(rid, name, mp(args));
+        loop {
+            let r = self.recv();
+            if r[1].as_u64() == Some(rid) || (r[0].as_u64() == Some(2) && r[1].as_u64() == Some(0))
+            {
+                return r;
+            }
+            if r[0].as_u64() == Some(3) {
+                self.2.push_back(r);
+            }
+        }
+    }
+
+    fn ok(&mut self, name: &str, args: Json) -> Value {
+        let r = self.request(name, args);
+        assert_eq!(r[0].as_u64(), Some(1), "{name} failed: {r}");
+        r[3].clone()
+    }
+
+    fn err(r: Value) -> (String, Value) {
+        assert_eq!(r[0].as_u64(), Some(2), "expected an error, got {r}");
+        (r[2].as_str().unwrap().to_string(), r[3].clone())
+    }
+
+    /// The next channel event.
+    fn event(&mut self) -> Value {
+        if let Some(e) = self.2.pop_front() {
+            return e;
+        }
+        loop {
+            let r = self.recv();
+            if r[0].as_u64() == Some(3) {
+                return r;
+            }
+        }
+    }
+}
+
+fn register(v: &mut V1, typename: &str, handlers: Json, callbacks: Json) -> Value {
+    v.request(
+        "register",
+        json!({"schema": {"typename": typename, "handlers": handlers, "callbacks": callbacks}}),
+    )
+}
+
+#[test]
+fn every_state_command_answers_on_the_v1_wire() {
+    let l = start("");
+    let mut v = V1::login(l.v1);
+    assert_eq!(v.ok("ping", json!({})).as_str(), Some("pong"));
+    // One handler that does not compile refuses the whole schema, naming it.
+    let (code, detail) = V1::err(register(
+        &mut v,
+        "player",
+        json!({"ok": "function(ctx, s) end", "bad": "function(ctx, s) s.x = 1 // 2 end"}),
+        json!({}),
+    ));
+    assert_eq!(
+        (code.as_str(), detail["handler"].as_str()),
+        ("compile_error", Some("handlers.bad"))
+    );
+    let (code, _) = V1::err(v.request(
+        "init_state",
+        json!({"typename": "player", "statename": "p"}),
+    ));
+    assert_eq!(code, "unknown_type");
+    let r = register(
+        &mut v,
+        "player",
+        json!({
+            "hit": "function(ctx, s, n) s.hp = s.hp - n; return s.hp, 'ouch' end",
+            "fail": "function(ctx, s) s.touched = true; error('no way') end"
+        }),
+        json!({}),
+    );
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    let list = v.ok("schema_list", json!({}));
+    assert_eq!(list[0][0].as_str(), Some("player"));
+    // Several states spread over the cores; each answers from its owner.
+    for i in 0..8 {
+        let r = v.ok("init_state", json!({"typename": "player", "statename": format!("p{i}"), "value": {"hp": 100, "bag": {"gold": i}}}));
+        assert_eq!(r["created"].as_bool(), Some(true));
+    }
+    let (code, detail) = V1::err(v.request(
+        "init_state",
+        json!({"typename": "player", "statename": "p1", "strict": true}),
+    ));
+    assert_eq!(
+        (code.as_str(), detail["type"].as_str()),
+        ("state_exists", Some("player"))
+    );
+    for i in 0..8 {
+        let r = v.ok(
+            "call",
+            json!({"statename": format!("p{i}"), "funcname": "hit", "params": [i]}),
+        );
+        assert_eq!(r, mp(json!([100 - i, "ouch"])));
+    }
+    v.ok(
+        "update_state",
+        json!({"statename": "p3", "keys": ["bag", "gold"], "value": 42}),
+    );
+    assert_eq!(
+        v.ok("get", json!({"statename": "p3", "keys": ["bag", "gold"]}))
+            .as_i64(),
+        Some(42)
+    );
+    let (code, detail) = V1::err(v.request(
+        "update_state",
+        json!({"statename": "p3", "keys": ["nope", "x"], "value": 1}),
+    ));
+    assert_eq!(
+        (code.as_str(), detail["depth"].as_u64()),
+        ("path_missing", Some(1))
+    );
+    // `nil` removes a key; an empty path replaces the whole state.
+    v.ok(
+        "update_state",
+        json!({"statename": "p3", "keys": ["bag"], "value": null}),
+    );
+    assert_eq!(
+        v.ok("get", json!({"statename": "p3", "keys": []})),
+        mp(json!({"hp": 97}))
+    );
+    v.ok(
+        "update_state",
+        json!({"statename": "p3", "keys": [], "value": {"hp": 1}}),
+    );
+    assert_eq!(
+        v.ok("get", json!({"statename": "p3", "keys": ["hp"]}))
+            .as_i64(),
+        Some(1)
+    );
+    // A handler error: its message comes back, mutations made before it stay (spec §5.4).
+    let (code, detail) = V1::err(v.request("call", json!({"statename": "p0", "funcname": "fail"})));
+    assert_eq!(code, "handler_error");
+    assert!(
+        detail["message"].as_str().unwrap().contains("no way"),
+        "{detail}"
+    );
+    assert_eq!(
+        v.ok("get", json!({"statename": "p0", "keys": ["touched"]}))
+            .as_bool(),
+        Some(true)
+    );
+    let (code, _) = V1::err(v.request("get", json!({"statename": "ghost"})));
+    assert_eq!(code, "state_not_found");
+    // A frame that is not MessagePack costs that request, not the connection.
+    v.0.write_all(&[0, 0, 0, 1, 0xc1]).unwrap();
+    let r = v.recv();
+    assert_eq!((r[0].as_u64(), r[2].as_str()), (Some(2), Some("bad_frame")));
+    assert_eq!(v.ok("ping", json!({})).as_str(), Some("pong"));
+    // Another project never sees these names.
+    let mut o = V1::connect(l.v1);
+    let r = o.request(
+        "login",
+        json!({"account": "other", "password": "pw2", "name": "g"}),
+    );
+    assert_eq!(r[0].as_u64(), Some(1));
+    let (code, _) = V1::err(o.request("get", json!({"statename": "p1"})));
+    assert_eq!(code, "state_not_found");
+}
+
+#[test]
+fn ctx_timers_and_state_to_state_calls_run_on_the_owner() {
+    let l = start("");
+    let mut v = V1::login(l.v1);
+    let r = register(
+        &mut v,
+        "room",
+        json!({
+            "start": "function(ctx, s) ctx.interval('t', 20, 'tick'); ctx.timeout('once', 10, 'bell') end",
+            "stop": "function(ctx, s) local t = ctx.querytimer('t'); ctx.killtimer('t'); return t and t.count, t and t.callback end",
+            "poke": "function(ctx, s, who) ctx.state(who).add(5); ctx.updatestate(who, 'note', 'poked'); ctx.initstate('room', 'born', {n = 1}) end",
+            "add": "function(ctx, s, n) s.n = (s.n or 0) + n end",
+            "bye": "function(ctx, s) ctx.exit() end"
+        }),
+        json!({
+            "tick": "function(ctx, s, t) s.ticks = (s.ticks or 0) + 1; ctx.publish('room-events', 'tick', s.ticks) end",
+            "bell": "function(ctx, s, t) s.bell = t.name end"
+        }),
+    );
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    v.ok("subscribe", json!({"channel": "room-events"}));
+    v.ok("init_state", json!({"typename": "room", "statename": "r1"}));
+    v.ok("init_state", json!({"typename": "room", "statename": "r2"}));
+    v.ok("call", json!({"statename": "r1", "funcname": "start"}));
+    for n in 1..=3 {
+        let e = v.event();
+        assert_eq!(e[3]["msg"], mp(json!(["tick", n])), "{e}");
+    }
+    let r = v.ok("call", json!({"statename": "r1", "funcname": "stop"}));
+    assert_eq!(r[1].as_str(), Some("tick"));
+    assert!(r[0].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!(
+        v.ok("get", json!({"statename": "r1", "keys": ["bell"]}))
+            .as_str(),
+        Some("once")
+    );
+    v.ok(
+        "call",
+        json!({"statename": "r1", "funcname": "poke", "params": ["r2"]}),
+    );
+    // The pokes are posted: wait until they land.
+    let r2 = l.server.wait_for("r2 poked", || {
+        let r = v.ok("get", json!({"statename": "r2", "keys": []}));
+        (r["note"].as_str() == Some("poked")).then_some(r)
+    });
+    assert_eq!(r2["n"].as_i64(), Some(5));
+    l.server.wait_until("born exists", || {
+        v.request("get", json!({"statename": "born", "keys": ["n"]}))[3].as_i64() == Some(1)
+    });
+    v.ok("call", json!({"statename": "r2", "funcname": "bye"}));
+    let (code, _) = V1::err(v.request("get", json!({"statename": "r2"})));
+    assert_eq!(code, "state_not_found");
+}
+
+#[test]
+fn sandbox_escapes_from_handler_strings_fail() {
+    let l = start("");
+    let mut v = V1::login(l.v1);
+    let escapes = [
+        ("req", "function() return require('io') end"),
+        ("io", "function() return io.open('/etc/passwd') end"),
+        (
+            "exec",
+            "function() return os.execute('touch /tmp/lotus-escaped') end",
+        ),
+        ("load", "function() return load('return 1') end"),
+        ("ffi", "function() return ffi.C end"),
+        ("dbg", "function() return debug.getinfo(1) end"),
+        ("fenv", "function() return setfenv(1, {}) end"),
+        ("meta", "function() return getmetatable('').__index end"),
+        ("global", "function() leaked = 1 end"),
+    ];
+    let handlers: serde_json::Map<String, Json> = escapes
+        .iter()
+        .map(|(n, s)| (n.to_string(), json!(s)))
+        .collect();
+    let r = register(&mut v, "evil", Json::Object(handlers), json!({}));
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    v.ok("init_state", json!({"typename": "evil", "statename": "e"}));
+    for (name, _) in escapes {
+        let (code, detail) =
+            V1::err(v.request("call", json!({"statename": "e", "funcname": name})));
+        assert_eq!(code, "handler_error", "{name}: {detail}");
+    }
+    assert!(!std::path::Path::new("/tmp/lotus-escaped").exists());
+    // Bytecode is not source: refused at register.
+    let (code, _) = V1::err(register(
+        &mut v,
+        "bc",
+        json!({"x": "\u{1b}LJ\u{2}"}),
+        json!({}),
+    ));
+    assert_eq!(code, "compile_error");
+}
+
+#[test]
+fn history_and_resume_keep_one_order_without_gaps_under_concurrent_publishers() {
+    let l = start(r#", "history": 64"#);
+    let mut sub = V1::login(l.v1);
+    sub.ok("subscribe", json!({"channel": "chat"}));
+    // Two publishers (on whichever cores accepted them), 100 messages each, at once.
+    let publishers: Vec<_> = (0..2)
+        .map(|p| {
+            let port = l.v1;
+            std::thread::spawn(move || {
+                let mut v = V1::login(port);
+                for i in 0..100 {
+                    v.ok(
+                        "publish",
+                        json!({"channel": "chat", "msg": format!("{p}-{i}")}),
+                    );
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let mut per_publisher = [0u64; 2];
+    for id in 1..=200u64 {
+        let e = sub.event();
+        assert_eq!(e[3]["id"].as_u64(), Some(id), "{e}");
+        let text = e[3]["msg"][0].as_str().unwrap().to_string();
+        let (p, i) = text.split_once('-').unwrap();
+        let p: usize = p.parse().unwrap();
+        assert_eq!(
+            i.parse::<u64>().unwrap(),
+            per_publisher[p],
+            "publisher {p} out of order"
+        );
+        per_publisher[p] += 1;
+    }
+    // History: the ring keeps 64.
+    let h = sub.ok("channel_history", json!({"channel": "chat", "last": 3}));
+    assert_eq!(
+        (
+            h["first_id"].as_u64(),
+            h["last_id"].as_u64(),
+            h["truncated"].as_bool()
+        ),
+        (Some(137), Some(200), Some(false))
+    );
+    let ids: Vec<_> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| it["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [198, 199, 200]);
+    let h = sub.ok(
+        "channel_history",
+        json!({"channel": "chat", "from": {"id": 100}}),
+    );
+    assert_eq!(h["truncated"].as_bool(), Some(true));
+    assert_eq!(h["items"][0]["id"].as_u64(), Some(137));
+    let (code, _) = V1::err(sub.request("channel_history", json!({"channel": "never", "last": 1})));
+    assert_eq!(code, "channel_not_found");
+
+    // Resume while a publisher keeps going: replay from 190, then live, no gap, no duplicate.
+    let port = l.v1;
+    let publisher = std::thread::spawn(move || {
+        let mut v = V1::login(port);
+        for i in 0..100 {
+            v.ok(
+                "publish",
+                json!({"channel": "chat", "msg": format!("late-{i}")}),
+            );
+        }
+    });
+    let mut late = V1::login(l.v1);
+    late.ok("subscribe", json!({"channel": "chat", "from": {"id": 190}}));
+    publisher.join().unwrap();
+    for id in 190..=300u64 {
+        let e = late.event();
+        assert_eq!(e[3]["id"].as_u64(), Some(id), "{e}");
+    }
+    // Resuming from before the ring: told it is truncated, then the ring.
+    let mut old = V1::login(l.v1);
+    old.ok("subscribe", json!({"channel": "chat", "from": {"id": 1}}));
+    let e = old.event();
+    assert_eq!(
+        (e[2].as_str(), e[3]["first_id"].as_u64()),
+        (Some("channel_truncated"), Some(237))
+    );
+    assert_eq!(old.event()[3]["id"].as_u64(), Some(237));
+}
+
+#[test]
+fn deleting_a_channel_tells_subscribers_and_a_new_epoch_starts_at_one() {
+    let l = start("");
+    let mut a = V1::login(l.v1);
+    let mut c = Compat::login(l.compat);
+    a.ok("subscribe", json!({"channel": "news"}));
+    assert_eq!(
+        c.cmd("subscribe", json!({"channel": "news", "rid": 1}))["type"],
+        "subscribe"
+    );
+    let first = a.ok("publish", json!({"channel": "news", "msg": "one"}));
+    assert_eq!(first["id"].as_u64(), Some(1));
+    assert_eq!(a.event()[3]["msg"], mp(json!(["one"])));
+    assert_eq!(c.recv()["msg"], json!(["one"]));
+    a.ok("delete_channel", json!({"channel": "news"}));
+    assert_eq!(a.event()[2].as_str(), Some("channel_deleted"));
+    assert_eq!(
+        c.recv(),
+        json!({"type": "channel_deleted", "channel": "news"})
+    );
+    let again = a.ok("publish", json!({"channel": "news", "msg": "two"}));
+    assert_eq!(again["id"].as_u64(), Some(1));
+    assert_ne!(again["epoch"], first["epoch"]);
+    // The old subscriptions are gone: nothing arrives; a new one gets what follows.
+    a.ok("subscribe", json!({"channel": "news"}));
+    a.ok("publish", json!({"channel": "news", "msg": "three"}));
+    let e = a.event();
+    assert_eq!(
+        (e[3]["id"].as_u64(), e[3]["msg"].clone()),
+        (Some(2), mp(json!(["three"])))
+    );
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_is_dropped_and_the_publisher_goes_on() {
+    let l = start(r#", "max_output": 262144"#);
+    // A small receive buffer, so the kernel holds little of what the server sends it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], l.v1)).into())
+        .unwrap();
+    let mut slow = V1(socket.into(), 0, Default::default());
+    slow.0
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.ok(
+        "login",
+        json!({"account": "account", "password": "password", "name": "slow"}),
+    );
+    slow.ok("subscribe", json!({"channel": "firehose"}));
+    let mut fast = V1::login(l.v1);
+    fast.ok("subscribe", json!({"channel": "firehose"}));
+    let mut p = V1::login(l.v1);
+    let big = "x".repeat(16000);
+    // The reading subscriber keeps up (it takes each message before the next is sent);
+    // the other never reads, and its output passes the cap.
+    for id in 1..=500u64 {
+        p.ok("publish", json!({"channel": "firehose", "msg": big}));
+        assert_eq!(fast.event()[3]["id"].as_u64(), Some(id));
+    }
+    assert!(
+        read_until_closed(&mut slow.0).is_some(),
+        "the slow subscriber was not closed"
+    );
+}
+
+#[test]
+fn an_account_with_a_password_hash_made_by_the_cli_logs_in() {
+    let mut child = std::process::Command::new(stage_bin())
+        .arg("--hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"open sesame\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let phc = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let l = start(&format!(
+        r#", "accounts": {{ "gate": {{ "password_hash": "{phc}", "project": "p" }} }}"#
+    ));
+    let mut v = V1::connect(l.v1);
+    let r = v.request(
+        "login",
+        json!({"account": "gate", "password": "open sesame", "name": "g1"}),
+    );
+    assert_eq!(r[3]["session"].as_str(), Some("p.g1"), "{r}");
+    let mut c = Compat::connect(l.compat);
+    c.send(&json!({"account": "gate", "password": "open sesame!", "name": "g2"}));
+    assert_eq!(c.line(), "401 Unauthorized, wrong password\n");
+}
