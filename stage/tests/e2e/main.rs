@@ -26,3 +26,4 @@ mod shared;
 mod threads;
 mod ticket;
 mod udp;
+mod websocket;
