@@ -205,8 +205,9 @@ fn a_wrong_path_is_refused_with_404() {
     // The client library sees the refusal too; the right path still works.
     let refused = try_ws(&server, "/").err().unwrap_or_default();
     assert!(refused.contains("404"), "{refused}");
-    assert!(echoes(&mut ws(&server), "still here"));
-    // A refused upgrade never reached the script: no close callback for it.
+    let mut kept = ws(&server);
+    assert!(echoes(&mut kept, "still here"));
+    // The refused upgrades never reached the script: no close callback for them.
     assert_eq!(closes(&server), Vec::<i32>::new());
 }
 
