@@ -128,6 +128,8 @@ pub(super) async fn handshake(
     let wanted = path.to_string();
     let asked = Rc::new(std::cell::RefCell::new(String::new()));
     let seen = asked.clone();
+    // The signature (and its large error, an HTTP response) is tungstenite's `Callback`.
+    #[allow(clippy::result_large_err)]
     let callback = move |request: &Request, response: Response| {
         if request.uri().path() == wanted {
             return Ok(response);
