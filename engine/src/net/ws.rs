@@ -47,6 +47,9 @@ use crate::codec::framing::Framing;
 pub const HANDSHAKE_MAX: usize = 8 * 1024;
 /// The most one socket read asks for, as on TCP.
 const READ_CHUNK: usize = 16 * 1024;
+/// The first read window, as on TCP: small for an idle connection, doubling (up to
+/// `READ_CHUNK`) while reads fill it.
+const FIRST_WINDOW: usize = 512;
 /// tungstenite's own read buffer (it grows once for a message whose header is known, never
 /// past `IN`): small, so an idle WebSocket costs little more than an idle TCP connection.
 const CODEC_BUFFER: usize = 4 * 1024;
@@ -309,6 +312,7 @@ async fn pump<H: ConnEvents>(
     // no message": a peer that dribbles a message is caught, one that sends whole messages
     // never is.
     let mut message_started: Option<Instant> = None;
+    let mut window = FIRST_WINDOW;
     loop {
         if let Some(errno) = conn.close_requested.get() {
             return errno;
@@ -361,7 +365,7 @@ async fn pump<H: ConnEvents>(
 
         let input = &mut ws.get_mut().input;
         let filled = input.len();
-        input.resize(filled + READ_CHUNK, 0);
+        input.resize(filled + window, 0);
         conn.signalled.set(false);
         let event = std::future::poll_fn(|cx| {
             if conn.signalled.get() {
@@ -384,6 +388,9 @@ async fn pump<H: ConnEvents>(
             Event::Read(Ok(0)) => return 0,
             Event::Read(Ok(n)) => {
                 input.truncate(filled + n);
+                if n == window {
+                    window = (window * 2).min(READ_CHUNK);
+                }
                 let now = Instant::now();
                 *last_rx = now;
                 let expire_at = conn::idle_deadline(conn, now);

@@ -365,3 +365,40 @@ fn output_is_cut_into_one_message_per_frame_or_line() {
     assert_eq!(first_message(Framing::Text, b"tail"), 4);
     assert_eq!(first_message(Framing::Raw, b"a\nb"), 3);
 }
+
+#[test]
+fn a_dribbled_message_or_upgrade_is_closed_at_the_deadline() {
+    run_local(|| async {
+        let events = Rc::new(Recorder::echo());
+        let limits = Limits {
+            deadline_ms: 300,
+            ..Limits::default()
+        };
+        let server = listen_ws(&events, packet_spec(64, 256), limits);
+        // Upgraded, then the first two bytes of a message and nothing more.
+        let dribbler = raw_client(server.addr, |stream| {
+            stream.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            // Binary, final, masked, 5 bytes: the mask and payload never follow.
+            stream.write_all(&[0x82, 0x85]).unwrap();
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+            rest
+        });
+        let rest = join(dribbler).await;
+        // The server's close frame: 1001 (going away: timed out).
+        assert_eq!(&rest[..4], &[0x88, rest[1], 0x03, 0xE9], "{rest:?}");
+        let conn = events.first_conn().await;
+        assert_eq!(events.closed_with(conn.id).await, libc::ETIMEDOUT);
+        // Half an upgrade request: closed unanswered, and the owner never hears of it.
+        let half = join(http_answer(server.addr, "GET /ws HTTP/1.1\r\nHost".into())).await;
+        assert_eq!(half, "");
+        assert_eq!(events.conns().len(), 1);
+        server.stop.fire();
+    });
+}

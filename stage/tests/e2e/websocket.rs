@@ -275,3 +275,24 @@ fn maxconn_counts_websocket_clients() {
     });
     assert!(echoes(&mut again, "served"));
 }
+
+#[test]
+fn wss_and_a_websocket_join_are_refused() {
+    let script = format!(
+        "{ECHO}
+local ok, err = pcall(broker.join, 'ws://127.0.0.1:1/x', function () end)
+logger.info('join ws: ' .. tostring(ok) .. ' ' .. tostring(err))
+logger.info('ready wss: ' .. tostring(broker.ready('wss://127.0.0.1:1/x', function () end)))
+"
+    );
+    let server = Server::start(
+        &config(""),
+        &[("start.lua", &script.replace("OPTIONS", ""))],
+    );
+    server.wait_log("join ws: false");
+    server.wait_log("Unsupported type (ws)");
+    // EINVAL, with the reason in the log.
+    server.wait_log(&format!("ready wss: {}", libc::EINVAL));
+    server.wait_log("terminate TLS in a proxy");
+    assert!(echoes(&mut ws(&server), "served"));
+}
