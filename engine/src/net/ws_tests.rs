@@ -402,3 +402,44 @@ fn a_dribbled_message_or_upgrade_is_closed_at_the_deadline() {
         server.stop.fire();
     });
 }
+
+#[test]
+fn a_websocket_client_that_never_reads_is_closed_with_enobufs() {
+    const OUT: usize = 64 << 10;
+    run_local(|| async {
+        // The first frame starts a task that commits for as long as the connection takes
+        // it (a script pushing updates to a stalled player): the writes get stuck, the
+        // backlog passes OUT, and the stuck write gives way.
+        let events = Rc::new(Recorder::new().on_frame(move |conn, _| {
+            let conn = conn.clone();
+            glommio::spawn_local(async move {
+                let chunk = packet(16 << 10, 7);
+                while conn.append(&chunk).is_ok() {
+                    futures_lite::future::yield_now().await;
+                }
+            })
+            .detach();
+            Ok(())
+        }));
+        let server = listen_ws(&events, packet_spec(64, OUT), Limits::default());
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let stalled = client(server.addr, "/ws", move |ws| {
+            ws.send(Message::binary(packet(5, 1))).unwrap();
+            // Read nothing until the server has given up on this client.
+            let _ = wait.recv();
+            // Then it finds its connection closed (after whatever had been sent).
+            loop {
+                match ws.read() {
+                    Ok(_) => continue,
+                    Err(_) => return,
+                }
+            }
+        });
+        let conn = events.first_conn().await;
+        assert_eq!(events.closed_with(conn.id).await, libc::ENOBUFS);
+        assert_eq!(events.closes_of(conn.id), [libc::ENOBUFS]);
+        done.send(()).unwrap();
+        join(stalled).await;
+        server.stop.fire();
+    });
+}
