@@ -3,7 +3,7 @@
 //! checked), text framing over text messages, ping/pong, the close handshake reaching the
 //! close callback, a wrong upgrade path refused with 404, an oversized message or a reader
 //! that overflows `OUT` costing only its own connection, and `maxconn` counting WebSocket
-//! clients.
+//! clients, and a shutdown saying goodbye with a close frame.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -295,4 +295,14 @@ logger.info('ready wss: ' .. tostring(broker.ready('wss://127.0.0.1:1/x', functi
     server.wait_log(&format!("ready wss: {}", libc::EINVAL));
     server.wait_log("terminate TLS in a proxy");
     assert!(echoes(&mut ws(&server), "served"));
+}
+
+#[test]
+fn a_shutdown_closes_websocket_clients_with_a_close_frame() {
+    let mut server = echo_server("");
+    let mut client = ws(&server);
+    assert!(echoes(&mut client, "before"));
+    server.signal(libc::SIGTERM);
+    assert_eq!(close_code(&mut client), Some(CloseCode::Normal));
+    assert!(server.wait_exit().success());
 }
