@@ -2,8 +2,8 @@
 //! as a browser would talk): BSON frames echoed one per binary message (the reply bytes
 //! checked), text framing over text messages, ping/pong, the close handshake reaching the
 //! close callback, a wrong upgrade path refused with 404, an oversized message or a reader
-//! that overflows `OUT` costing only its own connection, and `maxconn` counting WebSocket
-//! clients, and a shutdown saying goodbye with a close frame.
+//! that overflows `OUT` costing only its own connection, `maxconn` counting WebSocket
+//! clients, `wss://` and WebSocket joins refused, and a shutdown that sends a close frame.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
