@@ -258,6 +258,8 @@ end
 function broker.join(url, cb, timeout)
   if type(url) ~= "string" then error("broker.join: url must be a string", 2) end
   if is_udp(url) then error("broker.join: Unsupported type (udp)", 2) end
+  -- A WebSocket client is not built in: ws:// is a listener scheme only.
+  if url:match("^wss?://") then error("broker.join: Unsupported type (ws)", 2) end
   if timeout ~= nil and type(timeout) ~= "number" then
     error("broker.join: timeout must be a number (msec)", 2)
   end

@@ -52,14 +52,15 @@ pub struct Conn {
     /// so a peer that dribbles a frame byte by byte is caught too.
     pub frame_deadline: Cell<Option<Duration>>,
     /// This connection's places at its listener's gate (accepted connections only).
-    ticket: RefCell<Option<Ticket>>,
+    pub(super) ticket: RefCell<Option<Ticket>>,
     /// `socket.crypto`: the key that opens encrypted frames and seals committed tables.
     pub crypto: RefCell<Option<Arc<Crypto>>>,
-    out: RefCell<BytesMut>,
-    close_requested: Cell<Option<i32>>,
-    flush_forced: Cell<bool>,
-    signalled: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
+    // The connection task's side (this module and `ws`, the WebSocket task).
+    pub(super) out: RefCell<BytesMut>,
+    pub(super) close_requested: Cell<Option<i32>>,
+    pub(super) flush_forced: Cell<bool>,
+    pub(super) signalled: Cell<bool>,
+    pub(super) waker: RefCell<Option<Waker>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +252,7 @@ impl Conn {
     /// The errno of a close requested with an error (ENOBUFS when output passed `OUT`):
     /// the connection stops waiting for its peer, so its unsent output goes out only as far
     /// as the kernel takes it at once. An orderly close (errno 0) still flushes it all.
-    fn gave_up(&self) -> Option<i32> {
+    pub(super) fn gave_up(&self) -> Option<i32> {
         self.close_requested.get().filter(|&errno| errno != 0)
     }
 
@@ -268,7 +269,7 @@ impl Conn {
         self.out.borrow().len()
     }
 
-    fn has_output(&self) -> bool {
+    pub(super) fn has_output(&self) -> bool {
         !self.out.borrow().is_empty()
     }
 }
@@ -310,7 +311,7 @@ pub fn finish<H: ConnEvents>(events: &Rc<H>, conn: &Rc<Conn>, errno: i32) {
 }
 
 /// When an idle connection expires: `expire` after the last bytes read, if set.
-fn idle_deadline(conn: &Conn, last_rx: Instant) -> Option<Instant> {
+pub(super) fn idle_deadline(conn: &Conn, last_rx: Instant) -> Option<Instant> {
     conn.expire_ms
         .get()
         .map(|ms| last_rx + Duration::from_millis(ms))
@@ -483,7 +484,7 @@ async fn dispatch_frames<H: ConnEvents>(
 /// The BSON document inside an encrypted frame, or EBADMSG (as for bad BSON) when the
 /// socket has no key or the frame does not decrypt. Logged at debug: a client with the wrong
 /// key is the client's problem, and must not flood the log.
-fn open_frame(conn: &Conn, frame: &[u8]) -> Result<bytes::Bytes, i32> {
+pub(super) fn open_frame(conn: &Conn, frame: &[u8]) -> Result<bytes::Bytes, i32> {
     let Some(key) = conn.crypto() else {
         tracing::debug!(
             socket = conn.id.raw(),
@@ -520,8 +521,22 @@ async fn flush(
         return Ok(());
     }
     let mut data = std::mem::replace(&mut *conn.out.borrow_mut(), std::mem::take(spare));
-    let result = {
-        let mut write = std::pin::pin!(stream.write_all(&data));
+    let result = write_patiently(conn, stream, &data, deadline).await;
+    data.clear();
+    *spare = data;
+    result
+}
+
+/// Writes `data` to the peer, giving way as [`flush`] describes (the WebSocket task writes
+/// its framed output through it too).
+pub(super) async fn write_patiently(
+    conn: &Conn,
+    stream: &mut TcpStream,
+    data: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), i32> {
+    {
+        let mut write = std::pin::pin!(stream.write_all(data));
         // Armed only once the peer is behind: a write the kernel takes at once costs no timer.
         let mut timer: Option<Timer> = None;
         std::future::poll_fn(|cx| {
@@ -550,10 +565,7 @@ async fn flush(
             Poll::Pending
         })
         .await
-    };
-    data.clear();
-    *spare = data;
-    result
+    }
 }
 
 pub fn errno_of(err: &std::io::Error) -> i32 {
@@ -566,7 +578,7 @@ pub fn errno_of(err: &std::io::Error) -> i32 {
     })
 }
 
-fn frame_errno(err: &FrameError) -> i32 {
+pub(super) fn frame_errno(err: &FrameError) -> i32 {
     match err {
         FrameError::TooLong { .. } | FrameError::LineTooLong { .. } => libc::EMSGSIZE,
         FrameError::TooShort { .. } => libc::EBADMSG,

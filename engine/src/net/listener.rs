@@ -3,7 +3,9 @@
 //! belongs to the accepting core for life. `broker.join` connects from the calling core.
 //!
 //! A new connection first passes its listener's [`Gate`] (`maxconn`, `perip`): over a cap it
-//! is closed at once, before the owner hears of it. Running out of descriptors on `accept`
+//! is closed at once, before the owner hears of it. On a WebSocket listener it then runs its
+//! HTTP upgrade ([`super::ws`]) before the owner hears of it; on a TCP listener it is served
+//! at once. Running out of descriptors on `accept`
 //! (EMFILE/ENFILE) backs the loop off instead of letting it spin.
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,10 +15,10 @@ use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 
-use super::admission::Gate;
+use super::admission::{Gate, Ticket};
 use super::conn::{self, Conn};
 use super::url::BrokerUrl;
-use super::ConnEvents;
+use super::{ws, ConnEvents};
 use crate::codec::framing::FrameSpec;
 use crate::notify::Notify;
 
@@ -70,6 +72,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub frame: FrameSpec,
     pub gate: Arc<Gate>,
+    /// `Some(path)` on a `ws://` listener: the path its HTTP upgrade must request.
+    pub websocket: Option<Arc<str>>,
 }
 
 /// Accepts on `endpoint` (on `prebound` when this core already bound it) until `stop`
@@ -141,19 +145,46 @@ fn accept<H: ConnEvents>(events: &Rc<H>, endpoint: &Endpoint, stream: TcpStream)
         return;
     };
     let _ = stream.set_nodelay(true);
+    if let Some(path) = &endpoint.websocket {
+        // The upgrade holds the ticket, so handshakes in progress count against the caps.
+        glommio::spawn_local(ws::upgrade(
+            events.clone(),
+            endpoint.clone(),
+            path.clone(),
+            stream,
+            peer,
+            ticket,
+        ))
+        .detach();
+        return;
+    }
+    if let Some(conn) = admit(events, endpoint, &stream, peer, ticket) {
+        glommio::spawn_local(conn::serve(events.clone(), conn, stream)).detach();
+    }
+    // Refused: dropping the stream closes it before anything of it was read.
+}
+
+/// Makes the connection object of an accepted client holding `ticket` and asks the owner
+/// whether it takes it; `None` when the accept callback refused it (its places are free
+/// then, whoever still holds the connection object).
+pub(super) fn admit<H: ConnEvents>(
+    events: &Rc<H>,
+    endpoint: &Endpoint,
+    stream: &TcpStream,
+    peer: Option<SocketAddr>,
+    ticket: Ticket,
+) -> Option<Rc<Conn>> {
     let conn = Conn::new(events.next_conn_id(), endpoint.frame);
     conn.peer.set(peer);
     conn.local.set(stream.local_addr().ok().map(canonical));
     conn.frame_deadline.set(endpoint.gate.limits.deadline());
     conn.admit(ticket);
     if events.accepted(endpoint.id, &conn) {
-        glommio::spawn_local(conn::serve(events.clone(), conn, stream)).detach();
+        Some(conn)
     } else {
-        // Refused by the accept callback: its places are free at once, whoever still holds
-        // the connection object.
         conn.release();
+        None
     }
-    // Refused: dropping the stream closes it before anything of it was read.
 }
 
 /// Starts a TCP connect for a connection the owner already registered (`broker.join`):

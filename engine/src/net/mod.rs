@@ -1,5 +1,5 @@
 //! Networking: broker URLs, binary socket addresses, connection ids, listeners, connections
-//! and UDP endpoints. This layer runs sockets and framing and knows nothing of cores or Lua:
+//! (TCP, and WebSocket through `ws`) and UDP endpoints. This layer runs sockets and framing and knows nothing of cores or Lua:
 //! whoever owns the connections (a core, or a test) implements [`ConnEvents`] and is told
 //! what happens on them.
 
@@ -11,11 +11,14 @@ pub mod ratelog;
 pub mod sockaddr;
 pub mod udp;
 pub mod url;
+pub mod ws;
 
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod ws_tests;
 
 use std::net::SocketAddr;
 use std::rc::Rc;

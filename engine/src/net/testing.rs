@@ -282,6 +282,7 @@ pub(crate) fn listen_with(events: &Rc<Recorder>, frame: FrameSpec, limits: Limit
         addr,
         frame,
         gate: Gate::new(listener_id(1), limits),
+        websocket: None,
     };
     glommio::spawn_local(listener::accept_loop(
         events.clone(),

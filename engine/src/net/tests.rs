@@ -629,6 +629,7 @@ fn stopping_the_accept_loop_ends_it_and_frees_the_port() {
             addr,
             frame: packet_spec(64, 64),
             gate: Gate::new(listener_id(1), Limits::default()),
+            websocket: None,
         };
         let task = glommio::spawn_local(listener::accept_loop(
             events.clone(),
@@ -721,6 +722,7 @@ fn a_udp_endpoint_reports_one_packet_datagrams_and_drops_the_rest() {
             addr,
             frame: packet_spec(64, 64),
             gate: Gate::new(listener_id(1), Limits::default()),
+            websocket: None,
         };
         let task = glommio::spawn_local(udp::serve(events.clone(), endpoint, stop.clone()));
 

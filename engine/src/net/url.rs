@@ -1,7 +1,9 @@
 //! Broker URLs: `scheme://host:port?filter=IN,OUT` (spec/stage.md §4.1), plus the connection
 //! limits of a listener as further `&`-separated options (`maxconn=N&perip=M&deadline=MS`,
 //! see [`super::admission`]). The port is taken after the last `:` so `[::]:8081` and
-//! `::1:8081` both work; a missing scheme means TCP.
+//! `::1:8081` both work; a missing scheme means TCP. `ws://host:port/path?...` is a WebSocket
+//! listener (see [`super::ws`]): the path is the one its HTTP upgrade must ask for (`/` when
+//! none is given). `wss://` is refused with a pointer to a TLS-terminating proxy.
 
 use super::admission::Limits;
 use crate::codec::framing::{FilterError, FrameSpec};
@@ -11,6 +13,8 @@ use thiserror::Error;
 pub enum Scheme {
     Tcp,
     Udp,
+    /// WebSocket over TCP: one frame per message (`broker.ready` only).
+    Ws,
 }
 
 /// A parsed `broker.ready` / `broker.join` address.
@@ -23,12 +27,19 @@ pub struct BrokerUrl {
     pub frame: FrameSpec,
     /// `maxconn`, `perip`, `deadline` (used by `broker.ready` listeners).
     pub limits: Limits,
+    /// The HTTP path a `ws://` upgrade must request (`/` when the URL has none); empty for
+    /// the other schemes.
+    pub path: String,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum UrlError {
-    #[error("unsupported scheme `{0}` (expected tcp or udp)")]
+    #[error("unsupported scheme `{0}` (expected tcp, udp or ws)")]
     Scheme(String),
+    #[error("`wss://` is not built in: terminate TLS in a proxy in front (nginx, haproxy) and listen with `ws://` behind it (docs/config.md)")]
+    Wss,
+    #[error("a path in `{0}` (only ws:// listeners take one)")]
+    Path(String),
     #[error("missing or bad port in `{0}` (expected host:port)")]
     Port(String),
     #[error(transparent)]
@@ -55,12 +66,25 @@ impl BrokerUrl {
         let (scheme, rest) = match url.split_once("://") {
             Some(("tcp", rest)) | Some(("", rest)) => (Scheme::Tcp, rest),
             Some(("udp", rest)) => (Scheme::Udp, rest),
+            Some(("ws", rest)) => (Scheme::Ws, rest),
+            Some(("wss", _)) => return Err(UrlError::Wss),
             Some((other, _)) => return Err(UrlError::Scheme(other.to_string())),
             None => (Scheme::Tcp, url),
         };
         let (authority, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
             None => (rest, None),
+        };
+        // The path starts at the first `/` (a bracketed IPv6 host has none).
+        let (authority, path) = match authority.find('/') {
+            Some(at) => authority.split_at(at),
+            None => (authority, ""),
+        };
+        let path = match (scheme, path) {
+            (Scheme::Ws, "") => "/".to_string(),
+            (Scheme::Ws, path) => path.to_string(),
+            (_, "") => String::new(),
+            (_, _) => return Err(UrlError::Path(url.to_string())),
         };
         let (host, port) = authority
             .rsplit_once(':')
@@ -75,6 +99,7 @@ impl BrokerUrl {
             port,
             frame: FrameSpec::parse(filter)?,
             limits,
+            path,
         })
     }
 
@@ -167,6 +192,29 @@ mod tests {
             BrokerUrl::parse("tcp://x:1?zip=1"),
             Err(UrlError::Filter(_))
         ));
+    }
+
+    #[test]
+    fn parses_websocket_urls() {
+        let u = BrokerUrl::parse("ws://0.0.0.0:8088/path?packet=4k,10k&maxconn=5").unwrap();
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port, u.path.as_str()),
+            (Scheme::Ws, "0.0.0.0", 8088, "/path")
+        );
+        assert_eq!(
+            (u.frame.framing, u.frame.input, u.limits.maxconn),
+            (Framing::Packet, 4096, Some(5))
+        );
+        let u = BrokerUrl::parse("ws://[::1]:9?text=1k,1k").unwrap();
+        assert_eq!((u.host.as_str(), u.path.as_str()), ("::1", "/"));
+        let u = BrokerUrl::parse("ws://h:1/a/b").unwrap();
+        assert_eq!((u.path.as_str(), u.frame.framing), ("/a/b", Framing::Raw));
+        assert_eq!(BrokerUrl::parse("wss://h:1/x"), Err(UrlError::Wss));
+        assert!(matches!(
+            BrokerUrl::parse("tcp://h:1/x"),
+            Err(UrlError::Path(_))
+        ));
+        assert_eq!(BrokerUrl::parse("tcp://h:1").unwrap().path, "");
     }
 
     #[test]

@@ -98,6 +98,8 @@ impl ListenerShared {
             addr: self.addr,
             frame: self.url.frame,
             gate: self.gate.clone(),
+            websocket: (self.url.scheme == crate::net::url::Scheme::Ws)
+                .then(|| Arc::from(self.url.path.as_str())),
         }
     }
 }

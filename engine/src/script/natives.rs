@@ -272,7 +272,8 @@ fn ready(
         }
     };
     let bound = listener::resolve(&parsed).and_then(|addr| match parsed.scheme {
-        Scheme::Tcp => {
+        // A WebSocket listener is a TCP listener whose connections upgrade first.
+        Scheme::Tcp | Scheme::Ws => {
             if core.node.peers.is_none() {
                 listener::warn_if_taken(addr);
             }
@@ -303,6 +304,11 @@ fn ready(
     let id = core.node.next_listener_id();
     let framing = parsed.frame;
     let limits = parsed.limits;
+    // A WebSocket listener's line names its scheme and upgrade path.
+    let (scheme, path) = match parsed.scheme {
+        Scheme::Ws => ("ws://", parsed.path.clone()),
+        _ => ("", String::new()),
+    };
     let shared = Arc::new(ListenerShared {
         id,
         stage,
@@ -317,7 +323,7 @@ fn ready(
     });
     tracing::info!(
         listener = id,
-        "listening on {addr} ({:?}, in {} / out {} bytes, maxconn {}, perip {}, deadline {} ms) on {} cores",
+        "listening on {scheme}{addr}{path} ({:?}, in {} / out {} bytes, maxconn {}, perip {}, deadline {} ms) on {} cores",
         framing.framing,
         framing.input,
         framing.output,
@@ -500,6 +506,11 @@ fn join(lua: &Lua, (url, timeout): (String, f64)) -> mlua::Result<MultiValue> {
             return (false, err.errno()).into_lua_multi(lua);
         }
     };
+    if parsed.scheme == Scheme::Ws {
+        // The prelude refuses it first; a WebSocket client is not built in.
+        tracing::warn!("broker.join `{url}`: ws:// is a listener scheme only");
+        return (false, libc::EINVAL).into_lua_multi(lua);
+    }
     let addr = match listener::resolve(&parsed) {
         Ok(addr) => addr,
         Err(err) => {

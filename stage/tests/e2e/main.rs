@@ -27,3 +27,4 @@ mod shared;
 mod threads;
 mod ticket;
 mod udp;
+mod websocket;
