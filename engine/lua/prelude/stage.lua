@@ -66,6 +66,12 @@ for name, f in pairs(bundle) do stage[name] = f end
 -- The platform modules are `require`-able as in the original (`odbc` in odbc.lua).
 package.loaded.broker, package.loaded.bundle, package.loaded.logger = broker, bundle, logger
 package.loaded.stage = stage
+-- `local lotus = require("lotus")`: the seed's lotus client (engine/lua/lib/lotus.lua), in every
+-- state, without `%package` entries.
+local lotus_client = E.lotus_client
+package.preload.lotus = function ()
+  return assert(load(lotus_client, "@builtin/lib/lotus.lua", "t"))()
+end
 
 -- Engine hooks -----------------------------------------------------------------------------
 

@@ -507,6 +507,8 @@ fn install_prelude(
         LightUserData(view.cast::<std::ffi::c_void>()),
     )?;
     engine.set("ffi_ctx", LightUserData(ffi_ctx.cast::<std::ffi::c_void>()))?;
+    // The source of `require("lotus")`, the seed's lotus client (stage.lua preloads it).
+    engine.set("lotus_client", include_str!("../../lua/lib/lotus.lua"))?;
     let broker = lua.create_table()?;
     super::sockaddr::register(lua, &broker)?;
     globals.set("broker", broker)?;

@@ -39,4 +39,6 @@ pub static EMBEDDED: crate::plan::Embedded = &[
     ("lib/index.lua", include_str!("../../lua/lib/index.lua")),
     // ... and `stage.require("curl")` the curl.so helper.
     ("lib/curl.lua", include_str!("../../lua/lib/curl.lua")),
+    // ... and `stage.require("lotus")` the lotus client (also `require("lotus")` anywhere).
+    ("lib/lotus.lua", include_str!("../../lua/lib/lotus.lua")),
 ];

@@ -687,3 +687,59 @@ fn an_account_with_a_password_hash_made_by_the_cli_logs_in() {
     c.send(&json!({"account": "gate", "password": "open sesame!", "name": "g2"}));
     assert_eq!(c.line(), "401 Unauthorized, wrong password\n");
 }
+
+// ---- the Lua client (`require("lotus")`) --------------------------------------------------
+
+/// A node with a Lua stage running `start` and a lotus stage on `compat`.
+fn start_with_script(script: &str) -> (Server, u16) {
+    let compat = free_port();
+    let threads = affinity_cpus().min(2);
+    let config = format!(
+        r##"{{ "#threads": {threads}, "#startup": [["lua.so+game", "lotus.so+lotus"]],
+              "lua.so": {{ "%package": ["."], "%reflush": 0, "game": "start" }},
+              "lotus.so+lotus": {{ "compat": "127.0.0.1:{compat}",
+                 "accounts": {{ "account": {{ "password": "password", "project": "demo" }} }} }} }}"##
+    );
+    let script = script.replace("COMPAT", &compat.to_string());
+    let server = Server::start(&config, &[("start.lua", &script)]);
+    (server, compat)
+}
+
+#[test]
+fn a_stage_script_runs_the_seeds_lotus_client_example() {
+    let (server, _) = start_with_script(
+        r#"
+local lotus = require("lotus")
+local client_schema = {
+    typename = "client",
+    unique = false,
+    init = {},  -- optional
+    handlers = {
+        ping = [[
+        function(ctx, client, params)
+            ctx.log("ping")
+            -- push msg to channel
+            ctx.publish("client-socket-" .. client.id, {name = "pong"})
+        end
+        ]]
+    }
+}
+-- connect to lotus server
+lotus.connect("127.0.0.1", COMPAT)
+lotus.login("account", "password", "gate")
+lotus.register(client_schema)
+
+local s = lotus.init("client", "c1", {id = 100001})
+local channel = lotus.channel("client-socket-100001")
+channel.subscribe(function (msg) logger.info("GOT " .. msg.name) end)
+s.ping()
+lotus.update("c1", "level", 3)
+lotus.get("c1", {}, function (v, err) logger.info("STATE " .. tostring(v and v.id) .. " " .. tostring(v and v.level) .. " " .. tostring(err)) end)
+lotus.call("c1", "nope", {}, function (v, err) logger.info("CALL " .. tostring(err)) end)
+broker.ready('tcp://127.0.0.1:PORT', function () return true end)
+"#,
+    );
+    server.wait_log("GOT pong");
+    server.wait_log("STATE 100001 3 nil");
+    server.wait_log("CALL unknown_handler");
+}
