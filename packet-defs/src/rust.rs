@@ -210,7 +210,13 @@ fn structure(out: &mut String, s: &StructDef) {
             q = quoted(&s.name)
         );
     }
-    out.push_str("    fn write(&self, w: &mut Writer) {\n");
+    // A message without fields (`list_rooms {}`) names neither the writer nor the table.
+    let empty = s.fields.is_empty();
+    out.push_str(if empty {
+        "    fn write(&self, _w: &mut Writer) {\n"
+    } else {
+        "    fn write(&self, w: &mut Writer) {\n"
+    });
     for f in &s.fields {
         let key = quoted(&f.name);
         let id = field_ident(&f.name);
@@ -221,7 +227,11 @@ fn structure(out: &mut String, s: &StructDef) {
             let _ = writeln!(out, "        {{ let v = &self.{id}; {body} }}");
         }
     }
-    out.push_str("    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        let v = d_table(v)?;\n");
+    out.push_str(if empty {
+        "    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        d_table(v)?;\n"
+    } else {
+        "    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        let v = d_table(v)?;\n"
+    });
     let _ = writeln!(out, "        Ok({name} {{");
     for f in &s.fields {
         let key = quoted(&f.name);
