@@ -717,7 +717,7 @@ impl Ready {
 /// message score from client
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
-    /// points: u32[0..100000]
+    /// points: u32[1..100000]
     pub points: u32,
 }
 
@@ -742,7 +742,7 @@ impl Score {
     fn read(v: &Bson) -> Result<Self, DecodeError> {
         let v = d_table(v)?;
         Ok(Score {
-            points: under("points", match v.field("points") { Some(x) => d_int(x, 0, 100000).map(|n| n as u32), None => fail("missing") })?,
+            points: under("points", match v.field("points") { Some(x) => d_int(x, 1, 100000).map(|n| n as u32), None => fail("missing") })?,
         })
     }
 }

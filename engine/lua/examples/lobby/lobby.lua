@@ -11,7 +11,7 @@
 --   __["n:" .. name]  the connection id holding a player name (the latest login)
 --   __["r:" .. room]  a room: { size, members = { { id, name, ready, lease }, ... } }
 --   __.rooms          { [room] = size }: the room list (rooms stay once created)
---   __["s:" .. name]  a player's leaderboard total (index.so holds the ranking)
+--   __["s:" .. name]  a player's leaderboard total, read from index.so at login
 
 local P = stage.require("lobby_packets")
 
@@ -78,6 +78,9 @@ end
 -- One connection per name: a second login with the same name takes over (a player who
 -- reconnects before the server noticed the old connection drop is not locked out); the
 -- older connection is closed, and its close callback takes it out of its room.
+--
+-- The welcome waits for index.so: the player's leaderboard total is read from there (it
+-- outlives the process) into `__["s:" .. name]`, which `score` then adds to.
 function L.login(id, name)
   if L.player(id) then return err("already_logged_in", "login") end
   local previous
@@ -87,7 +90,22 @@ function L.login(id, name)
   end)
   if previous ~= nil and previous ~= id then broker.close(previous) end
   __["p" .. id] = { name = name }
-  return P.welcome.new({ id = id, name = name })
+  stage.signal(L.RANK .. ":get?" .. L.BOARD .. "=welcome." .. id, name)
+  return nil
+end
+
+-- start.lua's `welcome.<id>` handler: index.so's answer to the login's get,
+-- { [name] = { I = { { i = score, d = rank } } } } (an empty table for a new name).
+function L.welcome(id, found)
+  local p = L.player(id)
+  if not p then return end -- closed meanwhile
+  local entry = found and found[p.name]
+  local scores = type(entry) == "table" and entry.I
+  local total = type(scores) == "table" and scores[1] and scores[1].i or 0
+  -- Set only when absent: a total already here (an earlier login of this process run) is
+  -- at least as new as the index's, which may still be on its way.
+  __("s:" .. p.name, function (t) if t == nil then return total end end)
+  send({ id }, P.welcome.new({ id = id, name = p.name }))
 end
 
 function L.list_rooms()

@@ -368,10 +368,10 @@ K.score = { points = true, message = true }
 S.score = function (t, mode)
   if type(t) ~= "table" then return "expected table" end
   local v, r, p
-  -- points: u32[0..100000]
+  -- points: u32[1..100000]
   v = t.points
   if v == nil then return "missing", "points" end
-  r, p = c_int(v, 0, 100000)
+  r, p = c_int(v, 1, 100000)
   if r then return r, at("points", p) end
   if mode ~= "keep" then return unknown(t, K.score, mode) end
 end

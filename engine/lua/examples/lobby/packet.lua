@@ -3,7 +3,7 @@
 -- only then calls `stage.load("packet+" .. data.message, ...)`'s handler here as
 -- f(socket, data): `data` is checked, with defaults filled. What a handler returns is
 -- completed and checked as the request's reply (lobby.packets `reply`) and sent; nil means
--- the answer is sent later (a =ticket seat, an index.so rank).
+-- the answer is sent later (a =ticket seat, an index.so rank or total).
 return {
     login = function (socket, data)
         return stage.require("lobby").login(socket.id, data.name)

@@ -30,6 +30,11 @@ return {
         local id = tonumber(_WAITFOR[0]:match("^refused%.(%d+)"))
         stage.require("lobby").feedback(id, result)
     end,
+    -- index.so's answer to the login's get: the player's total so far.
+    ["welcome."] = function (found)
+        local id = tonumber(_WAITFOR[0]:match("^welcome%.(%d+)"))
+        stage.require("lobby").welcome(id, found)
+    end,
     -- index.so's answer to a set: { [name] = rank }.
     ["scored."] = function (ranks)
         local id, total = _WAITFOR[0]:match("^scored%.(%d+)%.(%d+)")
