@@ -387,6 +387,36 @@ mod tests {
     }
 
     #[test]
+    fn require_finds_modules_next_to_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("codecs.lua"), "return { answer = 42 }").unwrap();
+        let path = dir.path().join("bots.lua");
+        let script = Script::load(
+            b"ANSWER = require('codecs').answer function on_message() end",
+            &path.display().to_string(),
+        )
+        .unwrap();
+        assert_eq!(script.lua.globals().get::<i64>("ANSWER").unwrap(), 42);
+    }
+
+    #[test]
+    fn unsolicited_marks_the_message_being_handled() {
+        let script = Script::load(
+            b"function on_message(bot, msg) if msg == 'news' then bot.unsolicited() end end",
+            "t.lua",
+        )
+        .unwrap();
+        let io = Rc::new(BotIo::new(Framing::Text));
+        let bot = script.make_bot(1, &io).unwrap();
+        let news = script.lua.create_string("news").unwrap();
+        script.on_message.call::<()>((&bot, news)).unwrap();
+        assert!(io.unsolicited.replace(false));
+        let reply = script.lua.create_string("reply").unwrap();
+        script.on_message.call::<()>((&bot, reply)).unwrap();
+        assert!(!io.unsolicited.get());
+    }
+
+    #[test]
     fn tables_need_packet_framing() {
         let io = BotIo::new(Framing::Text);
         let lua = Lua::new();
