@@ -77,7 +77,7 @@ end
 
 -- One connection per name: a second login with the same name takes over (a player who
 -- reconnects before the server noticed the old connection drop is not locked out); the
--- older connection is closed, and its close callback takes it out of its room.
+-- older connection leaves its room at once and is closed.
 --
 -- The welcome waits for index.so: the player's leaderboard total is read from there (it
 -- outlives the process) into `__["s:" .. name]`, which `score` then adds to.
@@ -88,7 +88,12 @@ function L.login(id, name)
     previous = holder
     return id
   end)
-  if previous ~= nil and previous ~= id then broker.close(previous) end
+  if previous ~= nil and previous ~= id then
+    -- The old connection leaves its room now, not when its close is processed: its seat is
+    -- free before this player, whose requests come from this core after it, asks for one.
+    L.gone(previous)
+    broker.close(previous)
+  end
   __["p" .. id] = { name = name }
   stage.signal(L.RANK .. ":get?" .. L.BOARD .. "=welcome." .. id, name)
   return nil
