@@ -45,8 +45,11 @@ pub fn generate(schema: &Schema, source: &str) -> String {
     out
 }
 
-/// `login_ok` -> `LoginOk`.
-fn camel(name: &str) -> String {
+/// Type names of the generated Rust module's own: a schema item named so would collide.
+pub(crate) const RUST_OWN_TYPES: [&str; 4] = ["Message", "DecodeError", "Bson", "Writer"];
+
+/// `login_ok` -> `LoginOk`: the Rust type of a message, struct or enum.
+pub(crate) fn camel(name: &str) -> String {
     name.split('_')
         .filter(|p| !p.is_empty())
         .map(|p| {
