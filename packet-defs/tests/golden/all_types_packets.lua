@@ -206,9 +206,13 @@ end
 -- handler as f(socket, data) and commits what it returns. Returns the handler's value, or
 -- nil and the decode error.
 function M.receive(socket, data, addr, prefix)
-  local ok, err = M.decode(data)
-  if ok and M.messages[data.message].from ~= "client" then
+  -- A server message from a client is refused for its direction before any field is looked at.
+  local named = type(data) == "table" and type(data.message) == "string" and M.messages[data.message]
+  local ok, err
+  if named and named.from ~= "client" then
     ok, err = nil, { message = data.message, field = "message", reason = "not a client message" }
+  else
+    ok, err = M.decode(data)
   end
   if not ok then
     socket.commit(M.bad_packet(err), addr)
