@@ -56,7 +56,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Framing::Packet)]
     pub framing: Framing,
 
-    /// echo, login-then-echo, or a Lua bot script FILE.lua (see the README).
+    /// echo, login-then-echo, lobby (players of engine/lua/examples/lobby), or a Lua bot
+    /// script FILE.lua (see the README).
     #[arg(long, default_value = "echo", value_name = "NAME|FILE.lua")]
     pub scenario: String,
 
@@ -124,6 +125,8 @@ pub struct Args {
 pub enum Scenario {
     Echo,
     LoginThenEcho,
+    /// Players of the lobby example (`lobby.rs`, on the types generated from its schema).
+    Lobby,
     Lua(PathBuf),
 }
 
@@ -132,9 +135,10 @@ impl Scenario {
         Ok(match s {
             "echo" => Scenario::Echo,
             "login-then-echo" => Scenario::LoginThenEcho,
+            "lobby" => Scenario::Lobby,
             path if path.ends_with(".lua") => Scenario::Lua(PathBuf::from(path)),
             other => bail!(
-                "unknown scenario `{other}`: use echo, login-then-echo or a Lua script FILE.lua"
+                "unknown scenario `{other}`: use echo, login-then-echo, lobby or a Lua script FILE.lua"
             ),
         })
     }
@@ -143,6 +147,7 @@ impl Scenario {
         match self {
             Scenario::Echo => "echo".into(),
             Scenario::LoginThenEcho => "login-then-echo".into(),
+            Scenario::Lobby => "lobby".into(),
             Scenario::Lua(p) => p.display().to_string(),
         }
     }
@@ -204,6 +209,9 @@ impl Args {
         let scenario = Scenario::parse(&self.scenario)?;
         if scenario == Scenario::LoginThenEcho && self.framing != Framing::Packet {
             bail!("--scenario login-then-echo needs --framing packet (login is a BSON message)");
+        }
+        if scenario == Scenario::Lobby && self.framing != Framing::Packet {
+            bail!("--scenario lobby needs --framing packet (the lobby speaks BSON packets)");
         }
         if self.framing == Framing::Raw
             && self.payload_size == 0

@@ -32,6 +32,7 @@ impl Script {
     pub fn load(source: &[u8], name: &str) -> anyhow::Result<Script> {
         let lua = Lua::new();
         install_print(&lua).map_err(|e| anyhow!("{e}"))?;
+        add_script_dir(&lua, name).map_err(|e| anyhow!("{e}"))?;
         lua.load(source)
             .set_name(format!("@{name}"))
             .exec()
@@ -80,6 +81,16 @@ impl Script {
                 Ok(())
             })?,
         )?;
+        // `bot.unsolicited()`: the message being handled is not the reply the pending mark
+        // waits for (news another player caused), so the measurement goes on.
+        let out = io.clone();
+        bot.set(
+            "unsolicited",
+            lua.create_function(move |_, _: MultiValue| {
+                out.unsolicited.set(true);
+                Ok(())
+            })?,
+        )?;
         let out = io.clone();
         bot.set(
             "mark",
@@ -124,6 +135,19 @@ fn install_print(lua: &Lua) -> mlua::Result<()> {
     lua.globals().set("print", print)
 }
 
+/// `require` looks next to the script first, so a scenario can ship its modules beside it
+/// (the lobby's bots load their generated codecs, lobby_packets.lua, this way).
+fn add_script_dir(lua: &Lua, name: &str) -> mlua::Result<()> {
+    let dir = std::path::Path::new(name)
+        .parent()
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| ".".into());
+    let package: Table = lua.globals().get("package")?;
+    let path: String = package.get("path")?;
+    package.set("path", format!("{dir}/?.lua;{path}"))
+}
+
 /// Checks a script before the run (so a typo is a usage error, exit code 2).
 pub fn check_script(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let source = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -153,6 +177,8 @@ struct BotIo {
     /// `mark()` was called in the current callback: restamp it when the output is written,
     /// so think time and callback time are not counted as server latency.
     fresh_mark: Cell<bool>,
+    /// `unsolicited()` was called for the message being handled.
+    unsolicited: Cell<bool>,
 }
 
 impl BotIo {
@@ -164,6 +190,7 @@ impl BotIo {
             close: Cell::new(false),
             mark: Cell::new(None),
             fresh_mark: Cell::new(false),
+            unsolicited: Cell::new(false),
         }
     }
 
@@ -252,13 +279,21 @@ async fn session(
                 r?;
                 while let Some(m) = decoder.next_message().map_err(Failure::protocol)? {
                     let msg = script.message(plan.framing, &m)?;
-                    let rtt = io.mark.take().map(|t| t.elapsed());
-                    ctx.rec.received(rtt);
+                    let pending = io.mark.take();
+                    let rtt = pending.map(|t| t.elapsed());
                     received += 1;
-                    script
-                        .on_message
-                        .call::<()>((&bot, msg))
-                        .map_err(script_failure)?;
+                    let result = script.on_message.call::<()>((&bot, msg));
+                    if io.unsolicited.replace(false) {
+                        // Not the awaited reply: the pending measurement (unless the callback
+                        // started a new one) still waits.
+                        if io.mark.get().is_none() {
+                            io.mark.set(pending);
+                        }
+                        ctx.rec.received(None);
+                    } else {
+                        ctx.rec.received(rtt);
+                    }
+                    result.map_err(script_failure)?;
                     if io.close.get() || received >= limit {
                         break;
                     }
@@ -349,6 +384,36 @@ mod tests {
         assert_eq!(v.get("n"), Some(&Value::Int64(1)));
         assert_eq!(v.get("who"), Some(&Value::Int64(9)));
         assert_eq!(&out[len..], b"raw");
+    }
+
+    #[test]
+    fn require_finds_modules_next_to_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("codecs.lua"), "return { answer = 42 }").unwrap();
+        let path = dir.path().join("bots.lua");
+        let script = Script::load(
+            b"ANSWER = require('codecs').answer function on_message() end",
+            &path.display().to_string(),
+        )
+        .unwrap();
+        assert_eq!(script.lua.globals().get::<i64>("ANSWER").unwrap(), 42);
+    }
+
+    #[test]
+    fn unsolicited_marks_the_message_being_handled() {
+        let script = Script::load(
+            b"function on_message(bot, msg) if msg == 'news' then bot.unsolicited() end end",
+            "t.lua",
+        )
+        .unwrap();
+        let io = Rc::new(BotIo::new(Framing::Text));
+        let bot = script.make_bot(1, &io).unwrap();
+        let news = script.lua.create_string("news").unwrap();
+        script.on_message.call::<()>((&bot, news)).unwrap();
+        assert!(io.unsolicited.replace(false));
+        let reply = script.lua.create_string("reply").unwrap();
+        script.on_message.call::<()>((&bot, reply)).unwrap();
+        assert!(!io.unsolicited.get());
     }
 
     #[test]

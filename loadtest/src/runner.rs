@@ -6,6 +6,7 @@
 use crate::builtin;
 use crate::cli::{Plan, Scenario, StopRule};
 use crate::conn::{self, BotCtx};
+use crate::lobby;
 use crate::luabot::{self, Script};
 use crate::report::RunTotals;
 use crate::series::{Collector, Point};
@@ -219,6 +220,7 @@ async fn bot(
     };
     match script {
         Some(script) => luabot::run(script, ctx, stream).await,
+        None if plan.scenario == Scenario::Lobby => lobby::run(ctx, stream).await,
         None => builtin::run(ctx, stream).await,
     }
     rec.closed();

@@ -492,6 +492,28 @@ fn resolve(raw: RawSchema) -> Result<Schema, Error> {
                 format!("`{name}` is already declared at {first}"),
             ));
         }
+        // The generated Rust names types in CamelCase: `score` and `Score` would both be
+        // `Score` there, and `Message` & co. are the module's own.
+        let rust = crate::rust::camel(name);
+        if crate::rust::RUST_OWN_TYPES.contains(&rust.as_str()) {
+            return Err(Error::at(
+                pos,
+                format!("`{name}` would be the generated Rust module's own type `{rust}`; pick another name"),
+            ));
+        }
+        let clash = raw.items[..i].iter().find_map(|o| {
+            let (other, at) = match o {
+                RawItem::Enum(e) => (&e.name, e.pos),
+                RawItem::Struct(s) => (&s.name, s.pos),
+            };
+            (crate::rust::camel(other) == rust).then(|| (other.clone(), at))
+        });
+        if let Some((other, at)) = clash {
+            return Err(Error::at(
+                pos,
+                format!("`{name}` and `{other}` (at {at}) would both be the Rust type `{rust}`; rename one"),
+            ));
+        }
     }
     let kind_of = |name: &str| {
         raw.items.iter().find_map(|o| match o {

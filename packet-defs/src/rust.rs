@@ -45,8 +45,11 @@ pub fn generate(schema: &Schema, source: &str) -> String {
     out
 }
 
-/// `login_ok` -> `LoginOk`.
-fn camel(name: &str) -> String {
+/// Type names of the generated Rust module's own: a schema item named so would collide.
+pub(crate) const RUST_OWN_TYPES: [&str; 4] = ["Message", "DecodeError", "Bson", "Writer"];
+
+/// `login_ok` -> `LoginOk`: the Rust type of a message, struct or enum.
+pub(crate) fn camel(name: &str) -> String {
     name.split('_')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -210,7 +213,13 @@ fn structure(out: &mut String, s: &StructDef) {
             q = quoted(&s.name)
         );
     }
-    out.push_str("    fn write(&self, w: &mut Writer) {\n");
+    // A message without fields (`list_rooms {}`) names neither the writer nor the table.
+    let empty = s.fields.is_empty();
+    out.push_str(if empty {
+        "    fn write(&self, _w: &mut Writer) {\n"
+    } else {
+        "    fn write(&self, w: &mut Writer) {\n"
+    });
     for f in &s.fields {
         let key = quoted(&f.name);
         let id = field_ident(&f.name);
@@ -221,7 +230,11 @@ fn structure(out: &mut String, s: &StructDef) {
             let _ = writeln!(out, "        {{ let v = &self.{id}; {body} }}");
         }
     }
-    out.push_str("    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        let v = d_table(v)?;\n");
+    out.push_str(if empty {
+        "    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        d_table(v)?;\n"
+    } else {
+        "    }\n\n    fn read(v: &Bson) -> Result<Self, DecodeError> {\n        let v = d_table(v)?;\n"
+    });
     let _ = writeln!(out, "        Ok({name} {{");
     for f in &s.fields {
         let key = quoted(&f.name);

@@ -41,6 +41,8 @@ fn bad_schemas_are_refused_with_file_line_and_column() {
         ("version 1\nenum C { x, x }", "s.packets:2:13: error: enum C already has a value `x`"),
         ("version 1\nmessage a from client {\n  name: \"x\n}", "s.packets:3:9: error: string literal is not closed before the end of the line"),
         ("version 1\nmessage decode from client {}", "s.packets:2:9: error: `decode` is reserved (a built-in type or a generated module member); pick another name"),
+        ("version 1\nstruct Score { n: u8 }\nmessage score from client {}", "s.packets:3:9: error: `score` and `Score` (at 2:8) would both be the Rust type `Score`; rename one"),
+        ("version 1\nmessage message_ from server {}", "s.packets:2:9: error: `message_` would be the generated Rust module's own type `Message`; pick another name"),
     ];
     for (src, want) in cases {
         std::fs::write(dir.path().join("s.packets"), src).unwrap();

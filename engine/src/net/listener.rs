@@ -42,16 +42,58 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 /// whether someone is there; it is a warning, not an error, because starting the new node
 /// before stopping the old one is also how a restart without downtime is done. (Not checked
 /// in a multi-process node, whose processes share their ports on purpose.)
+///
+/// The probe binds without listening: a listening probe (std's `TcpListener::bind`) would,
+/// for the instant it exists, take connections of clients already knocking on the port
+/// (a restart while players reconnect) and reset them when it closes.
 pub fn warn_if_taken(addr: SocketAddr) {
     if addr.port() == 0 {
         return;
     }
-    if let Err(err) = std::net::TcpListener::bind(addr) {
+    if let Err(err) = bind_probe(addr) {
         if err.kind() == std::io::ErrorKind::AddrInUse {
             tracing::warn!(
                 "another program is already listening on {addr}: both will accept on it (SO_REUSEPORT) and new connections are split between them; stop the other one unless this is a restart without downtime"
             );
         }
+    }
+}
+
+/// Binds a plain TCP socket to `addr` (SO_REUSEADDR, as std does, so connections of an
+/// earlier run in TIME_WAIT do not count; no SO_REUSEPORT; no listen) and closes it.
+fn bind_probe(addr: SocketAddr) -> std::io::Result<()> {
+    let raw = super::sockaddr::to_binary(&super::sockaddr::SockAddr::Inet(addr));
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2)/setsockopt(2)/bind(2)/close(2) on a descriptor this function
+    // owns; `raw` is a sockaddr of the family given, `raw.len()` bytes long.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let rc = libc::bind(
+            fd,
+            raw.as_ptr().cast::<libc::sockaddr>(),
+            raw.len() as libc::socklen_t,
+        );
+        let result = if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        libc::close(fd);
+        result
     }
 }
 

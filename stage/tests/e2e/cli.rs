@@ -7,6 +7,7 @@ fn check_accepts_the_shipped_examples() {
     for config in [
         "engine/lua/examples/v1/stage.json",
         "engine/lua/examples/hello/stage.json",
+        "engine/lua/examples/lobby/stage.json",
     ] {
         let (code, out, err) = run_stage(&repo_root(), &["--check", "-c", config]);
         assert_eq!(code, 0, "{config}: {out}{err}");

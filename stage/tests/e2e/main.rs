@@ -15,6 +15,7 @@ mod ffi_path;
 mod framing;
 mod front_door;
 mod index;
+mod lobby;
 mod logs;
 mod lotus;
 mod messaging;
