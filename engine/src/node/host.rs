@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::post::PostKind;
+use super::reload::Batch;
 use super::Node;
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
@@ -47,6 +48,9 @@ pub trait ScriptHost {
     fn boot(&self, index: usize, stage: &LuaStage) -> bool;
     /// Runs stage `stage`'s idle function: the msec until the next call, or `None` to stop.
     fn idle(&self, stage: usize) -> Option<f64>;
+    /// Switches this core to the scripts of `batch` (called between two messages; the core
+    /// acknowledges to the reloader when this returns).
+    fn reload(&self, batch: &Batch);
 }
 
 /// Builds the script host of core `index` (on that core's thread, before it boots).
