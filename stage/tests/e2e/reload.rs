@@ -19,10 +19,14 @@ fn cores() -> usize {
 /// A server whose replies say which version of `version.lua` and of the `stage.require`d
 /// `required.lua` served them, and the socket id (its low byte is the owning core).
 fn server(cores: usize) -> Server {
+    server_with(cores, 50)
+}
+
+fn server_with(cores: usize, reflush_ms: u64) -> Server {
     Server::start(
         &format!(
             r##"{{ "#threads": {cores}, "#startup": [["lua.so+stage"]],
-                  "lua.so": {{ "%package": ["."], "%reflush": 50, "lua.so+stage": "start" }} }}"##
+                  "lua.so": {{ "%package": ["."], "%reflush": {reflush_ms}, "lua.so+stage": "start" }} }}"##
         ),
         &[
             (
@@ -101,8 +105,9 @@ fn every_core_switches_to_an_edited_script_together() {
     replace(&server.path("required.lua"), "return { n = 22 }");
     // Ask every connection in turn, one request at a time, until all answer the new
     // version. Once any reply shows it, every later reply must: the reloader posts the batch
-    // to every core's inbox before the first core can switch, and each core takes it before
-    // the next request a client sends after seeing that reply.
+    // to every core's inbox (and rings its doorbell) before the first core can switch, so a
+    // request sent after a client has seen the new version reaches each core after the
+    // batch did, and the idle core takes its inbox first.
     let mut first_new: Option<(usize, i64)> = None;
     let mut rounds = 0;
     server.wait_until("every connection answers version 22", || {
@@ -181,4 +186,26 @@ fn a_script_that_does_not_compile_is_refused_whole_and_the_old_version_serves_on
     );
     let cores_seen: BTreeSet<i64> = conns.iter_mut().map(|c| ask(c).core).collect();
     assert_eq!(cores_seen.len(), cores, "connections on every core");
+}
+
+#[test]
+fn sighup_reloads_now_and_logs_the_outcome_once_every_core_has_switched() {
+    // An hour between scans: only the signal can make this reload happen.
+    let cores = cores();
+    let server = server_with(cores, 3_600_000);
+    let mut conns = spread(&server, cores, 1);
+    replace(&server.path("version.lua"), "return 22");
+    for conn in &mut conns {
+        assert_eq!(ask(conn).v, 1, "no scan before the signal");
+    }
+    server.signal(libc::SIGHUP);
+    server.wait_log("SIGHUP reload: version 2: version switched on");
+    // The outcome is reported after every core switched: every connection has the new one.
+    for conn in &mut conns {
+        assert_eq!(ask(conn).v, 22);
+    }
+    // Nothing changed since: the next signal says so, and the server is still serving.
+    server.signal(libc::SIGHUP);
+    server.wait_log("SIGHUP reload: version 2: no script changed");
+    assert_eq!(ask(&mut conns[0]).v, 22);
 }
