@@ -23,6 +23,9 @@ use crate::plan::Embedded;
 /// Prefix of package entries served from scripts compiled into the binary.
 pub const BUILTIN_ROOT: &str = "@builtin";
 
+/// Compiles a candidate file (`path`, bytes): `Err` carries the compiler's message.
+pub type Check<'a> = &'a mut dyn FnMut(&str, &[u8]) -> Result<(), String>;
+
 /// What is already known about one file at one stamp, so a scan need not read it again.
 pub enum Verdict {
     Compiles(Arc<Source>),
@@ -75,11 +78,7 @@ impl Library {
 
     /// The committed resolution of `name`; if no state has loaded it yet, resolves it now on
     /// the calling thread (`check` compiles a candidate) and records it.
-    pub fn resolve_first(
-        &self,
-        name: &str,
-        check: &mut dyn FnMut(&str, &[u8]) -> Result<(), String>,
-    ) -> Arc<Resolution> {
+    pub fn resolve_first(&self, name: &str, check: Check<'_>) -> Arc<Resolution> {
         if let Some(entry) = self.lock().get(name) {
             return entry.resolution.clone();
         }
@@ -105,7 +104,7 @@ impl Library {
     pub fn resolve(
         &self,
         name: &str,
-        check: &mut dyn FnMut(&str, &[u8]) -> Result<(), String>,
+        check: Check<'_>,
         known: &dyn Fn(&str, Stamp) -> Option<Verdict>,
     ) -> Resolution {
         let rel = Self::relative_path(name);

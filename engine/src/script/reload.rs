@@ -183,10 +183,18 @@ pub fn request() -> Receiver<ReloadOutcome> {
     rx
 }
 
-/// The committed version of this process's scripts (1 = as first loaded), and every script
-/// name loaded so far with the path it resolves to (`None`: not found or does not compile).
-/// For `/status`; `None` in a process without a reloader.
-pub fn status() -> Option<(u64, Vec<(String, Option<String>)>)> {
+/// The scripts a process runs, for `/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The committed version (1 = the scripts as first loaded).
+    pub version: u64,
+    /// Every script name loaded so far, sorted, with the path it resolves to (`None`: not
+    /// found, or no copy compiles).
+    pub scripts: Vec<(String, Option<String>)>,
+}
+
+/// This process's [`Status`]; `None` in a process without a reloader (a supervisor).
+pub fn status() -> Option<Status> {
     let library = &RELOADER.get()?.library;
     let mut scripts: Vec<_> = library
         .snapshot()
@@ -194,7 +202,10 @@ pub fn status() -> Option<(u64, Vec<(String, Option<String>)>)> {
         .map(|(name, r)| (name, r.found.as_ref().map(|s| s.path.clone())))
         .collect();
     scripts.sort();
-    Some((library.version(), scripts))
+    Some(Status {
+        version: library.version(),
+        scripts,
+    })
 }
 
 /// The reloader thread: scans on its period or on request, runs one reload at a time.
