@@ -77,7 +77,8 @@ impl Library {
     }
 
     /// The committed resolution of `name`; if no state has loaded it yet, resolves it now on
-    /// the calling thread (`check` compiles a candidate) and records it.
+    /// the calling thread (`check` compiles a candidate) and records it, unless no file of
+    /// that name exists.
     pub fn resolve_first(&self, name: &str, check: Check<'_>) -> Arc<Resolution> {
         if let Some(entry) = self.lock().get(name) {
             return entry.resolution.clone();
@@ -85,6 +86,12 @@ impl Library {
         // Outside the lock: another state may resolve the same name meanwhile, and the first
         // one recorded wins, so every state uses the same bytes.
         let resolved = Arc::new(self.resolve(name, check, &|_, _| None));
+        if resolved.found.is_none() && resolved.broken.is_empty() {
+            // Not recorded: names a script builds from what clients send must not grow this
+            // table, so a missing name is searched again on its next load (as before the
+            // reloader existed); once its file exists, the first load records it.
+            return resolved;
+        }
         let mut committed = self.lock();
         let entry = committed.entry(name.to_string()).or_insert_with(|| {
             if let (Some(found), Some(first)) = (&resolved.found, resolved.broken.first()) {

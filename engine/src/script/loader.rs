@@ -74,23 +74,29 @@ impl ScriptLoader {
             }
             None => None,
         };
+        let from_batch = known.is_some();
         let resolution = known.unwrap_or_else(|| {
             self.library
                 .resolve_first(name, &mut |path, bytes| compile(lua, path, bytes).map(drop))
         });
+        let missing = resolution.found.is_none() && resolution.broken.is_empty();
         let chunk = match &resolution.found {
             Some(source) => {
                 Some(compile(lua, &source.path, &source.bytes).map_err(mlua::Error::runtime)?)
             }
             None => None,
         };
-        self.view.borrow_mut().insert(
-            name.to_string(),
-            Compiled {
-                resolution: resolution.clone(),
-                chunk: chunk.clone(),
-            },
-        );
+        // A name with no file is not kept (see `Library::resolve_first`) unless a reload
+        // said so: the reloader tracks it then, and tells this state when it reappears.
+        if !missing || from_batch {
+            self.view.borrow_mut().insert(
+                name.to_string(),
+                Compiled {
+                    resolution: resolution.clone(),
+                    chunk: chunk.clone(),
+                },
+            );
+        }
         match (chunk, &resolution.found, resolution.broken.first()) {
             (Some(chunk), Some(source), _) => Ok(Lookup::Found(loaded(chunk, source))),
             (_, _, Some(broken)) => Err(mlua::Error::runtime(broken.error.clone())),
@@ -204,6 +210,14 @@ mod tests {
         assert!(
             matches!(loader.load(&lua, "missing").unwrap(), Lookup::NotFound(p) if p == "missing")
         );
+        // A missing name is not recorded (client-chosen names cannot grow the tables), and
+        // is found once its file exists.
+        assert!(library.snapshot().iter().all(|(n, _)| n != "missing"));
+        std::fs::write(pkg.join("missing.lua"), "return 'here now'").unwrap();
+        match loader.load(&lua, "missing").unwrap() {
+            Lookup::Found(l) => assert_eq!(l.chunk.call::<String>(()).unwrap(), "here now"),
+            Lookup::NotFound(_) => panic!("the new file is not found"),
+        }
         // A second state gets the same resolution without reading the files again.
         std::fs::write(
             rollback.join("m.lua"),
