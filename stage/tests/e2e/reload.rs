@@ -1,7 +1,8 @@
 //! Atomic reload (engine/src/script/reload.rs): an edited script reaches every core of the
 //! process together, as the replies of many connections spread over the cores show; a script
 //! that does not compile is refused whole (every connection keeps the old version) and
-//! logged once, and fixing it reloads.
+//! logged once, and fixing it reloads; SIGHUP reloads at once (and, sent to a supervisor,
+//! in every process) and logs the outcome after every core has switched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -208,4 +209,40 @@ fn sighup_reloads_now_and_logs_the_outcome_once_every_core_has_switched() {
     server.signal(libc::SIGHUP);
     server.wait_log("SIGHUP reload: version 2: no script changed");
     assert_eq!(ask(&mut conns[0]).v, 22);
+}
+
+#[test]
+fn sighup_to_the_supervisor_reloads_every_process() {
+    // Two processes sharing the port; an hour between scans, so only the signal reloads.
+    let server = Server::start(
+        r##"{ "#router": [400, 100], "#startup": [["lua.so+stage"], ["lua.so+stage"]],
+              "lua.so": { "%package": ["."], "%reflush": 3600000, "lua.so+stage": "start" } }"##,
+        &[
+            (
+                "start.lua",
+                "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+                   return function (s, data)
+                     return { v = stage.load('version'), r = process.stage, id = s.id }
+                   end
+                 end)",
+            ),
+            ("version.lua", "return 1"),
+        ],
+    );
+    // `r` is the process number here: connect until both processes answer.
+    let mut conns: BTreeMap<i64, TcpStream> = BTreeMap::new();
+    server.wait_until("both processes answer on the shared port", || {
+        let mut conn = server.connect();
+        let reply = ask(&mut conn);
+        assert_eq!(reply.v, 1);
+        conns.entry(reply.r).or_insert(conn);
+        conns.len() == 2
+    });
+    replace(&server.path("version.lua"), "return 22");
+    server.signal(libc::SIGHUP);
+    server.wait_log("asking every process to reload");
+    server.wait_log_count("SIGHUP reload: version 2: version switched on", 2);
+    for (process, conn) in &mut conns {
+        assert_eq!(ask(conn).v, 22, "process {process}");
+    }
 }
