@@ -298,7 +298,12 @@ fn run(
     std::thread::Builder::new()
         .name("stage-signals".into())
         .spawn(move || {
-            let first = wait_shutdown_signal();
+            let first = loop {
+                match wait_shutdown_signal() {
+                    libc::SIGHUP => reload_on_signal(),
+                    sig => break sig,
+                }
+            };
             tracing::info!("received signal {first}: shutting down");
             signals.shutdown();
             match wait_shutdown_signal_for(STOP_BOUND) {
@@ -327,11 +332,24 @@ fn shutdown_sigset() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+        // SIGHUP asks for a reload (`reload_on_signal`), as daemons commonly do.
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP] {
             libc::sigaddset(&mut set, sig);
         }
         set
     }
+}
+
+/// SIGHUP: an operator asks for a reload of the scripts now (`script::reload`); the
+/// outcome is logged when it is known (after every core has switched).
+fn reload_on_signal() {
+    tracing::info!("received SIGHUP: reloading the scripts");
+    script::reload::request_with(|outcome| match outcome {
+        script::reload::ReloadOutcome::Refused { .. } => {
+            tracing::warn!("SIGHUP reload: {outcome}")
+        }
+        _ => tracing::info!("SIGHUP reload: {outcome}"),
+    });
 }
 
 /// Blocks the shutdown signals in this thread before the cores start, so every thread
@@ -356,7 +374,8 @@ fn wait_shutdown_signal_for(timeout: std::time::Duration) -> Option<i32> {
         };
         // SAFETY: sigtimedwait reads the set and timeout we own; the info pointer may be null.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-        if sig > 0 {
+        // A reload is no use while stopping.
+        if sig > 0 && sig != libc::SIGHUP {
             return Some(sig);
         }
         // EINTR (a signal outside the set) waits again; EAGAIN is the timeout.

@@ -118,3 +118,9 @@ function P.hooks.idle(stage, f)
   if ok and type(n) == "number" then return n end
   return nil
 end
+
+-- A reload switched these script names (`script::reload`): `stage.require` runs each of them
+-- again on its next call, so a required module changes with the files like `stage.load`.
+function P.hooks.reloaded(names)
+  for _, name in ipairs(names) do required[name] = nil end
+end

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::post::PostKind;
+use super::reload::Batch;
 use super::Node;
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
@@ -50,6 +51,9 @@ pub trait ScriptHost {
     /// Starts this core's part of a service stage that the script engine runs (lotus.so):
     /// called on every core at boot, before the inbox is read.
     fn boot_service(&self, index: usize, service: &ServiceStage);
+    /// Switches this core to the scripts of `batch` (called between two messages; the core
+    /// acknowledges to the reloader when this returns).
+    fn reload(&self, batch: &Batch);
 }
 
 /// Builds the script host of core `index` (on that core's thread, before it boots).

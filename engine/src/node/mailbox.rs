@@ -104,6 +104,14 @@ impl<T> Mailbox<T> {
 }
 
 impl<T> Inbox<T> {
+    /// The next queued message, if any, without an executor (tests that play a core).
+    #[cfg(test)]
+    pub(crate) fn try_take(&self) -> Option<T> {
+        let msg = self.queue.try_recv().ok()?;
+        self.bell.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(msg)
+    }
+
     /// Waits until the doorbell rings, then hands every queued message to `handle`.
     /// Returns when the last `Mailbox` is gone. Must run inside the core's executor.
     pub async fn run(mut self, mut handle: impl FnMut(T)) {

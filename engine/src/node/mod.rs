@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod overrides;
 pub mod peers;
 pub mod post;
+pub mod reload;
 pub mod runtime;
 pub mod shared;
 pub mod stages;
@@ -72,6 +73,9 @@ pub enum CoreMsg {
         kind: post::PostKind,
         payload: Bytes,
     },
+    /// Switch to a new version of the scripts (`reload::Batch`): installed between two
+    /// messages, then acknowledged to the reloader.
+    Reload(Arc<reload::Batch>),
     /// Graceful shutdown: stop accepting, close connections (running close callbacks), exit.
     Shutdown,
 }

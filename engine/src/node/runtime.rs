@@ -27,6 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use super::host::{HostFactory, ScriptHost};
 use super::mailbox::{self, Inbox};
 use super::post::PostKind;
+use super::reload::Ack;
 use super::timed::{TimedService, TimedSlot};
 use super::{CoreMsg, ListenerShared, Node, SHUTDOWN_GRACE};
 use crate::codec::framing::Framing;
@@ -266,6 +267,16 @@ impl Core {
             CoreMsg::Post { kind, payload } => {
                 self.host.post(kind, &payload);
                 self.after_script();
+            }
+            CoreMsg::Reload(batch) => {
+                // Between two messages: no callback of this core is running, so every
+                // callback from here on sees the new version (`node::reload`).
+                self.host.reload(&batch);
+                (batch.ack)(Ack {
+                    version: batch.version,
+                    core: self.index,
+                    at: std::time::Instant::now(),
+                });
             }
             CoreMsg::Shutdown => self.stop.fire(),
         }

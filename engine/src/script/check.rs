@@ -6,14 +6,18 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::loader::{Lookup, ScriptLoader, BUILTIN_ROOT};
+use super::loader::{Library, Lookup, ScriptLoader, BUILTIN_ROOT};
 use crate::plan::Plan;
 
 /// `--check`: compiles the main scripts, preload scripts and every script in the package
 /// directories, printing each error. Nothing runs.
 pub fn check(settings: &Plan) -> ExitCode {
     let lua = mlua::Lua::new();
-    let loader = ScriptLoader::new(settings.package.clone(), Duration::ZERO, settings.embedded);
+    let loader = ScriptLoader::new(Library::new(
+        settings.package.clone(),
+        Duration::ZERO,
+        settings.embedded,
+    ));
     let mut errors = Vec::new();
     for stage in &settings.stages {
         match loader.load(&lua, &stage.main_script) {

@@ -26,6 +26,7 @@ use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
 use crate::node::host::{HostFactory, ScriptHost};
 use crate::node::post::PostKind;
+use crate::node::reload::Batch;
 use crate::node::Node;
 use crate::plan::{LuaStage, ServiceKind, ServiceStage};
 use stage_ffi::{FfiContext, PacketView};
@@ -77,6 +78,8 @@ struct Hooks {
     idle: Function,
     post: Function,
     thread: Function,
+    /// A reload changed these script names (`stage.require` forgets them).
+    reloaded: Function,
     /// The FFI receive path (`None` when `%ffi` is off).
     receive_view: Option<Function>,
 }
@@ -125,11 +128,7 @@ impl Host {
             node: node.clone(),
             pool: pool.clone(),
         });
-        lua.set_app_data(ScriptLoader::new(
-            settings.package.clone(),
-            settings.reflush,
-            settings.embedded,
-        ));
+        lua.set_app_data(ScriptLoader::new(super::reload::start(node)));
         let view = Box::new(UnsafeCell::new(PacketView {
             ptr: std::ptr::null(),
             len: 0,
@@ -189,14 +188,29 @@ impl Host {
         }
     }
 
-    /// Runs a `thread.new` function on this pool thread's state.
+    /// Runs a `thread.new` function on this pool thread's state, on the scripts' committed
+    /// version (a pool thread takes part in no reload round: it catches up here).
     pub fn dispatch_thread(&self, id: u64, payload: &[u8]) {
+        let changed = self
+            .lua
+            .app_data_ref::<ScriptLoader>()
+            .and_then(|loader| loader.catch_up());
+        if let Some(names) = changed {
+            self.forget_required(names);
+        }
         let result = self
             .lua
             .create_string(payload)
             .and_then(|p| self.hooks.thread.call::<()>((id, p)));
         if let Err(err) = result {
             tracing::warn!(thread = id, "thread dispatch failed: {err}");
+        }
+    }
+
+    /// Tells the prelude which script names changed, so `stage.require` runs them again.
+    fn forget_required(&self, names: Vec<String>) {
+        if let Err(err) = self.hooks.reloaded.call::<()>(names) {
+            tracing::warn!("reload hook failed: {err}");
         }
     }
 
@@ -476,6 +490,13 @@ impl ScriptHost for Host {
         }
     }
 
+    fn reload(&self, batch: &Batch) {
+        if let Some(loader) = self.lua.app_data_ref::<ScriptLoader>() {
+            loader.install(batch);
+        }
+        self.forget_required(batch.names());
+    }
+
     fn idle(&self, stage: usize) -> Option<f64> {
         let idle = self.idle.borrow().get(&stage).cloned()?;
         let next = match within(&self.budget, || {
@@ -539,6 +560,7 @@ fn install_prelude(
         idle: hooks.get("idle")?,
         post: hooks.get("post")?,
         thread: hooks.get("thread")?,
+        reloaded: hooks.get("reloaded")?,
         receive_view: hooks.get("receive_view")?,
     })
 }

@@ -1,32 +1,35 @@
-//! Finding and caching scripts for `stage.load`, `stage.require` and main scripts: the
-//! `%package` search path with positions (spec/stage.md §8.2), per-core compiled-chunk cache
-//! re-checked against the file's size and mtime at most every `%reflush` msec, so a content
-//! developer's edit is picked up by the next packet without a restart.
+//! A Lua state's view of the process's scripts for `stage.load`, `stage.require` and main
+//! scripts: the chunk compiled from each name's source, in this state. The sources come from
+//! the process's [`Library`] (resolved once per process through `%package`, spec/stage.md
+//! §8.2); this cache only saves compiling them again.
 //!
-//! Each core keeps its own cache (the original shares a source cache between threads; the
-//! behaviour scripts see is the same, and nothing here needs a lock). Paths under the virtual
-//! root `@builtin/` come from scripts compiled into the binary (the embedded default
-//! configuration).
+//! Changes arrive from outside, never from a file check on the packet path: a core's view
+//! switches when its inbox hands it a reload batch ([`ScriptLoader::install`], between two
+//! messages), a pool thread's when the reload has been committed
+//! ([`ScriptLoader::catch_up`], before its next job). See `script::reload`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::path::Path;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::Arc;
 
 use mlua::{Function, Lua};
 
-use crate::config::PackageEntry;
-
-/// Prefix of package entries served from scripts compiled into the binary.
-pub const BUILTIN_ROOT: &str = "@builtin";
-
+pub use super::library::{Library, BUILTIN_ROOT};
+use crate::node::reload::{Batch, Resolution};
 pub use crate::plan::Embedded;
 
 pub struct ScriptLoader {
-    entries: Vec<PackageEntry>,
-    reflush: Duration,
-    embedded: Embedded,
-    cache: RefCell<HashMap<String, Cached>>,
+    library: Arc<Library>,
+    /// The library version this state has caught up with (pool threads; cores follow
+    /// batches instead).
+    seen: Cell<u64>,
+    view: RefCell<HashMap<String, Compiled>>,
+}
+
+/// One name as this state uses it: the resolution and, once loaded, its compiled chunk.
+struct Compiled {
+    resolution: Arc<Resolution>,
+    chunk: Option<Function>,
 }
 
 #[derive(Clone)]
@@ -45,144 +48,129 @@ pub enum Lookup {
     NotFound(String),
 }
 
-/// Size and mtime (ns) of a file on disk; `None` for built-in scripts, which never change.
-type Stamp = Option<(u64, i64)>;
-
-struct Cached {
-    loaded: Loaded,
-    stamp: Stamp,
-    checked: Instant,
-}
-
 impl ScriptLoader {
-    pub fn new(entries: Vec<PackageEntry>, reflush: Duration, embedded: Embedded) -> ScriptLoader {
+    pub fn new(library: Arc<Library>) -> ScriptLoader {
         ScriptLoader {
-            entries,
-            reflush,
-            embedded,
-            cache: RefCell::new(HashMap::new()),
+            seen: Cell::new(library.version()),
+            library,
+            view: RefCell::new(HashMap::new()),
         }
     }
 
     /// `"cluster.ready"` -> `cluster/ready.lua`; a name ending in `.lua` is used verbatim.
     pub fn relative_path(name: &str) -> String {
-        if name.ends_with(".lua") {
-            return name.to_string();
-        }
-        format!("{}.lua", name.replace(['.', ':'], "/"))
+        Library::relative_path(name)
     }
 
-    /// Finds `name` (compiling it if it is new or changed). A file that exists but does not
-    /// compile falls through to later entries; if none compiles, the first error is raised.
+    /// Finds `name` and compiles it in `lua` (once per version). A file that does not compile
+    /// falls through to later entries; if none compiles, the first error is raised.
     pub fn load(&self, lua: &Lua, name: &str) -> mlua::Result<Lookup> {
-        if let Some(hit) = self.fresh(name) {
-            return Ok(Lookup::Found(hit));
-        }
-        let rel = Self::relative_path(name);
-        let mut first_error = None;
-        for entry in &self.entries {
-            let path = join(&entry.prefix, &rel);
-            let Some((source, stamp)) = self.read(&path) else {
-                continue;
-            };
-            match lua
-                .load(&source[..])
-                .set_name(format!("@{path}"))
-                .into_function()
-            {
-                Ok(chunk) => {
-                    if let Some(err) = first_error.take() {
-                        tracing::warn!("{err}; using fail-over copy {path}");
-                    }
-                    let loaded = Loaded {
-                        chunk,
-                        position: entry.position,
-                        path: path.clone(),
-                        mtime: stamp.map_or(0, |s| mtime_seconds(s.1)),
-                    };
-                    self.cache.borrow_mut().insert(
-                        name.to_string(),
-                        Cached {
-                            loaded: loaded.clone(),
-                            stamp,
-                            checked: Instant::now(),
-                        },
-                    );
-                    return Ok(Lookup::Found(loaded));
+        let known = match self.view.borrow().get(name) {
+            Some(c) => {
+                if let (Some(chunk), Some(source)) = (&c.chunk, &c.resolution.found) {
+                    return Ok(Lookup::Found(loaded(chunk.clone(), source)));
                 }
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
+                Some(c.resolution.clone())
             }
+            None => None,
+        };
+        let from_batch = known.is_some();
+        let resolution = known.unwrap_or_else(|| {
+            self.library
+                .resolve_first(name, &mut |path, bytes| compile(lua, path, bytes).map(drop))
+        });
+        let missing = resolution.found.is_none() && resolution.broken.is_empty();
+        let chunk = match &resolution.found {
+            Some(source) => {
+                Some(compile(lua, &source.path, &source.bytes).map_err(mlua::Error::runtime)?)
+            }
+            None => None,
+        };
+        // A name with no file is not kept (see `Library::resolve_first`) unless a reload
+        // said so: the reloader tracks it then, and tells this state when it reappears.
+        if !missing || from_batch {
+            self.view.borrow_mut().insert(
+                name.to_string(),
+                Compiled {
+                    resolution: resolution.clone(),
+                    chunk: chunk.clone(),
+                },
+            );
         }
-        self.cache.borrow_mut().remove(name);
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok(Lookup::NotFound(rel.trim_end_matches(".lua").to_string())),
+        match (chunk, &resolution.found, resolution.broken.first()) {
+            (Some(chunk), Some(source), _) => Ok(Lookup::Found(loaded(chunk, source))),
+            (_, _, Some(broken)) => Err(mlua::Error::runtime(broken.error.clone())),
+            _ => Ok(Lookup::NotFound(
+                Self::relative_path(name)
+                    .trim_end_matches(".lua")
+                    .to_string(),
+            )),
         }
     }
 
-    /// The cached chunk when it is still current: unchanged on disk, or checked recently.
-    /// Fail-over copies (position > 0) are never trusted, so the normal copy wins again as
-    /// soon as it reappears.
-    fn fresh(&self, name: &str) -> Option<Loaded> {
-        let mut cache = self.cache.borrow_mut();
-        let cached = cache.get_mut(name)?;
-        if cached.loaded.position > 0 {
+    /// A core: switches this state to `batch` (its names compile again on their next load).
+    pub fn install(&self, batch: &Batch) {
+        let mut view = self.view.borrow_mut();
+        for (name, resolution) in &batch.scripts {
+            view.insert(
+                name.clone(),
+                Compiled {
+                    resolution: resolution.clone(),
+                    chunk: None,
+                },
+            );
+        }
+        self.seen.set(batch.version);
+    }
+
+    /// A pool thread: takes the reloads committed since it last looked; returns the names
+    /// they changed (`None` when there was none).
+    pub fn catch_up(&self) -> Option<Vec<String>> {
+        let version = self.library.version();
+        if version == self.seen.get() {
             return None;
         }
-        if cached.stamp.is_none() || cached.checked.elapsed() < self.reflush {
-            return Some(cached.loaded.clone());
+        let changed = self.library.changed_since(self.seen.get());
+        self.seen.set(version);
+        let mut view = self.view.borrow_mut();
+        let mut names = Vec::with_capacity(changed.len());
+        for (name, resolution) in changed {
+            view.insert(
+                name.clone(),
+                Compiled {
+                    resolution,
+                    chunk: None,
+                },
+            );
+            names.push(name);
         }
-        if stamp_of(Path::new(&cached.loaded.path)) == cached.stamp {
-            cached.checked = Instant::now();
-            return Some(cached.loaded.clone());
-        }
-        None
-    }
-
-    fn read(&self, path: &str) -> Option<(Vec<u8>, Stamp)> {
-        if let Some(rest) = path.strip_prefix(BUILTIN_ROOT) {
-            let rest = rest.trim_start_matches('/');
-            return self
-                .embedded
-                .iter()
-                .find(|(p, _)| *p == rest)
-                .map(|(_, src)| (src.as_bytes().to_vec(), None));
-        }
-        let stamp = stamp_of(Path::new(path))?;
-        let source = std::fs::read(path).ok()?;
-        Some((source, Some(stamp)))
+        Some(names)
     }
 }
 
-fn join(prefix: &str, rel: &str) -> String {
-    if prefix.is_empty() || prefix == "." {
-        rel.to_string()
-    } else {
-        format!("{}/{}", prefix.trim_end_matches('/'), rel)
+fn loaded(chunk: Function, source: &crate::node::reload::Source) -> Loaded {
+    Loaded {
+        chunk,
+        position: source.position,
+        path: source.path.clone(),
+        mtime: source.mtime(),
     }
 }
 
-/// Size and mtime (seconds) of a regular file, or `None` if there is none.
-fn stamp_of(path: &Path) -> Option<(u64, i64)> {
-    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64);
-    Some((meta.len(), mtime))
-}
-
-/// Seconds since the epoch from a stamp's nanosecond mtime.
-pub fn mtime_seconds(mtime_ns: i64) -> i64 {
-    mtime_ns / 1_000_000_000
+/// Compiles `bytes` as the chunk of `path` (named `@path` in tracebacks).
+pub fn compile(lua: &Lua, path: &str, bytes: &[u8]) -> Result<Function, String> {
+    lua.load(bytes)
+        .set_name(format!("@{path}"))
+        .into_function()
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::PackageEntry;
 
     fn entry(position: u32, prefix: &str) -> PackageEntry {
         PackageEntry {
@@ -192,25 +180,15 @@ mod tests {
     }
 
     #[test]
-    fn maps_names_to_paths() {
-        assert_eq!(ScriptLoader::relative_path("packet"), "packet.lua");
-        assert_eq!(
-            ScriptLoader::relative_path("cluster.ready"),
-            "cluster/ready.lua"
-        );
-        assert_eq!(ScriptLoader::relative_path("a:b"), "a/b.lua");
-        assert_eq!(ScriptLoader::relative_path("x/y.lua"), "x/y.lua");
-    }
-
-    #[test]
-    fn searches_in_order_falls_over_and_reloads_on_change() {
-        let dir = std::env::temp_dir().join(format!("stage-loader-{}", std::process::id()));
-        let (pkg, rollback) = (dir.join("package"), dir.join("rollback"));
+    fn searches_in_order_and_falls_over_past_a_broken_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pkg, rollback) = (dir.path().join("package"), dir.path().join("rollback"));
         std::fs::create_dir_all(&pkg).unwrap();
         std::fs::create_dir_all(&rollback).unwrap();
         std::fs::write(rollback.join("m.lua"), "return 'rollback'").unwrap();
         std::fs::write(pkg.join("m.lua"), "return (").unwrap();
-        let loader = ScriptLoader::new(
+        std::fs::write(pkg.join("bad.lua"), "return (").unwrap();
+        let library = Library::new(
             vec![
                 entry(0, pkg.to_str().unwrap()),
                 entry(1, rollback.to_str().unwrap()),
@@ -218,26 +196,46 @@ mod tests {
             Duration::ZERO,
             &[],
         );
+        let loader = ScriptLoader::new(library.clone());
         let lua = Lua::new();
-        let run = |loader: &ScriptLoader| match loader.load(&lua, "m").unwrap() {
-            Lookup::Found(l) => (l.position, l.chunk.call::<String>(()).unwrap()),
+        match loader.load(&lua, "m").unwrap() {
+            Lookup::Found(l) => {
+                assert_eq!(l.position, 1);
+                assert_eq!(l.chunk.call::<String>(()).unwrap(), "rollback");
+            }
             Lookup::NotFound(_) => panic!("not found"),
-        };
-        assert_eq!(run(&loader), (1, "rollback".to_string()));
-        std::fs::write(pkg.join("m.lua"), "return 'v1'").unwrap();
-        assert_eq!(run(&loader), (0, "v1".to_string()));
-        std::fs::write(pkg.join("m.lua"), "return 'v2 is longer'").unwrap();
-        assert_eq!(run(&loader), (0, "v2 is longer".to_string()));
+        }
+        let err = loader.load(&lua, "bad").err().expect("no copy compiles");
+        assert!(err.to_string().contains("bad.lua"), "{err}");
         assert!(
             matches!(loader.load(&lua, "missing").unwrap(), Lookup::NotFound(p) if p == "missing")
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+        // A missing name is not recorded (client-chosen names cannot grow the tables), and
+        // is found once its file exists.
+        assert!(library.snapshot().iter().all(|(n, _)| n != "missing"));
+        std::fs::write(pkg.join("missing.lua"), "return 'here now'").unwrap();
+        match loader.load(&lua, "missing").unwrap() {
+            Lookup::Found(l) => assert_eq!(l.chunk.call::<String>(()).unwrap(), "here now"),
+            Lookup::NotFound(_) => panic!("the new file is not found"),
+        }
+        // A second state gets the same resolution without reading the files again.
+        std::fs::write(
+            rollback.join("m.lua"),
+            "return 'changed behind the reloader'",
+        )
+        .unwrap();
+        let other = ScriptLoader::new(library);
+        match other.load(&Lua::new(), "m").unwrap() {
+            Lookup::Found(l) => assert_eq!(l.chunk.call::<String>(()).unwrap(), "rollback"),
+            Lookup::NotFound(_) => panic!("not found"),
+        }
     }
 
     #[test]
     fn serves_builtin_scripts() {
         static FILES: Embedded = &[("v1/start.lua", "return 7")];
-        let loader = ScriptLoader::new(vec![entry(0, "@builtin/v1")], Duration::ZERO, FILES);
+        let library = Library::new(vec![entry(0, "@builtin/v1")], Duration::ZERO, FILES);
+        let loader = ScriptLoader::new(library);
         let lua = Lua::new();
         match loader.load(&lua, "start").unwrap() {
             Lookup::Found(l) => assert_eq!(l.chunk.call::<i64>(()).unwrap(), 7),

@@ -6,7 +6,8 @@
 //! child that ends, unless it lived less than a second ("TIME BREAK"), and slows down the
 //! restarts of a child that keeps dying (`#restart`, see [`intensity`]); it exits when no child
 //! is left. SIGINT/SIGTERM/SIGQUIT are forwarded as SIGTERM (graceful); a second one, or
-//! children still running [`STOP_BOUND`] after the first, get SIGKILL. Children bind their life to the supervisor (`bind_to_parent`), so a SIGKILLed
+//! children still running [`STOP_BOUND`] after the first, get SIGKILL. SIGHUP is forwarded
+//! as is: each child reloads its scripts (`script::reload`). Children bind their life to the supervisor (`bind_to_parent`), so a SIGKILLed
 //! supervisor takes them along.
 //!
 //! The watchdog (spec 6.1): each child writes the oldest beat of its cores into its
@@ -215,6 +216,12 @@ impl Supervisor {
             };
             match wait_signal(set, wait) {
                 Some(libc::SIGCHLD) | None => {}
+                // Each child reloads its own scripts (`script::reload`).
+                Some(libc::SIGHUP) if !self.stopping => {
+                    tracing::info!("received SIGHUP: asking every process to reload");
+                    self.kill_all(libc::SIGHUP);
+                }
+                Some(libc::SIGHUP) => {}
                 Some(sig) => self.on_shutdown_signal(sig),
             }
             self.reap();
@@ -446,7 +453,13 @@ fn signal_set() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGCHLD] {
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGQUIT,
+            libc::SIGCHLD,
+            libc::SIGHUP,
+        ] {
             libc::sigaddset(&mut set, sig);
         }
         set

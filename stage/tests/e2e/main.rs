@@ -22,6 +22,7 @@ mod messaging;
 mod odbc;
 mod packets;
 mod processes;
+mod reload;
 mod route;
 mod scripts;
 mod shared;
