@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::admin;
 use crate::config::{self, ConfigSource};
 use crate::logging::{self, LogFormat};
 use crate::node::peers::{PeerSettings, Peers};
@@ -224,7 +225,20 @@ fn run_command() -> ExitCode {
         (Some(dir), Some(n)) => Some(watchdog::alive_file(dir, n)),
         _ => None,
     };
-    match run(cpus, plan, peers, alive) {
+    // Each process that runs stages serves its own endpoint: a child of a multi-process
+    // node on the configured port plus its number (`admin::child_address`).
+    let admin = config.admin.as_ref().map(|a| admin::Settings {
+        base: a.listen,
+        listen: match args.child {
+            Some(n) => admin::child_address(a.listen, n),
+            None => a.listen,
+        },
+        token: a.token.clone(),
+        node: config.node.clone().unwrap_or_else(|| {
+            config::default_node_name(&hostname(), args.parent.unwrap_or(std::process::id()))
+        }),
+    });
+    match run(cpus, plan, peers, alive, admin) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -252,6 +266,7 @@ fn run(
     plan: Arc<Plan>,
     peers: Option<Arc<Peers>>,
     alive: Option<std::path::PathBuf>,
+    admin: Option<admin::Settings>,
 ) -> anyhow::Result<()> {
     block_shutdown_signals();
     match &peers {
@@ -261,6 +276,16 @@ fn run(
     let node = Node::new(cpus, plan, peers);
     let handles = runtime::start(node.clone(), script::host::factory())?;
     crate::cluster::start(node.clone())?;
+    if let Some(settings) = admin {
+        if let Err(err) = admin::start(node.clone(), settings) {
+            // The operator asked for the endpoint: stop rather than run without it.
+            node.shutdown();
+            for handle in handles {
+                let _ = handle.join();
+            }
+            return Err(err.into());
+        }
+    }
     watchdog::start(node.clone(), alive);
     crate::node::budget::start(&node);
     let signals = node.clone();

@@ -146,12 +146,14 @@ fn accept<H: ConnEvents>(events: &Rc<H>, endpoint: &Endpoint, stream: TcpStream)
     conn.local.set(stream.local_addr().ok().map(canonical));
     conn.frame_deadline.set(endpoint.gate.limits.deadline());
     conn.admit(ticket);
+    conn.count_in(events.stats(Some(endpoint.id)));
     if events.accepted(endpoint.id, &conn) {
         glommio::spawn_local(conn::serve(events.clone(), conn, stream)).detach();
     } else {
         // Refused by the accept callback: its places are free at once, whoever still holds
         // the connection object.
         conn.release();
+        conn.count_refused();
     }
     // Refused: dropping the stream closes it before anything of it was read.
 }
@@ -164,6 +166,7 @@ pub fn join<H: ConnEvents>(events: &Rc<H>, conn: Rc<Conn>, addr: SocketAddr, tim
         // glommio polls a new task at once: let `broker.join` return its socket object
         // before any callback of that socket can run.
         futures_lite::future::yield_now().await;
+        conn.count_in(events.stats(None));
         match TcpStream::connect_timeout(addr, timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);

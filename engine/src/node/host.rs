@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::post::PostKind;
+use super::stats::{HostStats, ReloadReport};
 use super::Node;
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
@@ -47,6 +48,16 @@ pub trait ScriptHost {
     fn boot(&self, index: usize, stage: &LuaStage) -> bool;
     /// Runs stage `stage`'s idle function: the msec until the next call, or `None` to stop.
     fn idle(&self, stage: usize) -> Option<f64>;
+    /// The host's own figures for a scrape (Lua memory, errors, loaded scripts). Must not
+    /// run scripts.
+    fn stats(&self) -> HostStats {
+        HostStats::default()
+    }
+    /// An operator asked for a reload: look at the scripts now, as the next `%reflush`
+    /// check would, and say what changed.
+    fn reload(&self) -> ReloadReport {
+        ReloadReport::default()
+    }
 }
 
 /// Builds the script host of core `index` (on that core's thread, before it boots).

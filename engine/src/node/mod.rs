@@ -23,6 +23,7 @@ pub mod post;
 pub mod runtime;
 pub mod shared;
 pub mod stages;
+pub mod stats;
 pub mod timed;
 pub mod watchdog;
 
@@ -38,6 +39,10 @@ use crate::net::id::{listener_id, ConnId};
 use crate::net::listener::Endpoint;
 use crate::net::url::BrokerUrl;
 use crate::plan::{Plan, ServiceKind, StageKind};
+
+/// Messages dropped because a core's inbox was full or closed ([`Node::log_dropped`]): the
+/// log line's rate limit, and its total for the metrics.
+pub static DROPPED: crate::net::ratelog::RateLog = crate::net::ratelog::RateLog::new();
 
 /// How many undelivered messages a core's inbox holds before senders get an error.
 pub const INBOX_CAPACITY: usize = 65_536;
@@ -72,6 +77,10 @@ pub enum CoreMsg {
         kind: post::PostKind,
         payload: Bytes,
     },
+    /// The admin endpoint's scrape: answer with this core's figures (`stats`).
+    Snapshot(tokio::sync::oneshot::Sender<stats::CoreSnapshot>),
+    /// An operator's reload (`POST /reload`, [`Node::request_reload`]).
+    Reload(tokio::sync::oneshot::Sender<stats::ReloadReport>),
     /// Graceful shutdown: stop accepting, close connections (running close callbacks), exit.
     Shutdown,
 }
@@ -91,6 +100,15 @@ pub struct ListenerShared {
 }
 
 impl ListenerShared {
+    /// How metrics and the status page name it: scheme and the address it is bound to.
+    pub fn label(&self) -> String {
+        let scheme = match self.url.scheme {
+            crate::net::url::Scheme::Tcp => "tcp",
+            crate::net::url::Scheme::Udp => "udp",
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// What each core's accept (or UDP receive) loop needs of it.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
@@ -152,6 +170,8 @@ pub struct Node {
     /// start (the first one initialises libcurl, which sets environment variables), and
     /// shared by every core.
     pub http: HashMap<usize, crate::service::http::HttpAgent>,
+    /// When this process started (uptime on the status page).
+    pub started: std::time::Instant,
 }
 
 /// One agent per curl.so stage (directory index = Lua stages first, then services).
@@ -204,6 +224,7 @@ impl Node {
             next_listener: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             gate: Mutex::new(None),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -237,6 +258,47 @@ impl Node {
             .sum()
     }
 
+    /// Messages waiting in each core's inbox, by core.
+    pub fn inbox_depths(&self) -> Vec<usize> {
+        self.inboxes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.queued())
+            .collect()
+    }
+
+    /// Asks every core for its figures (`CoreMsg::Snapshot`); one receiver per core, `None`
+    /// where the message could not be queued. The caller waits on them with a timeout, so a
+    /// stuck core costs a scrape its figures, never the scrape.
+    pub fn ask_snapshots(
+        &self,
+    ) -> Vec<Option<tokio::sync::oneshot::Receiver<stats::CoreSnapshot>>> {
+        self.ask_every_core(CoreMsg::Snapshot)
+    }
+
+    /// THE reload trigger (`POST /reload`): asks every core to look at its scripts now
+    /// (`CoreMsg::Reload`), which is the `%reflush` reload done at once instead of at each
+    /// cached script's next check. One receiver per core with what it did. A reload that
+    /// switches the cores together replaces this function's body, not its callers.
+    pub fn request_reload(
+        &self,
+    ) -> Vec<Option<tokio::sync::oneshot::Receiver<stats::ReloadReport>>> {
+        self.ask_every_core(CoreMsg::Reload)
+    }
+
+    fn ask_every_core<T>(
+        &self,
+        msg: impl Fn(tokio::sync::oneshot::Sender<T>) -> CoreMsg,
+    ) -> Vec<Option<tokio::sync::oneshot::Receiver<T>>> {
+        (0..self.cores())
+            .map(|core| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.send(core, msg(tx)).ok().map(|()| rx)
+            })
+            .collect()
+    }
+
     /// The core for the next unrestricted job: round-robin over all cores.
     pub fn next_core(&self) -> usize {
         self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores()
@@ -256,6 +318,13 @@ impl Node {
 
     pub fn listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
         self.listeners.lock().unwrap().get(&id).cloned()
+    }
+
+    /// Every listener open now, by id.
+    pub fn listeners(&self) -> Vec<Arc<ListenerShared>> {
+        let mut all: Vec<_> = self.listeners.lock().unwrap().values().cloned().collect();
+        all.sort_by_key(|l| l.id);
+        all
     }
 
     pub fn remove_listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
@@ -301,7 +370,6 @@ impl Node {
     /// one line per second for the process, with the count since the last line, because a
     /// core that is overloaded is sent to by every other core at once.
     pub fn log_dropped(&self, core: usize, err: &mailbox::SendError) {
-        static DROPPED: crate::net::ratelog::RateLog = crate::net::ratelog::RateLog::new();
         if self.is_shutting_down() {
             return;
         }

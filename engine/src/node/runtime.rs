@@ -27,11 +27,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 use super::host::{HostFactory, ScriptHost};
 use super::mailbox::{self, Inbox};
 use super::post::PostKind;
+use super::stats::{Callback, CoreSnapshot, CoreStats, ReloadReport};
 use super::timed::{TimedService, TimedSlot};
 use super::{CoreMsg, ListenerShared, Node, SHUTDOWN_GRACE};
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
 use crate::net::id::ConnId;
+use crate::net::stats::IoStats;
 use crate::net::{listener, udp, ConnEvents};
 use crate::notify::Notify;
 use crate::plan::{LuaStage, ServiceKind};
@@ -85,6 +87,8 @@ pub struct Core {
     /// this is, by stage index, each with its tick timer (same reasoning: one owner core per
     /// category or route service, requests serialized here).
     timed: RefCell<HashMap<usize, Rc<RefCell<TimedSlot>>>>,
+    /// This core's counters (connections, callbacks, service shards), read on a scrape.
+    pub stats: CoreStats,
     pub stop: Notify,
 }
 
@@ -144,6 +148,7 @@ async fn run_core(
         next_seq: Cell::new(1),
         indexes: RefCell::new(HashMap::new()),
         timed: RefCell::new(HashMap::new()),
+        stats: CoreStats::default(),
         stop: Notify::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
@@ -262,11 +267,62 @@ impl Core {
                 None => tracing::debug!(socket = id.raw(), "commit for a closed socket dropped"),
             },
             CoreMsg::Post { kind, payload } => {
-                self.host.post(kind, &payload);
+                self.timed(Callback::Message, || self.host.post(kind, &payload));
                 self.after_script();
+            }
+            // The asker may have given up waiting (a slow scrape): nobody to tell then.
+            CoreMsg::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            CoreMsg::Reload(reply) => {
+                let _ = reply.send(self.reload());
             }
             CoreMsg::Shutdown => self.stop.fire(),
         }
+    }
+
+    /// Runs one call into the script host and adds its duration to the histogram.
+    #[inline]
+    fn timed<R>(&self, kind: Callback, f: impl FnOnce() -> R) -> R {
+        let start = std::time::Instant::now();
+        let result = f();
+        self.stats.callback(kind, start.elapsed());
+        result
+    }
+
+    /// This core's figures for a scrape: its counters, the gauges of its service shards and
+    /// what its script host reports.
+    pub fn snapshot(&self) -> CoreSnapshot {
+        let mut services = self.stats.service_figures();
+        for slot in self.timed.borrow().values() {
+            match &slot.borrow().service {
+                TimedService::Ticket(t) => {
+                    let (waiting, held) = t.totals();
+                    services.ticket_waiting += waiting as u64;
+                    services.ticket_held += held as u64;
+                }
+                TimedService::Route(r) => services.route_pending += r.pending() as u64,
+            }
+        }
+        CoreSnapshot {
+            core: self.index,
+            connections: self.conns.borrow().len(),
+            listeners: self.stats.listener_figures(),
+            joined: self.stats.joined.read(),
+            callbacks: self.stats.callback_figures(),
+            services,
+            host: self.host.stats(),
+        }
+    }
+
+    /// The reload an operator asked for (`Node::request_reload`): the script host looks at
+    /// every script it has cached now instead of at its next `%reflush` check.
+    pub fn reload(&self) -> ReloadReport {
+        let report = self.host.reload();
+        if !report.changed.is_empty() {
+            tracing::info!(changed = ?report.changed, "reload: scripts changed on disk");
+        }
+        report
     }
 
     /// Posts to this core after `delay` (timers, job repetition, lock leases).
@@ -276,7 +332,7 @@ impl Core {
             futures_lite::future::yield_now().await;
             futures_lite::future::or(glommio::timer::sleep(delay), core.stop.wait()).await;
             if !core.stop.is_fired() {
-                core.host.post(kind, &payload);
+                core.timed(Callback::Message, || core.host.post(kind, &payload));
                 core.after_script();
             }
         })
@@ -436,7 +492,7 @@ impl Core {
 /// Calls a stage's idle function until it returns nothing or a number <= 0 (spec §3.10).
 async fn run_idle(core: Rc<Core>, stage: usize) {
     loop {
-        let next = core.host.idle(stage);
+        let next = core.timed(Callback::Idle, || core.host.idle(stage));
         core.after_script();
         let Some(ms) = next.filter(|ms| *ms > 0.0) else {
             return;
@@ -456,6 +512,19 @@ impl ConnEvents for Core {
         Core::next_conn_id(self)
     }
 
+    fn stats(&self, listener: Option<u64>) -> Rc<IoStats> {
+        match listener {
+            None => self.stats.joined.clone(),
+            Some(id) => self.stats.listener(id, || {
+                self.listeners
+                    .borrow()
+                    .get(&id)
+                    .map(|(shared, _)| shared.label())
+                    .unwrap_or_default()
+            }),
+        }
+    }
+
     fn accepted(self: &Rc<Self>, listener: u64, conn: &Rc<Conn>) -> bool {
         let Some(shared) = self
             .listeners
@@ -472,7 +541,9 @@ impl ConnEvents for Core {
             *conn.crypto.borrow_mut() = props.crypto.clone();
         }
         self.add_conn(conn.clone());
-        let accepted = self.host.accept(listener, shared.stage, conn);
+        let accepted = self.timed(Callback::Accept, || {
+            self.host.accept(listener, shared.stage, conn)
+        });
         self.after_script();
         if !accepted {
             self.remove_conn(conn.id);
@@ -481,19 +552,19 @@ impl ConnEvents for Core {
     }
 
     fn connected(self: &Rc<Self>, conn: &Rc<Conn>) {
-        self.host.connected(conn);
+        self.timed(Callback::Connect, || self.host.connected(conn));
         self.after_script();
     }
 
     fn frame(self: &Rc<Self>, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
-        let result = self.host.receive(conn, frame);
+        let result = self.timed(Callback::Receive, || self.host.receive(conn, frame));
         self.after_script();
         result
     }
 
     fn closed(self: &Rc<Self>, conn: &Rc<Conn>, errno: i32) {
         self.remove_conn(conn.id);
-        self.host.close(conn.id, errno);
+        self.timed(Callback::Close, || self.host.close(conn.id, errno));
         self.after_script();
     }
 
@@ -505,7 +576,9 @@ impl ConnEvents for Core {
         from: SocketAddr,
     ) {
         let stage = self.listener_stage(endpoint);
-        self.host.datagram(endpoint, stage, message, framing, from);
+        self.timed(Callback::Datagram, || {
+            self.host.datagram(endpoint, stage, message, framing, from)
+        });
         self.after_script();
     }
 }

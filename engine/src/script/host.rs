@@ -26,6 +26,7 @@ use crate::net::id::ConnId;
 use crate::net::sockaddr::{self, SockAddr};
 use crate::node::host::{HostFactory, ScriptHost};
 use crate::node::post::PostKind;
+use crate::node::stats::{HostStats, ReloadReport};
 use crate::node::Node;
 use crate::plan::LuaStage;
 use stage_ffi::{FfiContext, PacketView};
@@ -77,6 +78,8 @@ struct Hooks {
     idle: Function,
     post: Function,
     thread: Function,
+    /// The prelude's counters for a scrape: `(errors, routed, unrouted)`.
+    stats: Function,
     /// The FFI receive path (`None` when `%ffi` is off).
     receive_view: Option<Function>,
 }
@@ -406,6 +409,44 @@ impl ScriptHost for Host {
         }
     }
 
+    fn stats(&self) -> HostStats {
+        let by_policy = |t: &Table| -> Vec<(String, u64)> {
+            let mut v: Vec<(String, u64)> = t
+                .pairs::<String, f64>()
+                .filter_map(Result::ok)
+                .map(|(k, n)| (k, n as u64))
+                .collect();
+            v.sort();
+            v
+        };
+        let (errors, routed, unrouted) = self
+            .hooks
+            .stats
+            .call::<(f64, Table, Table)>(())
+            .map(|(e, r, u)| (e as u64, by_policy(&r), by_policy(&u)))
+            .unwrap_or_default();
+        let scripts = self
+            .lua
+            .app_data_ref::<ScriptLoader>()
+            .map(|l| l.versions())
+            .unwrap_or_default();
+        HostStats {
+            lua_memory: self.lua.used_memory() as u64,
+            lua_errors: errors,
+            routed,
+            unrouted,
+            scripts,
+        }
+    }
+
+    fn reload(&self) -> ReloadReport {
+        let Some(loader) = self.lua.app_data_ref::<ScriptLoader>() else {
+            return ReloadReport::default();
+        };
+        let (checked, changed) = loader.recheck();
+        ReloadReport { checked, changed }
+    }
+
     fn idle(&self, stage: usize) -> Option<f64> {
         let idle = self.idle.borrow().get(&stage).cloned()?;
         let next = match within(&self.budget, || {
@@ -467,6 +508,7 @@ fn install_prelude(
         idle: hooks.get("idle")?,
         post: hooks.get("post")?,
         thread: hooks.get("thread")?,
+        stats: hooks.get("stats")?,
         receive_view: hooks.get("receive_view")?,
     })
 }

@@ -52,6 +52,9 @@ struct Cached {
     loaded: Loaded,
     stamp: Stamp,
     checked: Instant,
+    /// Size and FNV-1a 64 hash of the source compiled (what `/status` shows as its version).
+    size: u64,
+    hash: u64,
 }
 
 impl ScriptLoader {
@@ -106,6 +109,8 @@ impl ScriptLoader {
                             loaded: loaded.clone(),
                             stamp,
                             checked: Instant::now(),
+                            size: source.len() as u64,
+                            hash: fnv1a(&source),
                         },
                     );
                     return Ok(Lookup::Found(loaded));
@@ -141,6 +146,51 @@ impl ScriptLoader {
         None
     }
 
+    /// The version of every script this loader serves now: path, mtime, size and hash of
+    /// the source it compiled.
+    pub fn versions(&self) -> Vec<crate::node::stats::ScriptVersion> {
+        let mut out: Vec<_> = self
+            .cache
+            .borrow()
+            .values()
+            .map(|c| crate::node::stats::ScriptVersion {
+                path: c.loaded.path.clone(),
+                mtime_ns: c.stamp.map_or(0, |s| s.1),
+                size: c.size,
+                hash: c.hash,
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out.dedup();
+        out
+    }
+
+    /// The `%reflush` check of every cached script, now (an operator's reload): a script
+    /// whose file changed or vanished is dropped from the cache, so the next `stage.load`
+    /// compiles what is on disk; the others count as freshly checked. Returns how many were
+    /// looked at and the paths that changed.
+    pub fn recheck(&self) -> (usize, Vec<String>) {
+        let mut cache = self.cache.borrow_mut();
+        let mut checked = 0;
+        let mut changed = Vec::new();
+        cache.retain(|_, cached| {
+            if cached.stamp.is_none() {
+                return true; // built into the binary: never changes
+            }
+            checked += 1;
+            if stamp_of(Path::new(&cached.loaded.path)) == cached.stamp {
+                cached.checked = Instant::now();
+                true
+            } else {
+                changed.push(cached.loaded.path.clone());
+                false
+            }
+        });
+        changed.sort();
+        changed.dedup();
+        (checked, changed)
+    }
+
     fn read(&self, path: &str) -> Option<(Vec<u8>, Stamp)> {
         if let Some(rest) = path.strip_prefix(BUILTIN_ROOT) {
             let rest = rest.trim_start_matches('/');
@@ -173,6 +223,14 @@ fn stamp_of(path: &Path) -> Option<(u64, i64)> {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i64);
     Some((meta.len(), mtime))
+}
+
+/// FNV-1a, 64 bits: a script's version fingerprint (not a security hash: it only has to
+/// tell two versions of one file apart on the status page).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Seconds since the epoch from a stamp's nanosecond mtime.
@@ -232,6 +290,37 @@ mod tests {
             matches!(loader.load(&lua, "missing").unwrap(), Lookup::NotFound(p) if p == "missing")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recheck_drops_what_changed_and_versions_name_what_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.lua");
+        std::fs::write(&path, "return 1").unwrap();
+        let prefix = dir.path().to_str().unwrap();
+        // A reflush period far away: only `recheck` can notice the change.
+        let loader = ScriptLoader::new(vec![entry(0, prefix)], Duration::from_secs(3600), &[]);
+        let lua = Lua::new();
+        let run = |loader: &ScriptLoader| match loader.load(&lua, "m").unwrap() {
+            Lookup::Found(l) => l.chunk.call::<i64>(()).unwrap(),
+            Lookup::NotFound(_) => panic!("not found"),
+        };
+        assert_eq!(run(&loader), 1);
+        let v1 = loader.versions();
+        assert_eq!(v1.len(), 1);
+        assert_eq!((v1[0].size, v1[0].hash), (8, fnv1a(b"return 1")));
+        assert_eq!(loader.recheck(), (1, vec![]));
+        std::fs::write(&path, "return 22").unwrap();
+        assert_eq!(
+            run(&loader),
+            1,
+            "the cached version is served until a check"
+        );
+        let (checked, changed) = loader.recheck();
+        assert_eq!((checked, changed.len()), (1, 1));
+        assert!(changed[0].ends_with("m.lua"));
+        assert_eq!(run(&loader), 22);
+        assert_eq!(loader.versions()[0].hash, fnv1a(b"return 22"));
     }
 
     #[test]

@@ -1,0 +1,325 @@
+//! `/metrics`: a [`Scrape`] written as Prometheus text. Every metric name, its labels and
+//! its meaning are listed in docs/metrics.md; keep the two in step.
+
+use super::gather::Scrape;
+use super::prom::{Exposition, Kind};
+use crate::net::stats::IoFigures;
+use crate::node::stats::{ServiceFigures, CALLBACK_BUCKETS};
+
+/// The label of outgoing (`broker.join`) connections in the per-listener families.
+pub const JOINED: &str = "join";
+
+pub fn render(scrape: &Scrape, process: u32) -> String {
+    let mut e = Exposition::default();
+    let process = process.to_string();
+    let p = [("process", process.as_str())];
+
+    e.family(
+        "stage_up_seconds",
+        Kind::Gauge,
+        "Seconds since this process started.",
+    );
+    e.sample("stage_up_seconds", &p, scrape.uptime.as_secs_f64());
+    e.family("stage_core_up", Kind::Gauge, "1 when the core answered this scrape in time, 0 when it did not (its other figures are missing from this scrape).");
+    for (i, core) in scrape.cores.iter().enumerate() {
+        let c = i.to_string();
+        e.sample("stage_core_up", &[("core", &c)], u64::from(core.is_some()));
+    }
+    e.family(
+        "stage_inbox_depth",
+        Kind::Gauge,
+        "Messages waiting in the core's inbox.",
+    );
+    for (i, depth) in scrape.inbox.iter().enumerate() {
+        e.sample("stage_inbox_depth", &[("core", &i.to_string())], *depth);
+    }
+
+    // Per core and listener.
+    let io: Vec<(String, String, IoFigures)> = scrape
+        .cores
+        .iter()
+        .flatten()
+        .flat_map(|c| {
+            let core = c.core.to_string();
+            c.listeners
+                .iter()
+                .map(move |l| (core.clone(), l.url.clone(), l.io))
+                .chain(std::iter::once((
+                    c.core.to_string(),
+                    JOINED.to_string(),
+                    c.joined,
+                )))
+        })
+        .collect();
+    type Field = fn(&IoFigures) -> u64;
+    let families: [(&str, Kind, &str, Field); 6] = [
+        (
+            "stage_connections_open",
+            Kind::Gauge,
+            "Connections open now.",
+            IoFigures::open,
+        ),
+        (
+            "stage_connections_accepted_total",
+            Kind::Counter,
+            "Connections accepted (past maxconn/perip) or joined.",
+            |f| f.accepted,
+        ),
+        (
+            "stage_frames_in_total",
+            Kind::Counter,
+            "Frames received (one message each; a read for raw sockets).",
+            |f| f.frames_in,
+        ),
+        (
+            "stage_bytes_in_total",
+            Kind::Counter,
+            "Bytes read from sockets.",
+            |f| f.bytes_in,
+        ),
+        (
+            "stage_frames_out_total",
+            Kind::Counter,
+            "Messages committed to sockets.",
+            |f| f.frames_out,
+        ),
+        (
+            "stage_bytes_out_total",
+            Kind::Counter,
+            "Bytes written to sockets.",
+            |f| f.bytes_out,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        e.family(name, kind, help);
+        for (core, listener, f) in &io {
+            e.sample(name, &[("core", core), ("listener", listener)], field(f));
+        }
+    }
+
+    // Per listener (the gate is shared by the process's cores).
+    e.family(
+        "stage_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at accept by a listener limit (reason: maxconn, perip).",
+    );
+    for l in &scrape.listeners {
+        e.sample(
+            "stage_connections_refused_total",
+            &[("listener", &l.label), ("reason", "maxconn")],
+            l.gate.refused_maxconn,
+        );
+        e.sample(
+            "stage_connections_refused_total",
+            &[("listener", &l.label), ("reason", "perip")],
+            l.gate.refused_perip,
+        );
+    }
+    e.family("stage_frame_deadline_closes_total", Kind::Counter, "Connections closed with ETIMEDOUT for not completing a frame within the listener's deadline.");
+    for l in &scrape.listeners {
+        e.sample(
+            "stage_frame_deadline_closes_total",
+            &[("listener", &l.label)],
+            l.gate.timed_out,
+        );
+    }
+    e.family(
+        "stage_accept_errors_total",
+        Kind::Counter,
+        "Failed accept calls (EMFILE, ENFILE, ...).",
+    );
+    for l in &scrape.listeners {
+        e.sample(
+            "stage_accept_errors_total",
+            &[("listener", &l.label)],
+            l.gate.accept_errors,
+        );
+    }
+
+    // Per core: Lua.
+    e.family(
+        "stage_lua_memory_bytes",
+        Kind::Gauge,
+        "Memory held by the core's Lua state.",
+    );
+    for c in scrape.cores.iter().flatten() {
+        e.sample(
+            "stage_lua_memory_bytes",
+            &[("core", &c.core.to_string())],
+            c.host.lua_memory,
+        );
+    }
+    e.family(
+        "stage_lua_errors_total",
+        Kind::Counter,
+        "Script errors caught and logged on the core.",
+    );
+    for c in scrape.cores.iter().flatten() {
+        e.sample(
+            "stage_lua_errors_total",
+            &[("core", &c.core.to_string())],
+            c.host.lua_errors,
+        );
+    }
+    e.family("stage_callback_duration_seconds", Kind::Histogram, "Time spent in one call into Lua, by kind (accept, receive, close, connect, datagram, message, idle).");
+    for c in scrape.cores.iter().flatten() {
+        let core = c.core.to_string();
+        for (kind, h) in &c.callbacks {
+            e.histogram(
+                "stage_callback_duration_seconds",
+                &[("core", &core), ("kind", kind)],
+                &CALLBACK_BUCKETS,
+                &h.counts,
+                h.sum_seconds,
+            );
+        }
+    }
+    for (name, help, routed) in [
+        (
+            "stage_messages_routed_total",
+            "Stage messages handed to a receiver, by policy (one, all, node, remote).",
+            true,
+        ),
+        (
+            "stage_messages_unrouted_total",
+            "Stage messages that found no receiver, by policy.",
+            false,
+        ),
+    ] {
+        e.family(name, Kind::Counter, help);
+        for c in scrape.cores.iter().flatten() {
+            let core = c.core.to_string();
+            let counts = if routed {
+                &c.host.routed
+            } else {
+                &c.host.unrouted
+            };
+            for (policy, n) in counts {
+                e.sample(name, &[("core", &core), ("policy", policy)], *n);
+            }
+        }
+    }
+
+    // Process-wide limit hits and drops.
+    e.family(
+        "stage_unrouted_total",
+        Kind::Counter,
+        "Messages of any kind (stage messages, replies, service outputs) that found no receiver.",
+    );
+    e.sample("stage_unrouted_total", &p, scrape.unrouted);
+    e.family("stage_limit_hits_total", Kind::Counter, "Limits of docs/limits.md that were hit (limit: cpu_budget, bson_depth, bson_elements, inbox_full, commit_refused).");
+    for (limit, n) in [
+        ("cpu_budget", scrape.budget_exceeded),
+        ("bson_depth", scrape.bson_limits.0),
+        ("bson_elements", scrape.bson_limits.1),
+        ("inbox_full", scrape.inbox_dropped),
+        ("commit_refused", scrape.commits_refused),
+    ] {
+        e.sample("stage_limit_hits_total", &[("limit", limit)], n);
+    }
+
+    services(&mut e, scrape);
+    e.family(
+        "stage_odbc_queries_total",
+        Kind::Counter,
+        "ODBC statements executed (result: ok, error).",
+    );
+    e.sample(
+        "stage_odbc_queries_total",
+        &[("result", "ok")],
+        scrape.odbc[0],
+    );
+    e.sample(
+        "stage_odbc_queries_total",
+        &[("result", "error")],
+        scrape.odbc[1],
+    );
+    e.finish()
+}
+
+fn services(e: &mut Exposition, scrape: &Scrape) {
+    type Field = fn(&ServiceFigures) -> u64;
+    let families: [(&str, Kind, &str, Field); 10] = [
+        (
+            "stage_index_operations_total",
+            Kind::Counter,
+            "index.so commands run by the core's shards.",
+            |s| s.index_ops,
+        ),
+        (
+            "stage_ticket_grants_total",
+            Kind::Counter,
+            "=ticket grants sent.",
+            |s| s.ticket_grants,
+        ),
+        (
+            "stage_ticket_expiries_total",
+            Kind::Counter,
+            "=ticket leases expired and queued requests cancelled.",
+            |s| s.ticket_expiries,
+        ),
+        (
+            "stage_ticket_refusals_total",
+            Kind::Counter,
+            "=ticket requests refused (unknown category, category or queue full).",
+            |s| s.ticket_refusals,
+        ),
+        (
+            "stage_ticket_waiting",
+            Kind::Gauge,
+            "=ticket requests queued on the core's shards now.",
+            |s| s.ticket_waiting,
+        ),
+        (
+            "stage_ticket_held",
+            Kind::Gauge,
+            "=ticket leases held on the core's shards now.",
+            |s| s.ticket_held,
+        ),
+        (
+            "stage_route_offers_total",
+            Kind::Counter,
+            "=route willingness queries sent to subscribers.",
+            |s| s.route_offers,
+        ),
+        (
+            "stage_route_claims_total",
+            Kind::Counter,
+            "=route claims received.",
+            |s| s.route_claims,
+        ),
+        (
+            "stage_route_failures_total",
+            Kind::Counter,
+            "=route messages nobody took (sent to the fail callback).",
+            |s| s.route_failures,
+        ),
+        (
+            "stage_route_pending",
+            Kind::Gauge,
+            "=route messages waiting for a claim now.",
+            |s| s.route_pending,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        e.family(name, kind, help);
+        for c in scrape.cores.iter().flatten() {
+            e.sample(name, &[("core", &c.core.to_string())], field(&c.services));
+        }
+    }
+    e.family(
+        "stage_http_requests_total",
+        Kind::Counter,
+        "curl.so requests answered, by result (ok, or curl_<code>: 7 refused, 28 timeout, ...).",
+    );
+    for c in scrape.cores.iter().flatten() {
+        let core = c.core.to_string();
+        for (result, n) in &c.services.http {
+            e.sample(
+                "stage_http_requests_total",
+                &[("core", &core), ("result", result)],
+                *n,
+            );
+        }
+    }
+}
