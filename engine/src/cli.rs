@@ -136,6 +136,19 @@ fn run_command() -> ExitCode {
         for key in config.inactive_keys() {
             tracing::info!("config {key} is not active in this build");
         }
+        // Each child serves its admin endpoint on the configured port plus its number.
+        if let Some(a) = &config.admin {
+            let last = config
+                .lua_processes()
+                .iter()
+                .map(|(n, _)| *n)
+                .max()
+                .unwrap_or(0);
+            if admin::child_address(a.listen, last).is_none() {
+                eprintln!("error: #admin: process {last} would serve on port {} + {last}, past 65535: choose a lower port", a.listen.port());
+                return ExitCode::from(2);
+            }
+        }
         return supervisor::run(
             &config,
             supervisor::ChildArgs {
@@ -227,12 +240,17 @@ fn run_command() -> ExitCode {
     };
     // Each process that runs stages serves its own endpoint: a child of a multi-process
     // node on the configured port plus its number (`admin::child_address`).
+    let admin_listen = config.admin.as_ref().map(|a| match args.child {
+        Some(n) => admin::child_address(a.listen, n),
+        None => Some(a.listen),
+    });
+    if let Some(None) = admin_listen {
+        eprintln!("error: #admin: the port of process {} (the configured port plus its number) is past 65535: choose a lower port", args.child.unwrap_or(0));
+        return ExitCode::from(2);
+    }
     let admin = config.admin.as_ref().map(|a| admin::Settings {
         base: a.listen,
-        listen: match args.child {
-            Some(n) => admin::child_address(a.listen, n),
-            None => a.listen,
-        },
+        listen: admin_listen.flatten().unwrap_or(a.listen),
         token: a.token.clone(),
         node: config.node.clone().unwrap_or_else(|| {
             config::default_node_name(&hostname(), args.parent.unwrap_or(std::process::id()))

@@ -323,3 +323,83 @@ fn services(e: &mut Exposition, scrape: &Scrape) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::admission::Counters;
+    use crate::node::stats::{CoreSnapshot, HistogramFigures, ListenerFigures};
+
+    #[test]
+    fn a_scrape_becomes_labelled_families_and_a_silent_core_shows_as_down() {
+        let io = IoFigures {
+            accepted: 3,
+            closed: 1,
+            frames_in: 7,
+            bytes_in: 100,
+            frames_out: 6,
+            bytes_out: 90,
+        };
+        let mut counts = vec![0; CALLBACK_BUCKETS.len() + 1];
+        counts[0] = 4;
+        let core = CoreSnapshot {
+            core: 0,
+            listeners: vec![ListenerFigures {
+                id: 9,
+                url: "tcp://127.0.0.1:8081".into(),
+                io,
+            }],
+            callbacks: vec![(
+                "receive",
+                HistogramFigures {
+                    counts,
+                    sum_seconds: 0.00002,
+                },
+            )],
+            ..CoreSnapshot::default()
+        };
+        let scrape = Scrape {
+            cores: vec![Some(core), None],
+            inbox: vec![0, 17],
+            listeners: vec![super::super::gather::ListenerInfo {
+                id: 9,
+                label: "tcp://127.0.0.1:8081".into(),
+                stage: None,
+                gate: Counters {
+                    refused_maxconn: 5,
+                    ..Counters::default()
+                },
+            }],
+            budget_exceeded: 2,
+            bson_limits: (1, 0),
+            unrouted: 0,
+            inbox_dropped: 0,
+            commits_refused: 0,
+            odbc: [0, 0],
+            uptime: std::time::Duration::from_secs(1),
+        };
+        let text = render(&scrape, 1);
+        for line in [
+            "stage_core_up{core=\"0\"} 1",
+            "stage_core_up{core=\"1\"} 0",
+            "stage_inbox_depth{core=\"1\"} 17",
+            "stage_connections_open{core=\"0\",listener=\"tcp://127.0.0.1:8081\"} 2",
+            "stage_connections_accepted_total{core=\"0\",listener=\"tcp://127.0.0.1:8081\"} 3",
+            "stage_bytes_out_total{core=\"0\",listener=\"tcp://127.0.0.1:8081\"} 90",
+            "stage_connections_refused_total{listener=\"tcp://127.0.0.1:8081\",reason=\"maxconn\"} 5",
+            "stage_callback_duration_seconds_bucket{core=\"0\",kind=\"receive\",le=\"0.00001\"} 4",
+            "stage_callback_duration_seconds_count{core=\"0\",kind=\"receive\"} 4",
+            "stage_limit_hits_total{limit=\"cpu_budget\"} 2",
+            "stage_limit_hits_total{limit=\"bson_depth\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        // Nothing of the silent core but its up and inbox gauges.
+        let core1: Vec<&str> = text.lines().filter(|l| l.contains("core=\"1\"")).collect();
+        assert_eq!(core1.len(), 2, "{core1:?}");
+        // Every family is declared once, before its samples.
+        let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
+        assert_eq!(types, helps);
+    }
+}

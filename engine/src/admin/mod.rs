@@ -43,9 +43,11 @@ pub struct Settings {
     pub node: String,
 }
 
-/// The admin address of process `n` of a multi-process node: the configured port plus `n`.
-pub fn child_address(base: SocketAddr, n: u32) -> SocketAddr {
-    SocketAddr::new(base.ip(), base.port().saturating_add(n as u16))
+/// The admin address of process `n` of a multi-process node: the configured port plus `n`
+/// (`None` past port 65535).
+pub fn child_address(base: SocketAddr, n: u32) -> Option<SocketAddr> {
+    let port = u16::try_from(u32::from(base.port()) + n).ok()?;
+    Some(SocketAddr::new(base.ip(), port))
 }
 
 /// Binds the admin address and starts the `stage-admin` thread. A bind error is returned

@@ -110,7 +110,7 @@ fn processes(node: &Node, settings: &Settings) -> Vec<Value> {
         .map(|&n| {
             let mut p = json!({
                 "process": n,
-                "admin": super::child_address(settings.base, n).to_string(),
+                "admin": super::child_address(settings.base, n).map(|a| a.to_string()),
             });
             if n == node.process {
                 p["pid"] = json!(std::process::id());

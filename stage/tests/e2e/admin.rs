@@ -452,3 +452,60 @@ fn the_console_page_shows_live_figures_in_headless_chromium() {
     assert!(dom.contains("start.lua"), "{dom}");
     assert!(dom.contains("live · updated"), "{dom}");
 }
+
+#[test]
+fn in_a_multi_process_node_each_child_serves_its_own_endpoint_on_port_plus_n() {
+    let base = free_port();
+    // The children's ports, base + 1 and base + 2, must be free too.
+    for n in 1..=2 {
+        assert!(std::net::TcpListener::bind(("127.0.0.1", base + n)).is_ok());
+    }
+    let config = format!(
+        r##"{{ "#router": [400, 100], "#startup": [["lua.so+a"], ["lua.so+b"]],
+             "#admin": "127.0.0.1:{base}",
+             "lua.so": {{ "%package": ["."], "a": "game", "b": "game" }} }}"##
+    );
+    let server = Server::start(
+        &config,
+        &[(
+            "game.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data) return { n = process.stage } end
+             end)",
+        )],
+    );
+    for n in 1..=2u16 {
+        let port = base + n;
+        server.wait_ready_port(port);
+        let (code, body) = http(port, "GET", "/status", None);
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["process"], n, "{status:#}");
+        assert_ne!(
+            status["pid"],
+            server.child.as_ref().unwrap().id(),
+            "a child, not the supervisor"
+        );
+        let processes = status["processes"].as_array().unwrap();
+        let admins: Vec<&str> = processes
+            .iter()
+            .map(|p| p["admin"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            admins,
+            [
+                format!("127.0.0.1:{}", base + 1),
+                format!("127.0.0.1:{}", base + 2)
+            ],
+            "{status:#}"
+        );
+        let metrics = scrape(port, None);
+        assert_eq!(
+            total(&metrics, "stage_up_seconds", &[("process", &n.to_string())]) > 0.0,
+            true,
+            "process {n}'s own figures"
+        );
+    }
+    // The supervisor itself serves nothing on the configured port.
+    assert!(TcpStream::connect(("127.0.0.1", base)).is_err());
+}
