@@ -52,7 +52,7 @@ pub fn render(scrape: &Scrape, process: u32) -> String {
         })
         .collect();
     type Field = fn(&IoFigures) -> u64;
-    let families: [(&str, Kind, &str, Field); 6] = [
+    let families: [(&str, Kind, &str, Field); 7] = [
         (
             "stage_connections_open",
             Kind::Gauge,
@@ -88,6 +88,12 @@ pub fn render(scrape: &Scrape, process: u32) -> String {
             Kind::Counter,
             "Bytes written to sockets.",
             |f| f.bytes_out,
+        ),
+        (
+            "stage_output_overflow_closes_total",
+            Kind::Counter,
+            "Connections closed with ENOBUFS: unsent output passed OUT (a peer that does not read).",
+            |f| f.overflow_closes,
         ),
     ];
     for (name, kind, help, field) in families {
@@ -339,6 +345,7 @@ mod tests {
             bytes_in: 100,
             frames_out: 6,
             bytes_out: 90,
+            overflow_closes: 0,
         };
         let mut counts = vec![0; CALLBACK_BUCKETS.len() + 1];
         counts[0] = 4;

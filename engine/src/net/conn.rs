@@ -174,6 +174,7 @@ impl Conn {
         }
         if out.len() > limit {
             drop(out);
+            self.count(|s| IoStats::add(&s.overflow_closes, 1));
             self.request_close(libc::ENOBUFS);
             return Ok(Err(OutputError::SlowConsumer { limit }));
         }
@@ -227,6 +228,7 @@ impl Conn {
         unsafe { out.set_len(filled) };
         if out.len() > limit {
             drop(out);
+            self.count(|s| IoStats::add(&s.overflow_closes, 1));
             self.request_close(libc::ENOBUFS);
             return Err(OutputError::SlowConsumer { limit });
         }

@@ -21,6 +21,9 @@ pub struct IoStats {
     pub frames_out: Cell<u64>,
     /// Bytes written to the sockets.
     pub bytes_out: Cell<u64>,
+    /// Connections closed with ENOBUFS: unsent output passed `OUT` (a peer that does not
+    /// read; docs/limits.md).
+    pub overflow_closes: Cell<u64>,
 }
 
 impl IoStats {
@@ -42,6 +45,7 @@ impl IoStats {
             bytes_in: self.bytes_in.get(),
             frames_out: self.frames_out.get(),
             bytes_out: self.bytes_out.get(),
+            overflow_closes: self.overflow_closes.get(),
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct IoFigures {
     pub bytes_in: u64,
     pub frames_out: u64,
     pub bytes_out: u64,
+    pub overflow_closes: u64,
 }
 
 impl IoFigures {

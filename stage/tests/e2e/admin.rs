@@ -455,11 +455,13 @@ fn the_console_page_shows_live_figures_in_headless_chromium() {
 
 #[test]
 fn in_a_multi_process_node_each_child_serves_its_own_endpoint_on_port_plus_n() {
-    let base = free_port();
-    // The children's ports, base + 1 and base + 2, must be free too.
-    for n in 1..=2 {
-        assert!(std::net::TcpListener::bind(("127.0.0.1", base + n)).is_ok());
-    }
+    // Three free ports in a row, from below `free_port`'s range (which hands ports to the
+    // other tests of this binary one by one, so base + 1 could be another test's).
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let base = (0..1000u16)
+        .map(|i| 15_000 + ((std::process::id() as u16 % 1000) * 4 + i * 4) % 4000)
+        .find(|&b| (b..=b + 2).all(free))
+        .expect("three free ports in a row");
     let config = format!(
         r##"{{ "#router": [400, 100], "#startup": [["lua.so+a"], ["lua.so+b"]],
              "#admin": "127.0.0.1:{base}",
@@ -508,4 +510,34 @@ fn in_a_multi_process_node_each_child_serves_its_own_endpoint_on_port_plus_n() {
     }
     // The supervisor itself serves nothing on the configured port.
     assert!(TcpStream::connect(("127.0.0.1", base)).is_err());
+}
+
+#[test]
+fn a_connection_closed_for_passing_out_is_counted_as_an_overflow() {
+    let admin = free_port();
+    let config = format!(
+        r##"{{ "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
+             "lua.so": {{ "%package": ["."], "lua.so+stage": "start" }} }}"##
+    );
+    // One callback commits 8 KB to a connection whose OUT is 4 KB: past OUT before any
+    // flush, so the connection is closed with ENOBUFS.
+    let server = Server::start(
+        &config,
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,4k', function ()
+               return function (s, data)
+                 for i = 1, 8 do s.commit(string.rep('x', 1000)) end
+               end
+             end)",
+        )],
+    );
+    let name = "stage_output_overflow_closes_total";
+    let before = total(&scrape(admin, None), name, &[]);
+    let mut client = server.connect();
+    client.write_all(&message("flood", &[])).unwrap();
+    assert!(is_closed(&mut client));
+    server.wait_until("the overflow close is counted", || {
+        total(&scrape(admin, None), name, &[]) == before + 1.0
+    });
 }
