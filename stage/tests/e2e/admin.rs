@@ -502,9 +502,8 @@ fn in_a_multi_process_node_each_child_serves_its_own_endpoint_on_port_plus_n() {
             "{status:#}"
         );
         let metrics = scrape(port, None);
-        assert_eq!(
+        assert!(
             total(&metrics, "stage_up_seconds", &[("process", &n.to_string())]) > 0.0,
-            true,
             "process {n}'s own figures"
         );
     }
@@ -540,4 +539,58 @@ fn a_connection_closed_for_passing_out_is_counted_as_an_overflow() {
     server.wait_until("the overflow close is counted", || {
         total(&scrape(admin, None), name, &[]) == before + 1.0
     });
+}
+
+#[test]
+fn service_counters_move_with_index_and_ticket_traffic() {
+    let admin = free_port();
+    let config = format!(
+        r##"{{ "#startup": [["lua.so+game", "index.so+rank", "=ticket+ticket"]],
+             "#admin": "127.0.0.1:{admin}",
+             "lua.so": {{ "%package": ["."], "game": "start" }},
+             "index.so+rank": "score/", "=ticket+ticket": [1000, {{"solo": 1}}] }}"##
+    );
+    // Each packet: two index commands (one direct `set`, one `get`) and one ticket request
+    // whose grant is released at once; the replies are logged.
+    let server = Server::start(
+        &config,
+        &[(
+            "start.lua",
+            r#"
+            stage.waitfor("set", function () logger.info("INDEX SET") end)
+            stage.waitfor("got", function () logger.info("INDEX GOT") end)
+            stage.waitfor("granted", function () logger.info("TICKET GRANTED") return 0 end)
+            broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+              return function (s, data)
+                stage.signal("rank:set?board=set", { bob = { i = 200 } })
+                stage.signal("rank:get?board=got", "bob")
+                stage.signal("ticket:solo=granted", "x")
+                return { ok = true }
+              end
+            end)"#,
+        )],
+    );
+    let before = scrape(admin, None);
+    let mut client = server.connect();
+    for _ in 0..2 {
+        client.write_all(&message("go", &[])).unwrap();
+        read_frame(&mut client).unwrap();
+    }
+    server.wait_log_count("INDEX GOT", 2);
+    server.wait_log_count("TICKET GRANTED", 2);
+    let moved = |s: &Samples, name: &str| total(s, name, &[]) - total(&before, name, &[]);
+    let after = server.wait_for("the service counters move", || {
+        let s = scrape(admin, None);
+        (moved(&s, "stage_index_operations_total") == 4.0).then_some(s)
+    });
+    assert_eq!(moved(&after, "stage_ticket_grants_total"), 2.0);
+    assert_eq!(moved(&after, "stage_ticket_refusals_total"), 0.0);
+    assert_eq!(
+        total(&after, "stage_ticket_held", &[]),
+        0.0,
+        "both leases released"
+    );
+    // The stage messages went to one receiver each (`rank:`, `ticket:`): policy `one`.
+    let routed = |s: &Samples| total(s, "stage_messages_routed_total", &[("policy", "one")]);
+    assert!(routed(&after) - routed(&before) >= 6.0);
 }
