@@ -267,7 +267,7 @@ impl Core {
                 None => tracing::debug!(socket = id.raw(), "commit for a closed socket dropped"),
             },
             CoreMsg::Post { kind, payload } => {
-                self.timed(Callback::Message, || self.host.post(kind, &payload));
+                self.time_callback(Callback::Message, || self.host.post(kind, &payload));
                 self.after_script();
             }
             // The asker may have given up waiting (a slow scrape): nobody to tell then.
@@ -283,7 +283,7 @@ impl Core {
 
     /// Runs one call into the script host and adds its duration to the histogram.
     #[inline]
-    fn timed<R>(&self, kind: Callback, f: impl FnOnce() -> R) -> R {
+    fn time_callback<R>(&self, kind: Callback, f: impl FnOnce() -> R) -> R {
         let start = std::time::Instant::now();
         let result = f();
         self.stats.callback(kind, start.elapsed());
@@ -332,7 +332,7 @@ impl Core {
             futures_lite::future::yield_now().await;
             futures_lite::future::or(glommio::timer::sleep(delay), core.stop.wait()).await;
             if !core.stop.is_fired() {
-                core.timed(Callback::Message, || core.host.post(kind, &payload));
+                core.time_callback(Callback::Message, || core.host.post(kind, &payload));
                 core.after_script();
             }
         })
@@ -492,7 +492,7 @@ impl Core {
 /// Calls a stage's idle function until it returns nothing or a number <= 0 (spec §3.10).
 async fn run_idle(core: Rc<Core>, stage: usize) {
     loop {
-        let next = core.timed(Callback::Idle, || core.host.idle(stage));
+        let next = core.time_callback(Callback::Idle, || core.host.idle(stage));
         core.after_script();
         let Some(ms) = next.filter(|ms| *ms > 0.0) else {
             return;
@@ -541,7 +541,7 @@ impl ConnEvents for Core {
             *conn.crypto.borrow_mut() = props.crypto.clone();
         }
         self.add_conn(conn.clone());
-        let accepted = self.timed(Callback::Accept, || {
+        let accepted = self.time_callback(Callback::Accept, || {
             self.host.accept(listener, shared.stage, conn)
         });
         self.after_script();
@@ -552,19 +552,19 @@ impl ConnEvents for Core {
     }
 
     fn connected(self: &Rc<Self>, conn: &Rc<Conn>) {
-        self.timed(Callback::Connect, || self.host.connected(conn));
+        self.time_callback(Callback::Connect, || self.host.connected(conn));
         self.after_script();
     }
 
     fn frame(self: &Rc<Self>, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
-        let result = self.timed(Callback::Receive, || self.host.receive(conn, frame));
+        let result = self.time_callback(Callback::Receive, || self.host.receive(conn, frame));
         self.after_script();
         result
     }
 
     fn closed(self: &Rc<Self>, conn: &Rc<Conn>, errno: i32) {
         self.remove_conn(conn.id);
-        self.timed(Callback::Close, || self.host.close(conn.id, errno));
+        self.time_callback(Callback::Close, || self.host.close(conn.id, errno));
         self.after_script();
     }
 
@@ -576,7 +576,7 @@ impl ConnEvents for Core {
         from: SocketAddr,
     ) {
         let stage = self.listener_stage(endpoint);
-        self.timed(Callback::Datagram, || {
+        self.time_callback(Callback::Datagram, || {
             self.host.datagram(endpoint, stage, message, framing, from)
         });
         self.after_script();
