@@ -542,16 +542,17 @@ fn a_connection_closed_for_passing_out_is_counted_as_an_overflow() {
 }
 
 #[test]
-fn service_counters_move_with_index_and_ticket_traffic() {
+fn service_counters_move_with_index_ticket_and_route_traffic() {
     let admin = free_port();
     let config = format!(
-        r##"{{ "#startup": [["lua.so+game", "index.so+rank", "=ticket+ticket"]],
+        r##"{{ "#startup": [["lua.so+game", "index.so+rank", "=ticket+ticket", "=route+route"]],
              "#admin": "127.0.0.1:{admin}",
              "lua.so": {{ "%package": ["."], "game": "start" }},
              "index.so+rank": "score/", "=ticket+ticket": [1000, {{"solo": 1}}] }}"##
     );
-    // Each packet: two index commands (one direct `set`, one `get`) and one ticket request
-    // whose grant is released at once; the replies are logged.
+    // Each packet: two index commands (one direct `set`, one `get`), one ticket request
+    // whose grant is released at once, one `=route` publication the stage itself (a
+    // subscriber of `topic`) claims, and one nobody subscribes to; the results are logged.
     let server = Server::start(
         &config,
         &[(
@@ -560,11 +561,17 @@ fn service_counters_move_with_index_and_ticket_traffic() {
             stage.waitfor("set", function () logger.info("INDEX SET") end)
             stage.waitfor("got", function () logger.info("INDEX GOT") end)
             stage.waitfor("granted", function () logger.info("TICKET GRANTED") return 0 end)
+            stage.waitfor("route:@", function (key, token) stage.signal(nil, token) end)
+            stage.waitfor("taken", function () logger.info("ROUTE TAKEN") end)
+            stage.waitfor("nobody", function () logger.info("ROUTE FAILED") end)
+            stage.signal("route:@", { topic = "taken" })
             broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
               return function (s, data)
                 stage.signal("rank:set?board=set", { bob = { i = 200 } })
                 stage.signal("rank:get?board=got", "bob")
                 stage.signal("ticket:solo=granted", "x")
+                stage.signal("route:topic", "t")
+                stage.signal("route:nosuch!nobody", "n")
                 return { ok = true }
               end
             end)"#,
@@ -578,6 +585,8 @@ fn service_counters_move_with_index_and_ticket_traffic() {
     }
     server.wait_log_count("INDEX GOT", 2);
     server.wait_log_count("TICKET GRANTED", 2);
+    server.wait_log_count("ROUTE TAKEN", 2);
+    server.wait_log_count("ROUTE FAILED", 2);
     let moved = |s: &Samples, name: &str| total(s, name, &[]) - total(&before, name, &[]);
     let after = server.wait_for("the service counters move", || {
         let s = scrape(admin, None);
@@ -590,6 +599,10 @@ fn service_counters_move_with_index_and_ticket_traffic() {
         0.0,
         "both leases released"
     );
+    assert_eq!(moved(&after, "stage_route_offers_total"), 2.0);
+    assert_eq!(moved(&after, "stage_route_claims_total"), 2.0);
+    assert_eq!(moved(&after, "stage_route_failures_total"), 2.0);
+    assert_eq!(total(&after, "stage_route_pending", &[]), 0.0);
     // The stage messages went to one receiver each (`rank:`, `ticket:`): policy `one`.
     let routed = |s: &Samples| total(s, "stage_messages_routed_total", &[("policy", "one")]);
     assert!(routed(&after) - routed(&before) >= 6.0);
