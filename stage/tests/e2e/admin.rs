@@ -542,17 +542,18 @@ fn a_connection_closed_for_passing_out_is_counted_as_an_overflow() {
 }
 
 #[test]
-fn service_counters_move_with_index_ticket_and_route_traffic() {
+fn service_counters_move_with_index_ticket_route_and_curl_traffic() {
     let admin = free_port();
     let config = format!(
-        r##"{{ "#startup": [["lua.so+game", "index.so+rank", "=ticket+ticket", "=route+route"]],
+        r##"{{ "#startup": [["lua.so+game", "index.so+rank", "=ticket+ticket", "=route+route", "curl.so+agent"]],
              "#admin": "127.0.0.1:{admin}",
              "lua.so": {{ "%package": ["."], "game": "start" }},
              "index.so+rank": "score/", "=ticket+ticket": [1000, {{"solo": 1}}] }}"##
     );
     // Each packet: two index commands (one direct `set`, one `get`), one ticket request
     // whose grant is released at once, one `=route` publication the stage itself (a
-    // subscriber of `topic`) claims, and one nobody subscribes to; the results are logged.
+    // subscriber of `topic`) claims, one nobody subscribes to, and one curl.so request to a
+    // closed port; the results are logged.
     let server = Server::start(
         &config,
         &[(
@@ -565,6 +566,7 @@ fn service_counters_move_with_index_ticket_and_route_traffic() {
             stage.waitfor("taken", function () logger.info("ROUTE TAKEN") end)
             stage.waitfor("nobody", function () logger.info("ROUTE FAILED") end)
             stage.signal("route:@", { topic = "taken" })
+            stage.waitfor("fetched", function (r) logger.info("FETCHED " .. r.data.result) end)
             broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
               return function (s, data)
                 stage.signal("rank:set?board=set", { bob = { i = 200 } })
@@ -572,6 +574,8 @@ fn service_counters_move_with_index_ticket_and_route_traffic() {
                 stage.signal("ticket:solo=granted", "x")
                 stage.signal("route:topic", "t")
                 stage.signal("route:nosuch!nobody", "n")
+                -- Nothing listens on port 1: curl's result 7 (connection refused).
+                stage.signal("agent:fetched", "http://127.0.0.1:1/")
                 return { ok = true }
               end
             end)"#,
@@ -587,6 +591,7 @@ fn service_counters_move_with_index_ticket_and_route_traffic() {
     server.wait_log_count("TICKET GRANTED", 2);
     server.wait_log_count("ROUTE TAKEN", 2);
     server.wait_log_count("ROUTE FAILED", 2);
+    server.wait_log_count("FETCHED 7", 2);
     let moved = |s: &Samples, name: &str| total(s, name, &[]) - total(&before, name, &[]);
     let after = server.wait_for("the service counters move", || {
         let s = scrape(admin, None);
@@ -603,6 +608,12 @@ fn service_counters_move_with_index_ticket_and_route_traffic() {
     assert_eq!(moved(&after, "stage_route_claims_total"), 2.0);
     assert_eq!(moved(&after, "stage_route_failures_total"), 2.0);
     assert_eq!(total(&after, "stage_route_pending", &[]), 0.0);
+    let refused = [("result", "curl_7")];
+    assert_eq!(
+        total(&after, "stage_http_requests_total", &refused)
+            - total(&before, "stage_http_requests_total", &refused),
+        2.0
+    );
     // The stage messages went to one receiver each (`rank:`, `ticket:`): policy `one`.
     let routed = |s: &Samples| total(s, "stage_messages_routed_total", &[("policy", "one")]);
     assert!(routed(&after) - routed(&before) >= 6.0);
