@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::admin;
 use crate::config::{self, ConfigSource};
 use crate::logging::{self, LogFormat};
 use crate::node::peers::{PeerSettings, Peers};
@@ -166,6 +167,19 @@ fn run_command() -> ExitCode {
         for key in config.inactive_keys() {
             tracing::info!("config {key} is not active in this build");
         }
+        // Each child serves its admin endpoint on the configured port plus its number.
+        if let Some(a) = &config.admin {
+            let last = config
+                .lua_processes()
+                .iter()
+                .map(|(n, _)| *n)
+                .max()
+                .unwrap_or(0);
+            if admin::child_address(a.listen, last).is_none() {
+                eprintln!("error: #admin: process {last} would serve on port {} + {last}, past 65535: choose a lower port", a.listen.port());
+                return ExitCode::from(2);
+            }
+        }
         return supervisor::run(
             &config,
             supervisor::ChildArgs {
@@ -255,7 +269,25 @@ fn run_command() -> ExitCode {
         (Some(dir), Some(n)) => Some(watchdog::alive_file(dir, n)),
         _ => None,
     };
-    match run(cpus, plan, peers, alive) {
+    // Each process that runs stages serves its own endpoint: a child of a multi-process
+    // node on the configured port plus its number (`admin::child_address`).
+    let admin_listen = config.admin.as_ref().map(|a| match args.child {
+        Some(n) => admin::child_address(a.listen, n),
+        None => Some(a.listen),
+    });
+    if let Some(None) = admin_listen {
+        eprintln!("error: #admin: the port of process {} (the configured port plus its number) is past 65535: choose a lower port", args.child.unwrap_or(0));
+        return ExitCode::from(2);
+    }
+    let admin = config.admin.as_ref().map(|a| admin::Settings {
+        base: a.listen,
+        listen: admin_listen.flatten().unwrap_or(a.listen),
+        token: a.token.clone(),
+        node: config.node.clone().unwrap_or_else(|| {
+            config::default_node_name(&hostname(), args.parent.unwrap_or(std::process::id()))
+        }),
+    });
+    match run(cpus, plan, peers, alive, admin) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -283,6 +315,7 @@ fn run(
     plan: Arc<Plan>,
     peers: Option<Arc<Peers>>,
     alive: Option<std::path::PathBuf>,
+    admin: Option<admin::Settings>,
 ) -> anyhow::Result<()> {
     block_shutdown_signals();
     match &peers {
@@ -292,6 +325,16 @@ fn run(
     let node = Node::new(cpus, plan, peers);
     let handles = runtime::start(node.clone(), script::host::factory())?;
     crate::cluster::start(node.clone())?;
+    if let Some(settings) = admin {
+        if let Err(err) = admin::start(node.clone(), settings) {
+            // The operator asked for the endpoint: stop rather than run without it.
+            node.shutdown();
+            for handle in handles {
+                let _ = handle.join();
+            }
+            return Err(err.into());
+        }
+    }
     watchdog::start(node.clone(), alive);
     crate::node::budget::start(&node);
     let signals = node.clone();

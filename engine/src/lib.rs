@@ -8,6 +8,8 @@
 //! - [`script`]  — the only Lua: per-core LuaJIT states, prelude, natives, bundle, logger,
 //!   BSON <-> Lua, the blocking pool, the glue to the services. Implements
 //!   [`node::host::ScriptHost`].
+//! - [`admin`]   — the `#admin` endpoint: Prometheus metrics, status JSON, reload, the
+//!   console page, on its own `stage-admin` thread; reaches the cores through their inboxes.
 //! - [`cluster`] — stages of other nodes through NATS: membership heartbeats, a member
 //!   registry, the `stage-nats` thread that bridges the client to the cores' inboxes.
 //! - [`node`]    — one pinned glommio executor per core, inboxes, peers, locks, timers,
@@ -19,6 +21,7 @@
 //! - [`codec`], [`config`], [`notify`], [`logging`] — framing; the JSON configuration; a
 //!   core-local event; where log lines go.
 
+pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod codec;

@@ -21,6 +21,9 @@ const LAYERS: &[&[&str]] = &[
     &["node"],
     // Other nodes through NATS: members, heartbeats, the NATS thread; no Lua.
     &["cluster"],
+    // The admin endpoint: metrics, status, reload, the console page; its own thread, talks
+    // to the cores through their inboxes; no Lua.
+    &["admin"],
     // The only Lua: states, prelude, natives, bundle, BSON <-> Lua, the blocking pool.
     &["script"],
     // The multi-process supervisor, then the command line that picks a role.

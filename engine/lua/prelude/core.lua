@@ -56,7 +56,19 @@ end
 local recent, recent_count = {}, 0
 local REPEAT_MS = 1000
 
+-- What the admin endpoint's scrape reads of this state (`P.hooks.stats`): every script error
+-- (also the ones the log folds into a count) and the messages `route` handled by policy.
+-- Plain Lua numbers: this state belongs to one core, nothing else touches them.
+P.errors = 0
+P.routed = { one = 0, all = 0, node = 0, remote = 0 }
+P.unrouted = { one = 0, all = 0, node = 0, remote = 0 }
+
+function P.hooks.stats()
+  return P.errors, P.routed, P.unrouted
+end
+
 function P.report(where, err)
+  P.errors = P.errors + 1
   local text = where .. " failed: " .. tostring(err)
   local now = E.wall_ms()
   local r = recent[text]

@@ -424,9 +424,20 @@ end
 -- "=" this node, "+" other nodes), replies going to stage `reply_to`. The one place where a
 -- message's receivers are chosen. One receiver ("") is on this node whenever this node has
 -- an eligible one (no network hop it does not need), else a member of another node.
+-- The policy's name in the metrics (`P.routed` / `P.unrouted`, core.lua).
+local POLICY_NAMES = { [""] = "one", ["*"] = "all", ["="] = "node", ["+"] = "remote" }
+
+local function count_route(policy, ok)
+  local counts = ok and P.routed or P.unrouted
+  local name = POLICY_NAMES[policy] or "one"
+  counts[name] = counts[name] + 1
+end
+
 route = function(group, policy, id, reply_to, deadline, values)
   if policy == "+" then
-    if not route_cluster(group, false, id, reply_to, deadline, values) then
+    local ok = route_cluster(group, false, id, reply_to, deadline, values)
+    count_route(policy, ok)
+    if not ok then
       E.unrouted(group .. ":" .. id)
     end
     return
@@ -443,6 +454,7 @@ route = function(group, policy, id, reply_to, deadline, values)
   if policy == "*" or (policy == "" and not here) then
     remote = route_cluster(group, policy == "*", id, reply_to, deadline, values)
   end
+  count_route(policy, here or remote)
   if not here and not remote then E.unrouted(group .. ":" .. id) end
 end
 

@@ -9,6 +9,7 @@
 //! or blocks that a `"lua.so+ID": [...]` array merges by name. Anything else is reported as an
 //! unknown key, because in a file of string keys a typo is otherwise silently ignored.
 
+mod admin;
 mod error;
 mod lotus;
 mod lua;
@@ -23,6 +24,7 @@ use std::io::Read;
 use simd_json::owned::Object;
 use simd_json::OwnedValue;
 
+pub use admin::Admin;
 pub use error::ConfigError;
 pub use lotus::{Account, LotusConfig, Secret, Store};
 pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_CPU_MS, DEFAULT_REFLUSH_MS, MAX_CPU_MS};
@@ -91,6 +93,8 @@ pub struct Config {
     pub cluster: Vec<ClusterEntry>,
     /// `#node`: this node's name in the cluster (`None`: the default, host and pid).
     pub node: Option<String>,
+    /// `#admin`: the admin endpoint's address and token (`None`: off).
+    pub admin: Option<Admin>,
     pub threads: Threads,
     pub startup: Startup,
     /// `#license` was given. The original checked it; we accept and ignore it.
@@ -157,6 +161,7 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
     let mut restart = Restart::default();
     let mut cluster = Vec::new();
     let mut node = None;
+    let mut admin = None;
     let mut threads = Threads::default();
     let mut startup = None;
     let mut license_present = false;
@@ -171,11 +176,12 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
             "#restart" => restart = settings::restart(v, &at, &mut errs),
             "#cluster" => cluster = settings::cluster(v, &at, &mut errs),
             "#node" => node = settings::node_name(v, &at, &mut errs),
+            "#admin" => admin = admin::admin(v, &at, &mut errs),
             "#threads" => threads = settings::threads(v, &at, &mut errs),
             "#startup" => startup = Some(settings::startup(v, &at, &mut errs)),
             "#license" => license_present = true,
             k if k.starts_with('#') => errs.push(at.invalid(
-                "unknown key (the `#` settings are #services, #license, #router, #restart, #cluster, #node, #threads, #startup)",
+                "unknown key (the `#` settings are #services, #license, #router, #restart, #cluster, #node, #admin, #threads, #startup)",
             )),
             k if is_module_key(k) => match ModuleRef::parse(k) {
                 Err(m) => errs.push(at.invalid(m)),
@@ -234,6 +240,7 @@ pub fn load(sources: Vec<ConfigSource>) -> Result<Config, Vec<ConfigError>> {
         restart,
         cluster,
         node,
+        admin,
         threads,
         startup,
         license_present,

@@ -246,7 +246,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#startup[3]`: `lua` is not a module: expected `NAME.so[@entry][+ID]`, `=route[+ID]` or `=ticket[+ID]`",
             "config `stage.json`: key `#startup[4][0]`: stage id `a:b` contains ':', which has a meaning in message targets",
             "config `stage.json`: key `#startup[5]`: expected a module string, an array of module strings or a delay in msec, found object",
-            "config `stage.json`: key `#bogus`: unknown key (the `#` settings are #services, #license, #router, #restart, #cluster, #node, #threads, #startup)",
+            "config `stage.json`: key `#bogus`: unknown key (the `#` settings are #services, #license, #router, #restart, #cluster, #node, #admin, #threads, #startup)",
             "config `stage.json`: key `#services.tcp[0]`: `localhost` has no port: expected \"host:port\"",
             "config `stage.json`: key `#services.sctp`: unknown key: `#services` takes only `tcp` and `udp`",
             "config `stage.json`: key `#router`: expected at most 2 elements [sync_ms, notify_ms], found 3",

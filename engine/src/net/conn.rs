@@ -25,6 +25,7 @@ use glommio::timer::Timer;
 use super::admission::Ticket;
 use super::id::ConnId;
 use super::ratelog::RateLog;
+use super::stats::IoStats;
 use super::ConnEvents;
 use crate::codec::crypto::{self, Crypto};
 use crate::codec::framing::{FrameError, FrameSpec, Framing};
@@ -61,6 +62,9 @@ pub struct Conn {
     pub(super) flush_forced: Cell<bool>,
     pub(super) signalled: Cell<bool>,
     pub(super) waker: RefCell<Option<Waker>>,
+    /// Where this connection's traffic is counted (its listener's counters on this core),
+    /// set once when it is accepted or joined; plain cells, core-local.
+    stats: std::cell::OnceCell<Rc<IoStats>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +86,7 @@ pub enum OutputError {
 /// Refused commits of the whole process: a slow reader that was closed with ENOBUFS is
 /// committed to by every broadcast until its close callback runs, so one line per refusal
 /// would flood the log.
-static COMMITS_REFUSED: RateLog = RateLog::new();
+pub static COMMITS_REFUSED: RateLog = RateLog::new();
 
 /// Logs a refused commit (the script got -1), at most one line per second for the process,
 /// with the count since the last line and the latest reason.
@@ -113,7 +117,27 @@ impl Conn {
             flush_forced: Cell::new(false),
             signalled: Cell::new(false),
             waker: RefCell::new(None),
+            stats: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Counts this connection (accepted or joined) in `stats`, and its traffic from now on.
+    pub fn count_in(&self, stats: Rc<IoStats>) {
+        IoStats::add(&stats.accepted, 1);
+        let _ = self.stats.set(stats);
+    }
+
+    /// The accept callback refused the connection: it ends without being served.
+    pub fn count_refused(&self) {
+        self.count(|s| IoStats::add(&s.closed, 1));
+    }
+
+    /// Runs `f` on this connection's counters, if it has any.
+    #[inline]
+    fn count(&self, f: impl FnOnce(&IoStats)) {
+        if let Some(stats) = self.stats.get() {
+            f(stats);
+        }
     }
 
     /// Holds `ticket` (the listener's places) until the connection ends.
@@ -151,10 +175,12 @@ impl Conn {
         }
         if out.len() > limit {
             drop(out);
+            self.count(|s| IoStats::add(&s.overflow_closes, 1));
             self.request_close(libc::ENOBUFS);
             return Ok(Err(OutputError::SlowConsumer { limit }));
         }
         drop(out);
+        self.count(|s| IoStats::add(&s.frames_out, 1));
         self.signal();
         Ok(Ok(len))
     }
@@ -203,10 +229,12 @@ impl Conn {
         unsafe { out.set_len(filled) };
         if out.len() > limit {
             drop(out);
+            self.count(|s| IoStats::add(&s.overflow_closes, 1));
             self.request_close(libc::ENOBUFS);
             return Err(OutputError::SlowConsumer { limit });
         }
         drop(out);
+        self.count(|s| IoStats::add(&s.frames_out, 1));
         self.signal();
         Ok(used)
     }
@@ -307,6 +335,7 @@ pub fn finish<H: ConnEvents>(events: &Rc<H>, conn: &Rc<Conn>, errno: i32) {
     // The socket is closed: its places are free before the close callback runs, so a
     // reconnect the callback causes is not refused for a place nobody holds any more.
     conn.release();
+    conn.count(|s| IoStats::add(&s.closed, 1));
     events.closed(conn, errno);
 }
 
@@ -413,6 +442,7 @@ async fn pump<H: ConnEvents>(
             Event::Read(Ok(0)) => return 0,
             Event::Read(Ok(n)) => {
                 input.truncate(filled + n);
+                conn.count(|s| IoStats::add(&s.bytes_in, n as u64));
                 if n == want {
                     window = (window * 2).min(READ_CHUNK);
                 }
@@ -464,6 +494,7 @@ async fn dispatch_frames<H: ConnEvents>(
             }
         };
         cut += 1;
+        conn.count(|s| IoStats::add(&s.frames_in, 1));
         // The one test a plain frame pays for socket crypto.
         if conn.spec.framing == Framing::Packet && crypto::is_encrypted(&frame) {
             frame = open_frame(conn, &frame)?;
@@ -535,7 +566,7 @@ pub(super) async fn write_patiently(
     data: &[u8],
     deadline: Option<Instant>,
 ) -> Result<(), i32> {
-    {
+    let result = {
         let mut write = std::pin::pin!(stream.write_all(data));
         // Armed only once the peer is behind: a write the kernel takes at once costs no timer.
         let mut timer: Option<Timer> = None;
@@ -565,7 +596,11 @@ pub(super) async fn write_patiently(
             Poll::Pending
         })
         .await
+    };
+    if result.is_ok() {
+        conn.count(|s| IoStats::add(&s.bytes_out, data.len() as u64));
     }
+    result
 }
 
 pub fn errno_of(err: &std::io::Error) -> i32 {

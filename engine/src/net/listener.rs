@@ -221,10 +221,12 @@ pub(super) fn admit<H: ConnEvents>(
     conn.local.set(stream.local_addr().ok().map(canonical));
     conn.frame_deadline.set(endpoint.gate.limits.deadline());
     conn.admit(ticket);
+    conn.count_in(events.stats(Some(endpoint.id)));
     if events.accepted(endpoint.id, &conn) {
         Some(conn)
     } else {
         conn.release();
+        conn.count_refused();
         None
     }
 }
@@ -237,6 +239,7 @@ pub fn join<H: ConnEvents>(events: &Rc<H>, conn: Rc<Conn>, addr: SocketAddr, tim
         // glommio polls a new task at once: let `broker.join` return its socket object
         // before any callback of that socket can run.
         futures_lite::future::yield_now().await;
+        conn.count_in(events.stats(None));
         match TcpStream::connect_timeout(addr, timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);

@@ -9,6 +9,7 @@ pub mod id;
 pub mod listener;
 pub mod ratelog;
 pub mod sockaddr;
+pub mod stats;
 pub mod udp;
 pub mod url;
 pub mod ws;
@@ -35,6 +36,13 @@ use id::ConnId;
 pub trait ConnEvents: 'static {
     /// A fresh id for a connection this owner accepts or opens.
     fn next_conn_id(&self) -> ConnId;
+    /// Where the traffic of a connection of listener `listener` (`None`: an outgoing
+    /// `broker.join` connection) is counted; asked once per connection, never per packet.
+    /// An owner that keeps no counters gets a fresh set for each connection.
+    fn stats(&self, listener: Option<u64>) -> Rc<stats::IoStats> {
+        let _ = listener;
+        Rc::default()
+    }
     /// A client was accepted on listener `listener`. `false` refuses it: it is closed at
     /// once, without a `closed` event and before any of its input is read.
     fn accepted(self: &Rc<Self>, listener: u64, conn: &Rc<Conn>) -> bool;

@@ -13,6 +13,8 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(1);
 pub struct RateLog {
     /// Events since the last line.
     pending: AtomicU64,
+    /// Events since the process started (the metrics' limit hits).
+    total: AtomicU64,
     /// When the last line was written; `None` before the first.
     last: Mutex<Option<Instant>>,
 }
@@ -22,14 +24,21 @@ impl RateLog {
     pub const fn new() -> RateLog {
         RateLog {
             pending: AtomicU64::new(0),
+            total: AtomicU64::new(0),
             last: Mutex::new(None),
         }
+    }
+
+    /// Events counted since the process started.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Counts one event. Returns `Some(n)` when a line is due now, `n` being the events it
     /// reports (this one and those since the last line); the caller writes the line.
     pub fn hit(&self) -> Option<u64> {
         self.pending.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
         // Another core holding the lock is writing a line at this very moment: this event
         // goes into the next one.
         let mut last = self.last.try_lock().ok()?;

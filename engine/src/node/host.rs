@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::post::PostKind;
 use super::reload::Batch;
+use super::stats::HostStats;
 use super::Node;
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
@@ -54,6 +55,11 @@ pub trait ScriptHost {
     /// Switches this core to the scripts of `batch` (called between two messages; the core
     /// acknowledges to the reloader when this returns).
     fn reload(&self, batch: &Batch);
+    /// The host's own figures for a scrape (Lua memory, errors, loaded scripts). Must not
+    /// run scripts.
+    fn stats(&self) -> HostStats {
+        HostStats::default()
+    }
 }
 
 /// Builds the script host of core `index` (on that core's thread, before it boots).

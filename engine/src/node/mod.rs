@@ -24,6 +24,7 @@ pub mod reload;
 pub mod runtime;
 pub mod shared;
 pub mod stages;
+pub mod stats;
 pub mod timed;
 pub mod watchdog;
 
@@ -39,6 +40,10 @@ use crate::net::id::{listener_id, ConnId};
 use crate::net::listener::Endpoint;
 use crate::net::url::BrokerUrl;
 use crate::plan::{Plan, ServiceKind, StageKind};
+
+/// Messages dropped because a core's inbox was full or closed ([`Node::log_dropped`]): the
+/// log line's rate limit, and its total for the metrics.
+pub static DROPPED: crate::net::ratelog::RateLog = crate::net::ratelog::RateLog::new();
 
 /// How many undelivered messages a core's inbox holds before senders get an error.
 pub const INBOX_CAPACITY: usize = 65_536;
@@ -76,6 +81,8 @@ pub enum CoreMsg {
     /// Switch to a new version of the scripts (`reload::Batch`): installed between two
     /// messages, then acknowledged to the reloader.
     Reload(Arc<reload::Batch>),
+    /// The admin endpoint's scrape: answer with this core's figures (`stats`).
+    Snapshot(tokio::sync::oneshot::Sender<stats::CoreSnapshot>),
     /// Graceful shutdown: stop accepting, close connections (running close callbacks), exit.
     Shutdown,
 }
@@ -95,6 +102,22 @@ pub struct ListenerShared {
 }
 
 impl ListenerShared {
+    /// How metrics and the status page name it: scheme and the address it is bound to.
+    pub fn label(&self) -> String {
+        let scheme = match self.url.scheme {
+            crate::net::url::Scheme::Tcp => "tcp",
+            crate::net::url::Scheme::Udp => "udp",
+            crate::net::url::Scheme::Ws => "ws",
+        };
+        // lotus.so's listeners are TCP with its own framings.
+        let scheme = match self.url.frame.framing {
+            crate::codec::framing::Framing::Be32 => "lotus",
+            crate::codec::framing::Framing::Be16 => "lotus-compat",
+            _ => scheme,
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// What each core's accept (or UDP receive) loop needs of it.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
@@ -158,6 +181,8 @@ pub struct Node {
     /// start (the first one initialises libcurl, which sets environment variables), and
     /// shared by every core.
     pub http: HashMap<usize, crate::service::http::HttpAgent>,
+    /// When this process started (uptime on the status page).
+    pub started: std::time::Instant,
 }
 
 /// One agent per curl.so stage (directory index = Lua stages first, then services).
@@ -210,6 +235,7 @@ impl Node {
             next_listener: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             gate: Mutex::new(None),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -243,6 +269,45 @@ impl Node {
             .sum()
     }
 
+    /// Messages waiting in each core's inbox, by core.
+    pub fn inbox_depths(&self) -> Vec<usize> {
+        self.inboxes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.queued())
+            .collect()
+    }
+
+    /// Asks every core for its figures (`CoreMsg::Snapshot`); one receiver per core, `None`
+    /// where the message could not be queued. The caller waits on them with a timeout, so a
+    /// stuck core costs a scrape its figures, never the scrape.
+    pub fn ask_snapshots(
+        &self,
+    ) -> Vec<Option<tokio::sync::oneshot::Receiver<stats::CoreSnapshot>>> {
+        self.ask_every_core(CoreMsg::Snapshot)
+    }
+
+    /// THE reload trigger (`POST /reload`): asks the process's reloader (`script::reload`,
+    /// installed through [`reload::set_requester`]) to scan now; `done` gets what came of it
+    /// (every core switched together, nothing changed, or refused). `false` when this
+    /// process has no reloader (a supervisor).
+    pub fn request_reload(&self, done: Box<dyn FnOnce(reload::Outcome) + Send>) -> bool {
+        reload::request(done)
+    }
+
+    fn ask_every_core<T>(
+        &self,
+        msg: impl Fn(tokio::sync::oneshot::Sender<T>) -> CoreMsg,
+    ) -> Vec<Option<tokio::sync::oneshot::Receiver<T>>> {
+        (0..self.cores())
+            .map(|core| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.send(core, msg(tx)).ok().map(|()| rx)
+            })
+            .collect()
+    }
+
     /// The core for the next unrestricted job: round-robin over all cores.
     pub fn next_core(&self) -> usize {
         self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores()
@@ -262,6 +327,13 @@ impl Node {
 
     pub fn listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
         self.listeners.lock().unwrap().get(&id).cloned()
+    }
+
+    /// Every listener open now, by id.
+    pub fn listeners(&self) -> Vec<Arc<ListenerShared>> {
+        let mut all: Vec<_> = self.listeners.lock().unwrap().values().cloned().collect();
+        all.sort_by_key(|l| l.id);
+        all
     }
 
     pub fn remove_listener(&self, id: u64) -> Option<Arc<ListenerShared>> {
@@ -307,7 +379,6 @@ impl Node {
     /// one line per second for the process, with the count since the last line, because a
     /// core that is overloaded is sent to by every other core at once.
     pub fn log_dropped(&self, core: usize, err: &mailbox::SendError) {
-        static DROPPED: crate::net::ratelog::RateLog = crate::net::ratelog::RateLog::new();
         if self.is_shutting_down() {
             return;
         }

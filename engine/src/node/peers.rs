@@ -129,6 +129,14 @@ impl Peers {
         })
     }
 
+    /// Every Lua process of the node, this one included, in number order.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut all = self.others.clone();
+        all.push(self.me);
+        all.sort_unstable();
+        all
+    }
+
     /// The socket of process `n`.
     /// Binds this process's socket (`DIR/N.sock`). Done before the stages boot, so that a
     /// reply or a lock grant sent to a main script's early request finds the socket.

@@ -178,6 +178,48 @@ impl Round {
     }
 }
 
+/// What a requested reload came to, as the node layer (the admin endpoint) sees it; the
+/// script layer's reloader (`script::reload`) fills it in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `switched`, `unchanged`, `refused` or `unavailable`.
+    pub status: &'static str,
+    /// The version running after the request.
+    pub version: u64,
+    /// Scripts that switched (`switched`).
+    pub changed: Vec<String>,
+    /// (path, compiler message) of each file that does not compile (`refused`).
+    pub errors: Vec<(String, String)>,
+    /// Cores that switched, and the time from the first to the last one.
+    pub cores: usize,
+    pub window: Duration,
+    /// One line for logs and humans.
+    pub summary: String,
+}
+
+/// How a reload is asked for: the script layer installs it when its reloader starts (the
+/// node cannot name the script layer).
+pub type Requester = Box<dyn Fn(Box<dyn FnOnce(Outcome) + Send>) + Send + Sync>;
+
+static REQUESTER: std::sync::OnceLock<Requester> = std::sync::OnceLock::new();
+
+/// Installs the process's reload requester (once; later calls are ignored).
+pub fn set_requester(requester: Requester) {
+    let _ = REQUESTER.set(requester);
+}
+
+/// Asks for a reload now; `done` gets the outcome (on the reloader's thread: it must not
+/// block). `false` when this process has no reloader.
+pub fn request(done: Box<dyn FnOnce(Outcome) + Send>) -> bool {
+    match REQUESTER.get() {
+        Some(r) => {
+            r(done);
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,11 +28,13 @@ use super::host::{HostFactory, ScriptHost};
 use super::mailbox::{self, Inbox};
 use super::post::PostKind;
 use super::reload::Ack;
+use super::stats::{Callback, CoreSnapshot, CoreStats};
 use super::timed::{TimedService, TimedSlot};
 use super::{CoreMsg, ListenerShared, Node, SHUTDOWN_GRACE};
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
 use crate::net::id::ConnId;
+use crate::net::stats::IoStats;
 use crate::net::{listener, udp, ConnEvents};
 use crate::notify::Notify;
 use crate::plan::{LuaStage, ServiceKind};
@@ -86,6 +88,8 @@ pub struct Core {
     /// this is, by stage index, each with its tick timer (same reasoning: one owner core per
     /// category or route service, requests serialized here).
     timed: RefCell<HashMap<usize, Rc<RefCell<TimedSlot>>>>,
+    /// This core's counters (connections, callbacks, service shards), read on a scrape.
+    pub stats: CoreStats,
     pub stop: Notify,
 }
 
@@ -145,6 +149,7 @@ async fn run_core(
         next_seq: Cell::new(1),
         indexes: RefCell::new(HashMap::new()),
         timed: RefCell::new(HashMap::new()),
+        stats: CoreStats::default(),
         stop: Notify::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
@@ -265,7 +270,7 @@ impl Core {
                 None => tracing::debug!(socket = id.raw(), "commit for a closed socket dropped"),
             },
             CoreMsg::Post { kind, payload } => {
-                self.host.post(kind, &payload);
+                self.time_callback(Callback::Message, || self.host.post(kind, &payload));
                 self.after_script();
             }
             CoreMsg::Reload(batch) => {
@@ -278,7 +283,45 @@ impl Core {
                     at: std::time::Instant::now(),
                 });
             }
+            // The asker may have given up waiting (a slow scrape): nobody to tell then.
+            CoreMsg::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
             CoreMsg::Shutdown => self.stop.fire(),
+        }
+    }
+
+    /// Runs one call into the script host and adds its duration to the histogram.
+    #[inline]
+    fn time_callback<R>(&self, kind: Callback, f: impl FnOnce() -> R) -> R {
+        let start = std::time::Instant::now();
+        let result = f();
+        self.stats.callback(kind, start.elapsed());
+        result
+    }
+
+    /// This core's figures for a scrape: its counters, the gauges of its service shards and
+    /// what its script host reports.
+    pub fn snapshot(&self) -> CoreSnapshot {
+        let mut services = self.stats.service_figures();
+        for slot in self.timed.borrow().values() {
+            match &slot.borrow().service {
+                TimedService::Ticket(t) => {
+                    let (waiting, held) = t.totals();
+                    services.ticket_waiting += waiting as u64;
+                    services.ticket_held += held as u64;
+                }
+                TimedService::Route(r) => services.route_pending += r.pending() as u64,
+            }
+        }
+        CoreSnapshot {
+            core: self.index,
+            connections: self.conns.borrow().len(),
+            listeners: self.stats.listener_figures(),
+            joined: self.stats.joined.read(),
+            callbacks: self.stats.callback_figures(),
+            services,
+            host: self.host.stats(),
         }
     }
 
@@ -289,7 +332,7 @@ impl Core {
             futures_lite::future::yield_now().await;
             futures_lite::future::or(glommio::timer::sleep(delay), core.stop.wait()).await;
             if !core.stop.is_fired() {
-                core.host.post(kind, &payload);
+                core.time_callback(Callback::Message, || core.host.post(kind, &payload));
                 core.after_script();
             }
         })
@@ -449,7 +492,7 @@ impl Core {
 /// Calls a stage's idle function until it returns nothing or a number <= 0 (spec §3.10).
 async fn run_idle(core: Rc<Core>, stage: usize) {
     loop {
-        let next = core.host.idle(stage);
+        let next = core.time_callback(Callback::Idle, || core.host.idle(stage));
         core.after_script();
         let Some(ms) = next.filter(|ms| *ms > 0.0) else {
             return;
@@ -469,6 +512,19 @@ impl ConnEvents for Core {
         Core::next_conn_id(self)
     }
 
+    fn stats(&self, listener: Option<u64>) -> Rc<IoStats> {
+        match listener {
+            None => self.stats.joined.clone(),
+            Some(id) => self.stats.listener(id, || {
+                self.listeners
+                    .borrow()
+                    .get(&id)
+                    .map(|(shared, _)| shared.label())
+                    .unwrap_or_default()
+            }),
+        }
+    }
+
     fn accepted(self: &Rc<Self>, listener: u64, conn: &Rc<Conn>) -> bool {
         let Some(shared) = self
             .listeners
@@ -485,7 +541,9 @@ impl ConnEvents for Core {
             *conn.crypto.borrow_mut() = props.crypto.clone();
         }
         self.add_conn(conn.clone());
-        let accepted = self.host.accept(listener, shared.stage, conn);
+        let accepted = self.time_callback(Callback::Accept, || {
+            self.host.accept(listener, shared.stage, conn)
+        });
         self.after_script();
         if !accepted {
             self.remove_conn(conn.id);
@@ -494,19 +552,19 @@ impl ConnEvents for Core {
     }
 
     fn connected(self: &Rc<Self>, conn: &Rc<Conn>) {
-        self.host.connected(conn);
+        self.time_callback(Callback::Connect, || self.host.connected(conn));
         self.after_script();
     }
 
     fn frame(self: &Rc<Self>, conn: &Rc<Conn>, frame: Bytes) -> Result<(), String> {
-        let result = self.host.receive(conn, frame);
+        let result = self.time_callback(Callback::Receive, || self.host.receive(conn, frame));
         self.after_script();
         result
     }
 
     fn closed(self: &Rc<Self>, conn: &Rc<Conn>, errno: i32) {
         self.remove_conn(conn.id);
-        self.host.close(conn.id, errno);
+        self.time_callback(Callback::Close, || self.host.close(conn.id, errno));
         self.after_script();
     }
 
@@ -518,7 +576,9 @@ impl ConnEvents for Core {
         from: SocketAddr,
     ) {
         let stage = self.listener_stage(endpoint);
-        self.host.datagram(endpoint, stage, message, framing, from);
+        self.time_callback(Callback::Datagram, || {
+            self.host.datagram(endpoint, stage, message, framing, from)
+        });
         self.after_script();
     }
 }

@@ -27,6 +27,7 @@ use crate::net::sockaddr::{self, SockAddr};
 use crate::node::host::{HostFactory, ScriptHost};
 use crate::node::post::PostKind;
 use crate::node::reload::Batch;
+use crate::node::stats::HostStats;
 use crate::node::Node;
 use crate::plan::{LuaStage, ServiceKind, ServiceStage};
 use stage_ffi::{FfiContext, PacketView};
@@ -80,6 +81,8 @@ struct Hooks {
     thread: Function,
     /// A reload changed these script names (`stage.require` forgets them).
     reloaded: Function,
+    /// The prelude's counters for a scrape: `(errors, routed, unrouted)`.
+    stats: Function,
     /// The FFI receive path (`None` when `%ffi` is off).
     receive_view: Option<Function>,
 }
@@ -497,6 +500,36 @@ impl ScriptHost for Host {
         self.forget_required(batch.names());
     }
 
+    fn stats(&self) -> HostStats {
+        let by_policy = |t: &Table| -> Vec<(String, u64)> {
+            let mut v: Vec<(String, u64)> = t
+                .pairs::<String, f64>()
+                .filter_map(Result::ok)
+                .map(|(k, n)| (k, n as u64))
+                .collect();
+            v.sort();
+            v
+        };
+        let (errors, routed, unrouted) = self
+            .hooks
+            .stats
+            .call::<(f64, Table, Table)>(())
+            .map(|(e, r, u)| (e as u64, by_policy(&r), by_policy(&u)))
+            .unwrap_or_default();
+        let scripts = self
+            .lua
+            .app_data_ref::<ScriptLoader>()
+            .map(|l| l.versions())
+            .unwrap_or_default();
+        HostStats {
+            lua_memory: self.lua.used_memory() as u64,
+            lua_errors: errors,
+            routed,
+            unrouted,
+            scripts,
+        }
+    }
+
     fn idle(&self, stage: usize) -> Option<f64> {
         let idle = self.idle.borrow().get(&stage).cloned()?;
         let next = match within(&self.budget, || {
@@ -561,6 +594,7 @@ fn install_prelude(
         post: hooks.get("post")?,
         thread: hooks.get("thread")?,
         reloaded: hooks.get("reloaded")?,
+        stats: hooks.get("stats")?,
         receive_view: hooks.get("receive_view")?,
     })
 }

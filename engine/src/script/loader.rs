@@ -49,6 +49,29 @@ pub enum Lookup {
 }
 
 impl ScriptLoader {
+    /// The version of every script this state has loaded: path, mtime, size and FNV-1a hash
+    /// of the source it compiled (what `/status` shows).
+    pub fn versions(&self) -> Vec<crate::node::stats::ScriptVersion> {
+        let mut out: Vec<_> = self
+            .view
+            .borrow()
+            .values()
+            .filter(|c| c.chunk.is_some())
+            .filter_map(|c| c.resolution.found.as_ref())
+            .map(|src| crate::node::stats::ScriptVersion {
+                path: src.path.clone(),
+                mtime_ns: src.stamp.map_or(0, |s| s.1),
+                size: src.bytes.len() as u64,
+                hash: src.bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+                }),
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out.dedup();
+        out
+    }
+
     pub fn new(library: Arc<Library>) -> ScriptLoader {
         ScriptLoader {
             seen: Cell::new(library.version()),

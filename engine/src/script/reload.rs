@@ -117,6 +117,47 @@ impl fmt::Display for ReloadOutcome {
     }
 }
 
+impl ReloadOutcome {
+    /// The node layer's view (`node::reload::Outcome`), for the admin endpoint.
+    pub fn to_node(&self) -> crate::node::reload::Outcome {
+        let mut out = crate::node::reload::Outcome {
+            status: "unavailable",
+            version: 0,
+            changed: Vec::new(),
+            errors: Vec::new(),
+            cores: 0,
+            window: Duration::ZERO,
+            summary: self.to_string(),
+        };
+        match self {
+            ReloadOutcome::Switched {
+                version,
+                scripts,
+                cores,
+                window,
+                ..
+            } => {
+                out.status = "switched";
+                out.version = *version;
+                out.changed = scripts.clone();
+                out.cores = *cores;
+                out.window = *window;
+            }
+            ReloadOutcome::Unchanged { version } => {
+                out.status = "unchanged";
+                out.version = *version;
+            }
+            ReloadOutcome::Refused { version, errors } => {
+                out.status = "refused";
+                out.version = *version;
+                out.errors = errors.clone();
+            }
+            ReloadOutcome::Unavailable => {}
+        }
+        out
+    }
+}
+
 type Reply = Box<dyn FnOnce(ReloadOutcome) + Send>;
 
 enum Command {
@@ -147,6 +188,10 @@ pub fn start(node: &Arc<Node>) -> Arc<Library> {
                 // Requests then find the channel closed and answer `Unavailable`.
                 tracing::error!("cannot start the reloader thread: {err}; scripts will not reload");
             }
+            // The node layer's trigger (`POST /reload`) comes here.
+            crate::node::reload::set_requester(Box::new(|done| {
+                request_with(move |outcome| done(outcome.to_node()))
+            }));
             Reloader {
                 library,
                 commands: tx,

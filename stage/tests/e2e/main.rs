@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod admin;
 mod bson_limits;
 mod budget;
 mod cli;

@@ -64,6 +64,12 @@ fn http_call(
             ),
             (Err((url, why)), _) => HttpReply::failed(&url, None, code::URL_MALFORMAT, why),
         };
+        // By result: `ok`, or curl's result code (7 refused, 28 timeout, ...).
+        let result = match reply.data.result {
+            0 => "ok".to_string(),
+            code => format!("curl_{code}"),
+        };
+        crate::node::runtime::with_current(|c| c.stats.services.http_result(&result));
         DONE.with(|d| d.borrow_mut().insert(handle, (reply, envelope)));
         let msg = CoreMsg::Post {
             kind: crate::node::post::PostKind::HttpDone,

@@ -13,6 +13,7 @@
 use bytes::{Bytes, BytesMut};
 use mlua::{Lua, Table, Value};
 
+use crate::node::stats::ServiceStats;
 use crate::script::bson::{self, DecodeOptions, EncodeOptions};
 use crate::script::natives::core;
 use crate::service::index::{
@@ -39,7 +40,8 @@ fn index_call(
     lua: &Lua,
     (stage, id, values): (usize, String, Option<Table>),
 ) -> mlua::Result<(Option<String>, Value)> {
-    let service = core()?.index_service(stage).ok_or_else(|| {
+    let core = core()?;
+    let service = core.index_service(stage).ok_or_else(|| {
         mlua::Error::runtime(format!("index stage #{stage} is not served on this core"))
     })?;
     let payload: Value = match &values {
@@ -62,6 +64,7 @@ fn index_call(
                         tier,
                         command,
                     };
+                    ServiceStats::inc(&core.stats.services.index_ops, 1);
                     service.borrow_mut().execute(req)
                 }
                 Err(e) => {
@@ -115,6 +118,7 @@ fn index_call(
                     Err(e) => tracing::warn!("index `{id}` key `{key}`: {e}"),
                 }
             }
+            ServiceStats::inc(&core.stats.services.index_ops, reqs.len() as u64);
             let replies = service.borrow_mut().execute_batch(reqs);
             let out = lua.create_table()?;
             for (key, reply) in replies {

@@ -169,7 +169,9 @@ fn odbc_execute(
         None => Vec::new(),
     };
     let spec_refs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    match with_adapter(h, |a| a.execute(&sql, &spec_refs, &values))? {
+    let executed = with_adapter(h, |a| a.execute(&sql, &spec_refs, &values))?;
+    crate::service::odbc::count_query(executed.is_ok());
+    match executed {
         Ok(sets) => {
             let r = next_handle();
             RESULTS.with(|m| {

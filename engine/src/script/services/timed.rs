@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mlua::{Lua, Table, Value};
 
+use crate::node::runtime::with_current;
+use crate::node::stats::ServiceStats;
 use crate::node::timed::{TimedService, TimedSlot};
 use crate::script::bson;
 use crate::script::messaging::{INTERNAL_DECODE, INTERNAL_ENCODE};
@@ -341,7 +343,10 @@ fn route_command(
             },
         },
         RouteKey::Claim => match text(&first) {
-            Some(token) => RouteCommand::Claim { token },
+            Some(token) => {
+                with_current(|c| ServiceStats::inc(&c.stats.services.route_claims, 1));
+                RouteCommand::Claim { token }
+            }
             None => return Ok(None),
         },
         RouteKey::Publish(targets) => RouteCommand::Publish {
@@ -471,6 +476,7 @@ fn ticket_out(lua: &Lua, o: TicketOutput) -> mlua::Result<Out> {
             reply_to,
             value,
         } => {
+            with_current(|c| ServiceStats::inc(&c.stats.services.ticket_grants, 1));
             (out.id, out.reply) = with_reply(&o.key, &reply_to);
             out.values = decode(lua, &value)?;
             out.ticket = Some(lease.to_string());
@@ -479,6 +485,8 @@ fn ticket_out(lua: &Lua, o: TicketOutput) -> mlua::Result<Out> {
             request_key,
             result,
         } => {
+            let refused = u64::from(result.is_err());
+            with_current(|c| ServiceStats::inc(&c.stats.services.ticket_refusals, refused));
             let args = vec![str_value(lua, &request_key)?, outcome(lua, &result)?];
             out.values = packed(lua, args, None)?;
         }
@@ -487,6 +495,8 @@ fn ticket_out(lua: &Lua, o: TicketOutput) -> mlua::Result<Out> {
             results,
             userdata,
         } => {
+            let refused = results.iter().filter(|(_, r)| r.is_err()).count() as u64;
+            with_current(|c| ServiceStats::inc(&c.stats.services.ticket_refusals, refused));
             let map = lua.create_table()?;
             for (cb, r) in &results {
                 map.raw_set(cb.as_str(), outcome(lua, r)?)?;
@@ -498,6 +508,8 @@ fn ticket_out(lua: &Lua, o: TicketOutput) -> mlua::Result<Out> {
             out.values = packed(lua, args, None)?;
         }
         TicketMessage::Cancel { leases } => {
+            let n = leases.len() as u64;
+            with_current(|c| ServiceStats::inc(&c.stats.services.ticket_expiries, n));
             let map = lua.create_table()?;
             for (id, cb) in leases {
                 map.raw_set(id.to_string(), cb)?;
@@ -527,6 +539,7 @@ fn route_out(lua: &Lua, o: RouteOutput) -> mlua::Result<Out> {
             token,
             reply_to,
         } => {
+            with_current(|c| ServiceStats::inc(&c.stats.services.route_offers, 1));
             // `<sub>:route:@` has no `=` of its own, so the id becomes `<sub>:route:@==`:
             // the handler found is `route:@`, the answer goes to `<route>:=`.
             (out.id, out.reply) = with_reply(&o.key, &reply_to);
@@ -546,6 +559,7 @@ fn route_out(lua: &Lua, o: RouteOutput) -> mlua::Result<Out> {
             original_key,
             value,
         } => {
+            with_current(|c| ServiceStats::inc(&c.stats.services.route_failures, 1));
             out.values = packed(lua, vec![str_value(lua, &original_key)?], Some(&value))?;
         }
     }

@@ -23,3 +23,16 @@ pub use error::OdbcError;
 pub use params::{Direction, Kind, ParamSpec};
 pub use pool::{acquire, pooled_count, purge_thread_pool};
 pub use result::{Column, ResultSet, Value};
+
+/// Statements executed, process-wide, for the metrics: `[succeeded, failed]`. ODBC runs on
+/// the blocking pool's threads, never on a core or the packet path, and a statement costs a
+/// round trip to a database, so one relaxed atomic add per statement is nothing there.
+pub static QUERIES: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// Counts one executed statement in [`QUERIES`].
+pub fn count_query(ok: bool) {
+    QUERIES[usize::from(!ok)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}

@@ -151,6 +151,13 @@ impl TicketService {
         self.categories.get(category).map_or(0, |c| c.queue.len())
     }
 
+    /// Requests waiting and leases held over every category of this shard (for metrics).
+    pub fn totals(&self) -> (usize, usize) {
+        self.categories
+            .values()
+            .fold((0, 0), |(w, h), c| (w + c.queue.len(), h + c.held))
+    }
+
     /// Requests this shard tracks over its categories (the capacity counts every shard's:
     /// see `tracked` in the struct).
     pub fn tracked(&self) -> usize {
