@@ -7,6 +7,8 @@
 //! outbound queue, replies find their caller by request id, events go to the channel's
 //! subscriber. A broken connection is re-established with backoff, and every subscription
 //! resumes from the id after the last one it received — no gap, no duplicate.
+//!
+#![doc = include_str!("../README.md")]
 
 mod conn;
 mod error;

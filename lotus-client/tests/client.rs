@@ -369,3 +369,24 @@ async fn a_subscriber_dropped_at_the_servers_output_cap_resumes_from_its_last_id
         "the server never dropped the subscriber"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_the_login_is_a_timeout_and_a_closed_port_an_io_error() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let cfg = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let e = Client::connect_with(&addr, creds("g"), cfg.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Timeout(_)), "{e}");
+    drop(silent);
+    let e = Client::connect_with(&addr, creds("g"), cfg)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Io(_)), "{e}");
+}
