@@ -7,7 +7,7 @@
 //! the outbound queue are sent on the new connection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rmpv::Value;
@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// reconnect to a server that lost them.
     pub schemas: Mutex<HashMap<String, Value>>,
     pub reconnects: AtomicU64,
+    /// False from a lost connection until the next login.
+    pub connected: AtomicBool,
     pub kick: Notify,
     pub shutdown: Notify,
 }
@@ -211,6 +213,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut stream: TcpStream, mut out: mpsc::Re
         if !reader_done {
             let _ = reader.await;
         }
+        s.connected.store(false, Ordering::Relaxed);
         drop(wr);
         // Requests written on the lost connection will get no reply.
         s.pending
@@ -232,6 +235,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut stream: TcpStream, mut out: mpsc::Re
             }
         };
         s.reconnects.fetch_add(1, Ordering::Relaxed);
+        s.connected.store(true, Ordering::Relaxed);
     }
 }
 

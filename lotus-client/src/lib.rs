@@ -16,7 +16,7 @@ pub mod frame;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -252,6 +252,7 @@ impl Client {
             subs: Mutex::new(HashMap::new()),
             schemas: Mutex::new(HashMap::new()),
             reconnects: AtomicU64::new(0),
+            connected: AtomicBool::new(true),
             kick: Default::default(),
             shutdown: Default::default(),
         });
@@ -269,6 +270,11 @@ impl Client {
     /// How many times the connection was re-established.
     pub fn reconnects(&self) -> u64 {
         self.shared().reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client is connected and logged in now (false while it reconnects).
+    pub fn is_connected(&self) -> bool {
+        self.shared().connected.load(Ordering::Relaxed)
     }
 
     /// Closes the current connection as a network failure would: requests in flight fail
@@ -520,10 +526,21 @@ impl Channel {
 
     /// Subscribes (one live subscription per channel per client). Events that arrive are
     /// buffered in the returned stream; after a reconnect it resumes from the id after the
-    /// last one it yielded. (Before the first message arrives, a resume starts at
-    /// `opts.from`, or live when that is `None`.)
+    /// last one it received (before the first one: from `opts.from`, or from the id after
+    /// the channel's newest at subscribe time).
     pub async fn subscribe(&self, opts: SubOpts) -> Result<Subscription> {
         let s = self.client.shared();
+        // Where a resume starts before anything is delivered: for a live subscription, the
+        // id after the newest one now (asked before subscribing, so nothing published after
+        // the subscription can fall before it; a never-used channel starts at 1).
+        let resume = match opts.from {
+            Some(id) => Some(id),
+            None => match self.history(Query::Last(0)).await {
+                Ok(h) => Some(h.last_id + 1),
+                Err(e) if e.code() == Some("channel_not_found") => Some(1),
+                Err(e) => return Err(e),
+            },
+        };
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(s.cfg.subscription_buffer.max(1));
         {
@@ -532,14 +549,7 @@ impl Channel {
                 return Err(Error::AlreadySubscribed(self.name.clone()));
             }
             // Registered before the request, so events that follow the reply are routed.
-            subs.insert(
-                self.name.clone(),
-                Sub {
-                    tx,
-                    serial,
-                    resume: opts.from,
-                },
-            );
+            subs.insert(self.name.clone(), Sub { tx, serial, resume });
         }
         let mut args = vec![(Value::from("channel"), Value::from(self.name.as_str()))];
         if let Some(id) = opts.from {

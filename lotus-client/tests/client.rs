@@ -103,6 +103,16 @@ fn map(entries: &[(&str, Value)]) -> Value {
     )
 }
 
+/// Closes `c`'s connection and waits until it is down (its backoff keeps it down a while).
+async fn knock_out(c: &Client) {
+    c.force_reconnect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.is_connected() {
+        assert!(Instant::now() < deadline, "the connection never went down");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn msg(sub: &mut lotus_client::Subscription) -> (u64, Vec<Value>) {
     match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
         Ok(Some(ChannelEvent::Msg { id, payload, .. })) => (id, payload),
@@ -299,7 +309,7 @@ async fn channels_publish_history_resume_and_delete() {
 async fn a_forced_reconnect_logs_in_again_and_the_subscription_resumes_without_a_gap() {
     let node = start("");
     let cfg = ClientConfig {
-        backoff_initial: Duration::from_millis(20),
+        backoff_initial: Duration::from_millis(300),
         ..Default::default()
     };
     let sub = Client::connect_with(&node.addr, creds("sub"), cfg)
@@ -318,8 +328,8 @@ async fn a_forced_reconnect_logs_in_again_and_the_subscription_resumes_without_a
     for i in 1..=5 {
         assert_eq!(msg(&mut s).await.0, i);
     }
-    sub.force_reconnect();
-    // Published while the subscriber may be away: the resume replays them.
+    knock_out(&sub).await;
+    // Published while the subscriber is away: the resume replays them.
     for i in 6..=30 {
         ch.publish(Value::from(i)).await.unwrap();
     }
@@ -327,10 +337,39 @@ async fn a_forced_reconnect_logs_in_again_and_the_subscription_resumes_without_a
         assert_eq!(msg(&mut s).await, (i, vec![Value::from(i)]));
     }
     assert_eq!(sub.reconnects(), 1);
+    assert!(sub.is_connected());
     // The session works after the reconnect.
     sub.ping().await.unwrap();
     ch.publish(Value::from(31)).await.unwrap();
     assert_eq!(msg(&mut s).await.0, 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_received_nothing_yet_resumes_from_where_it_subscribed() {
+    let node = start("");
+    let cfg = ClientConfig {
+        backoff_initial: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let sub = Client::connect_with(&node.addr, creds("sub"), cfg)
+        .await
+        .unwrap();
+    let publ = Client::connect(&node.addr, creds("pub")).await.unwrap();
+    let ch = publ.channel("quiet");
+    ch.publish("before".into()).await.unwrap();
+    let mut s = sub
+        .channel("quiet")
+        .subscribe(SubOpts::default())
+        .await
+        .unwrap();
+    knock_out(&sub).await;
+    for i in 2..=20u64 {
+        ch.publish(Value::from(i)).await.unwrap();
+    }
+    for i in 2..=20u64 {
+        assert_eq!(msg(&mut s).await, (i, vec![Value::from(i)]));
+    }
+    assert_eq!(sub.reconnects(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
