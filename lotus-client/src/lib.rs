@@ -302,9 +302,11 @@ impl Client {
                 .map_err(|_| Error::Closed)?;
             rx.await.map_err(|_| Error::Disconnected)?
         };
-        let r = tokio::time::timeout(timeout, work).await;
-        s.pending.lock().unwrap().remove(&rid);
-        r.unwrap_or(Err(Error::Timeout(timeout)))
+        // Forgets the waiter however this ends: reply, timeout, or the caller giving up.
+        let _forget = Forget(s, rid);
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(Error::Timeout(timeout)))
     }
 
     /// Queues a request without a reply (rid 0); waits only for room in the queue.
@@ -401,6 +403,14 @@ impl Client {
             client: self.clone(),
             name: name.to_string(),
         }
+    }
+}
+
+struct Forget<'a>(&'a Shared, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().unwrap().remove(&self.1);
     }
 }
 
