@@ -16,9 +16,11 @@ use lotus_client::{
 
 /// The `stage` binary of this workspace (release build).
 fn stage_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // A relative CARGO_TARGET_DIR is relative to the workspace root, not to this test's cwd.
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"));
     let bin = target.join("release/stage");
     assert!(
         bin.exists(),
