@@ -55,4 +55,9 @@ export class FrameReader {
     this.buf = joined.slice(pos);
     return out;
   }
+
+  /** Bytes of a frame that has begun but is not complete yet. */
+  get pending(): number {
+    return this.buf.length;
+  }
 }

@@ -6,7 +6,7 @@
  */
 
 import type { Connection, ConnectionEvents, Transport } from "./client.js";
-import { decodeFrame } from "./frame.js";
+import { FrameError, FrameReader } from "./frame.js";
 
 /** The part of the standard WebSocket class this transport uses. */
 export interface WebSocketLike {
@@ -50,7 +50,12 @@ export function webSocketTransport(url: string, WebSocketImpl?: WebSocketClass):
       ws.onmessage = (ev) => {
         if (!(ev.data instanceof ArrayBuffer)) return; // text messages are not packets
         try {
-          events.onPayload(decodeFrame(new Uint8Array(ev.data)));
+          // One frame per message is what STAGE sends; several whole frames are read too,
+          // a frame split over messages is refused (as the server does).
+          const reader = new FrameReader();
+          const payloads = reader.push(new Uint8Array(ev.data));
+          if (reader.pending > 0) throw new FrameError("a frame split over WebSocket messages");
+          for (const payload of payloads) events.onPayload(payload);
         } catch (err) {
           // A broken frame means a broken peer: drop the connection (it reconnects).
           ws.close(1002);
