@@ -14,7 +14,7 @@
 //! parser is a few hundred lines with no dependencies.
 //!
 //! # Layout (each module names only the ones below it)
-//! `main.rs` (CLI) -> [`lua`] and [`rust`] (generators) and [`compat`] (breaking-change check) ->
+//! `main.rs` (CLI) -> [`lua`], [`rust`] and [`ts`] (generators) and [`compat`] (breaking-change check) ->
 //! [`parser`] (text -> checked model) -> [`lexer`] -> [`schema`] (the model) and [`error`].
 //! Nothing here depends on the engine: the crate turns text into text.
 
@@ -25,6 +25,7 @@ pub mod lua;
 pub mod parser;
 pub mod rust;
 pub mod schema;
+pub mod ts;
 
 pub use error::{Error, Pos};
 pub use parser::parse;

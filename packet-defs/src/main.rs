@@ -4,7 +4,7 @@
 //! `file:line:column: error: ...`, exit status 2 for an unreadable or invalid schema.
 
 use clap::{Parser, Subcommand};
-use packet_defs::{compat, lua, module_name, parse, rust, Schema};
+use packet_defs::{compat, lua, module_name, parse, rust, ts, Schema};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Generate code from SCHEMA: DIR/<name>_packets.lua (--lua), DIR/<name>_packets.rs (--rust).
+    /// Generate code from SCHEMA: DIR/<name>_packets.lua (--lua), DIR/<name>_packets.rs (--rust),
+    /// DIR/<name>_packets.ts (--ts).
     Gen {
         schema: PathBuf,
         /// Directory for the generated Lua module.
@@ -30,6 +31,9 @@ enum Cmd {
         /// Directory for the generated Rust module (typed messages with BSON encode/decode).
         #[arg(long, value_name = "DIR")]
         rust: Option<PathBuf>,
+        /// Directory for the generated TypeScript module (types for clients/typescript).
+        #[arg(long, value_name = "DIR")]
+        ts: Option<PathBuf>,
     },
     /// Check SCHEMA; with --against OLD, list every change that breaks peers using OLD.
     Check {
@@ -45,9 +49,12 @@ fn main() -> ExitCode {
             schema,
             lua: lua_dir,
             rust: rust_dir,
+            ts: ts_dir,
         } => {
-            if lua_dir.is_none() && rust_dir.is_none() {
-                eprintln!("packet-defs: nothing to generate: pass --lua DIR and/or --rust DIR");
+            if lua_dir.is_none() && rust_dir.is_none() && ts_dir.is_none() {
+                eprintln!(
+                    "packet-defs: nothing to generate: pass --lua DIR, --rust DIR and/or --ts DIR"
+                );
                 return ExitCode::from(2);
             }
             let Some(s) = load(&schema) else {
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
                     dir.join(format!("{module}.rs")),
                     rust::generate(&s, &source),
                 ));
+            }
+            if let Some(dir) = ts_dir {
+                outputs.push((dir.join(format!("{module}.ts")), ts::generate(&s, &source)));
             }
             for (out, code) in outputs {
                 let dir = out.parent().expect("a file in a directory");

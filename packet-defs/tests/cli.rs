@@ -75,12 +75,19 @@ fn gen_writes_the_module_and_check_accepts_a_good_schema() {
         rs.contains("pub struct Ping {") && rs.contains("pub enum Message {"),
         "{rs}"
     );
+    let (code, _, _) = run(dir.path(), &["gen", "game.packets", "--ts", "ts"]);
+    assert_eq!(code, 0);
+    let ts = std::fs::read_to_string(dir.path().join("ts/game_packets.ts")).unwrap();
+    assert!(
+        ts.contains("export type Ping = {\n  message: \"ping\";"),
+        "{ts}"
+    );
     let (code, _, err) = run(dir.path(), &["gen", "game.packets"]);
     assert_eq!(
         (code, err.trim()),
         (
             2,
-            "packet-defs: nothing to generate: pass --lua DIR and/or --rust DIR"
+            "packet-defs: nothing to generate: pass --lua DIR, --rust DIR and/or --ts DIR"
         )
     );
 }

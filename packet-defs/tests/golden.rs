@@ -1,9 +1,9 @@
-//! Golden files: the generators' output (Lua and Rust) for `tests/golden/all_types.packets`
+//! Golden files: the generators' output (Lua, Rust and TypeScript) for `tests/golden/all_types.packets`
 //! (a schema using every type and option) is checked in, so any change to generated code shows up in review.
 //! After an intended change, regenerate with
 //! `UPDATE_GOLDEN=1 cargo test --release -p packet-defs --test golden` and commit the diff.
 
-use packet_defs::{lua, module_name, parse, rust};
+use packet_defs::{lua, module_name, parse, rust, ts};
 use std::path::Path;
 
 fn golden_dir() -> &'static Path {
@@ -51,6 +51,22 @@ fn generated_rust_matches_the_golden_file() {
     assert!(
         code == expected,
         "generated Rust differs from {}; if the change is intended, rerun with UPDATE_GOLDEN=1",
+        golden.display()
+    );
+}
+
+#[test]
+fn generated_typescript_matches_the_golden_file() {
+    let src = std::fs::read_to_string(golden_dir().join("all_types.packets")).unwrap();
+    let code = ts::generate(&parse(&src).unwrap(), "all_types.packets");
+    let golden = golden_dir().join("all_types_packets.ts");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &code).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap();
+    assert!(
+        code == expected,
+        "generated TypeScript differs from {}; if the change is intended, rerun with UPDATE_GOLDEN=1",
         golden.display()
     );
 }

@@ -23,12 +23,17 @@ fn hello_world_answers_every_read_and_logs_accept_and_close() {
 fn login_round_trip(server: &Server) {
     let mut client = server.connect();
     client
-        .write_all(&message("login", &[("user", Bson::str("bob"))]))
+        .write_all(&message(
+            "login",
+            &[("user", Bson::str("bob")), ("rid", Bson::Int32(7))],
+        ))
         .unwrap();
     let reply = read_reply(&mut client);
     assert_eq!(reply.get("message").and_then(Bson::as_str), Some("login"));
     assert_eq!(reply.get("result").and_then(Bson::as_str), Some("ok"));
     assert_eq!(reply.get("user").and_then(Bson::as_str), Some("bob"));
+    // The request id comes back (the TypeScript client matches replies by it).
+    assert_eq!(reply.get("rid").and_then(Bson::as_i64), Some(7));
     drop(client);
     // start.lua's close callback runs packet.lua's __close handler, which logs it.
     server.wait_log(" left");

@@ -6,7 +6,8 @@
 return {
     ["login"] = function (socket, data)
         -- Answer the client: socket.commit sends this table as the BSON document {"v": {...}}.
-        return { message = "login", result = "ok", user = data.user, socket = socket.id }
+        -- `rid` is the client's request id (clients/typescript matches replies by it).
+        return { message = "login", result = "ok", user = data.user, socket = socket.id, rid = data.rid }
     end,
 
     -- What stage-loadtest's `echo` and `login-then-echo` scenarios send (loadtest/README.md):
