@@ -687,3 +687,139 @@ fn an_account_with_a_password_hash_made_by_the_cli_logs_in() {
     c.send(&json!({"account": "gate", "password": "open sesame!", "name": "g2"}));
     assert_eq!(c.line(), "401 Unauthorized, wrong password\n");
 }
+
+// ---- persistence (spec §6.6, §9.5) ----------------------------------------------------------
+
+/// `kill -9` the node and start it again in the same directory with the same configuration
+/// (the embedded store's files, `lotus/`, are in that directory).
+fn kill_and_restart(l: &mut Lotus) {
+    l.server.signal(libc::SIGKILL);
+    l.server.wait_exit();
+    let dir = std::mem::replace(&mut l.server.dir, tempfile::tempdir().unwrap());
+    let mut server = Server::spawn(dir, l.compat, &["-c", "stage.json"], None);
+    server.wait_port();
+    server.wait_ready_port(l.v1);
+    l.server = server;
+}
+
+/// What a restart must find: states and channels written before `kill -9`, by the store
+/// named in `extra` (empty: the embedded default).
+fn survives_kill_9(extra: &str) {
+    let mut l = start(&format!(r#", "flush_ms": 50 {extra}"#));
+    let mut v = V1::login(l.v1);
+    let r = register(
+        &mut v,
+        "counter",
+        json!({
+            "add": "function(ctx, s, n) s.n = s.n + n; return s.n end",
+            "bye": "function(ctx, s) ctx.exit() end"
+        }),
+        json!({}),
+    );
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    // States on both cores (the shard rule spreads the names).
+    for i in 0..6 {
+        v.ok(
+            "init_state",
+            json!({"typename": "counter", "statename": format!("c{i}"), "value": {"n": i, "tags": {"a": [1, 2]}}}),
+        );
+        v.ok(
+            "update_state",
+            json!({"statename": format!("c{i}"), "keys": ["tags", "b"], "value": "x"}),
+        );
+        let r = v.ok(
+            "call",
+            json!({"statename": format!("c{i}"), "funcname": "add", "params": [10]}),
+        );
+        assert_eq!(r[0].as_i64(), Some(i + 10));
+    }
+    v.ok(
+        "execute_state",
+        json!({"statename": "c5", "funcname": "bye", "params": []}),
+    );
+    for i in 1..=3 {
+        v.ok(
+            "publish",
+            json!({"channel": "chat", "msg": format!("m{i}")}),
+        );
+    }
+    // Acknowledged more than flush_ms + margin before the kill.
+    std::thread::sleep(Duration::from_millis(50 + 750));
+    kill_and_restart(&mut l);
+
+    let mut v = V1::login(l.v1);
+    for i in 0..5 {
+        let s = v.ok("get", json!({"statename": format!("c{i}"), "keys": []}));
+        assert_eq!(s["n"].as_i64(), Some(i + 10), "c{i}: {s}");
+        assert_eq!(s["tags"]["b"].as_str(), Some("x"), "c{i}: {s}");
+        assert_eq!(s["tags"]["a"][1].as_i64(), Some(2), "c{i}: {s}");
+    }
+    // The state that exited is gone for good.
+    let (code, _) = V1::err(v.request("get", json!({"statename": "c5", "keys": []})));
+    assert_eq!(code, "state_not_found");
+    // The schema came back too: handlers run and new states of the type can be made.
+    let r = v.ok(
+        "call",
+        json!({"statename": "c0", "funcname": "add", "params": [1]}),
+    );
+    assert_eq!(r[0].as_i64(), Some(11));
+    assert_eq!(
+        v.ok("schema_list", json!({}))[0][0].as_str(),
+        Some("counter")
+    );
+    let r = v.ok(
+        "init_state",
+        json!({"typename": "counter", "statename": "c1", "value": {"n": 0}}),
+    );
+    assert_eq!(
+        r["created"].as_bool(),
+        Some(false),
+        "a stored state is not created again"
+    );
+    // Channel history survived; a resume replays from it and new ids continue after it.
+    let h = v.ok("channel_history", json!({"channel": "chat", "last": 10}));
+    let items: Vec<_> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            (
+                it["id"].as_u64().unwrap(),
+                it["msg"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            (1, "m1".to_string()),
+            (2, "m2".to_string()),
+            (3, "m3".to_string())
+        ]
+    );
+    let mut sub = V1::login(l.v1);
+    sub.ok("subscribe", json!({"channel": "chat", "from": {"id": 2}}));
+    v.ok("publish", json!({"channel": "chat", "msg": "m4"}));
+    let got: Vec<_> = (0..3)
+        .map(|_| {
+            let e = sub.event();
+            (
+                e[3]["id"].as_u64().unwrap(),
+                e[3]["msg"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, "m2".to_string()),
+            (3, "m3".to_string()),
+            (4, "m4".to_string())
+        ]
+    );
+}
+
+#[test]
+fn the_embedded_store_keeps_states_schemas_and_history_across_kill_9() {
+    survives_kill_9("");
+}
