@@ -4,7 +4,8 @@
 //! rmpv — asserting the replies and deliveries a client sees: the seed's schema and handler,
 //! every command, errors by code, handlers across cores, ctx timers and state-to-state calls,
 //! channel ids, history, resume without gap or duplicate under concurrent publishers,
-//! channel deletion, sandbox escapes and the slow-subscriber cap.
+//! channel deletion, sandbox escapes and the slow-subscriber cap; persistence with the embedded
+//! store: states, schemas, exits and channel history across `kill -9`, `max_state_bytes`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -822,4 +823,44 @@ fn survives_kill_9(extra: &str) {
 #[test]
 fn the_embedded_store_keeps_states_schemas_and_history_across_kill_9() {
     survives_kill_9("");
+}
+
+#[test]
+fn a_state_over_max_state_bytes_is_served_but_not_stored_and_logged_once() {
+    let mut l = start(r#", "flush_ms": 20, "max_state_bytes": 64"#);
+    let mut v = V1::login(l.v1);
+    let r = register(&mut v, "blob", json!({}), json!({}));
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    let big = "x".repeat(200);
+    v.ok(
+        "init_state",
+        json!({"typename": "blob", "statename": "big", "value": {"s": big}}),
+    );
+    v.ok(
+        "init_state",
+        json!({"typename": "blob", "statename": "small", "value": {"s": "y"}}),
+    );
+    // Served from memory all the same.
+    assert_eq!(
+        v.ok("get", json!({"statename": "big", "keys": ["s"]}))
+            .as_str(),
+        Some(big.as_str())
+    );
+    l.server.wait_log("over max_state_bytes");
+    // A second change of it: still one line for that state.
+    v.ok(
+        "update_state",
+        json!({"statename": "big", "keys": ["t"], "value": 1}),
+    );
+    std::thread::sleep(Duration::from_millis(20 + 500));
+    assert_eq!(l.server.log().matches("over max_state_bytes").count(), 1);
+    kill_and_restart(&mut l);
+    let mut v = V1::login(l.v1);
+    let (code, _) = V1::err(v.request("get", json!({"statename": "big", "keys": []})));
+    assert_eq!(code, "state_not_found");
+    assert_eq!(
+        v.ok("get", json!({"statename": "small", "keys": ["s"]}))
+            .as_str(),
+        Some("y")
+    );
 }

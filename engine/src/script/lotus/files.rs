@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use rmpv::Value;
 
-use super::store::{Backend, Item, Record};
+use super::store::{Backend, Item, Record, Tail};
 use super::value;
 
 fn hex(s: &str) -> String {
@@ -191,11 +191,7 @@ impl Backend for Files {
         Ok(Some((record, value::decode(&schema)?)))
     }
 
-    fn load_channel(
-        &mut self,
-        project: &str,
-        channel: &str,
-    ) -> Result<Option<(u64, u64, Vec<(u64, Value)>)>, String> {
+    fn load_channel(&mut self, project: &str, channel: &str) -> Result<Option<Tail>, String> {
         let path = self.path(project, "channel", channel);
         let records = Self::read_log(&path)?;
         self.counts.insert(path, records.len());
@@ -283,11 +279,7 @@ impl Backend for Unavailable {
     fn load_state(&mut self, _: &str, _: &str) -> Result<Option<(Record, Value)>, String> {
         Err(self.0.clone())
     }
-    fn load_channel(
-        &mut self,
-        _: &str,
-        _: &str,
-    ) -> Result<Option<(u64, u64, Vec<(u64, Value)>)>, String> {
+    fn load_channel(&mut self, _: &str, _: &str) -> Result<Option<Tail>, String> {
         Err(self.0.clone())
     }
     fn append(&mut self, _: &str, _: &str, _: u64, _: u64, _: &[u8]) -> Result<(), String> {

@@ -5,7 +5,7 @@
 
 use rmpv::Value;
 
-use super::store::{Record, Waiter};
+use super::store::{Record, Tail, Waiter};
 use super::value;
 use crate::service::lotus::channel::History;
 
@@ -116,7 +116,7 @@ pub enum Stored {
     Channel {
         project: String,
         channel: String,
-        found: Option<(u64, u64, Vec<(u64, Value)>)>,
+        found: Option<Tail>,
         error: Option<String>,
     },
 }

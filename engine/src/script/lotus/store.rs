@@ -40,6 +40,9 @@ pub struct Record {
     pub data: Vec<u8>,
 }
 
+/// A channel's stored tail: `(epoch, last_id, newest items ascending by id)`.
+pub type Tail = (u64, u64, Vec<(u64, Value)>);
+
 /// Who waits for a register's acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Waiter {
@@ -89,16 +92,12 @@ pub trait Backend {
     fn put_schema(&mut self, project: &str, typename: &str, schema: &Value) -> Result<(), String>;
     /// Every stored schema, `(project, typename, schema)`.
     fn schemas(&mut self) -> Result<Vec<(String, String, Value)>, String>;
-    /// `Ok(names that failed)`, each retried by its core at the next flush.
+    /// The states that failed, `(project, name, why)`; each stays dirty on its core.
     fn flush(&mut self, items: &[Item]) -> Vec<(String, String, String)>;
     /// The state and its type's schema.
     fn load_state(&mut self, project: &str, name: &str) -> Result<Option<(Record, Value)>, String>;
     /// `(epoch, last_id, newest items ascending)`.
-    fn load_channel(
-        &mut self,
-        project: &str,
-        channel: &str,
-    ) -> Result<Option<(u64, u64, Vec<(u64, Value)>)>, String>;
+    fn load_channel(&mut self, project: &str, channel: &str) -> Result<Option<Tail>, String>;
     fn append(
         &mut self,
         project: &str,
