@@ -111,7 +111,8 @@ pub trait Backend {
 
 /// A core's handle on its stage's store thread.
 pub struct Store {
-    tx: Mutex<mpsc::Sender<Cmd>>,
+    /// `Sender` is `Sync`: cores send without a lock.
+    tx: mpsc::Sender<Cmd>,
     /// What the store is, for error messages (`store files:lotus/`).
     pub what: String,
 }
@@ -119,8 +120,7 @@ pub struct Store {
 impl Store {
     /// Hands `cmd` to the store thread (never blocks).
     pub fn send(&self, cmd: Cmd) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if tx.send(cmd).is_err() {
+        if self.tx.send(cmd).is_err() {
             tracing::error!("lotus {}: the store thread is gone", self.what);
         }
     }
@@ -158,10 +158,7 @@ pub fn get_or_start(entry: &str, cfg: &LotusConfig, node: Arc<Node>) -> Arc<Stor
     if let Err(e) = spawned {
         tracing::error!("lotus `{entry}`: cannot start the store thread: {e}");
     }
-    let store = Arc::new(Store {
-        tx: Mutex::new(tx),
-        what,
-    });
+    let store = Arc::new(Store { tx, what });
     all.insert(entry.to_string(), store.clone());
     store
 }
