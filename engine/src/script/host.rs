@@ -483,6 +483,7 @@ impl ScriptHost for Host {
             cfg.clone(),
             core.index,
             core.node.cores(),
+            lotus::store::get_or_start(&service.entry, cfg, core.node.clone()),
         );
         *self.lotus.borrow_mut() = Some(server);
         if service.main_core == core.index {

@@ -4,7 +4,8 @@
 //! rmpv — asserting the replies and deliveries a client sees: the seed's schema and handler,
 //! every command, errors by code, handlers across cores, ctx timers and state-to-state calls,
 //! channel ids, history, resume without gap or duplicate under concurrent publishers,
-//! channel deletion, sandbox escapes and the slow-subscriber cap.
+//! channel deletion, sandbox escapes and the slow-subscriber cap; persistence with the embedded
+//! store: states, schemas, exits and channel history across `kill -9`, `max_state_bytes`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -742,4 +743,180 @@ broker.ready('tcp://127.0.0.1:PORT', function () return true end)
     server.wait_log("GOT pong");
     server.wait_log("STATE 100001 3 nil");
     server.wait_log("CALL unknown_handler");
+}
+
+// ---- persistence (spec §6.6, §9.5) ----------------------------------------------------------
+
+/// `kill -9` the node and start it again in the same directory with the same configuration
+/// (the embedded store's files, `lotus/`, are in that directory).
+fn kill_and_restart(l: &mut Lotus) {
+    l.server.signal(libc::SIGKILL);
+    l.server.wait_exit();
+    let dir = std::mem::replace(&mut l.server.dir, tempfile::tempdir().unwrap());
+    let mut server = Server::spawn(dir, l.compat, &["-c", "stage.json"], None);
+    server.wait_port();
+    server.wait_ready_port(l.v1);
+    l.server = server;
+}
+
+/// What a restart must find: states and channels written before `kill -9`, by the store
+/// named in `extra` (empty: the embedded default).
+fn survives_kill_9(extra: &str) {
+    let mut l = start(&format!(r#", "flush_ms": 50 {extra}"#));
+    let mut v = V1::login(l.v1);
+    let r = register(
+        &mut v,
+        "counter",
+        json!({
+            "add": "function(ctx, s, n) s.n = s.n + n; return s.n end",
+            "bye": "function(ctx, s) ctx.exit() end"
+        }),
+        json!({}),
+    );
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    // States on both cores (the shard rule spreads the names).
+    for i in 0..6 {
+        v.ok(
+            "init_state",
+            json!({"typename": "counter", "statename": format!("c{i}"), "value": {"n": i, "tags": {"a": [1, 2]}}}),
+        );
+        v.ok(
+            "update_state",
+            json!({"statename": format!("c{i}"), "keys": ["tags", "b"], "value": "x"}),
+        );
+        let r = v.ok(
+            "call",
+            json!({"statename": format!("c{i}"), "funcname": "add", "params": [10]}),
+        );
+        assert_eq!(r[0].as_i64(), Some(i + 10));
+    }
+    v.ok(
+        "execute_state",
+        json!({"statename": "c5", "funcname": "bye", "params": []}),
+    );
+    for i in 1..=3 {
+        v.ok(
+            "publish",
+            json!({"channel": "chat", "msg": format!("m{i}")}),
+        );
+    }
+    // Acknowledged more than flush_ms + margin before the kill.
+    std::thread::sleep(Duration::from_millis(50 + 750));
+    kill_and_restart(&mut l);
+
+    let mut v = V1::login(l.v1);
+    for i in 0..5 {
+        let s = v.ok("get", json!({"statename": format!("c{i}"), "keys": []}));
+        assert_eq!(s["n"].as_i64(), Some(i + 10), "c{i}: {s}");
+        assert_eq!(s["tags"]["b"].as_str(), Some("x"), "c{i}: {s}");
+        assert_eq!(s["tags"]["a"][1].as_i64(), Some(2), "c{i}: {s}");
+    }
+    // The state that exited is gone for good.
+    let (code, _) = V1::err(v.request("get", json!({"statename": "c5", "keys": []})));
+    assert_eq!(code, "state_not_found");
+    // The schema came back too: handlers run and new states of the type can be made.
+    let r = v.ok(
+        "call",
+        json!({"statename": "c0", "funcname": "add", "params": [1]}),
+    );
+    assert_eq!(r[0].as_i64(), Some(11));
+    assert_eq!(
+        v.ok("schema_list", json!({}))[0][0].as_str(),
+        Some("counter")
+    );
+    let r = v.ok(
+        "init_state",
+        json!({"typename": "counter", "statename": "c1", "value": {"n": 0}}),
+    );
+    assert_eq!(
+        r["created"].as_bool(),
+        Some(false),
+        "a stored state is not created again"
+    );
+    // Channel history survived; a resume replays from it and new ids continue after it.
+    let h = v.ok("channel_history", json!({"channel": "chat", "last": 10}));
+    let items: Vec<_> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            (
+                it["id"].as_u64().unwrap(),
+                it["msg"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            (1, "m1".to_string()),
+            (2, "m2".to_string()),
+            (3, "m3".to_string())
+        ]
+    );
+    let mut sub = V1::login(l.v1);
+    sub.ok("subscribe", json!({"channel": "chat", "from": {"id": 2}}));
+    v.ok("publish", json!({"channel": "chat", "msg": "m4"}));
+    let got: Vec<_> = (0..3)
+        .map(|_| {
+            let e = sub.event();
+            (
+                e[3]["id"].as_u64().unwrap(),
+                e[3]["msg"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, "m2".to_string()),
+            (3, "m3".to_string()),
+            (4, "m4".to_string())
+        ]
+    );
+}
+
+#[test]
+fn the_embedded_store_keeps_states_schemas_and_history_across_kill_9() {
+    survives_kill_9("");
+}
+
+#[test]
+fn a_state_over_max_state_bytes_is_served_but_not_stored_and_logged_once() {
+    let mut l = start(r#", "flush_ms": 20, "max_state_bytes": 64"#);
+    let mut v = V1::login(l.v1);
+    let r = register(&mut v, "blob", json!({}), json!({}));
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    let big = "x".repeat(200);
+    v.ok(
+        "init_state",
+        json!({"typename": "blob", "statename": "big", "value": {"s": big}}),
+    );
+    v.ok(
+        "init_state",
+        json!({"typename": "blob", "statename": "small", "value": {"s": "y"}}),
+    );
+    // Served from memory all the same.
+    assert_eq!(
+        v.ok("get", json!({"statename": "big", "keys": ["s"]}))
+            .as_str(),
+        Some(big.as_str())
+    );
+    l.server.wait_log("over max_state_bytes");
+    // A second change of it: still one line for that state.
+    v.ok(
+        "update_state",
+        json!({"statename": "big", "keys": ["t"], "value": 1}),
+    );
+    std::thread::sleep(Duration::from_millis(20 + 500));
+    assert_eq!(l.server.log().matches("over max_state_bytes").count(), 1);
+    kill_and_restart(&mut l);
+    let mut v = V1::login(l.v1);
+    let (code, _) = V1::err(v.request("get", json!({"statename": "big", "keys": []})));
+    assert_eq!(code, "state_not_found");
+    assert_eq!(
+        v.ok("get", json!({"statename": "small", "keys": ["s"]}))
+            .as_str(),
+        Some("y")
+    );
 }

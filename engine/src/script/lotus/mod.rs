@@ -2,8 +2,10 @@
 //! inside the core's own LuaJIT state. The wires, the configuration and the channel rings are
 //! plain data in `service::lotus`.
 
+pub mod files;
 pub mod listen;
 pub mod posts;
 pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod value;

@@ -5,6 +5,7 @@
 
 use rmpv::Value;
 
+use super::store::{Record, Tail, Waiter};
 use super::value;
 use crate::service::lotus::channel::History;
 
@@ -85,6 +86,200 @@ pub enum Post {
         name: String,
         generation: u64,
     },
+    /// Time to hand the dirty states to the store (posted by a core to itself).
+    Flush,
+    /// The store thread's answer to one of this core's commands.
+    Stored(Stored),
+}
+
+/// What the store thread answers (`store::Cmd`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// A register's schema is stored (or `error` says why not).
+    Schema {
+        waiter: Waiter,
+        project: String,
+        typename: String,
+        schema: Value,
+        error: Option<String>,
+    },
+    /// A flush is done; these states were not written and stay dirty.
+    Flushed { failed: Vec<(String, String)> },
+    /// A state's lazy load: the record and its type's schema, if stored.
+    State {
+        project: String,
+        name: String,
+        found: Option<(Record, Value)>,
+        error: Option<String>,
+    },
+    /// A channel's lazy load: `(epoch, last_id, newest items)`, if stored.
+    Channel {
+        project: String,
+        channel: String,
+        found: Option<Tail>,
+        error: Option<String>,
+    },
+}
+
+fn opt_text(v: &Option<String>) -> Value {
+    v.as_deref().map_or(Value::Nil, Value::from)
+}
+
+fn opt_from(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_string)
+}
+
+impl Stored {
+    fn value(&self) -> Value {
+        Value::Array(match self {
+            Stored::Schema {
+                waiter,
+                project,
+                typename,
+                schema,
+                error,
+            } => vec![
+                s("schema"),
+                Value::from(waiter.core as u64),
+                Value::from(waiter.conn),
+                Value::from(waiter.wire.code()),
+                Value::from(waiter.rid),
+                s(project),
+                s(typename),
+                schema.clone(),
+                opt_text(error),
+            ],
+            Stored::Flushed { failed } => vec![
+                s("flushed"),
+                Value::Array(
+                    failed
+                        .iter()
+                        .map(|(p, n)| Value::Array(vec![s(p), s(n)]))
+                        .collect(),
+                ),
+            ],
+            Stored::State {
+                project,
+                name,
+                found,
+                error,
+            } => vec![
+                s("state"),
+                s(project),
+                s(name),
+                match found {
+                    Some((r, schema)) => Value::Array(vec![
+                        s(&r.typename),
+                        Value::from(r.schema_hash),
+                        Value::from(r.rev),
+                        Value::Binary(r.data.clone()),
+                        schema.clone(),
+                    ]),
+                    None => Value::Nil,
+                },
+                opt_text(error),
+            ],
+            Stored::Channel {
+                project,
+                channel,
+                found,
+                error,
+            } => vec![
+                s("channel"),
+                s(project),
+                s(channel),
+                match found {
+                    Some((epoch, last, items)) => Value::Array(vec![
+                        Value::from(*epoch),
+                        Value::from(*last),
+                        Value::Array(
+                            items
+                                .iter()
+                                .map(|(id, m)| Value::Array(vec![Value::from(*id), m.clone()]))
+                                .collect(),
+                        ),
+                    ]),
+                    None => Value::Nil,
+                },
+                opt_text(error),
+            ],
+        })
+    }
+
+    fn from_value(v: Option<&Value>) -> Result<Stored, String> {
+        let Some(Value::Array(a)) = v else {
+            return Err("expected a store answer".into());
+        };
+        let at = |i: usize| a.get(i);
+        Ok(match a.first().and_then(Value::as_str) {
+            Some("schema") => Stored::Schema {
+                waiter: Waiter {
+                    core: uint(at(1))? as usize,
+                    conn: uint(at(2))?,
+                    wire: Wire::from_code(at(3).unwrap_or(&Value::Nil))?,
+                    rid: uint(at(4))?,
+                },
+                project: text(at(5))?,
+                typename: text(at(6))?,
+                schema: at(7).cloned().unwrap_or(Value::Nil),
+                error: opt_from(at(8)),
+            },
+            Some("flushed") => Stored::Flushed {
+                failed: match at(1) {
+                    Some(Value::Array(l)) => l
+                        .iter()
+                        .map(|x| match x {
+                            Value::Array(pn) => Ok((text(pn.first())?, text(pn.get(1))?)),
+                            _ => Err("bad flushed item".to_string()),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => Vec::new(),
+                },
+            },
+            Some("state") => Stored::State {
+                project: text(at(1))?,
+                name: text(at(2))?,
+                found: match at(3) {
+                    Some(Value::Array(r)) => Some((
+                        Record {
+                            typename: text(r.first())?,
+                            schema_hash: uint(r.get(1))?,
+                            rev: uint(r.get(2))?,
+                            data: bin(r.get(3))?,
+                        },
+                        r.get(4).cloned().unwrap_or(Value::Nil),
+                    )),
+                    _ => None,
+                },
+                error: opt_from(at(4)),
+            },
+            Some("channel") => Stored::Channel {
+                project: text(at(1))?,
+                channel: text(at(2))?,
+                found: match at(3) {
+                    Some(Value::Array(c)) => Some((
+                        uint(c.first())?,
+                        uint(c.get(1))?,
+                        match c.get(2) {
+                            Some(Value::Array(items)) => items
+                                .iter()
+                                .map(|it| match it {
+                                    Value::Array(pair) if pair.len() == 2 => {
+                                        Ok((uint(pair.first())?, pair[1].clone()))
+                                    }
+                                    _ => Err("bad channel item".to_string()),
+                                })
+                                .collect::<Result<_, _>>()?,
+                            _ => Vec::new(),
+                        },
+                    )),
+                    _ => None,
+                },
+                error: opt_from(at(4)),
+            },
+            other => return Err(format!("unknown store answer {other:?}")),
+        })
+    }
 }
 
 fn s(v: &str) -> Value {
@@ -233,6 +428,8 @@ impl Post {
                 s(name),
                 Value::from(*generation),
             ],
+            Post::Flush => vec![s("flush")],
+            Post::Stored(stored) => vec![s("stored"), stored.value()],
         };
         value::encode(&Value::Array(v))
     }
@@ -293,6 +490,8 @@ impl Post {
                 name: text(at(3))?,
                 generation: uint(at(4))?,
             },
+            Some("flush") => Post::Flush,
+            Some("stored") => Post::Stored(Stored::from_value(at(1))?),
             other => return Err(format!("unknown lotus post {other:?}")),
         })
     }
@@ -356,6 +555,42 @@ mod tests {
                 name: "n".into(),
                 generation: 8,
             },
+            Post::Flush,
+            Post::Stored(Stored::Schema {
+                waiter: Waiter {
+                    core: 1,
+                    conn: 2,
+                    wire: Wire::V1,
+                    rid: 3,
+                },
+                project: "p".into(),
+                typename: "t".into(),
+                schema: Value::from(1),
+                error: Some("down".into()),
+            }),
+            Post::Stored(Stored::Flushed {
+                failed: vec![("p".into(), "s".into())],
+            }),
+            Post::Stored(Stored::State {
+                project: "p".into(),
+                name: "s".into(),
+                found: Some((
+                    Record {
+                        typename: "t".into(),
+                        schema_hash: 4,
+                        rev: 5,
+                        data: vec![6],
+                    },
+                    Value::from("schema"),
+                )),
+                error: None,
+            }),
+            Post::Stored(Stored::Channel {
+                project: "p".into(),
+                channel: "c".into(),
+                found: Some((1, 2, vec![(2, Value::from("m"))])),
+                error: None,
+            }),
         ];
         for p in posts {
             assert_eq!(Post::decode(&p.encode()).unwrap(), p);

@@ -20,13 +20,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
 use rmpv::Value;
 
-use super::posts::{Post, Wire};
+use super::posts::{Post, Stored, Wire};
 use super::sandbox::{CompileError, Compiled, Sandbox};
+use super::store::{Cmd, Item, Record, Store, Waiter};
 use super::value::{from_lua, to_lua};
 use crate::config::{LotusConfig, Secret};
 use crate::net::conn::Conn;
@@ -93,6 +95,8 @@ struct State {
     ctx: Option<Table>,
     timers: HashMap<String, Timer>,
     exiting: bool,
+    /// Bumped at every write to the store (the Redis write is fenced on it).
+    rev: u64,
 }
 
 /// A channel owned by this core.
@@ -111,6 +115,13 @@ struct Project {
     channels: HashMap<String, Owned>,
     /// This core's subscribers, by channel.
     local: HashMap<String, Vec<ConnId>>,
+    /// States (`s\0name`) and channels (`c\0name`) whose stored copy has been loaded (or
+    /// found absent): requests for them run at once.
+    loaded: HashSet<String>,
+    /// Posts waiting for a load, in arrival order, by the same key.
+    waiting: HashMap<String, Vec<Vec<u8>>>,
+    /// States changed since the last flush (written, or deleted when gone).
+    dirty: HashSet<String>,
 }
 
 /// One core's lotus.
@@ -126,6 +137,11 @@ pub struct Server {
     next_timer: Cell<u64>,
     /// States this core may hold per project (`max_states` shared over the cores).
     max_local_states: usize,
+    store: Arc<Store>,
+    flush_scheduled: Cell<bool>,
+    /// States over `max_state_bytes` already logged, and how many flushes skipped one.
+    oversize_logged: RefCell<HashSet<String>>,
+    oversize_skipped: Cell<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -150,7 +166,14 @@ fn channel_key(project: &str, name: &str) -> String {
 }
 
 impl Server {
-    pub fn new(lua: &Lua, entry: &str, cfg: LotusConfig, core: usize, cores: usize) -> Rc<Server> {
+    pub fn new(
+        lua: &Lua,
+        entry: &str,
+        cfg: LotusConfig,
+        core: usize,
+        cores: usize,
+        store: Arc<Store>,
+    ) -> Rc<Server> {
         let max_local_states = cfg.max_states.div_ceil(cores.max(1));
         Rc::new_cyclic(|me| Server {
             lua: lua.clone(),
@@ -163,6 +186,10 @@ impl Server {
             projects: RefCell::new(HashMap::new()),
             next_timer: Cell::new(1),
             max_local_states,
+            store,
+            flush_scheduled: Cell::new(false),
+            oversize_logged: RefCell::new(HashSet::new()),
+            oversize_skipped: Cell::new(0),
         })
     }
 
@@ -447,7 +474,281 @@ impl Server {
                     body: body.to_vec(),
                 },
             ),
-            _ => self.run(conn, wire, project, request),
+            _ => {
+                if let Some(key) = gate_key(&request.command) {
+                    let post = || {
+                        Post::Req {
+                            conn,
+                            wire,
+                            project: project.to_string(),
+                            body: body.to_vec(),
+                        }
+                        .encode()
+                    };
+                    if !self.admit(project, &key, post) {
+                        return;
+                    }
+                }
+                self.run(conn, wire, project, request)
+            }
+        }
+    }
+
+    /// Whether what `key` names is loaded; if not, `post` waits for its load (the first
+    /// waiter asks the store).
+    fn admit(&self, project: &str, key: &str, post: impl FnOnce() -> Vec<u8>) -> bool {
+        let first = {
+            let mut projects = self.projects.borrow_mut();
+            let p = projects.entry(project.to_string()).or_default();
+            if p.loaded.contains(key) {
+                return true;
+            }
+            let w = p.waiting.entry(key.to_string()).or_default();
+            w.push(post());
+            w.len() == 1
+        };
+        if first {
+            let (project, core) = (project.to_string(), self.core);
+            self.store.send(match key.split_once('\0') {
+                Some(("s", name)) => Cmd::LoadState {
+                    core,
+                    project,
+                    name: name.to_string(),
+                },
+                _ => Cmd::LoadChannel {
+                    core,
+                    project,
+                    channel: key[2..].to_string(),
+                },
+            });
+        }
+        false
+    }
+
+    /// A load is done: the waiting posts run in their order (or fail when the store did).
+    fn loaded(&self, project: &str, key: &str, error: Option<String>) {
+        let waiting = {
+            let mut projects = self.projects.borrow_mut();
+            let p = projects.entry(project.to_string()).or_default();
+            if error.is_none() {
+                p.loaded.insert(key.to_string());
+            }
+            p.waiting.remove(key).unwrap_or_default()
+        };
+        for bytes in waiting {
+            match &error {
+                None => self.post(&bytes),
+                Some(e) => {
+                    if let Ok(Post::Req {
+                        conn, wire, body, ..
+                    }) = Post::decode(&bytes)
+                    {
+                        let request = match wire {
+                            Wire::V1 => v1::decode(&body),
+                            Wire::Compat => compat::decode(&body),
+                        };
+                        if let Ok(r) = request {
+                            let name = r.command.name();
+                            self.reply(
+                                conn,
+                                wire,
+                                r.rid,
+                                name,
+                                Err(Failure::new("overloaded", e.clone())),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn stored(&self, stored: Stored) {
+        match stored {
+            Stored::Schema {
+                waiter,
+                project,
+                typename,
+                schema,
+                error,
+            } => {
+                let result = match error {
+                    Some(e) => Err(Failure::new("overloaded", e)),
+                    None => Ok(self.register_done(&project, &typename, schema)),
+                };
+                self.reply(waiter.conn, waiter.wire, waiter.rid, "register", result);
+            }
+            Stored::Flushed { failed } => {
+                for (project, name) in failed {
+                    self.mark_dirty(&project, &name);
+                }
+            }
+            Stored::State {
+                project,
+                name,
+                found,
+                error,
+            } => {
+                if let Some((record, schema)) = found {
+                    if let Err(e) = self.restore_state(&project, &name, record, schema) {
+                        tracing::warn!(
+                            "lotus `{}`: {project}/{name}: the stored state cannot be read: {e}",
+                            self.entry
+                        );
+                    }
+                }
+                self.loaded(&project, &format!("s\0{name}"), error);
+            }
+            Stored::Channel {
+                project,
+                channel,
+                found,
+                error,
+            } => {
+                if let Some((epoch, last_id, items)) = found {
+                    self.projects
+                        .borrow_mut()
+                        .entry(project.clone())
+                        .or_default()
+                        .channels
+                        .entry(channel.clone())
+                        .or_insert_with(|| Owned {
+                            history: Channel::restore(epoch, self.cfg.history, last_id, items),
+                            cores: HashSet::new(),
+                        });
+                }
+                self.loaded(&project, &format!("c\0{channel}"), error);
+            }
+        }
+    }
+
+    fn restore_state(
+        &self,
+        project: &str,
+        name: &str,
+        record: Record,
+        schema: Value,
+    ) -> Result<(), String> {
+        let known = self
+            .projects
+            .borrow()
+            .get(project)
+            .and_then(|p| p.schemas.get(&record.typename).cloned());
+        let schema = match known {
+            Some(s) => s,
+            None => {
+                self.install_schema(project, &record.typename, schema);
+                self.projects
+                    .borrow()
+                    .get(project)
+                    .and_then(|p| p.schemas.get(&record.typename).cloned())
+                    .ok_or("no schema")?
+            }
+        };
+        let data = super::value::decode(&record.data)?;
+        let LuaValue::Table(table) = to_lua(&self.lua, &data).map_err(|e| e.to_string())? else {
+            return Err("not a table".into());
+        };
+        self.projects
+            .borrow_mut()
+            .entry(project.to_string())
+            .or_default()
+            .states
+            .insert(
+                name.to_string(),
+                State {
+                    typename: record.typename,
+                    schema,
+                    table,
+                    ctx: None,
+                    timers: HashMap::new(),
+                    exiting: false,
+                    rev: record.rev,
+                },
+            );
+        Ok(())
+    }
+
+    // ---- write-behind ------------------------------------------------------------------
+
+    /// State `name` changed (or went): it is written at the next flush.
+    fn mark_dirty(&self, project: &str, name: &str) {
+        self.projects
+            .borrow_mut()
+            .entry(project.to_string())
+            .or_default()
+            .dirty
+            .insert(name.to_string());
+        if !self.flush_scheduled.replace(true) {
+            if let Some(rt) = Self::core_rt() {
+                rt.post_later(
+                    Duration::from_millis(self.cfg.flush_ms),
+                    PostKind::Lotus,
+                    Post::Flush.encode().into(),
+                );
+            }
+        }
+    }
+
+    /// Every dirty state of this core, in one batch to the store.
+    fn flush(&self) {
+        self.flush_scheduled.set(false);
+        let mut items = Vec::new();
+        let mut projects = self.projects.borrow_mut();
+        for (project, p) in projects.iter_mut() {
+            for name in std::mem::take(&mut p.dirty) {
+                let write = match p.states.get_mut(&name) {
+                    None => None,
+                    Some(st) => {
+                        let data = match from_lua(&LuaValue::Table(st.table.clone())) {
+                            Ok(v) => super::value::encode(&v),
+                            Err(e) => {
+                                tracing::warn!(
+                                    "lotus `{}`: {project}/{name}: not stored: {e}",
+                                    self.entry
+                                );
+                                continue;
+                            }
+                        };
+                        if data.len() > self.cfg.max_state_bytes {
+                            self.oversize_skipped.set(self.oversize_skipped.get() + 1);
+                            if self
+                                .oversize_logged
+                                .borrow_mut()
+                                .insert(format!("{project}\0{name}"))
+                            {
+                                tracing::warn!(
+                                    "lotus `{}`: {project}/{name}: {} bytes is over max_state_bytes ({}): not stored ({} such skips on this core)",
+                                    self.entry,
+                                    data.len(),
+                                    self.cfg.max_state_bytes,
+                                    self.oversize_skipped.get()
+                                );
+                            }
+                            continue;
+                        }
+                        st.rev += 1;
+                        Some(Record {
+                            typename: st.typename.clone(),
+                            schema_hash: st.schema.hash,
+                            rev: st.rev,
+                            data,
+                        })
+                    }
+                };
+                items.push(Item {
+                    project: project.clone(),
+                    name,
+                    write,
+                });
+            }
+        }
+        drop(projects);
+        if !items.is_empty() {
+            self.store.send(Cmd::Flush {
+                core: self.core,
+                items,
+            });
         }
     }
 
@@ -455,11 +756,20 @@ impl Server {
     fn run(&self, conn: u64, wire: Wire, project: &str, request: Request) {
         let Request { rid, command } = request;
         let name = command.name();
+        let dirty = match &command {
+            Command::InitState { statename, .. }
+            | Command::UpdateState { statename, .. }
+            | Command::Execute { statename, .. } => Some(statename.clone()),
+            _ => None,
+        };
         let result = match command {
             Command::Login { .. } => Err(Failure::new("bad_frame", "already logged in")),
             Command::Ping => Ok(Value::from("pong")),
             Command::SchemaList => Ok(self.schema_list(project)),
-            Command::Register { schema } => self.register(project, schema),
+            Command::Register { schema } => match self.register(conn, wire, rid, project, schema) {
+                Ok(()) => return,
+                Err(f) => Err(f),
+            },
             Command::InitState {
                 typename,
                 statename,
@@ -520,6 +830,11 @@ impl Server {
                 }
             }
         };
+        if let Some(statename) = dirty {
+            if result.is_ok() || name == "execute_state" {
+                self.mark_dirty(project, &statename);
+            }
+        }
         self.reply(conn, wire, rid, name, result);
     }
 
@@ -544,7 +859,14 @@ impl Server {
                     Wire::Compat => compat::decode(&body),
                 };
                 match request {
-                    Ok(r) => self.run(conn, wire, &project, r),
+                    Ok(r) => {
+                        if let Some(key) = gate_key(&r.command) {
+                            if !self.admit(&project, &key, || payload.to_vec()) {
+                                return;
+                            }
+                        }
+                        self.run(conn, wire, &project, r)
+                    }
                     Err(e) => tracing::warn!("lotus `{}`: forwarded request: {e}", self.entry),
                 }
             }
@@ -559,7 +881,11 @@ impl Server {
                 core,
                 add,
                 resume,
-            } => self.interest(&project, &channel, core, add, resume),
+            } => {
+                if self.admit(&project, &format!("c\0{channel}"), || payload.to_vec()) {
+                    self.interest(&project, &channel, core, add, resume)
+                }
+            }
             Post::Deliver {
                 project,
                 channel,
@@ -581,6 +907,8 @@ impl Server {
                 name,
                 generation,
             } => self.fire_timer(&project, &state, &name, generation),
+            Post::Flush => self.flush(),
+            Post::Stored(stored) => self.stored(stored),
         }
     }
 
@@ -617,13 +945,37 @@ impl Server {
             })
     }
 
-    /// `register`: every handler must compile here first; then every core learns the schema.
-    fn register(&self, project: &str, schema: Value) -> Result<Value, Failure> {
+    /// `register`: every handler must compile here first; then the store keeps the schema,
+    /// and its acknowledgement (`register_done`) lets every core learn it and the client hear.
+    fn register(
+        &self,
+        conn: u64,
+        wire: Wire,
+        rid: u64,
+        project: &str,
+        schema: Value,
+    ) -> Result<(), Failure> {
         let typename = wire::field(&schema, "typename")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
         self.compile(project, &schema)?;
+        self.store.send(Cmd::Schema {
+            waiter: Waiter {
+                core: self.core,
+                conn,
+                wire,
+                rid,
+            },
+            project: project.to_string(),
+            typename,
+            schema,
+        });
+        Ok(())
+    }
+
+    fn register_done(&self, project: &str, typename: &str, schema: Value) -> Value {
+        let typename = typename.to_string();
         let hash = content_hash(&super::value::encode(&schema));
         let post = Post::Schema {
             project: project.to_string(),
@@ -639,10 +991,10 @@ impl Server {
                 self.send(core, &post);
             }
         }
-        Ok(map([
+        map([
             ("typename", Value::from(typename)),
             ("hash", Value::from(format!("{hash:016x}"))),
-        ]))
+        ])
     }
 
     fn install_schema(&self, project: &str, typename: &str, schema: Value) {
@@ -757,6 +1109,7 @@ impl Server {
                     ctx: None,
                     timers: HashMap::new(),
                     exiting: false,
+                    rev: 0,
                 },
             );
         Ok(map([("created", Value::from(true))]))
@@ -1303,6 +1656,7 @@ impl Server {
             );
         }
         self.finish_exit(project, statename);
+        self.mark_dirty(project, statename);
     }
 
     // ---- channels ----------------------------------------------------------------------
@@ -1316,6 +1670,13 @@ impl Server {
                 .entry(channel.to_string())
                 .or_insert_with(|| self.new_channel());
             let id = owned.history.publish(msg.clone());
+            self.store.send(Cmd::Append {
+                project: project.to_string(),
+                channel: channel.to_string(),
+                epoch: owned.history.epoch(),
+                id,
+                msg: super::value::encode(&msg),
+            });
             (
                 owned.history.epoch(),
                 id,
@@ -1379,6 +1740,10 @@ impl Server {
             .borrow_mut()
             .get_mut(project)
             .and_then(|p| p.channels.remove(channel));
+        self.store.send(Cmd::DeleteChannel {
+            project: project.to_string(),
+            channel: channel.to_string(),
+        });
         if let Some(owned) = owned {
             for core in owned.cores {
                 if core == self.core {
@@ -1441,8 +1806,11 @@ impl Server {
             };
             let owner = self.channel_owner(project, channel);
             if owner == self.core {
-                if let Post::Interest { resume, .. } = post {
-                    self.interest(project, channel, self.core, true, resume);
+                let key = format!("c\0{channel}");
+                if self.admit(project, &key, || post.encode()) {
+                    if let Post::Interest { resume, .. } = post {
+                        self.interest(project, channel, self.core, true, resume);
+                    }
                 }
             } else {
                 self.send(owner, &post);
@@ -1469,19 +1837,20 @@ impl Server {
         };
         if last {
             let owner = self.channel_owner(project, channel);
+            let post = Post::Interest {
+                project: project.to_string(),
+                channel: channel.to_string(),
+                core: self.core,
+                add: false,
+                resume: None,
+            };
             if owner == self.core {
-                self.interest(project, channel, self.core, false, None);
+                let key = format!("c\0{channel}");
+                if self.admit(project, &key, || post.encode()) {
+                    self.interest(project, channel, self.core, false, None);
+                }
             } else {
-                self.send(
-                    owner,
-                    &Post::Interest {
-                        project: project.to_string(),
-                        channel: channel.to_string(),
-                        core: self.core,
-                        add: false,
-                        resume: None,
-                    },
-                );
+                self.send(owner, &post);
             }
         }
     }
@@ -1640,6 +2009,20 @@ impl Server {
                 },
             );
         }
+    }
+}
+
+/// What a request needs loaded on its owner before it runs: `s\0state` or `c\0channel`.
+fn gate_key(command: &Command) -> Option<String> {
+    match command {
+        Command::InitState { statename, .. }
+        | Command::UpdateState { statename, .. }
+        | Command::Execute { statename, .. }
+        | Command::Get { statename, .. } => Some(format!("s\0{statename}")),
+        Command::Publish { channel, .. }
+        | Command::DeleteChannel { channel }
+        | Command::ChannelHistory { channel, .. } => Some(format!("c\0{channel}")),
+        _ => None,
     }
 }
 
