@@ -212,20 +212,7 @@ impl V1 {
     }
 
     fn send_raw(&mut self, rid: u64, name: &str, args: Value) {
-        let mut body = Vec::new();
-        rmpv::encode::write_value(
-            &mut body,
-            &Value::Array(vec![
-                Value::from(0),
-                Value::from(rid),
-                Value::from(name),
-                args,
-            ]),
-        )
-        .unwrap();
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        self.0.write_all(&frame).unwrap();
+        self.0.write_all(&v1_frame(rid, name, args)).unwrap();
     }
 
     fn recv(&mut self) -> Value {
@@ -276,6 +263,21 @@ impl V1 {
             }
         }
     }
+}
+
+/// One v1 request frame.
+fn v1_frame(rid: u64, name: &str, args: Value) -> Vec<u8> {
+    let mut body = Vec::new();
+    let frame = Value::Array(vec![
+        Value::from(0),
+        Value::from(rid),
+        Value::from(name),
+        args,
+    ]);
+    rmpv::encode::write_value(&mut body, &frame).unwrap();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
 }
 
 fn register(v: &mut V1, typename: &str, handlers: Json, callbacks: Json) -> Value {
@@ -919,4 +921,26 @@ fn a_state_over_max_state_bytes_is_served_but_not_stored_and_logged_once() {
             .as_str(),
         Some("y")
     );
+}
+
+#[test]
+fn requests_pipelined_behind_a_register_see_the_schema_on_every_core() {
+    let l = start("");
+    let mut v = V1::login(l.v1);
+    // Register and eight inits (states spread over the cores) sent at once, before any reply:
+    // the register waits for the store, and the inits must still find the schema.
+    // One write, so the server reads them all at once.
+    let schema = mp(json!({"schema": {"typename": "piped", "handlers": {}}}));
+    let mut burst = v1_frame(100, "register", schema);
+    for i in 0..8u64 {
+        let args = mp(json!({"typename": "piped", "statename": format!("s{i}")}));
+        burst.extend(v1_frame(101 + i, "init_state", args));
+    }
+    v.0.write_all(&burst).unwrap();
+    let mut seen = 0;
+    while seen < 9 {
+        let r = v.recv();
+        assert_eq!(r[0].as_u64(), Some(1), "a pipelined request failed: {r}");
+        seen += 1;
+    }
 }

@@ -68,6 +68,10 @@ struct Session {
     login: Option<(String, String)>,
     /// Channels subscribed; `false` while a resume's replay is on its way.
     subs: HashMap<String, bool>,
+    /// Frames that arrived while a `register` of this connection waits for the store: they
+    /// run, in order, once the schema is known to every core (an `init_state` right after a
+    /// `register` must find the schema on the state's owner).
+    held: Option<std::collections::VecDeque<Vec<u8>>>,
 }
 
 /// A registered schema, as every core keeps it; compiled on this core at first use.
@@ -222,6 +226,7 @@ impl Server {
                 wire,
                 login: None,
                 subs: HashMap::new(),
+                held: None,
             },
         );
     }
@@ -237,21 +242,33 @@ impl Server {
         let Some((project, _node)) = login else {
             return self.login(conn, wire, body);
         };
+        if let Some(held) = self
+            .sessions
+            .borrow_mut()
+            .get_mut(&conn.id)
+            .and_then(|s| s.held.as_mut())
+        {
+            held.push_back(body.to_vec());
+            return Ok(());
+        }
+        self.handle_frame(conn.id, wire, &project, body);
+        Ok(())
+    }
+
+    /// One request frame of a logged-in connection: decoded and run (here or on its owner).
+    fn handle_frame(&self, conn: ConnId, wire: Wire, project: &str, body: &[u8]) {
         let request = match wire {
             Wire::V1 => v1::decode(body),
             Wire::Compat => compat::decode(body),
         };
         match request {
-            Ok(request) => {
-                self.dispatch(conn.id.raw(), wire, &project, body, request);
-                Ok(())
-            }
+            Ok(request) => self.dispatch(conn.raw(), wire, project, body, request),
             Err(e) => {
-                tracing::debug!(socket = conn.id.raw(), "lotus: {e}");
+                tracing::debug!(socket = conn.raw(), "lotus: {e}");
                 // The request id is unknown when the frame could not be read; v1 answers
                 // rid 0 so the client learns why (its `err` handler sees the code).
                 self.write(
-                    conn.id.raw(),
+                    conn.raw(),
                     wire,
                     &Outgoing::Err {
                         rid: 0,
@@ -259,7 +276,32 @@ impl Server {
                         detail: map([("message", Value::from(e.message))]),
                     },
                 );
-                Ok(())
+            }
+        }
+    }
+
+    /// A `register` of connection `conn` is answered: the frames held behind it run now, in
+    /// order, until one of them is another `register` (the rest wait behind that one).
+    fn release_held(&self, conn: u64) {
+        let Some(id) = ConnId::from_raw(conn) else {
+            return;
+        };
+        let (wire, project, mut frames) = {
+            let mut sessions = self.sessions.borrow_mut();
+            let Some(s) = sessions.get_mut(&id) else {
+                return;
+            };
+            let Some((project, _)) = s.login.clone() else {
+                return;
+            };
+            (s.wire, project, s.held.take().unwrap_or_default())
+        };
+        while let Some(body) = frames.pop_front() {
+            self.handle_frame(id, wire, &project, &body);
+            let mut sessions = self.sessions.borrow_mut();
+            if let Some(held) = sessions.get_mut(&id).and_then(|s| s.held.as_mut()) {
+                held.extend(frames.drain(..));
+                return;
             }
         }
     }
@@ -577,6 +619,7 @@ impl Server {
                     None => Ok(self.register_done(&project, &typename, schema)),
                 };
                 self.reply(waiter.conn, waiter.wire, waiter.rid, "register", result);
+                self.release_held(waiter.conn);
             }
             Stored::Flushed { failed } => {
                 for (project, name) in failed {
@@ -960,6 +1003,12 @@ impl Server {
             .unwrap_or_default()
             .to_string();
         self.compile(project, &schema)?;
+        // Hold this connection's next frames until every core knows the schema.
+        if let Some(id) = ConnId::from_raw(conn) {
+            if let Some(s) = self.sessions.borrow_mut().get_mut(&id) {
+                s.held = Some(Default::default());
+            }
+        }
         self.store.send(Cmd::Schema {
             waiter: Waiter {
                 core: self.core,
