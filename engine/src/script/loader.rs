@@ -62,9 +62,7 @@ impl ScriptLoader {
                 path: src.path.clone(),
                 mtime_ns: src.stamp.map_or(0, |s| s.1),
                 size: src.bytes.len() as u64,
-                hash: src.bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-                }),
+                hash: crate::service::shard::fnv1a(&src.bytes),
             })
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));

@@ -33,8 +33,14 @@ impl Shard {
 /// FNV-1a: tiny, stable across builds and processes (unlike a seeded hasher), and good
 /// enough to spread names over a handful of cores.
 fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    fnv1a(name.as_bytes())
+}
+
+/// FNV-1a 64 of `bytes`: the engine's one stable, seedless hash (shard owners here, lotus
+/// schema identities, script versions on `/status`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 

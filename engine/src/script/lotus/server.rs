@@ -156,9 +156,7 @@ fn now_ms() -> u64 {
 
 /// FNV-1a over the schema's encoding: its identity in `schemas` lists.
 fn content_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    crate::service::shard::fnv1a(bytes)
 }
 
 fn state_key(project: &str, name: &str) -> String {
@@ -1283,7 +1281,7 @@ impl Server {
         for p in params {
             args.push(to_lua(&self.lua, p).map_err(lua_failure)?);
         }
-        let result = self.call(project, statename, &f, MultiValue::from_iter(args));
+        let result = self.call(&f, MultiValue::from_iter(args));
         self.finish_exit(project, statename);
         let values = result.map_err(|message| {
             tracing::warn!(
@@ -1299,13 +1297,8 @@ impl Server {
             .map_err(|e| Failure::new("handler_error", format!("return value: {e}")))
     }
 
-    fn call(
-        &self,
-        _project: &str,
-        _statename: &str,
-        f: &Function,
-        args: MultiValue,
-    ) -> Result<MultiValue, String> {
+    /// Calls a handler or callback; a Lua error becomes its message with the traceback.
+    fn call(&self, f: &Function, args: MultiValue) -> Result<MultiValue, String> {
         f.call::<MultiValue>(args).map_err(|e| match e {
             mlua::Error::CallbackError { cause, traceback } => format!("{cause}\n{traceback}"),
             other => other.to_string(),
@@ -1696,7 +1689,7 @@ impl Server {
                 LuaValue::Table(table),
                 LuaValue::Table(timer),
             ]);
-            self.call(project, statename, &f, args).map(|_| ())
+            self.call(&f, args).map(|_| ())
         };
         if let Err(e) = run() {
             tracing::warn!(
@@ -1992,7 +1985,7 @@ impl Server {
 
     /// The replay of a resume, for one connection here: the truncation notice, the retained
     /// messages from its id, then it is live.
-    fn replay(&self, project: &str, channel: &str, conn: u64, history: History<Value>) {
+    fn replay(&self, _project: &str, channel: &str, conn: u64, history: History<Value>) {
         let Some(id) = ConnId::from_raw(conn) else {
             return;
         };
@@ -2007,7 +2000,6 @@ impl Server {
             }
             s.wire
         };
-        let _ = project;
         if history.truncated {
             self.write(
                 conn,
