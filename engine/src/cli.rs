@@ -180,6 +180,11 @@ fn run_command() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+        // The children would each fail the same way: say why once, before forking any.
+        if let Err(err) = crate::node::preflight::check() {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
         return supervisor::run(
             &config,
             supervisor::ChildArgs {
@@ -322,6 +327,7 @@ fn run(
         Some(p) => tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE process {}", p.me),
         None => tracing::info!(cores = cpus.len(), ?cpus, "starting STAGE"),
     }
+    crate::node::preflight::check()?;
     let node = Node::new(cpus, plan, peers);
     let handles = runtime::start(node.clone(), script::host::factory())?;
     crate::cluster::start(node.clone())?;
@@ -361,12 +367,18 @@ fn run(
             logging::flush();
             std::process::exit(1);
         })?;
+    let mut panicked = 0;
     for handle in handles {
         if handle.join().is_err() {
             tracing::error!("a core thread panicked");
+            panicked += 1;
         }
     }
     tracing::info!("STAGE stopped");
+    // A failed status, so a supervisor (systemd's Restart=on-failure, `#restart`) sees it.
+    if panicked > 0 {
+        anyhow::bail!("{panicked} core thread(s) panicked (the log above says where)");
+    }
     Ok(())
 }
 

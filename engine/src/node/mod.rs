@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod overrides;
 pub mod peers;
 pub mod post;
+pub mod preflight;
 pub mod reload;
 pub mod runtime;
 pub mod shared;

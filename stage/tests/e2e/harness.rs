@@ -72,6 +72,12 @@ impl Server {
     /// Writes `files` into a fresh directory, replaces `PORT` in them with a free port,
     /// starts `stage -c stage.json` there and waits until the port accepts connections.
     pub fn start(config_json: &str, files: &[(&str, &str)]) -> Server {
+        Server::start_wrapped(&[], config_json, files)
+    }
+
+    /// [`Server::start`] with the binary run through `wrapper` (a program and its first
+    /// arguments, e.g. a sandbox loader): `wrapper... stage -c stage.json -s stage.stop`.
+    pub fn start_wrapped(wrapper: &[&str], config_json: &str, files: &[(&str, &str)]) -> Server {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stage.json"), config_json).unwrap();
@@ -83,7 +89,8 @@ impl Server {
         // Each server watches its own scale-down file (the default, next to the binary, would
         // be shared by every test).
         let args = ["-c", "stage.json", "-s", "stage.stop"];
-        let mut server = Server::spawn(dir, port, &args, None);
+        let cwd = dir.path().to_path_buf();
+        let mut server = Server::launch_with(wrapper, dir, &cwd, port, &args, None);
         server.wait_port();
         server
     }
@@ -116,8 +123,28 @@ impl Server {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Server {
+        Server::launch_with(&[], dir, cwd, port, args, stdin)
+    }
+
+    /// [`Server::launch`] through `wrapper` (empty: the binary itself).
+    fn launch_with(
+        wrapper: &[&str],
+        dir: tempfile::TempDir,
+        cwd: &Path,
+        port: u16,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Server {
         let log = dir.path().join("stage.log");
-        let child = Command::new(stage_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, first)) => {
+                let mut c = Command::new(program);
+                c.args(first).arg(stage_bin());
+                c
+            }
+            None => Command::new(stage_bin()),
+        };
+        let child = command
             .args(args)
             .current_dir(cwd)
             .env("STAGE_LOG", "debug")

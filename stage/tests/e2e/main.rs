@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod crypto;
 mod curl;
+mod deploy;
 mod examples;
 mod ffi_path;
 mod framing;
