@@ -30,6 +30,8 @@ pub struct Plan {
     pub memory: Option<usize>,
     /// `%cpu`: the CPU budget of one Lua callback in msec (0 = none), `node::budget`.
     pub cpu_ms: u64,
+    /// `%spin`: how long a core polls for work after its last task before it parks.
+    pub spin: Duration,
     pub stages: Vec<LuaStage>,
     /// The service stages of this process (index.so), numbered after the Lua stages.
     pub services: Vec<ServiceStage>,
@@ -238,6 +240,7 @@ pub fn build(
             ffi: true,
             memory: None,
             cpu_ms: crate::config::DEFAULT_CPU_MS,
+            spin: Duration::ZERO,
             stages,
             services,
             args,
@@ -251,6 +254,7 @@ pub fn build(
         ffi: first.ffi,
         memory: first.memory_mib.map(|mib| (mib as usize) << 20),
         cpu_ms: first.cpu_ms,
+        spin: Duration::from_micros(first.spin_us),
         stages,
         services,
         args,

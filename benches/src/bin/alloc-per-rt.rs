@@ -127,6 +127,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
         ffi,
         memory: None,
         cpu_ms: 0,
+        spin: Duration::ZERO,
         stages: vec![LuaStage {
             id: "echo".into(),
             entry: "lua.so+echo".into(),

@@ -24,6 +24,9 @@ pub const DEFAULT_CPU_MS: u64 = 500;
 /// The largest `%cpu` accepted, in msec: the supervisor kills a process whose core has not
 /// returned to its loop for 3.1 s, and a budget must end a runaway callback well before that.
 pub const MAX_CPU_MS: u64 = 2000;
+/// `%spin`'s ceiling in µs: a core that spins longer than this between messages gains no
+/// latency a parked wake-up would lose, only CPU time.
+pub const MAX_SPIN_US: u64 = 10_000;
 
 /// The `%` keys a Lua block may contain; anything else starting with `%` is a typo.
 const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %memory, %cpu, %odbc, %cluster";
@@ -91,6 +94,8 @@ pub struct LuaStageConfig {
     pub memory_mib: Option<u64>,
     /// `%cpu`: the CPU budget of one Lua callback in msec (0 = none), see [`DEFAULT_CPU_MS`].
     pub cpu_ms: u64,
+    /// `%spin`: µs a core keeps polling after its last work before it parks (0 = park at once).
+    pub spin_us: u64,
     /// Main script name, if configured anywhere (a missing one is a boot-time warning).
     pub main_script: Option<String>,
     /// `%odbc`: named DSN objects (or raw connection strings) for `odbc.new`.
@@ -117,6 +122,7 @@ fn parse_keys(
         ffi: true,
         memory_mib: None,
         cpu_ms: DEFAULT_CPU_MS,
+        spin_us: 0,
         main_script: None,
         odbc: None,
         cluster: None,
@@ -171,6 +177,16 @@ fn parse_keys(
                     1 << 20
                 ))),
                 None => errs.push(at.type_err("an integer (MiB per Lua state, 0 = no limit)", v)),
+            },
+            "%spin" => match as_int(v) {
+                Some(us) if us >= 0 && us <= i128::from(MAX_SPIN_US) => out.spin_us = us as u64,
+                Some(us) => errs.push(at.invalid(format!(
+                    "{us} µs is out of range: expected 0 (park at once) to {MAX_SPIN_US}"
+                ))),
+                None => errs.push(at.type_err(
+                    "an integer (µs a core polls before it parks, 0 = park at once)",
+                    v,
+                )),
             },
             "%cpu" => match as_int(v) {
                 Some(ms) if ms >= 0 && ms <= i128::from(MAX_CPU_MS) => out.cpu_ms = ms as u64,

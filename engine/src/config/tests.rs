@@ -824,3 +824,19 @@ fn cpu_budget_is_msec_up_to_two_seconds_with_a_default() {
         vec!["config `stage.json`: key `lua.so.%cpu`: expected an integer (msec per Lua callback, 0 = no budget), found string \"fast\""]
     );
 }
+
+#[test]
+fn spin_is_microseconds_up_to_ten_milliseconds_and_off_by_default() {
+    let c = ok(&with_stage(""));
+    assert_eq!(c.lua_stage(&module("lua.so+stage")).unwrap().spin_us, 0);
+    let c = ok(&with_stage(r##", "lua.so": {"%spin": 50}"##));
+    assert_eq!(c.lua_stage(&module("lua.so+stage")).unwrap().spin_us, 50);
+    assert_eq!(
+        errors(&with_stage(r##", "lua.so": {"%spin": 10001}"##)),
+        vec!["config `stage.json`: key `lua.so.%spin`: 10001 µs is out of range: expected 0 (park at once) to 10000"]
+    );
+    assert_eq!(
+        errors(&with_stage(r##", "lua.so": {"%spin": true}"##)),
+        vec!["config `stage.json`: key `lua.so.%spin`: expected an integer (µs a core polls before it parks, 0 = park at once), found boolean true"]
+    );
+}

@@ -112,8 +112,15 @@ pub fn start(
         let cpu = node.cpus[index];
         let node = node.clone();
         let hosts = hosts.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("stage-core-{index}"))
+        let mut builder =
+            LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("stage-core-{index}"));
+        // `%spin`: after its last task the core polls its rings this long before it parks, so
+        // a message that arrives meanwhile skips the wake-up of a parked thread (BENCHMARKS.md
+        // "Wake-ups"). glommio spins only on executors pinned to a CPU, as these are.
+        if !node.plan.spin.is_zero() {
+            builder = builder.spin_before_park(node.plan.spin);
+        }
+        let handle = builder
             .spawn(move || async move {
                 let span = match node.peers {
                     Some(_) => tracing::info_span!("core", process = node.process, index, cpu),

@@ -172,6 +172,7 @@ mod tests {
             ffi: true,
             memory: None,
             cpu_ms,
+            spin: std::time::Duration::ZERO,
             stages: Vec::new(),
             services: Vec::new(),
             args: Vec::new(),

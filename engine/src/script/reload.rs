@@ -642,6 +642,7 @@ mod tests {
             ffi: true,
             memory: None,
             cpu_ms: 0,
+            spin: std::time::Duration::ZERO,
             stages: Vec::new(),
             services: Vec::new(),
             args: Vec::new(),
