@@ -41,6 +41,15 @@ fn start(extra: &str) -> Lotus {
     Lotus { server, v1, compat }
 }
 
+/// A node name no other client of this test process uses.
+fn fresh_node() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "gate{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 // ---- the compat wire ----------------------------------------------------------------------
 
 struct Compat(TcpStream);
@@ -79,9 +88,14 @@ impl Compat {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// Logs in as a node of its own (a second login as the same node would kick this one).
     fn login(port: u16) -> Compat {
+        Compat::login_as(port, &fresh_node())
+    }
+
+    fn login_as(port: u16, node: &str) -> Compat {
         let mut c = Compat::connect(port);
-        c.send(&json!({"account": "account", "password": "password", "name": "gate"}));
+        c.send(&json!({"account": "account", "password": "password", "name": node}));
         let line = c.line();
         assert!(line.starts_with("200 OK (token:"), "{line}");
         c
@@ -154,6 +168,46 @@ fn the_seed_client_example_runs_on_the_compat_wire() {
     l.server.wait_log("lotus demo/c1: ping");
 }
 
+/// spec §3.2 step 5: a second login as the same `project.node` closes the first connection
+/// (no notice, as in the original), on either wire and whichever core each landed on; the
+/// second connection works, and a login as another node of the project is left alone.
+#[test]
+fn a_second_login_as_the_same_node_closes_the_first() {
+    let l = start("");
+    let mut other = V1::login_as(l.v1, "bystander");
+    for (first_wire, second_wire) in [("v1", "v1"), ("compat", "compat"), ("v1", "compat")] {
+        let node = fresh_node();
+        // Several pairs, so that first and second land on the same and on different cores.
+        for _ in 0..4 {
+            let mut first: Box<dyn FnMut() -> bool> = match first_wire {
+                "v1" => {
+                    let mut v = V1::login_as(l.v1, &node);
+                    v.ok("ping", json!({}));
+                    Box::new(move || is_closed(&mut v.0))
+                }
+                _ => {
+                    let mut c = Compat::login_as(l.compat, &node);
+                    assert_eq!(c.cmd("ping", json!({"rid": 1}))["type"], "ping");
+                    Box::new(move || is_closed(&mut c.0))
+                }
+            };
+            match second_wire {
+                "v1" => {
+                    let mut v = V1::login_as(l.v1, &node);
+                    assert!(first(), "{first_wire} first login still open");
+                    assert_eq!(v.ok("ping", json!({})).as_str(), Some("pong"));
+                }
+                _ => {
+                    let mut c = Compat::login_as(l.compat, &node);
+                    assert!(first(), "{first_wire} first login still open");
+                    assert_eq!(c.cmd("ping", json!({"rid": 2}))["type"], "ping");
+                }
+            }
+        }
+    }
+    assert_eq!(other.ok("ping", json!({})).as_str(), Some("pong"));
+}
+
 #[test]
 fn a_wrong_password_gets_401_and_the_socket_closes() {
     let l = start("");
@@ -200,14 +254,22 @@ impl V1 {
         V1(s, 0, Default::default())
     }
 
+    /// Logs in as a node of its own (a second login as the same node would kick this one).
     fn login(port: u16) -> V1 {
+        V1::login_as(port, &fresh_node())
+    }
+
+    fn login_as(port: u16, node: &str) -> V1 {
         let mut v = V1::connect(port);
         let r = v.request(
             "login",
-            json!({"account": "account", "password": "password", "name": "gate"}),
+            json!({"account": "account", "password": "password", "name": node}),
         );
         assert_eq!(r[0].as_u64(), Some(1), "{r}");
-        assert_eq!(r[3]["session"].as_str(), Some("demo.gate"));
+        assert_eq!(
+            r[3]["session"].as_str(),
+            Some(format!("demo.{node}").as_str())
+        );
         v
     }
 

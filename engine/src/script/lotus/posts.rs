@@ -90,6 +90,16 @@ pub enum Post {
     Flush,
     /// The store thread's answer to one of this core's commands.
     Stored(Stored),
+    /// Connection `conn` logged in as `project.node` (`add`) or ended; sent to the core that
+    /// keeps who holds that identity (spec §3.2 step 5: a second login kicks the first).
+    Login {
+        project: String,
+        node: String,
+        conn: u64,
+        add: bool,
+    },
+    /// Connection `conn` of the receiving core lost its identity to a newer login: close it.
+    Kick { conn: u64 },
 }
 
 /// What the store thread answers (`store::Cmd`).
@@ -430,6 +440,19 @@ impl Post {
             ],
             Post::Flush => vec![s("flush")],
             Post::Stored(stored) => vec![s("stored"), stored.value()],
+            Post::Login {
+                project,
+                node,
+                conn,
+                add,
+            } => vec![
+                s("login"),
+                s(project),
+                s(node),
+                Value::from(*conn),
+                Value::from(*add),
+            ],
+            Post::Kick { conn } => vec![s("kick"), Value::from(*conn)],
         };
         value::encode(&Value::Array(v))
     }
@@ -492,6 +515,13 @@ impl Post {
             },
             Some("flush") => Post::Flush,
             Some("stored") => Post::Stored(Stored::from_value(at(1))?),
+            Some("login") => Post::Login {
+                project: text(at(1))?,
+                node: text(at(2))?,
+                conn: uint(at(3))?,
+                add: at(4).and_then(Value::as_bool).unwrap_or(false),
+            },
+            Some("kick") => Post::Kick { conn: uint(at(1))? },
             other => return Err(format!("unknown lotus post {other:?}")),
         })
     }
@@ -556,6 +586,13 @@ mod tests {
                 generation: 8,
             },
             Post::Flush,
+            Post::Login {
+                project: "p".into(),
+                node: "gate".into(),
+                conn: 9,
+                add: true,
+            },
+            Post::Kick { conn: 9 },
             Post::Stored(Stored::Schema {
                 waiter: Waiter {
                     core: 1,

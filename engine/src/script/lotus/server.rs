@@ -72,6 +72,8 @@ struct Session {
     /// run, in order, once the schema is known to every core (an `init_state` right after a
     /// `register` must find the schema on the state's owner).
     held: Option<std::collections::VecDeque<Vec<u8>>>,
+    /// A newer login took this connection's identity: it is closing, its frames are dropped.
+    kicked: bool,
 }
 
 /// A registered schema, as every core keeps it; compiled on this core at first use.
@@ -146,6 +148,9 @@ pub struct Server {
     /// States over `max_state_bytes` already logged, and how many flushes skipped one.
     oversize_logged: RefCell<HashSet<String>>,
     oversize_skipped: Cell<u64>,
+    /// Who holds each `project.node` identity this core keeps (`login_owner`): the
+    /// connection that logged in last.
+    holders: RefCell<HashMap<String, u64>>,
 }
 
 fn now_ms() -> u64 {
@@ -192,6 +197,7 @@ impl Server {
             flush_scheduled: Cell::new(false),
             oversize_logged: RefCell::new(HashSet::new()),
             oversize_skipped: Cell::new(0),
+            holders: RefCell::new(HashMap::new()),
         })
     }
 
@@ -225,6 +231,7 @@ impl Server {
                 login: None,
                 subs: HashMap::new(),
                 held: None,
+                kicked: false,
             },
         );
     }
@@ -234,6 +241,7 @@ impl Server {
     /// error replies, or before login).
     pub fn receive(&self, conn: &Rc<Conn>, body: &[u8]) -> Result<(), String> {
         let (wire, login) = match self.sessions.borrow().get(&conn.id) {
+            Some(s) if s.kicked => return Ok(()),
             Some(s) => (s.wire, s.login.clone()),
             None => return Err("not a lotus connection".into()),
         };
@@ -343,6 +351,7 @@ impl Server {
         if let Some(s) = self.sessions.borrow_mut().get_mut(&conn.id) {
             s.login = Some((project.clone(), node.clone()));
         }
+        self.claim(&project, &node, conn.id.raw(), true);
         let token = (content_hash(&now_ms().to_le_bytes()) ^ conn.id.raw()) % 100_000_000;
         tracing::info!(
             socket = conn.id.raw(),
@@ -409,12 +418,77 @@ impl Server {
         let Some(session) = self.sessions.borrow_mut().remove(&conn) else {
             return false;
         };
-        if let Some((project, _)) = session.login {
+        if let Some((project, node)) = session.login {
             for channel in session.subs.keys() {
                 self.drop_local(&project, channel, conn);
             }
+            self.claim(&project, &node, conn.raw(), false);
         }
         true
+    }
+
+    // ---- one connection per identity (spec §3.2 step 5) ---------------------------------
+
+    /// The core that keeps who holds `project.node`: every login and close of that identity
+    /// goes there, so two logins on different cores are ordered by one inbox.
+    fn login_owner(&self, project: &str, node: &str) -> usize {
+        owner_of_name(&format!("{project}\0@\0{node}"), self.cores)
+    }
+
+    /// Tells the identity's keeper that `conn` took (`add`) or let go of `project.node`.
+    fn claim(&self, project: &str, node: &str, conn: u64, add: bool) {
+        self.send(
+            self.login_owner(project, node),
+            &Post::Login {
+                project: project.to_string(),
+                node: node.to_string(),
+                conn,
+                add,
+            },
+        );
+    }
+
+    /// On the keeper: the newest login holds the identity and the one it replaces is
+    /// kicked; a close only lets go when the closing connection still holds it.
+    fn holder(&self, project: &str, node: &str, conn: u64, add: bool) {
+        let key = format!("{project}.{node}");
+        let mut holders = self.holders.borrow_mut();
+        if add {
+            match holders.insert(key, conn) {
+                Some(old) if old != conn => {
+                    drop(holders);
+                    tracing::info!(
+                        socket = old,
+                        "lotus `{}`: {project}.{node} logged in again (socket {conn}); \
+                         the previous connection is closed",
+                        self.entry
+                    );
+                    self.kick(old);
+                }
+                _ => {}
+            }
+        } else if holders.get(&key) == Some(&conn) {
+            holders.remove(&key);
+        }
+    }
+
+    /// Closes connection `conn` wherever it lives; it sees nothing but the close (the
+    /// original sent no notice either). Frames it already sent and this core has not read
+    /// yet are dropped; its subscriptions go when the close completes.
+    fn kick(&self, conn: u64) {
+        let Some(id) = ConnId::from_raw(conn) else {
+            return;
+        };
+        if id.owner() != self.core {
+            self.send(id.owner(), &Post::Kick { conn });
+            return;
+        }
+        if let Some(s) = self.sessions.borrow_mut().get_mut(&id) {
+            s.kicked = true;
+        }
+        if let Some(c) = Self::core_rt().and_then(|rt| rt.conn(id)) {
+            c.request_close(0);
+        }
     }
 
     // ---- output ------------------------------------------------------------------------
@@ -950,6 +1024,13 @@ impl Server {
             } => self.fire_timer(&project, &state, &name, generation),
             Post::Flush => self.flush(),
             Post::Stored(stored) => self.stored(stored),
+            Post::Login {
+                project,
+                node,
+                conn,
+                add,
+            } => self.holder(&project, &node, conn, add),
+            Post::Kick { conn } => self.kick(conn),
         }
     }
 
