@@ -1006,3 +1006,57 @@ fn requests_pipelined_behind_a_register_see_the_schema_on_every_core() {
         seen += 1;
     }
 }
+
+/// A core holds many more states than mlua has auxiliary stack slots (about 8000; a state's
+/// table held as a Rust `Table` handle took one each, and the core panicked past that).
+#[test]
+fn one_core_holds_ten_thousand_states() {
+    let (v1, compat) = (free_port(), free_port());
+    let config = format!(
+        r##"{{ "#threads": 1, "#startup": ["lotus.so+lotus"],
+              "lotus.so+lotus": {{ "listen": "127.0.0.1:{v1}", "compat": "127.0.0.1:{compat}",
+                 "flush_ms": 60000,
+                 "accounts": {{ "account": {{ "password": "password", "project": "demo" }} }} }} }}"##
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stage.json"), config).unwrap();
+    let mut server = Server::spawn(dir, compat, &["-c", "stage.json"], None);
+    server.wait_port();
+    server.wait_ready_port(v1);
+    let mut v = V1::login(v1);
+    assert_eq!(
+        register(
+            &mut v,
+            "many",
+            json!({"hit": "function (ctx, s) s.n = (s.n or 0) + 1 return s.n end"}),
+            json!({})
+        )[0]
+        .as_u64(),
+        Some(1)
+    );
+    const N: u64 = 10_000;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let args = mp(json!({"typename": "many", "statename": format!("s{i}"), "value": {"i": i}}));
+        burst.extend(v1_frame(1000 + i, "init_state", args));
+    }
+    v.0.write_all(&burst).unwrap();
+    for _ in 0..N {
+        let r = v.recv();
+        assert_eq!(r[0].as_u64(), Some(1), "an init_state failed: {r}");
+    }
+    // Every state is still there and its handler runs (its table and ctx come back).
+    for i in [0, N / 2, N - 1] {
+        let got = v.ok("get", json!({"statename": format!("s{i}"), "keys": []}));
+        assert_eq!(got["i"].as_u64(), Some(i), "s{i}: {got}");
+        let called = v.ok(
+            "call",
+            json!({"statename": format!("s{i}"), "funcname": "hit", "params": []}),
+        );
+        assert_eq!(called[0].as_u64(), Some(1), "s{i}: {called}");
+    }
+    assert!(
+        server.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the node died"
+    );
+}

@@ -23,7 +23,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mlua::{Function, Lua, MultiValue, Table, Value as LuaValue, Variadic};
+use mlua::{Function, Lua, MultiValue, RegistryKey, Table, Value as LuaValue, Variadic};
 use rmpv::Value;
 
 use super::posts::{Post, Stored, Wire};
@@ -97,8 +97,11 @@ struct Timer {
 struct State {
     typename: String,
     schema: Rc<Schema>,
-    table: Table,
-    ctx: Option<Table>,
+    /// The state's table and its `ctx`, kept in the Lua registry: a `Table` handle held in
+    /// Rust takes a slot of mlua's auxiliary stack (about 8000 per state), so a core holding
+    /// one per state crashed at ~8000 states (BENCHMARKS.md, lotus memory per state).
+    table: RegistryKey,
+    ctx: Option<RegistryKey>,
     timers: HashMap<String, Timer>,
     exiting: bool,
     /// Bumped at every write to the store (the Redis write is fenced on it).
@@ -774,7 +777,10 @@ impl Server {
                 State {
                     typename: record.typename,
                     schema,
-                    table,
+                    table: self
+                        .lua
+                        .create_registry_value(table)
+                        .map_err(|e| e.to_string())?,
                     ctx: None,
                     timers: HashMap::new(),
                     exiting: false,
@@ -815,7 +821,9 @@ impl Server {
                 let write = match p.states.get_mut(&name) {
                     None => None,
                     Some(st) => {
-                        let data = match from_lua(&LuaValue::Table(st.table.clone())) {
+                        let table = self.lua.registry_value::<LuaValue>(&st.table);
+                        let data = match table.map_err(|e| e.to_string()).and_then(|t| from_lua(&t))
+                        {
                             Ok(v) => super::value::encode(&v),
                             Err(e) => {
                                 tracing::warn!(
@@ -1233,7 +1241,7 @@ impl Server {
                 State {
                     typename: typename.to_string(),
                     schema,
-                    table,
+                    table: self.lua.create_registry_value(table).map_err(lua_failure)?,
                     ctx: None,
                     timers: HashMap::new(),
                     exiting: false,
@@ -1248,8 +1256,12 @@ impl Server {
             .borrow()
             .get(project)
             .and_then(|p| p.states.get(statename))
-            .map(|s| s.table.clone())
-            .ok_or_else(|| Failure::new("state_not_found", format!("no state `{statename}`")))
+            .map(|s| {
+                self.lua
+                    .registry_value::<Table>(&s.table)
+                    .map_err(lua_failure)
+            })
+            .ok_or_else(|| Failure::new("state_not_found", format!("no state `{statename}`")))?
     }
 
     /// Walks `keys` from `table`: the table holding the last key (`None` past a missing or
@@ -1302,7 +1314,7 @@ impl Server {
                     .get_mut(project)
                     .and_then(|p| p.states.get_mut(statename))
                 {
-                    s.table = new;
+                    s.table = self.lua.create_registry_value(new).map_err(lua_failure)?;
                 }
             }
             Some((last, path)) => {
@@ -1347,7 +1359,11 @@ impl Server {
                 .ok_or_else(|| {
                     Failure::new("state_not_found", format!("no state `{statename}`"))
                 })?;
-            (s.schema.clone(), s.table.clone(), s.typename.clone())
+            let table = self
+                .lua
+                .registry_value::<Table>(&s.table)
+                .map_err(lua_failure)?;
+            (s.schema.clone(), table, s.typename.clone())
         };
         let compiled = self.compiled(project, &schema)?;
         let Some((_, f)) = compiled.handlers.iter().find(|(n, _)| n == funcname) else {
@@ -1405,9 +1421,9 @@ impl Server {
             .borrow()
             .get(project)
             .and_then(|p| p.states.get(statename))
-            .and_then(|s| s.ctx.clone())
+            .and_then(|s| s.ctx.as_ref().map(|k| self.lua.registry_value::<Table>(k)))
         {
-            return Ok(ctx);
+            return ctx;
         }
         let lua = &self.lua;
         let ctx = lua.create_table()?;
@@ -1597,7 +1613,7 @@ impl Server {
             .get_mut(project)
             .and_then(|p| p.states.get_mut(statename))
         {
-            st.ctx = Some(ctx.clone());
+            st.ctx = Some(self.lua.create_registry_value(ctx.clone())?);
         }
         Ok(ctx)
     }
@@ -1739,7 +1755,7 @@ impl Server {
                 t.once,
                 t.delay_ms,
                 st.schema.clone(),
-                st.table.clone(),
+                self.lua.registry_value::<Table>(&st.table),
             );
             if t.once {
                 st.timers.remove(name);
@@ -1760,6 +1776,7 @@ impl Server {
                 .map(|(_, f)| f.clone())
                 .ok_or_else(|| format!("no callback `{callback}`"))?;
             let ctx = self.ctx(project, statename).map_err(|e| e.to_string())?;
+            let table = table.clone().map_err(|e| e.to_string())?;
             let timer = self.lua.create_table().map_err(|e| e.to_string())?;
             let _ = timer.raw_set("name", name);
             let _ = timer.raw_set("callback", callback.as_str());
