@@ -1061,6 +1061,10 @@ fn redis_stopped_mid_run_fails_what_needs_it_and_loses_nothing_acknowledged() {
         written.then_some(())
     })
     .expect("the state and the message were never written after Redis came back");
+    // One outage, logged once (not per command or flush).
+    let log = l.server.log();
+    assert_eq!(log.matches("Redis is unreachable:").count(), 1, "{log}");
+    assert_eq!(log.matches("state(s) not written").count(), 1, "{log}");
     v.ok("ping", json!({}));
     // Registers work again.
     let r = register(&mut v, "other", json!({}), json!({}));

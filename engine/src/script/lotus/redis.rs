@@ -247,19 +247,34 @@ impl Redis {
     /// reply); a transport failure drops the connection.
     fn query(&mut self, pipe: &redis::Pipeline, count: usize) -> Result<Vec<Reply>, String> {
         let packed = pipe.get_packed_pipeline();
-        let conn = self.conn()?;
-        match conn.req_packed_commands(&packed, 0, count) {
-            Ok(replies) if replies.len() == count => Ok(replies),
-            Ok(replies) => {
-                let why = format!("{} replies to {count} commands", replies.len());
-                self.gone(why.clone());
-                Err(why)
-            }
-            Err(e) => {
-                self.gone(e.to_string());
-                Err(self.unreachable())
+        // A connection left idle across a Redis restart fails at its first use: that is no
+        // outage, so one more try on a fresh connection (every command here may run twice:
+        // the writes are fenced or skip what is there, the rest are reads, HSET, SADD, DEL).
+        let reused = self.conn.is_some();
+        for attempt in 0..2 {
+            let conn = self.conn()?;
+            match conn.req_packed_commands(&packed, 0, count) {
+                Ok(replies) if replies.len() == count => return Ok(replies),
+                Ok(replies) => {
+                    let why = format!("{} replies to {count} commands", replies.len());
+                    self.gone(why.clone());
+                    return Err(why);
+                }
+                Err(e)
+                    if attempt == 0
+                        && reused
+                        && !e.is_timeout()
+                        && (e.is_io_error() || e.is_connection_dropped()) =>
+                {
+                    self.conn = None;
+                }
+                Err(e) => {
+                    self.gone(e.to_string());
+                    return Err(self.unreachable());
+                }
             }
         }
+        Err(self.unreachable())
     }
 
     /// One command's reply, a server error as `Fail::Server`.
@@ -660,7 +675,7 @@ mod tests {
         }
     }
 
-    fn redis_server(test: &str) -> Option<(Killed, String)> {
+    fn redis_server(test: &str) -> Option<(Killed, u16)> {
         if !std::path::Path::new("/usr/bin/redis-server").exists() {
             if std::env::var("STAGE_REQUIRE_SERVICES").as_deref() == Ok("1") {
                 panic!("{test}: redis-server is not installed (STAGE_REQUIRE_SERVICES=1)");
@@ -674,6 +689,10 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
+        Some((redis_on(port), port))
+    }
+
+    fn redis_on(port: u16) -> Killed {
         let child = std::process::Command::new("/usr/bin/redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -686,17 +705,35 @@ mod tests {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some((child, format!("redis://127.0.0.1:{port}/0")))
+        child
+    }
+
+    fn url(port: u16) -> String {
+        format!("redis://127.0.0.1:{port}/0")
+    }
+
+    #[test]
+    fn a_connection_idle_across_a_redis_restart_is_replaced_without_an_error() {
+        let test = "a_connection_idle_across_a_redis_restart_is_replaced_without_an_error";
+        let Some((server, port)) = redis_server(test) else {
+            return;
+        };
+        let mut r = Redis::new(&url(port), "lotus.so+t", 3);
+        r.put_schema("p", "a", &Value::from(1)).unwrap();
+        drop(server);
+        let _server = redis_on(port);
+        r.put_schema("p", "b", &Value::from(2)).unwrap();
+        assert!(r.down.is_none());
     }
 
     #[test]
     fn the_rev_fence_and_idempotent_appends_hold_in_redis() {
-        let Some((_server, url)) =
+        let Some((_server, port)) =
             redis_server("the_rev_fence_and_idempotent_appends_hold_in_redis")
         else {
             return;
         };
-        let mut r = Redis::new(&url, "lotus.so+t", 3);
+        let mut r = Redis::new(&url(port), "lotus.so+t", 3);
         r.put_schema("p", "ty", &Value::from("schema")).unwrap();
         assert_eq!(
             r.schemas().unwrap(),
