@@ -374,6 +374,9 @@ fn run(
             panicked += 1;
         }
     }
+    // Every core has handed its last lotus writes to the store threads: wait for them
+    // (within the time left before the signal thread's STOP_BOUND exits the process).
+    script::lotus::store::stop_all(LOTUS_STOP_BOUND);
     tracing::info!("STAGE stopped");
     // A failed status, so a supervisor (systemd's Restart=on-failure, `#restart`) sees it.
     if panicked > 0 {
@@ -381,6 +384,10 @@ fn run(
     }
     Ok(())
 }
+
+/// How long an orderly stop waits for lotus's stores to write the last flush (a part of
+/// STOP_BOUND: the connections' grace period comes first).
+const LOTUS_STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(4);
 
 fn shutdown_sigset() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data initialised by sigemptyset before use.

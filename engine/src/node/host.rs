@@ -55,6 +55,9 @@ pub trait ScriptHost {
     /// Switches this core to the scripts of `batch` (called between two messages; the core
     /// acknowledges to the reloader when this returns).
     fn reload(&self, batch: &Batch);
+    /// The core stops in order (its connections are closed): hand anything that must
+    /// outlive the node to the threads that write it (lotus's dirty states).
+    fn stop(&self) {}
     /// The host's own figures for a scrape (Lua memory, errors, loaded scripts). Must not
     /// run scripts.
     fn stats(&self) -> HostStats {

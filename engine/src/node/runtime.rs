@@ -216,6 +216,7 @@ async fn run_core(
 
     core.stop.wait().await;
     core.close_everything().await;
+    core.host.stop();
     core.snapshot_indexes();
     inbox_task.cancel();
     CURRENT_RAW.with(|c| c.set(std::ptr::null()));

@@ -494,6 +494,12 @@ impl ScriptHost for Host {
         }
     }
 
+    fn stop(&self) {
+        if let Some(lotus) = self.lotus() {
+            lotus.stop();
+        }
+    }
+
     fn reload(&self, batch: &Batch) {
         if let Some(loader) = self.lua.app_data_ref::<ScriptLoader>() {
             loader.install(batch);

@@ -15,6 +15,7 @@ use rmpv::Value;
 use serde_json::{json, Value as Json};
 
 use crate::harness::*;
+use crate::redis_server::RedisServer;
 
 struct Lotus {
     server: Server,
@@ -816,6 +817,11 @@ broker.ready('tcp://127.0.0.1:PORT', function () return true end)
 fn kill_and_restart(l: &mut Lotus) {
     l.server.signal(libc::SIGKILL);
     l.server.wait_exit();
+    restart(l);
+}
+
+/// Starts the node again (it has exited) in the same directory with the same configuration.
+fn restart(l: &mut Lotus) {
     let dir = std::mem::replace(&mut l.server.dir, tempfile::tempdir().unwrap());
     let mut server = Server::spawn(dir, l.compat, &["-c", "stage.json"], None);
     server.wait_port();
@@ -1059,4 +1065,145 @@ fn one_core_holds_ten_thousand_states() {
         server.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "the node died"
     );
+}
+
+// ---- the Redis store ------------------------------------------------------------------------
+
+/// `, "store": "redis://…"` for a lotus block.
+fn redis_store(r: &RedisServer) -> String {
+    format!(r#", "store": "{}""#, r.url())
+}
+
+#[test]
+fn the_redis_store_keeps_states_schemas_and_history_across_kill_9() {
+    let test = "lotus::the_redis_store_keeps_states_schemas_and_history_across_kill_9";
+    let Some(r) = RedisServer::start(test, false) else {
+        return;
+    };
+    survives_kill_9(&redis_store(&r));
+}
+
+/// SIGTERM long before `flush_ms` (a minute): the orderly stop writes every dirty state.
+fn an_orderly_stop_writes_dirty_states(extra: &str) {
+    let mut l = start(&format!(r#", "flush_ms": 60000 {extra}"#));
+    let mut v = V1::login(l.v1);
+    let r = register(&mut v, "counter", json!({}), json!({}));
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    for i in 0..4 {
+        v.ok(
+            "init_state",
+            json!({"typename": "counter", "statename": format!("c{i}"), "value": {"n": i}}),
+        );
+        v.ok(
+            "update_state",
+            json!({"statename": format!("c{i}"), "keys": ["n"], "value": i + 100}),
+        );
+    }
+    assert!(l.server.stop().success(), "{}", l.server.log());
+    restart(&mut l);
+    let mut v = V1::login(l.v1);
+    for i in 0..4 {
+        let s = v.ok("get", json!({"statename": format!("c{i}"), "keys": ["n"]}));
+        assert_eq!(s.as_i64(), Some(i + 100), "c{i}");
+    }
+}
+
+#[test]
+fn an_orderly_stop_writes_dirty_states_to_the_embedded_store() {
+    an_orderly_stop_writes_dirty_states("");
+}
+
+#[test]
+fn an_orderly_stop_writes_dirty_states_to_redis() {
+    let test = "lotus::an_orderly_stop_writes_dirty_states_to_redis";
+    let Some(r) = RedisServer::start(test, false) else {
+        return;
+    };
+    an_orderly_stop_writes_dirty_states(&redis_store(&r));
+}
+
+#[test]
+fn redis_stopped_mid_run_fails_what_needs_it_and_loses_nothing_acknowledged() {
+    let test = "lotus::redis_stopped_mid_run_fails_what_needs_it_and_loses_nothing_acknowledged";
+    let Some(mut redis) = RedisServer::start(test, true) else {
+        return;
+    };
+    let mut l = start(&format!(r#", "flush_ms": 50 {}"#, redis_store(&redis)));
+    let mut v = V1::login(l.v1);
+    let r = register(&mut v, "counter", json!({}), json!({}));
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    v.ok(
+        "init_state",
+        json!({"typename": "counter", "statename": "a", "value": {"n": 1}}),
+    );
+    v.ok("publish", json!({"channel": "chat", "msg": "m1"}));
+    // The state is in Redis (what an operator sees there), at revision `rev`.
+    let key = "lotus:lotus:demo:st:a";
+    let rev = poll(READY, || {
+        Some(redis.cli(&["HGET", key, "rev"])).filter(|r| !r.is_empty())
+    })
+    .expect("the state was never written to Redis");
+
+    redis.stop();
+    // Acknowledged while Redis is down: kept, written when it is back.
+    v.ok(
+        "update_state",
+        json!({"statename": "a", "keys": ["n"], "value": 2}),
+    );
+    v.ok("publish", json!({"channel": "chat", "msg": "m2"}));
+    // What needs Redis now fails with an error naming it, at once.
+    let (code, detail) = V1::err(register(&mut v, "other", json!({}), json!({})));
+    assert_eq!(code, "overloaded");
+    let detail = detail.to_string();
+    assert!(
+        detail.contains(&redis.url()) && detail.contains("Redis is unreachable"),
+        "{detail}"
+    );
+    let (code, detail) = V1::err(v.request("get", json!({"statename": "b", "keys": []})));
+    assert_eq!(code, "overloaded", "{detail}");
+    // The node keeps serving what it holds.
+    assert_eq!(v.ok("ping", json!({})).as_str(), Some("pong"));
+    assert_eq!(
+        v.ok("get", json!({"statename": "a", "keys": ["n"]}))
+            .as_i64(),
+        Some(2)
+    );
+
+    redis.restart();
+    // The dirty state and the kept message reach Redis once it answers.
+    poll(READY, || {
+        let written = redis.cli(&["HGET", key, "rev"]) != rev
+            && redis.cli(&["XLEN", "lotus:lotus:demo:ch:chat"]) == "2";
+        written.then_some(())
+    })
+    .expect("the state and the message were never written after Redis came back");
+    // One outage, logged once (not per command or flush).
+    let log = l.server.log();
+    assert_eq!(log.matches("Redis is unreachable:").count(), 1, "{log}");
+    assert_eq!(log.matches("state(s) not written").count(), 1, "{log}");
+    v.ok("ping", json!({}));
+    // Registers work again.
+    let r = register(&mut v, "other", json!({}), json!({}));
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+
+    kill_and_restart(&mut l);
+    let mut v = V1::login(l.v1);
+    assert_eq!(
+        v.ok("get", json!({"statename": "a", "keys": ["n"]}))
+            .as_i64(),
+        Some(2)
+    );
+    let h = v.ok("channel_history", json!({"channel": "chat", "last": 10}));
+    let items: Vec<_> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            (
+                it["id"].as_u64().unwrap(),
+                it["msg"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(items, [(1, "m1".to_string()), (2, "m2".to_string())]);
 }

@@ -24,6 +24,7 @@ mod messaging;
 mod odbc;
 mod packets;
 mod processes;
+mod redis_server;
 mod reload;
 mod route;
 mod scripts;

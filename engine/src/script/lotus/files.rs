@@ -260,36 +260,6 @@ impl Backend for Files {
     }
 }
 
-/// A store that cannot be used: every command fails with its reason.
-pub struct Unavailable(pub String);
-
-impl Backend for Unavailable {
-    fn put_schema(&mut self, _: &str, _: &str, _: &Value) -> Result<(), String> {
-        Err(self.0.clone())
-    }
-    fn schemas(&mut self) -> Result<Vec<(String, String, Value)>, String> {
-        Err(self.0.clone())
-    }
-    fn flush(&mut self, items: &[Item]) -> Vec<(String, String, String)> {
-        items
-            .iter()
-            .map(|i| (i.project.clone(), i.name.clone(), self.0.clone()))
-            .collect()
-    }
-    fn load_state(&mut self, _: &str, _: &str) -> Result<Option<(Record, Value)>, String> {
-        Err(self.0.clone())
-    }
-    fn load_channel(&mut self, _: &str, _: &str) -> Result<Option<Tail>, String> {
-        Err(self.0.clone())
-    }
-    fn append(&mut self, _: &str, _: &str, _: u64, _: u64, _: &[u8]) -> Result<(), String> {
-        Err(self.0.clone())
-    }
-    fn delete_channel(&mut self, _: &str, _: &str) -> Result<(), String> {
-        Err(self.0.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

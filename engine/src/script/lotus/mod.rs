@@ -5,6 +5,7 @@
 pub mod files;
 pub mod listen;
 pub mod posts;
+pub mod redis;
 pub mod sandbox;
 pub mod server;
 pub mod store;

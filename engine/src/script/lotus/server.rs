@@ -162,6 +162,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A new state's first revision: the clock in microseconds. A state is written at most once
+/// per flush, far less than once a microsecond, so a state made again after a delete starts
+/// above every revision its predecessor reached (and below 2^53 until the year 2255).
+fn first_rev() -> u64 {
+    now_ms().saturating_mul(1000)
+}
+
 /// FNV-1a over the schema's encoding: its identity in `schemas` lists.
 fn content_hash(bytes: &[u8]) -> u64 {
     crate::service::shard::fnv1a(bytes)
@@ -811,6 +818,12 @@ impl Server {
         }
     }
 
+    /// The node stops in order: every dirty state goes to the store now, not at the next
+    /// flush_ms (the binary then waits for the store to write it, `store::stop_all`).
+    pub fn stop(&self) {
+        self.flush();
+    }
+
     /// Every dirty state of this core, in one batch to the store.
     fn flush(&self) {
         self.flush_scheduled.set(false);
@@ -1245,7 +1258,10 @@ impl Server {
                     ctx: None,
                     timers: HashMap::new(),
                     exiting: false,
-                    rev: 0,
+                    // Above any revision an earlier state of this name was stored with (its
+                    // delete may not have reached the store yet): the Redis fence would
+                    // otherwise refuse the new state's writes.
+                    rev: first_rev(),
                 },
             );
         Ok(map([("created", Value::from(true))]))

@@ -4,20 +4,24 @@
 //! by what the cores produce between two flushes) and get its answers back in their inboxes
 //! as lotus [`Post`]s (`Post::Stored`), handled in arrival order like every other post.
 //!
-//! The embedded default backend keeps files under the configured directory (`files`): one
-//! file per schema and per state, written whole to a temporary file and renamed over the old
-//! one (a reader never sees half a state), and one append-only log per channel. The thread
-//! starts once per stage: the first core that boots starts it, the others share it.
+//! Two backends: the embedded default keeps files under the configured directory (`files`):
+//! one file per schema and per state, written whole to a temporary file and renamed over the
+//! old one (a reader never sees half a state), and one append-only log per channel; `redis`
+//! keeps them in Redis. The thread starts once per stage: the first core that boots starts
+//! it, the others share it. At an orderly stop every core flushes its dirty states, then the
+//! binary calls [`stop_all`], which waits (bounded) until each store has written them.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rmpv::Value;
 
 use super::files::Files;
 use super::posts::{Post, Stored, Wire};
+use super::redis::Redis;
 use crate::config::{LotusConfig, Store as StoreConfig};
 use crate::node::post::PostKind;
 use crate::node::{CoreMsg, Node};
@@ -85,6 +89,11 @@ pub enum Cmd {
         project: String,
         channel: String,
     },
+    /// The node stops (after every core's last flush): answer on `done` once everything
+    /// sent before is written, then end the thread.
+    Stop {
+        done: mpsc::Sender<()>,
+    },
 }
 
 /// A backend: what the store thread does with each command.
@@ -107,6 +116,14 @@ pub trait Backend {
         msg: &[u8],
     ) -> Result<(), String>;
     fn delete_channel(&mut self, project: &str, channel: &str) -> Result<(), String>;
+    /// Nothing to do for now (the command queue is empty, or a tick passed): retry what
+    /// waits for a store that was down.
+    fn idle(&mut self) {}
+    /// The node stops: write what is still waiting, one last try; returns how many channel
+    /// operations could not be written.
+    fn stop(&mut self) -> usize {
+        0
+    }
 }
 
 /// A core's handle on its stage's store thread.
@@ -144,10 +161,8 @@ pub fn get_or_start(entry: &str, cfg: &LotusConfig, node: Arc<Node>) -> Arc<Stor
             format!("store `{}`", dir.display()),
         ),
         StoreConfig::Redis(url) => (
-            Box::new(super::files::Unavailable(format!(
-                "the Redis store ({url}) is not built yet; use the embedded store"
-            ))),
-            format!("store `{url}`"),
+            Box::new(Redis::new(url, entry, cfg.history)),
+            format!("store `{}`", super::redis::redacted(url)),
         ),
     };
     let label = what.clone();
@@ -174,14 +189,19 @@ fn deliver(node: &Node, core: usize, stored: Stored) {
     }
 }
 
-/// The store thread: stored schemas go to every core first, then commands in order.
-fn run(
-    mut b: Box<dyn Backend + Send>,
-    rx: mpsc::Receiver<Cmd>,
-    node: Arc<Node>,
+/// How often the store thread wakes when no command comes, to retry what waits for a store
+/// that was down (the schemas at boot, kept channel messages).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Sends the stored schemas to every core; `false` when the store could not be read (logged
+/// the first time, tried again later).
+fn send_schemas(
+    b: &mut dyn Backend,
+    node: &Node,
     entry: &str,
     what: &str,
-) {
+    logged: &mut bool,
+) -> bool {
     match b.schemas() {
         Ok(list) => {
             for (project, typename, schema) in list {
@@ -200,10 +220,54 @@ fn run(
                     }
                 }
             }
+            if *logged {
+                tracing::info!("lotus `{entry}`: {what}: the stored schemas are read");
+            }
+            true
         }
-        Err(e) => tracing::error!("lotus `{entry}`: {what}: cannot read the schemas: {e}"),
+        Err(e) => {
+            if !std::mem::replace(logged, true) {
+                tracing::error!("lotus `{entry}`: {what}: cannot read the schemas: {e} (tried again until it can)");
+            }
+            false
+        }
     }
-    while let Ok(cmd) = rx.recv() {
+}
+
+/// The store thread: stored schemas go to every core first (before any register is
+/// answered), then commands in order.
+fn run(
+    mut b: Box<dyn Backend + Send>,
+    rx: mpsc::Receiver<Cmd>,
+    node: Arc<Node>,
+    entry: &str,
+    what: &str,
+) {
+    let mut schema_error_logged = false;
+    let mut schemas_read = send_schemas(&mut *b, &node, entry, what, &mut schema_error_logged);
+    // Whether the last flush had failures (logged when it starts and when it ends, not per
+    // flush: an outage would otherwise log every flush_ms).
+    let mut flush_failing = false;
+    loop {
+        let cmd = match rx.try_recv() {
+            Ok(cmd) => cmd,
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {
+                b.idle();
+                if !schemas_read {
+                    schemas_read =
+                        send_schemas(&mut *b, &node, entry, what, &mut schema_error_logged);
+                }
+                match rx.recv_timeout(TICK) {
+                    Ok(cmd) => cmd,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        if !schemas_read {
+            schemas_read = send_schemas(&mut *b, &node, entry, what, &mut schema_error_logged);
+        }
         match cmd {
             Cmd::Schema {
                 waiter,
@@ -229,8 +293,19 @@ fn run(
             }
             Cmd::Flush { core, items } => {
                 let failed = b.flush(&items);
-                for (project, name, e) in &failed {
-                    tracing::warn!("lotus `{entry}`: {what}: state {project}/{name}: {e} (kept dirty, retried)");
+                match failed.first() {
+                    Some((project, name, e)) if !flush_failing => {
+                        flush_failing = true;
+                        tracing::warn!(
+                            "lotus `{entry}`: {what}: {} state(s) not written, e.g. {project}/{name}: {e} (kept dirty, retried at each flush; logged again when writes succeed)",
+                            failed.len()
+                        );
+                    }
+                    None if flush_failing => {
+                        flush_failing = false;
+                        tracing::info!("lotus `{entry}`: {what}: states are written again");
+                    }
+                    _ => {}
                 }
                 let failed = failed.into_iter().map(|(p, n, _)| (p, n)).collect();
                 deliver(&node, core, Stored::Flushed { failed });
@@ -295,6 +370,36 @@ fn run(
                     );
                 }
             }
+            Cmd::Stop { done } => {
+                let left = b.stop();
+                if left > 0 {
+                    tracing::error!("lotus `{entry}`: {what}: stopping with {left} channel operation(s) not written (the store does not answer)");
+                }
+                if flush_failing {
+                    tracing::error!("lotus `{entry}`: {what}: stopping while state writes fail: changes since the last written flush are lost");
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// The node stops (every core has ended, after its last flush): each lotus store writes what
+/// it was sent, within `bound` in all. Called once, by the binary, after the cores joined.
+pub fn stop_all(bound: Duration) {
+    let deadline = Instant::now() + bound;
+    let all: Vec<(String, Arc<Store>)> = stores()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for (entry, store) in all {
+        let (done, wait) = mpsc::channel();
+        store.send(Cmd::Stop { done });
+        let left = deadline.saturating_duration_since(Instant::now());
+        if wait.recv_timeout(left).is_err() {
+            tracing::error!("lotus `{entry}`: {}: not done writing within {} s of the stop; what it had not written is lost", store.what, bound.as_secs());
         }
     }
 }
