@@ -65,7 +65,8 @@ fn run(sync: &str, o: &Options, dir: &Path) -> anyhow::Result<(f64, f64, u64)> {
               "#startup": [["lua.so+echo", "index.so+rank"]],
               "lua.so": {{ "%package": ["."], "echo": "start" }},
               "index.so+rank": {{ "path": "{}/", "sync": {sync} }} }}"##,
-        dir.join(format!("index-{sync}")).display()
+        dir.join(format!("index-{}", sync.trim_matches('"')))
+            .display()
     );
     std::fs::write(dir.join("stage.json"), config)?;
     let script = SCRIPT
@@ -83,7 +84,7 @@ fn run(sync: &str, o: &Options, dir: &Path) -> anyhow::Result<(f64, f64, u64)> {
         wait_port(port, &mut server)?;
         // Let the write load reach its steady state first.
         std::thread::sleep(Duration::from_millis(500));
-        let cpus = stage_benches_cpus();
+        let cpus = bench_cpus();
         let out = Command::new("taskset")
             .arg("-c")
             .arg(cpus.1.to_string())
@@ -106,7 +107,7 @@ fn run(sync: &str, o: &Options, dir: &Path) -> anyhow::Result<(f64, f64, u64)> {
 
 /// The CPUs of this process's mask: the server takes the first (its one core), the load
 /// generator the second.
-fn stage_benches_cpus() -> (usize, usize) {
+fn bench_cpus() -> (usize, usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } == 0;
