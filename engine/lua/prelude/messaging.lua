@@ -295,6 +295,34 @@ P.posts.gather = function(m)
   if g.i ~= nil then send_reply(g.r, g.rp, g.i, pack(g.out), nil, g.rn) end
 end
 
+-- index.so requests whose answer waits for a sync, by the handle `E.index_call` gave.
+local index_held = {}
+
+-- An index.so answer goes out: to the core gathering a split batch, or to the sender.
+local function index_answer(m, id, ok, ret, value)
+  if m.g ~= nil then
+    -- One part of a split batch: its results go to the core gathering the reply.
+    if not ok then E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret)) end
+    E.post(m.gc, "gather", E.encode({ g = m.g, i = ok and ret or nil, v = ok and value or nil }))
+    return
+  end
+  if not ok then
+    E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret))
+  elseif ret ~= nil and m.r ~= nil then
+    send_reply(m.r, m.rp, ret, pack(value), nil, m.rn)
+  end
+end
+
+-- An index.so sync thread has this core's log writes on disk up to `u` (`f`: indexes that
+-- failed): the answers that waited go out, in the order they were produced.
+P.posts.index_done = function(m)
+  for _, a in ipairs(E.index_done(m.t, m.u, m.f)) do
+    local req = index_held[a.h]
+    index_held[a.h] = nil
+    if req ~= nil then index_answer(req, req.i, true, a.i, a.v) end
+  end
+end
+
 -- A routed message reached the core that handles it (for a Lua stage, its main core).
 P.posts.msg = function(m, payload)
   if m.d ~= nil and E.wall_ms() > m.d then return end -- past its deadline
@@ -342,18 +370,12 @@ P.posts.msg = function(m, payload)
       return
     end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)
-    if m.g ~= nil then
-      -- One part of a split batch: its results go to the core gathering the reply.
-      if not ok then E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret)) end
-      E.post(m.gc, "gather", E.encode({ g = m.g, i = ok and ret or nil, v = ok and value or nil }))
+    if ok and ret == false then
+      -- Held until the index's sync thread has the log on disk (`index_done`).
+      index_held[value] = m
       return
     end
-    if not ok then
-      E.log("warn", "index `" .. tostring(id) .. "`: " .. tostring(ret))
-    elseif ret ~= nil and m.r ~= nil then
-      send_reply(m.r, m.rp, ret, pack(value), nil, m.rn)
-    end
-    return
+    return index_answer(m, id, ok, ret, value)
   end
   local env = P.stage_env[stage]
   if env == nil then

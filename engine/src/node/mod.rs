@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod budget;
 pub mod envelope;
 pub mod host;
+pub mod index_sync;
 pub mod lock_service;
 pub mod locks;
 pub mod mailbox;
@@ -182,6 +183,9 @@ pub struct Node {
     /// start (the first one initialises libcurl, which sets environment variables), and
     /// shared by every core.
     pub http: HashMap<usize, crate::service::http::HttpAgent>,
+    /// The sync thread of each index.so stage, by stage index (`index_sync`): every file
+    /// operation of its indexes runs there, never on a core.
+    pub index_sync: HashMap<usize, crate::service::index::SyncThread>,
     /// When this process started (uptime on the status page).
     pub started: std::time::Instant,
 }
@@ -217,7 +221,8 @@ impl Node {
                     (id, entry, s.main_core, s.kind.stage_kind())
                 })),
         );
-        Arc::new(Node {
+        Arc::new_cyclic(|me| Node {
+            index_sync: index_sync::start(&plan, me.clone()),
             pulses: watchdog::Pulses::new(cpus.len()),
             budget: budget::Budget::new(plan.cpu_ms, cpus.len()),
             overrides: overrides::Overrides::default(),

@@ -34,6 +34,8 @@ pub enum PostKind {
     ServiceTick,
     /// A curl.so reply is ready on this core.
     HttpDone,
+    /// An index.so sync thread wrote (and synced) this core's jobs up to a point.
+    IndexDone,
     /// lotus work for this core (`script::lotus::posts`): handled by the engine, not the
     /// prelude.
     Lotus,
@@ -41,7 +43,7 @@ pub enum PostKind {
 
 impl PostKind {
     /// Every kind, for tests and for listing.
-    pub const ALL: [PostKind; 14] = [
+    pub const ALL: [PostKind; 15] = [
         PostKind::Msg,
         PostKind::Gather,
         PostKind::Inject,
@@ -55,6 +57,7 @@ impl PostKind {
         PostKind::ThreadEnd,
         PostKind::ServiceTick,
         PostKind::HttpDone,
+        PostKind::IndexDone,
         PostKind::Lotus,
     ];
 
@@ -74,6 +77,7 @@ impl PostKind {
             PostKind::ThreadEnd => "thread_end",
             PostKind::ServiceTick => "svc_tick",
             PostKind::HttpDone => "http_done",
+            PostKind::IndexDone => "index_done",
             PostKind::Lotus => "lotus",
         }
     }

@@ -38,13 +38,11 @@ use crate::net::stats::IoStats;
 use crate::net::{listener, udp, ConnEvents};
 use crate::notify::Notify;
 use crate::plan::{LuaStage, ServiceKind};
+use crate::service::index::sync::SHUTDOWN_WAIT;
 use crate::service::index::{IndexConfig, IndexService};
 use crate::service::route::RouteService;
 use crate::service::shard::Shard;
 use crate::service::ticket::TicketService;
-
-/// services.md §2.2: the index service's idle period (log sync per policy, snapshots).
-const INDEX_IDLE: Duration = Duration::from_secs(3);
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
@@ -70,7 +68,11 @@ pub struct Core {
     pub index: usize,
     pub node: Arc<Node>,
     host: Box<dyn ScriptHost>,
-    conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    /// Looked up on every commit and close: hashed with `ahash` (already the ranking's
+    /// hasher), not std's SipHash, whose DoS resistance buys nothing for ids this core hands
+    /// out itself. Not a plain multiplicative hash either: every id of this core has the
+    /// same low byte (the core), which such a hash would carry into the bucket index.
+    conns: RefCell<HashMap<ConnId, Rc<Conn>, ahash::RandomState>>,
     /// The listeners this core accepts on, with the switch that stops its loop.
     listeners: RefCell<HashMap<u64, (Arc<ListenerShared>, Notify)>>,
     /// Listeners opened during the current Lua call; their accept loops start when the call
@@ -149,7 +151,7 @@ async fn run_core(
         index,
         node: node.clone(),
         host,
-        conns: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::default()),
         listeners: RefCell::new(HashMap::new()),
         pending_listens: RefCell::new(Vec::new()),
         prebound: RefCell::new(HashMap::new()),
@@ -217,7 +219,7 @@ async fn run_core(
     core.stop.wait().await;
     core.close_everything().await;
     core.host.stop();
-    core.snapshot_indexes();
+    core.snapshot_indexes().await;
     inbox_task.cancel();
     CURRENT_RAW.with(|c| c.set(std::ptr::null()));
     CURRENT.with(|c| c.borrow_mut().take());
@@ -424,24 +426,22 @@ impl Core {
         }
     }
 
-    /// Opens an index.so stage's service on this core and starts its idle tick.
+    /// Opens an index.so stage's shard on this core, writing through the stage's sync thread
+    /// (interval syncs and long-log snapshots happen there too: no tick on the core).
     fn start_index(self: &Rc<Self>, stage: usize, entry: &str, cfg: &IndexConfig) {
         if self.index == 0 {
             tracing::info!(stage = %entry, path = %cfg.path, cores = self.node.cores(), "starting index service (one shard per core)");
         }
-        let service = Rc::new(RefCell::new(IndexService::new(cfg.clone())));
-        self.indexes.borrow_mut().insert(stage, service.clone());
-        let stop = self.stop.clone();
-        glommio::spawn_local(async move {
-            loop {
-                futures_lite::future::or(glommio::timer::sleep(INDEX_IDLE), stop.wait()).await;
-                if stop.is_fired() {
-                    return;
-                }
-                service.borrow_mut().idle();
-            }
-        })
-        .detach();
+        let Some(sync) = super::index_sync::of(&self.node, stage) else {
+            // Logged when the thread failed to start; without it nothing can be durable.
+            return;
+        };
+        let service = Rc::new(RefCell::new(IndexService::new(
+            cfg.clone(),
+            self.index,
+            sync,
+        )));
+        self.indexes.borrow_mut().insert(stage, service);
     }
 
     /// Creates a `=ticket` / `=route` stage's service on this core. Its timer is armed by the
@@ -464,11 +464,36 @@ impl Core {
         self.indexes.borrow().get(&stage).cloned()
     }
 
-    /// Graceful shutdown: snapshot every open index, so the next start reads no log.
-    fn snapshot_indexes(&self) {
-        for (stage, service) in self.indexes.borrow().iter() {
-            if let Err(err) = service.borrow_mut().snapshot_all() {
-                tracing::error!(stage, "index snapshot at shutdown failed: {err}");
+    /// Graceful shutdown: snapshot every open index, so the next start reads no log. The
+    /// sync thread writes the snapshots; the core waits for them without blocking (its inbox
+    /// still runs), at most `SHUTDOWN_WAIT`.
+    async fn snapshot_indexes(&self) {
+        let services: Vec<(usize, Rc<RefCell<IndexService>>)> = self
+            .indexes
+            .borrow()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (stage, service) in services {
+            let done = service.borrow_mut().snapshot_all();
+            let deadline = std::time::Instant::now() + SHUTDOWN_WAIT;
+            loop {
+                match done.try_recv() {
+                    Ok(()) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        tracing::error!(
+                            stage,
+                            "index snapshot at shutdown: the sync thread is gone"
+                        );
+                        break;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                }
+                if std::time::Instant::now() >= deadline {
+                    tracing::error!(stage, "index snapshot at shutdown did not finish in time");
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(2)).await;
             }
         }
     }

@@ -4,11 +4,17 @@
 //! [`Request`]s (spec/services.md §2.3: direct form `CMD?INDEX[/TIER][=callback]`, batch
 //! form `callback` with a table of `[#n.]CMD?INDEX[/TIER]` keys), runs them on the core's
 //! [`IndexService`], and returns the reply id and value; the prelude sends the reply through
-//! its usual `route`/reply path, so replies reach other cores and processes alike.
+//! its usual `route`/reply path, so replies reach other cores and processes alike. An answer
+//! that must wait for the index's sync thread (a mutation's, or any answer behind one) is
+//! held by the service: `E.index_call` returns a handle instead, the prelude keeps the
+//! request's envelope under it, and `E.index_done` (on the sync thread's `index_done` post)
+//! returns the released answers with their handles.
 //!
 //! Not on the packet path, so the mlua API is fine here. User values `v` are kept as BSON
 //! (`{v = value}`, the wrapped form) and decoded back with the Lua state: a table, string or
 //! number comes back as the same Lua value.
+
+use std::cell::Cell;
 
 use bytes::{Bytes, BytesMut};
 use mlua::{Lua, Table, Value};
@@ -17,12 +23,13 @@ use crate::node::stats::ServiceStats;
 use crate::script::bson::{self, DecodeOptions, EncodeOptions};
 use crate::script::natives::core;
 use crate::service::index::{
-    batch_order, parse_batch_key, parse_spec, Command, GetResult, Kind, RangeFrom, RankedEntry,
-    Reply, Request, Score, SetItem, SetResult, TIERS,
+    batch_order, parse_batch_key, parse_spec, Answer, Command, Completion, GetResult, Kind,
+    Outcome, RangeFrom, RankedEntry, Reply, Request, Score, SetItem, SetResult, TIERS,
 };
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("index_call", lua.create_function(index_call)?)?;
+    e.set("index_done", lua.create_function(index_done)?)?;
     Ok(())
 }
 
@@ -34,12 +41,27 @@ const STORE_DECODE: DecodeOptions = DecodeOptions {
     load_functions: false,
 };
 
-/// `E.index_call(stage, id, values)` -> `reply_id, reply_value`, or nothing when no reply
-/// is due (no callback given: spec §2.3 "The reply is sent only if `=callback` is given").
+thread_local! {
+    /// Handles of held answers: the prelude keeps each held request's envelope under one.
+    static NEXT_HANDLE: Cell<u64> = const { Cell::new(1) };
+}
+
+fn next_handle() -> u64 {
+    NEXT_HANDLE.with(|n| {
+        let h = n.get();
+        n.set(h + 1);
+        h
+    })
+}
+
+/// `E.index_call(stage, id, values)` -> `reply_id, reply_value` (`reply_id` nil when no
+/// reply is due: no callback given, spec §2.3 "The reply is sent only if `=callback` is
+/// given"), or `false, handle` when the answer waits for the sync thread: it comes back from
+/// `E.index_done` with that handle.
 fn index_call(
     lua: &Lua,
     (stage, id, values): (usize, String, Option<Table>),
-) -> mlua::Result<(Option<String>, Value)> {
+) -> mlua::Result<(Value, Value)> {
     let core = core()?;
     let service = core.index_service(stage).ok_or_else(|| {
         mlua::Error::runtime(format!("index stage #{stage} is not served on this core"))
@@ -52,44 +74,44 @@ fn index_call(
         Some((h, c)) => (h, Some(c).filter(|c| !c.is_empty())),
         None => (id.as_str(), None),
     };
+    let callback = callback.map(str::to_string);
+    let tag = next_handle();
     let (_, spec) = parse_batch_key(head);
-    match parse_spec(spec) {
-        Ok((kind, index, tier)) => {
-            // Direct form. Lua -> request first, then run (no borrow held while building Lua
-            // values, which is the "no RefCell borrow across Lua" rule kept strictly).
-            let reply = match command(lua, kind, &payload) {
-                Ok(command) => {
-                    let req = Request {
-                        index,
-                        tier,
-                        command,
-                    };
-                    ServiceStats::inc(&core.stats.services.index_ops, 1);
-                    service.borrow_mut().execute(req)
-                }
-                Err(e) => {
-                    tracing::warn!("index `{id}`: {e}");
-                    Reply::Null
-                }
-            };
-            match callback {
-                Some(cb) => Ok((Some(cb.to_string()), reply_value(lua, reply)?)),
-                None => Ok((None, Value::Nil)),
+    // Lua -> request first, then run (no borrow held while building Lua values, which is the
+    // "no RefCell borrow across Lua" rule kept strictly).
+    let outcome = match parse_spec(spec) {
+        Ok((kind, index, tier)) => match command(lua, kind, &payload) {
+            Ok(command) => {
+                let req = Request {
+                    index,
+                    tier,
+                    command,
+                };
+                ServiceStats::inc(&core.stats.services.index_ops, 1);
+                service.borrow_mut().execute(req, callback, tag)
             }
-        }
+            Err(e) => {
+                tracing::warn!("index `{id}`: {e}");
+                service
+                    .borrow_mut()
+                    .pass(Answer::One(Reply::Null), callback, tag)
+            }
+        },
         Err(e) if spec.contains('?') => {
             tracing::warn!("index `{id}`: {e}");
-            match callback {
-                Some(cb) => Ok((Some(cb.to_string()), Value::Nil)),
-                None => Ok((None, Value::Nil)),
-            }
+            service
+                .borrow_mut()
+                .pass(Answer::One(Reply::Null), callback, tag)
         }
         Err(_) => {
             // Batch form: the id is the callback, the payload a table of command keys.
-            let callback = callback.unwrap_or(head).to_string();
+            let callback = Some(callback.unwrap_or_else(|| head.to_string()));
             let Value::Table(batch) = payload else {
                 tracing::warn!("index `{id}`: a batch needs a table of `CMD?INDEX` keys");
-                return Ok((Some(callback), Value::Nil));
+                let outcome = service
+                    .borrow_mut()
+                    .pass(Answer::One(Reply::Null), callback, tag);
+                return answer_now(lua, outcome, tag);
             };
             let mut keys: Vec<String> = Vec::new();
             let mut payloads: Vec<Value> = Vec::new();
@@ -119,16 +141,73 @@ fn index_call(
                 }
             }
             ServiceStats::inc(&core.stats.services.index_ops, reqs.len() as u64);
-            let replies = service.borrow_mut().execute_batch(reqs);
+            service.borrow_mut().execute_batch(reqs, callback, tag)
+        }
+    };
+    answer_now(lua, outcome, tag)
+}
+
+/// The Lua form of an outcome: `reply_id, value` (both nil when no reply is due) or
+/// `false, handle`.
+fn answer_now(lua: &Lua, outcome: Outcome, tag: u64) -> mlua::Result<(Value, Value)> {
+    match outcome {
+        Outcome::Held => Ok((Value::Boolean(false), Value::Number(tag as f64))),
+        Outcome::Now(r) => match r.callback {
+            Some(cb) => Ok((
+                Value::String(lua.create_string(&cb)?),
+                answer_value(lua, r.answer)?,
+            )),
+            None => Ok((Value::Nil, Value::Nil)),
+        },
+    }
+}
+
+fn answer_value(lua: &Lua, answer: Answer) -> mlua::Result<Value> {
+    match answer {
+        Answer::One(reply) => reply_value(lua, reply),
+        Answer::Batch(replies) => {
             let out = lua.create_table()?;
             for (key, reply) in replies {
                 out.raw_set(key, reply_value(lua, reply)?)?;
             }
-            Ok((Some(callback), Value::Table(out)))
+            Ok(Value::Table(out))
         }
     }
 }
 
+/// `E.index_done(stage, upto, failed)` (the post `index_done` of a sync thread, `failed` a
+/// table `{index = why}` or nil) -> `{ {h = handle, i = reply_id, v = value}, ... }`: the
+/// answers now released, in the order they were produced.
+fn index_done(
+    lua: &Lua,
+    (stage, upto, failed): (usize, f64, Option<Table>),
+) -> mlua::Result<Table> {
+    let core = core()?;
+    let service = core.index_service(stage).ok_or_else(|| {
+        mlua::Error::runtime(format!("index stage #{stage} is not served on this core"))
+    })?;
+    let mut c = Completion {
+        upto: upto as u64,
+        failed: Vec::new(),
+    };
+    if let Some(f) = failed {
+        for pair in f.pairs::<String, String>() {
+            c.failed.push(pair?);
+        }
+    }
+    let released = service.borrow_mut().complete(c);
+    let out = lua.create_table_with_capacity(released.len(), 0)?;
+    for (n, r) in released.into_iter().enumerate() {
+        let t = lua.create_table_with_capacity(0, 3)?;
+        t.raw_set("h", r.tag as f64)?;
+        if let Some(cb) = r.callback {
+            t.raw_set("i", cb)?;
+            t.raw_set("v", answer_value(lua, r.answer)?)?;
+        }
+        out.raw_set(n + 1, t)?;
+    }
+    Ok(out)
+}
 // Lua -> request ------------------------------------------------------------------------------
 
 fn command(lua: &Lua, kind: Kind, payload: &Value) -> Result<Command, String> {

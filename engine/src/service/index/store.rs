@@ -1,14 +1,20 @@
 //! Persistence of one index: `<prefix><name>.snap` (a full copy) plus `<prefix><name>.log`
 //! (every acknowledged mutation since that copy, appended).
 //!
-//! **Durability rule.** A command's records are written to the log with one `write(2)` before
-//! its reply is produced, so an acknowledged mutation is in the kernel's page cache and
-//! survives the `stage` process being killed (SIGKILL, panic, OOM) under either policy. What
-//! a power loss or kernel crash may take depends on [`SyncPolicy`]:
-//! - `Always` (the default): the log is `fdatasync`ed before the reply, so nothing
-//!   acknowledged is lost;
-//! - `Interval(d)`: the log is synced at most every `d` (checked on writes and idle ticks), so
-//!   up to `d` of acknowledged mutations can be lost.
+//! This file is the index's two halves of that: [`LogFiles`], the open files and the
+//! operations on them (append, snapshot) that only the index's sync thread (`sync.rs`)
+//! performs, and [`Store`], the owner core's bookkeeping (the records of the command being
+//! run, the log's length, the snapshot image) which never touches a file after the open.
+//!
+//! **Durability rule.** A command's records go to the sync thread as one job and are written
+//! to the log with one `write(2)`; its reply waits until the thread reports that write done
+//! (so an acknowledged mutation survives the `stage` process being killed, SIGKILL, panic,
+//! OOM, under either policy) and, per [`SyncPolicy`]:
+//! - `Always` (the default): until the log is `fdatasync`ed, so nothing acknowledged is lost
+//!   to a power loss or kernel crash. The thread syncs once for every job that arrived while
+//!   it was busy (group commit);
+//! - `Interval(d)`: the thread syncs at most every `d`, so up to `d` of acknowledged mutations
+//!   can be lost to a power loss.
 //!
 //! Snapshots are written to `.snap.tmp`, synced, renamed over `.snap` and the directory
 //! synced; only then is the log truncated. Log records are whole id states, so replaying a log
@@ -19,7 +25,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::record::{self, Entry, Mutation, Next};
 
@@ -33,17 +40,60 @@ pub enum SyncPolicy {
     Interval(Duration),
 }
 
-pub struct Store {
+/// One index's files, shared by its owner core (which only names them in jobs) and the sync
+/// thread (which writes them).
+pub struct LogFiles {
+    /// The index's name, for the failures the sync thread reports.
+    pub name: String,
     log: File,
     log_path: PathBuf,
     snap_path: PathBuf,
+}
+
+impl LogFiles {
+    /// Appends a command's records with one `write(2)`: a crash leaves at most one torn
+    /// record at the tail.
+    pub fn append(&self, records: &[u8]) -> io::Result<()> {
+        (&self.log).write_all(records)
+    }
+
+    /// The log file, for the sync thread's `fdatasync`.
+    pub fn log(&self) -> &File {
+        &self.log
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Replaces the snapshot with `image` (see [`Store::snapshot_image`]) and empties the log.
+    pub fn snapshot(&self, image: &[u8]) -> io::Result<()> {
+        let tmp = with_ext(&self.snap_path.to_string_lossy(), ".tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(image)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &self.snap_path)?;
+        sync_dir(&self.snap_path)?;
+        // The snapshot holds everything the log did: only now may the log go.
+        self.log.set_len(0)?;
+        self.log.sync_all()?;
+        tracing::debug!(
+            "index snapshot {}: {} bytes",
+            self.snap_path.display(),
+            image.len()
+        );
+        Ok(())
+    }
+}
+
+/// The owner core's side of one index's persistence: no file operation after [`Store::open`].
+pub struct Store {
+    files: Arc<LogFiles>,
+    /// The log's length once every record handed out so far is written.
     log_len: u64,
-    /// Records of the current command, written by [`Store::commit`].
+    /// Records of the current command, handed out by [`Store::take`].
     pending: Vec<u8>,
-    /// Written but not yet synced.
-    unsynced: bool,
-    last_sync: Instant,
-    policy: SyncPolicy,
 }
 
 /// What [`Store::open`] found besides the records it replayed.
@@ -68,11 +118,7 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 impl Store {
     /// Opens (creating as needed) the files at `base` (`<prefix><name>`), calling `apply` for
     /// every snapshot entry, then every log record, in order.
-    pub fn open(
-        base: &str,
-        policy: SyncPolicy,
-        mut apply: impl FnMut(Mutation),
-    ) -> io::Result<Opened> {
+    pub fn open(base: &str, name: &str, mut apply: impl FnMut(Mutation)) -> io::Result<Opened> {
         let log_path = with_ext(base, ".log");
         let snap_path = with_ext(base, ".snap");
         if let Some(dir) = log_path.parent() {
@@ -116,21 +162,26 @@ impl Store {
                 }
             }
         }
-        let store = Store {
+        let files = Arc::new(LogFiles {
+            name: name.to_string(),
             log,
             log_path,
             snap_path,
+        });
+        let store = Store {
+            files,
             log_len: at as u64,
             pending: Vec::new(),
-            unsynced: false,
-            last_sync: Instant::now(),
-            policy,
         };
         Ok(Opened { store, next_seq })
     }
 
     pub fn log_len(&self) -> u64 {
         self.log_len
+    }
+
+    pub fn files(&self) -> &Arc<LogFiles> {
+        &self.files
     }
 
     pub fn push_put(&mut self, id: &str, e: &Entry) {
@@ -141,82 +192,36 @@ impl Store {
         record::encode_remove(&mut self.pending, id);
     }
 
-    /// Makes the pending records durable per the policy; call before acknowledging.
-    pub fn commit(&mut self) -> io::Result<()> {
-        if !self.pending.is_empty() {
-            // One write per command: a crash leaves at most one torn record at the tail.
-            let r = self.log.write_all(&self.pending);
-            self.log_len += self.pending.len() as u64;
-            self.pending.clear();
-            r?;
-            self.unsynced = true;
+    /// The current command's records, for one append job (none when it changed nothing).
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        if self.pending.is_empty() {
+            return None;
         }
-        match self.policy {
-            SyncPolicy::Always => self.sync(),
-            SyncPolicy::Interval(d) => {
-                if self.last_sync.elapsed() >= d {
-                    self.sync()
-                } else {
-                    Ok(())
-                }
-            }
-        }
+        self.log_len += self.pending.len() as u64;
+        Some(std::mem::take(&mut self.pending))
     }
 
-    /// Idle tick: honours `Interval` when no write came along to do it.
-    pub fn idle(&mut self) -> io::Result<()> {
-        match self.policy {
-            SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.unsynced {
-            self.log.sync_data()?;
-            self.unsynced = false;
-        }
-        self.last_sync = Instant::now();
-        Ok(())
-    }
-
-    /// Replaces the snapshot with `entries` and empties the log.
-    pub fn snapshot<'a>(
+    /// The snapshot file's bytes for `entries`; the log counts as empty from here on (the
+    /// sync thread truncates it once the snapshot is safely in place). Plain CPU work: it
+    /// runs on the owner core, the file operations do not.
+    pub fn snapshot_image<'a>(
         &mut self,
         next_seq: u64,
         count: usize,
         entries: impl Iterator<Item = (&'a str, &'a Entry)>,
-    ) -> io::Result<()> {
-        let tmp = with_ext(&self.snap_path.to_string_lossy(), ".tmp");
-        let mut buf = Vec::with_capacity(24);
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(24 + count * 32);
         buf.extend_from_slice(SNAP_MAGIC);
         buf.extend_from_slice(&next_seq.to_le_bytes());
         buf.extend_from_slice(&(count as u64).to_le_bytes());
-        let mut f = io::BufWriter::new(File::create(&tmp)?);
-        f.write_all(&buf)?;
         let mut written = 0usize;
         for (id, e) in entries {
-            buf.clear();
             record::encode_put(&mut buf, id, e);
-            f.write_all(&buf)?;
             written += 1;
         }
         debug_assert_eq!(written, count);
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.snap_path)?;
-        sync_dir(&self.snap_path)?;
-        // The snapshot holds everything the log did: only now may the log go.
-        self.log.set_len(0)?;
-        self.log.sync_all()?;
         self.log_len = 0;
-        self.unsynced = false;
-        tracing::debug!("index snapshot {}: {count} ids", self.snap_path.display());
-        Ok(())
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
+        buf
     }
 }
 

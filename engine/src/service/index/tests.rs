@@ -1,13 +1,97 @@
 //! Service-level tests: persistence across a simulated kill, torn tails, the fixed `total`,
-//! batches, and a 200k-id ranking checked against a sorted model.
+//! batches, a 200k-id ranking checked against a sorted model, and the sync thread: group
+//! commit (one sync for the batches that queued behind another), replies held until their
+//! sync, a failing sync answered with null and the index refused.
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
 
+use super::sync::SyncFn;
 use super::*;
 
 fn cfg(dir: &tempfile::TempDir) -> IndexConfig {
     IndexConfig::new(format!("{}/", dir.path().display()))
+}
+
+/// A shard on "core 0" with its own sync thread; its completions come to a channel instead
+/// of a core's inbox.
+struct Svc {
+    svc: IndexService,
+    done: Receiver<(usize, Completion)>,
+    tag: u64,
+}
+
+fn start(cfg: IndexConfig, sync: SyncFn) -> Svc {
+    let (tx, done) = mpsc::channel();
+    let notify = Box::new(move |core: usize, c: Completion| {
+        let _ = tx.send((core, c));
+    });
+    let thread = SyncThread::start_with("test", cfg.sync, sync, notify).unwrap();
+    Svc {
+        svc: IndexService::new(cfg, 0, thread),
+        done,
+        tag: 0,
+    }
+}
+
+impl Svc {
+    fn new(cfg: IndexConfig) -> Svc {
+        start(cfg, Arc::new(|f: &File| f.sync_data()))
+    }
+
+    /// Feeds completions until the answer tagged `tag` is released.
+    fn wait(&mut self, tag: u64) -> Answer {
+        loop {
+            let (core, c) = self
+                .done
+                .recv_timeout(Duration::from_secs(30))
+                .expect("a completion");
+            assert_eq!(core, 0);
+            for r in self.svc.complete(c) {
+                if r.tag == tag {
+                    return r.answer;
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, tag: u64, o: Outcome) -> Answer {
+        match o {
+            Outcome::Now(r) => r.answer,
+            Outcome::Held => self.wait(tag),
+        }
+    }
+
+    /// Runs a request to its (released) reply.
+    fn execute(&mut self, req: Request) -> Reply {
+        self.tag += 1;
+        let o = self.svc.execute(req, Some("cb".into()), self.tag);
+        match self.outcome(self.tag, o) {
+            Answer::One(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn execute_batch(&mut self, reqs: Vec<(String, Request)>) -> Vec<(String, Reply)> {
+        self.tag += 1;
+        let o = self.svc.execute_batch(reqs, Some("cb".into()), self.tag);
+        match self.outcome(self.tag, o) {
+            Answer::Batch(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The shutdown snapshot, waited for.
+    fn snapshot_all(&mut self) {
+        let rx = self.svc.snapshot_all();
+        rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        while let Ok((_, c)) = self.done.try_recv() {
+            self.svc.complete(c);
+        }
+    }
 }
 
 fn set(index: &str, id: &str, score: i64) -> Request {
@@ -31,7 +115,7 @@ fn req(index: &str, tier: TierSel, command: Command) -> Request {
     }
 }
 
-fn all(svc: &mut IndexService, index: &str) -> Vec<(String, i64, u64)> {
+fn all(svc: &mut Svc, index: &str) -> Vec<(String, i64, u64)> {
     let r = svc.execute(req(
         index,
         TierSel::One(1),
@@ -57,7 +141,7 @@ fn survives_kill_and_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let n = 500;
     let before = {
-        let mut svc = IndexService::new(cfg(&dir));
+        let mut svc = Svc::new(cfg(&dir));
         for i in 0..n {
             let r = svc.execute(set("sub/board", &format!("p{i}"), (i * 7 % 101) as i64));
             assert!(
@@ -76,7 +160,7 @@ fn survives_kill_and_torn_tail() {
         state
     };
     assert_eq!(before.len(), n - 1);
-    let mut svc = IndexService::new(cfg(&dir));
+    let mut svc = Svc::new(cfg(&dir));
     assert_eq!(all(&mut svc, "sub/board"), before);
     assert_eq!(
         svc.execute(req("sub/board", TierSel::Default, Command::Total)),
@@ -90,7 +174,7 @@ fn survives_kill_and_torn_tail() {
     let mut f = OpenOptions::new().append(true).open(&log).unwrap();
     f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 1, 2]).unwrap();
     drop(f);
-    let mut svc = IndexService::new(cfg(&dir));
+    let mut svc = Svc::new(cfg(&dir));
     assert_eq!(all(&mut svc, "sub/board"), before);
     assert_eq!(
         std::fs::metadata(&log).unwrap().len(),
@@ -100,7 +184,7 @@ fn survives_kill_and_torn_tail() {
     // And writing after the repair appends cleanly.
     svc.execute(set("sub/board", "late", 1000));
     drop(svc);
-    let mut svc = IndexService::new(cfg(&dir));
+    let mut svc = Svc::new(cfg(&dir));
     let now = all(&mut svc, "sub/board");
     assert_eq!(now[0], ("late".into(), 1000, 1));
     assert_eq!(now.len(), before.len() + 1);
@@ -114,7 +198,7 @@ fn survives_kill_and_torn_tail() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
-    let mut svc = IndexService::new(cfg(&dir));
+    let mut svc = Svc::new(cfg(&dir));
     assert_eq!(all(&mut svc, "sub/board"), before);
 }
 
@@ -123,7 +207,7 @@ fn snapshot_then_log_replay() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(&dir);
     c.snapshot_log_bytes = 4096; // snapshot every few dozen sets
-    let mut svc = IndexService::new(c.clone());
+    let mut svc = Svc::new(c.clone());
     for i in 0..300 {
         svc.execute(set("s", &format!("id{}", i % 120), i));
     }
@@ -135,40 +219,52 @@ fn snapshot_then_log_replay() {
     assert!(std::fs::metadata(dir.path().join("s.snap")).is_ok());
     assert!(std::fs::metadata(dir.path().join("s.log")).unwrap().len() < 4096);
     std::mem::forget(svc);
-    let mut svc = IndexService::new(c.clone());
+    let mut svc = Svc::new(c.clone());
     assert_eq!(all(&mut svc, "s"), state);
     // A new tie after reload still outranks both.
     svc.execute(set("s", "tieC", 5000));
     assert_eq!(all(&mut svc, "s")[0].0, "tieC");
-    svc.snapshot_all().unwrap();
+    svc.snapshot_all();
     assert_eq!(
         std::fs::metadata(dir.path().join("s.log")).unwrap().len(),
         0
     );
     drop(svc);
-    let mut svc = IndexService::new(c);
+    let mut svc = Svc::new(c);
     assert_eq!(all(&mut svc, "s")[0].0, "tieC");
     assert_eq!(all(&mut svc, "s").len(), state.len() + 1);
 }
 
 #[test]
-fn interval_policy_and_idle() {
+fn interval_policy_writes_before_the_reply_and_syncs_later() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(&dir);
-    c.sync = SyncPolicy::Interval(std::time::Duration::from_millis(1));
-    let mut svc = IndexService::new(c.clone());
+    c.sync = SyncPolicy::Interval(Duration::from_millis(1));
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counted = syncs.clone();
+    let mut svc = start(
+        c.clone(),
+        Arc::new(move |f: &File| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            f.sync_data()
+        }),
+    );
     svc.execute(set("i", "a", 1));
-    std::thread::sleep(std::time::Duration::from_millis(2));
-    svc.idle();
+    // Acknowledged means written: a process kill now loses nothing.
+    assert!(std::fs::metadata(dir.path().join("i.log")).unwrap().len() > 0);
+    // The thread's timer syncs the log without another write coming along.
+    while syncs.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     std::mem::forget(svc);
-    let mut svc = IndexService::new(c);
+    let mut svc = Svc::new(c);
     assert_eq!(all(&mut svc, "i"), vec![("a".into(), 1, 1)]);
 }
 
 #[test]
 fn total_tiers_and_null_cases() {
     let dir = tempfile::tempdir().unwrap();
-    let mut svc = IndexService::new(cfg(&dir));
+    let mut svc = Svc::new(cfg(&dir));
     let mut item = SetItem {
         id: "a".into(),
         ..SetItem::default()
@@ -177,7 +273,7 @@ fn total_tiers_and_null_cases() {
     item.tiers[2] = Some(vec![Score::str("x")]);
     svc.execute(req("t", TierSel::All, Command::Set(vec![item])));
     svc.execute(set("t", "b", 3));
-    let total = |svc: &mut IndexService, tier| svc.execute(req("t", tier, Command::Total));
+    let total = |svc: &mut Svc, tier| svc.execute(req("t", tier, Command::Total));
     assert_eq!(total(&mut svc, TierSel::Default), Reply::Total(2)); // ids
     assert_eq!(total(&mut svc, TierSel::All), Reply::Total(2));
     assert_eq!(total(&mut svc, TierSel::One(1)), Reply::Total(3)); // tier-1 entries
@@ -204,7 +300,7 @@ fn total_tiers_and_null_cases() {
 #[test]
 fn batch_runs_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut svc = IndexService::new(cfg(&dir));
+    let mut svc = Svc::new(cfg(&dir));
     let keys = ["get:b", "#2.get:b", "#1.set:b"];
     // The router's job, done by hand: order the keys, parse each spec, decode each payload.
     let ordered: Vec<(String, Request)> = batch_order(&keys)
@@ -245,7 +341,7 @@ fn many_ids_rank_and_select() {
     let mut c = cfg(&dir);
     c.sync = SyncPolicy::Interval(std::time::Duration::from_secs(3600));
     c.snapshot_log_bytes = u64::MAX;
-    let mut svc = IndexService::new(c);
+    let mut svc = Svc::new(c);
     let mut x = 0x1234_5678_9ABC_DEF0u64;
     let mut rnd = move || {
         x ^= x << 13;
@@ -314,4 +410,145 @@ fn many_ids_rank_and_select() {
         };
         assert_eq!(scores, &vec![(Score::Int(s), r as u64 + 1)]);
     }
+}
+
+/// A sync the test opens and closes: each call says it started, then waits for a go.
+fn gated() -> (
+    SyncFn,
+    Receiver<()>,
+    mpsc::Sender<io::Result<()>>,
+    Arc<AtomicUsize>,
+) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<io::Result<()>>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let sync: SyncFn = Arc::new(move |f: &File| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        entered_tx.send(()).unwrap();
+        go_rx.lock().unwrap().recv().unwrap()?;
+        f.sync_data()
+    });
+    (sync, entered, go, count)
+}
+
+fn released_tags(svc: &mut Svc) -> Vec<u64> {
+    let (_, c) = svc.done.recv_timeout(Duration::from_secs(30)).unwrap();
+    svc.svc.complete(c).into_iter().map(|r| r.tag).collect()
+}
+
+#[test]
+fn group_commit_one_sync_for_the_batches_queued_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sync, entered, go, syncs) = gated();
+    let mut svc = start(cfg(&dir), sync);
+    let s = &mut svc.svc;
+    // The first batch's sync is in progress...
+    assert_eq!(
+        s.execute(set("g", "a", 1), Some("cb".into()), 1),
+        Outcome::Held
+    );
+    entered.recv().unwrap();
+    // ...while four more batches (two indexes) and a read arrive: all held, in order.
+    for (tag, (ix, id)) in [("g", "b"), ("h", "c"), ("g", "d"), ("h", "e")]
+        .into_iter()
+        .enumerate()
+    {
+        let o = s.execute(set(ix, id, 2), Some("cb".into()), tag as u64 + 2);
+        assert_eq!(o, Outcome::Held);
+    }
+    let read = req("g", TierSel::Default, Command::Total);
+    assert_eq!(s.execute(read, Some("cb".into()), 6), Outcome::Held);
+    assert_eq!(s.waiting(), 6);
+    go.send(Ok(())).unwrap();
+    // The first sync releases only the first reply.
+    assert_eq!(released_tags(&mut svc), vec![1]);
+    // One sync per log for the four queued batches: g and h.
+    entered.recv().unwrap();
+    go.send(Ok(())).unwrap();
+    entered.recv().unwrap();
+    go.send(Ok(())).unwrap();
+    assert_eq!(released_tags(&mut svc), vec![2, 3, 4, 5, 6]);
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        3,
+        "1 + one per log, not one per batch"
+    );
+    assert_eq!(svc.svc.waiting(), 0);
+    // With nothing waiting, a read answers at once.
+    let read = req("g", TierSel::Default, Command::Total);
+    let Outcome::Now(r) = svc.svc.execute(read, Some("cb".into()), 7) else {
+        panic!("a read with no sync pending is answered now")
+    };
+    assert_eq!(r.answer, Answer::One(Reply::Total(3)));
+}
+
+#[test]
+fn a_failing_sync_answers_null_and_refuses_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sync, entered, go, _) = gated();
+    let mut svc = start(cfg(&dir), sync);
+    let s = &mut svc.svc;
+    assert_eq!(
+        s.execute(set("f", "a", 1), Some("cb".into()), 1),
+        Outcome::Held
+    );
+    entered.recv().unwrap();
+    // Behind the failing sync: a write to the same index, and a batch naming it and another.
+    assert_eq!(
+        s.execute(set("f", "b", 2), Some("cb".into()), 2),
+        Outcome::Held
+    );
+    let batch = vec![
+        ("#1.set?f".to_string(), set("f", "c", 3)),
+        ("#2.set?ok".to_string(), set("ok", "c", 3)),
+    ];
+    assert_eq!(s.execute_batch(batch, Some("cb".into()), 3), Outcome::Held);
+    go.send(Err(io::Error::other("disk on fire"))).unwrap();
+    let (_, c) = svc.done.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(c.upto, 1);
+    assert_eq!(c.failed.len(), 1);
+    assert!(c.failed[0].1.contains("disk on fire"), "{:?}", c.failed);
+    let released = svc.svc.complete(c);
+    assert_eq!(released.len(), 1);
+    assert_eq!(
+        released[0].answer,
+        Answer::One(Reply::Null),
+        "never a false ack"
+    );
+    // The queued jobs: nothing more is written to the broken index; the other one is
+    // synced (the gate opens for it) and keeps its reply.
+    entered.recv().unwrap();
+    go.send(Ok(())).unwrap();
+    let (_, c) = svc.done.recv_timeout(Duration::from_secs(30)).unwrap();
+    let released = svc.svc.complete(c);
+    assert_eq!(released.len(), 2);
+    assert_eq!(released[0].answer, Answer::One(Reply::Null));
+    let Answer::Batch(b) = &released[1].answer else {
+        panic!()
+    };
+    assert_eq!(b[0], ("#1.set?f".into(), Reply::Null));
+    assert_eq!(
+        b[1],
+        (
+            "#2.set?ok".into(),
+            Reply::Set(vec![("c".into(), SetResult::Rank(1))])
+        )
+    );
+    // From now on the index is refused at once, without touching its files.
+    let len = std::fs::metadata(dir.path().join("f.log")).unwrap().len();
+    let Outcome::Now(r) = svc.svc.execute(set("f", "z", 9), Some("cb".into()), 9) else {
+        panic!()
+    };
+    assert_eq!(r.answer, Answer::One(Reply::Null));
+    let total = req("f", TierSel::Default, Command::Total);
+    let Outcome::Now(r) = svc.svc.execute(total, Some("cb".into()), 10) else {
+        panic!()
+    };
+    assert_eq!(r.answer, Answer::One(Reply::Null));
+    assert_eq!(
+        std::fs::metadata(dir.path().join("f.log")).unwrap().len(),
+        len
+    );
 }
