@@ -15,7 +15,7 @@ pub mod url;
 pub mod ws;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

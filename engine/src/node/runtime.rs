@@ -114,15 +114,8 @@ pub fn start(
         let cpu = node.cpus[index];
         let node = node.clone();
         let hosts = hosts.clone();
-        let mut builder =
-            LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("stage-core-{index}"));
-        // `%spin`: after its last task the core polls its rings this long before it parks, so
-        // a message that arrives meanwhile skips the wake-up of a parked thread (BENCHMARKS.md
-        // "Wake-ups"). glommio spins only on executors pinned to a CPU, as these are.
-        if !node.plan.spin.is_zero() {
-            builder = builder.spin_before_park(node.plan.spin);
-        }
-        let handle = builder
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("stage-core-{index}"))
             .spawn(move || async move {
                 let span = match node.peers {
                     Some(_) => tracing::info_span!("core", process = node.process, index, cpu),
@@ -208,7 +201,11 @@ async fn run_core(
         }
     }
     let inbox_core = core.clone();
-    let inbox_task = glommio::spawn_local(inbox.run(move |msg| inbox_core.handle(msg))).detach();
+    // `%spin`: after a burst of messages the core keeps looking at its inbox this long
+    // before it waits for the doorbell (`mailbox::Inbox::run_spinning`).
+    let spin = node.plan.spin;
+    let inbox_task =
+        glommio::spawn_local(inbox.run_spinning(spin, move |msg| inbox_core.handle(msg))).detach();
     // Booted: from now on the watchdog expects this core to beat (`node::watchdog`).
     glommio::spawn_local(beat(node.clone(), index, core.stop.clone())).detach();
     // Other processes learn about this one only now that core 0's stages have booted.
