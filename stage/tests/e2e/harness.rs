@@ -346,6 +346,13 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Waits until a TCP connection to `port` on loopback succeeds.
+/// Waits until nothing accepts on `port` any more (a killed node's sockets linger briefly).
+pub fn wait_port_refused(port: u16) {
+    wait_until(&format!("port {port} to refuse connections"), || {
+        try_connect(port).is_err()
+    });
+}
+
 pub fn wait_port_open(port: u16) {
     wait_until(&format!("127.0.0.1:{port} accepts connections"), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -817,6 +817,13 @@ broker.ready('tcp://127.0.0.1:PORT', function () return true end)
 fn kill_and_restart(l: &mut Lotus) {
     l.server.signal(libc::SIGKILL);
     l.server.wait_exit();
+    // A killed node's listening sockets go on accepting for a few ms after it is reaped (the
+    // kernel drops the io_uring accepts' references to them asynchronously): a node started
+    // at once would look ready through the dead node's socket, and its first clients would
+    // then be refused. Wait until the ports refuse, as a supervisor's restart delay does.
+    for port in [l.v1, l.compat] {
+        wait_port_refused(port);
+    }
     restart(l);
 }
 
