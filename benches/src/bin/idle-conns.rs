@@ -10,19 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
 fn raise_nofile(n: u64) {
     let limit = libc::rlimit {
         rlim_cur: n,
@@ -66,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(child.id())?;
+    let before = stage_benches::rss_kib(child.id())?;
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -75,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     std::thread::sleep(Duration::from_secs(2));
-    let after = rss_kib(child.id())?;
+    let after = stage_benches::rss_kib(child.id())?;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);

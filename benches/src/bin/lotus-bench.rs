@@ -55,19 +55,6 @@ fn raise_nofile(n: u64) {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
 fn wait_port(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -735,7 +722,7 @@ fn states(node: &Node) -> anyhow::Result<()> {
         )]),
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    let before = rss_kib(node.proc.child.id())?;
+    let before = stage_benches::rss_kib(node.proc.child.id())?;
     // Pipelined: every init carries a rid and every reply is read, so all states exist when
     // the last reply is in.
     let mut rd = v.0.try_clone()?;
@@ -776,7 +763,7 @@ fn states(node: &Node) -> anyhow::Result<()> {
     reader.join().expect("reader")?;
     // Past a few flushes (`flush_ms` 200), so the write-behind has nothing left to hold.
     std::thread::sleep(Duration::from_secs(2));
-    let after = rss_kib(node.proc.child.id())?;
+    let after = stage_benches::rss_kib(node.proc.child.id())?;
     let lotus = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
     let lua = mlua::Lua::new();
     let bare: f64 = lua
