@@ -786,8 +786,13 @@ mod tests {
     }
 
     fn redis_on(port: u16) -> Killed {
+        redis_on_with(port, &[])
+    }
+
+    fn redis_on_with(port: u16, extra: &[&str]) -> Killed {
         let child = std::process::Command::new("/usr/bin/redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -817,6 +822,38 @@ mod tests {
         let _server = redis_on(port);
         r.put_schema("p", "b", &Value::from(2)).unwrap();
         assert!(r.down.is_none());
+    }
+
+    #[test]
+    fn the_urls_password_and_database_are_used_by_our_own_handshake() {
+        let test = "the_urls_password_and_database_are_used_by_our_own_handshake";
+        let Some((server, port)) = redis_server(test) else {
+            return;
+        };
+        drop(server);
+        let _server = redis_on_with(port, &["--requirepass", "pw"]);
+        let mut r = Redis::new(&format!("redis://:pw@127.0.0.1:{port}/2"), "lotus.so+t", 3);
+        r.put_schema("p", "ty", &Value::from("schema")).unwrap();
+        // The schema is in database 2, not 0 (read with redis-rs's own handshake).
+        let exists = |db: u8| -> bool {
+            let client = redis::Client::open(format!("redis://:pw@127.0.0.1:{port}/{db}")).unwrap();
+            let mut c = client.get_connection().unwrap();
+            redis::cmd("EXISTS")
+                .arg("lotus:t:schemas")
+                .query::<bool>(&mut c)
+                .unwrap()
+        };
+        assert!(exists(2));
+        assert!(!exists(0));
+        // A wrong password is an outage like any other, with Redis's reason.
+        let mut wrong = Redis::new(
+            &format!("redis://:nope@127.0.0.1:{port}/2"),
+            "lotus.so+t",
+            3,
+        );
+        let e = wrong.put_schema("p", "ty", &Value::from(1)).unwrap_err();
+        assert!(e.contains("Redis is unreachable"), "{e}");
+        assert!(!e.contains("nope"), "{e}");
     }
 
     #[test]
