@@ -344,6 +344,9 @@ impl<'a, 'b> Bot<'a, 'b> {
         if done {
             self.await_deliveries().await?;
         }
+        // Unsubscribed first: nobody drains the room any more, and a full subscription
+        // buffer would stop the client reading the socket, `leave`'s reply included.
+        self.room = None;
         // The state goes, even when the run stopped (bounded by --timeout like every call).
         state
             .call("leave", Vec::new())
