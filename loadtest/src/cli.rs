@@ -24,7 +24,8 @@ use std::time::Duration;
         Examples:\n  \
         stage-loadtest --target 127.0.0.1:8081 --connections 64 --duration 30s\n  \
         stage-loadtest --target 127.0.0.1:8081 --scenario login-then-echo --messages 1000 --p99-max 5ms\n  \
-        stage-loadtest --target 127.0.0.1:8081 --scenario bots.lua --json - --chart run.svg"
+        stage-loadtest --target 127.0.0.1:8081 --scenario bots.lua --json - --chart run.svg\n  \
+        stage-loadtest --target 127.0.0.1:7000 --scenario lotus --messages 1000 --error-max 0"
 )]
 pub struct Args {
     /// Server address, HOST:PORT.
@@ -56,8 +57,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Framing::Packet)]
     pub framing: Framing,
 
-    /// echo, login-then-echo, lobby (players of engine/lua/examples/lobby), or a Lua bot
-    /// script FILE.lua (see the README).
+    /// echo, login-then-echo, lobby (players of engine/lua/examples/lobby), lotus (lotus
+    /// wire v1 clients: a `call` per message, room channel deliveries), or a Lua bot script
+    /// FILE.lua (see the README).
     #[arg(long, default_value = "echo", value_name = "NAME|FILE.lua")]
     pub scenario: String,
 
@@ -118,6 +120,25 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Account the lotus bots log in with (the lotus stage's `accounts` block; the account
+    /// names the project) [default: bot].
+    #[arg(long, value_name = "NAME", help_heading = "lotus scenario")]
+    pub lotus_account: Option<String>,
+
+    /// Password of --lotus-account [default: secret].
+    #[arg(long, value_name = "PASSWORD", help_heading = "lotus scenario")]
+    pub lotus_password: Option<String>,
+
+    /// Bots per room channel: each bot subscribes to its room's channel and every `call`
+    /// publishes one message there (0: no channel traffic) [default: 4].
+    #[arg(long, value_name = "N", help_heading = "lotus scenario")]
+    pub lotus_room_size: Option<u32>,
+
+    /// Prefix of this run's state and channel names, so runs against the same node never
+    /// share them [default: lt<unix ms>].
+    #[arg(long, value_name = "NAME", help_heading = "lotus scenario")]
+    pub lotus_prefix: Option<String>,
 }
 
 /// The scenario each bot runs.
@@ -127,6 +148,8 @@ pub enum Scenario {
     LoginThenEcho,
     /// Players of the lobby example (`lobby.rs`, on the types generated from its schema).
     Lobby,
+    /// lotus wire v1 clients (`lotus.rs`, on the lotus-client crate).
+    Lotus,
     Lua(PathBuf),
 }
 
@@ -136,9 +159,10 @@ impl Scenario {
             "echo" => Scenario::Echo,
             "login-then-echo" => Scenario::LoginThenEcho,
             "lobby" => Scenario::Lobby,
+            "lotus" => Scenario::Lotus,
             path if path.ends_with(".lua") => Scenario::Lua(PathBuf::from(path)),
             other => bail!(
-                "unknown scenario `{other}`: use echo, login-then-echo, lobby or a Lua script FILE.lua"
+                "unknown scenario `{other}`: use echo, login-then-echo, lobby, lotus or a Lua script FILE.lua"
             ),
         })
     }
@@ -148,6 +172,7 @@ impl Scenario {
             Scenario::Echo => "echo".into(),
             Scenario::LoginThenEcho => "login-then-echo".into(),
             Scenario::Lobby => "lobby".into(),
+            Scenario::Lotus => "lotus".into(),
             Scenario::Lua(p) => p.display().to_string(),
         }
     }
@@ -167,6 +192,17 @@ pub enum StopRule {
 pub enum ChartFormat {
     Svg,
     Html,
+}
+
+/// The `lotus` scenario's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotusPlan {
+    pub account: String,
+    pub password: String,
+    /// Bots per room channel; 0: no channel traffic.
+    pub room_size: usize,
+    /// Prefix of the run's state, channel and node names.
+    pub prefix: String,
 }
 
 /// Validated settings for one run.
@@ -190,6 +226,8 @@ pub struct Plan {
     pub chart: Option<(PathBuf, ChartFormat)>,
     pub thresholds: Thresholds,
     pub quiet: bool,
+    /// Set for `--scenario lotus`.
+    pub lotus: Option<LotusPlan>,
 }
 
 impl Args {
@@ -213,6 +251,7 @@ impl Args {
         if scenario == Scenario::Lobby && self.framing != Framing::Packet {
             bail!("--scenario lobby needs --framing packet (the lobby speaks BSON packets)");
         }
+        let lotus = self.lotus_plan(&scenario)?;
         if self.framing == Framing::Raw
             && self.payload_size == 0
             && matches!(scenario, Scenario::Echo)
@@ -288,7 +327,49 @@ impl Args {
                 min_throughput: self.min_throughput,
             },
             quiet: self.quiet,
+            lotus,
         })
+    }
+
+    /// The lotus flags, checked against the scenario: they belong to `--scenario lotus`
+    /// only, and that scenario speaks its own wire.
+    fn lotus_plan(&self, scenario: &Scenario) -> anyhow::Result<Option<LotusPlan>> {
+        if *scenario != Scenario::Lotus {
+            let given = [
+                ("--lotus-account", self.lotus_account.is_some()),
+                ("--lotus-password", self.lotus_password.is_some()),
+                ("--lotus-room-size", self.lotus_room_size.is_some()),
+                ("--lotus-prefix", self.lotus_prefix.is_some()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                bail!("{flag} needs --scenario lotus");
+            }
+            return Ok(None);
+        }
+        if self.framing != Framing::Packet {
+            bail!("--scenario lotus speaks lotus wire v1; --framing does not apply to it");
+        }
+        let prefix = match &self.lotus_prefix {
+            Some(p) if p.is_empty() || p.contains(char::is_whitespace) => {
+                bail!("--lotus-prefix must be a non-empty name without spaces")
+            }
+            Some(p) => p.clone(),
+            None => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                format!("lt{ms}")
+            }
+        };
+        Ok(Some(LotusPlan {
+            account: self.lotus_account.clone().unwrap_or_else(|| "bot".into()),
+            password: self
+                .lotus_password
+                .clone()
+                .unwrap_or_else(|| "secret".into()),
+            room_size: self.lotus_room_size.unwrap_or(4) as usize,
+            prefix,
+        }))
     }
 }
 
@@ -306,6 +387,39 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn lotus_flags_belong_to_the_lotus_scenario() {
+        let p = plan(&["--scenario", "lotus"]).unwrap();
+        let l = p.lotus.unwrap();
+        assert_eq!((l.account.as_str(), l.password.as_str()), ("bot", "secret"));
+        assert_eq!(l.room_size, 4);
+        assert!(l.prefix.starts_with("lt"), "{}", l.prefix);
+        let p = plan(&[
+            "--scenario",
+            "lotus",
+            "--lotus-account",
+            "a",
+            "--lotus-room-size",
+            "0",
+            "--lotus-prefix",
+            "x",
+        ])
+        .unwrap();
+        let l = p.lotus.unwrap();
+        assert_eq!(
+            (l.account.as_str(), l.room_size, l.prefix.as_str()),
+            ("a", 0, "x")
+        );
+        assert!(plan(&[]).unwrap().lotus.is_none());
+        let e = plan(&["--lotus-password", "p"]).unwrap_err().to_string();
+        assert!(e.contains("--lotus-password needs --scenario lotus"), "{e}");
+        let e = plan(&["--scenario", "lotus", "--framing", "text"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--framing does not apply"), "{e}");
+        assert!(plan(&["--scenario", "lotus", "--lotus-prefix", ""]).is_err());
     }
 
     #[test]

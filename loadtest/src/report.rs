@@ -2,7 +2,7 @@
 //! human block on stderr/stdout and as JSON. Both show the same numbers, so what a person
 //! reads and what CI parses cannot disagree.
 
-use crate::cli::Plan;
+use crate::cli::{Plan, StopRule};
 use crate::framing::Framing;
 use crate::series::Point;
 use crate::stats::{rate, ConnectFailure, DisconnectReason, ErrorKind, Latency, Window};
@@ -47,6 +47,20 @@ pub struct Summary {
     pub error_samples: Vec<String>,
     pub thresholds: Vec<Verdict>,
     pub series: Vec<Point>,
+    /// Channel deliveries (only in the `lotus` scenario with rooms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelSummary>,
+}
+
+/// What the bots' room channels delivered, over the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ChannelSummary {
+    /// Messages delivered to subscribed bots.
+    pub deliveries: u64,
+    /// What a complete `--messages` run delivers (`None` with `--duration`).
+    pub expected: Option<u64>,
+    /// Message ids that deliveries skipped (each skip is also a `gap` error).
+    pub missed: u64,
 }
 
 /// What a finished run hands to the report.
@@ -58,6 +72,8 @@ pub struct RunTotals {
     pub samples: Vec<String>,
     pub ever_connected: usize,
     pub series: Vec<Point>,
+    pub deliveries: u64,
+    pub missed: u64,
 }
 
 impl Summary {
@@ -91,6 +107,22 @@ impl Summary {
             error_samples: run.samples,
             thresholds: Vec::new(),
             series: run.series,
+            channel: plan
+                .lotus
+                .as_ref()
+                .filter(|l| l.room_size > 0)
+                .map(|l| ChannelSummary {
+                    deliveries: run.deliveries,
+                    expected: match plan.stop {
+                        StopRule::Messages(n) => Some(crate::lotus::expected_deliveries(
+                            plan.connections,
+                            l.room_size,
+                            n,
+                        )),
+                        StopRule::Duration(_) => None,
+                    },
+                    missed: run.missed,
+                }),
         }
     }
 
@@ -155,6 +187,20 @@ impl Summary {
             "  disconnects  {}",
             counts(disconnects, &self.disconnects)
         );
+        if let Some(c) = &self.channel {
+            let expected = c
+                .expected
+                .map_or(String::new(), |e| format!(" of {e} expected"));
+            let missed = match c.missed {
+                0 => "none".to_string(),
+                n => n.to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "  channel      {} deliveries{expected}, missed ids: {missed}",
+                c.deliveries
+            );
+        }
         for sample in &self.error_samples {
             let _ = writeln!(o, "    e.g. {sample}");
         }
@@ -198,6 +244,7 @@ impl Summary {
             error_samples: Vec::new(),
             thresholds: Vec::new(),
             series: Vec::new(),
+            channel: None,
         }
     }
 }
@@ -281,6 +328,8 @@ mod tests {
                 samples: vec!["bot 1: no reply within 5s".into()],
                 ever_connected: 3,
                 series: Vec::new(),
+                deliveries: 0,
+                missed: 0,
             },
         );
         assert_eq!(s.throughput_msgs_per_s, 20.0);
@@ -322,6 +371,8 @@ mod tests {
                 samples: Vec::new(),
                 ever_connected: 0,
                 series: Vec::new(),
+                deliveries: 0,
+                missed: 0,
             },
         );
         assert_eq!(s.throughput_msgs_per_s, 0.0);

@@ -7,6 +7,7 @@ use crate::builtin;
 use crate::cli::{Plan, Scenario, StopRule};
 use crate::conn::{self, BotCtx};
 use crate::lobby;
+use crate::lotus;
 use crate::luabot::{self, Script};
 use crate::report::RunTotals;
 use crate::series::{Collector, Point};
@@ -42,20 +43,22 @@ pub fn run(plan: &Plan, mut on_point: impl FnMut(&Point)) -> anyhow::Result<RunT
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let plan_arc = Arc::new(plan.clone());
+    let setup = Arc::new(lotus::Setup::default());
 
     let mut handles = Vec::with_capacity(plan.threads);
     for w in 0..plan.threads {
-        let (plan, shared, stop, done, source) = (
+        let (plan, shared, stop, done, source, setup) = (
             plan_arc.clone(),
             shared.clone(),
             stop_rx.clone(),
             done_tx.clone(),
             source.clone(),
+            setup.clone(),
         );
         let handle = std::thread::Builder::new()
             .name(format!("bots-{w}"))
             .spawn(move || {
-                let result = worker(w, plan, shared, stop, start, source);
+                let result = worker(w, plan, shared, stop, start, source, setup);
                 let _ = done.send(result);
             })
             .context("starting a worker thread")?;
@@ -149,6 +152,8 @@ pub fn run(plan: &Plan, mut on_point: impl FnMut(&Point)) -> anyhow::Result<RunT
         samples,
         ever_connected: shared.ever_connected.load(Ordering::Relaxed),
         series: collector.points,
+        deliveries: shared.deliveries.load(Ordering::Relaxed),
+        missed: shared.missed.load(Ordering::Relaxed),
     })
 }
 
@@ -160,6 +165,7 @@ fn worker(
     stop: watch::Receiver<bool>,
     start: Instant,
     source: Option<Arc<Vec<u8>>>,
+    setup: Arc<lotus::Setup>,
 ) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -183,6 +189,7 @@ fn worker(
                 index + 1,
                 at,
                 script.clone(),
+                setup.clone(),
             )));
         }
         for t in tasks {
@@ -201,7 +208,23 @@ async fn bot(
     id: usize,
     at: Instant,
     script: Option<Rc<Script>>,
+    setup: Arc<lotus::Setup>,
 ) {
+    if plan.scenario == Scenario::Lotus {
+        // lotus-client connects (and logs in) itself, and accounts for it in `lotus::run`.
+        tokio::select! {
+            biased;
+            _ = conn::stopped(&mut stop) => return,
+            _ = tokio::time::sleep_until(at.into()) => {}
+        }
+        let ctx = BotCtx {
+            plan: &plan,
+            rec,
+            stop,
+            id,
+        };
+        return lotus::run(ctx, &setup).await;
+    }
     let stream = tokio::select! {
         biased;
         _ = conn::stopped(&mut stop) => return,

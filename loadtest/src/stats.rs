@@ -5,7 +5,7 @@
 //! percentiles stay exact enough at any rate without storing samples.
 
 use hdrhistogram::Histogram;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,18 +22,25 @@ pub enum ErrorKind {
     Io,
     /// A Lua scenario raised an error (or misused the bot API).
     Script,
-    /// The connection could not be established.
+    /// The connection could not be established (or its login was refused).
     Connect,
+    /// The server answered a request with an error (lotus: `overloaded`, `handler_error`...).
+    Server,
+    /// A channel delivery skipped ids (lotus rooms): messages the bot never got.
+    Gap,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    // New kinds go at the end: reports and tests index the arrays in this order.
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Timeout,
         ErrorKind::Protocol,
         ErrorKind::Disconnect,
         ErrorKind::Io,
         ErrorKind::Script,
         ErrorKind::Connect,
+        ErrorKind::Server,
+        ErrorKind::Gap,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +51,8 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Script => "script",
             ErrorKind::Connect => "connect",
+            ErrorKind::Server => "server",
+            ErrorKind::Gap => "gap",
         }
     }
 }
@@ -63,16 +72,19 @@ pub enum DisconnectReason {
     IoError,
     /// We closed it: the Lua scenario failed.
     ScriptError,
+    /// We closed it: the server answered a request with an error.
+    ServerError,
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 6] = [
+    pub const ALL: [DisconnectReason; 7] = [
         DisconnectReason::Eof,
         DisconnectReason::Reset,
         DisconnectReason::Timeout,
         DisconnectReason::ProtocolError,
         DisconnectReason::IoError,
         DisconnectReason::ScriptError,
+        DisconnectReason::ServerError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +95,7 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol error",
             DisconnectReason::IoError => "io error",
             DisconnectReason::ScriptError => "script error",
+            DisconnectReason::ServerError => "server error",
         }
     }
 }
@@ -93,13 +106,16 @@ pub enum ConnectFailure {
     Refused,
     Timeout,
     Other,
+    /// Connected, but the server refused the login (lotus: `auth_failed`).
+    Login,
 }
 
 impl ConnectFailure {
-    pub const ALL: [ConnectFailure; 3] = [
+    pub const ALL: [ConnectFailure; 4] = [
         ConnectFailure::Refused,
         ConnectFailure::Timeout,
         ConnectFailure::Other,
+        ConnectFailure::Login,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +123,7 @@ impl ConnectFailure {
             ConnectFailure::Refused => "refused",
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Other => "other",
+            ConnectFailure::Login => "login",
         }
     }
 
@@ -219,6 +236,10 @@ pub struct Shared {
     pub ever_connected: AtomicUsize,
     /// Messages and latencies are counted in `total` only from this instant on.
     pub measure_from: Instant,
+    /// Channel messages delivered to bots (lotus rooms), over the whole run.
+    pub deliveries: AtomicU64,
+    /// Channel message ids the deliveries skipped, over the whole run.
+    pub missed: AtomicU64,
 }
 
 impl Shared {
@@ -228,6 +249,8 @@ impl Shared {
             connected: AtomicUsize::new(0),
             ever_connected: AtomicUsize::new(0),
             measure_from,
+            deliveries: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
         })
     }
 
@@ -316,6 +339,18 @@ impl Recorder {
             s.total.counters.connect_failures[i] += 1;
         });
         self.error(ErrorKind::Connect, None, message);
+    }
+
+    /// A channel message arrived (not a reply: it is not a round trip nor a received
+    /// message; deliveries are reported on their own).
+    pub fn delivered(&self) {
+        self.shared.deliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery skipped `missed` ids: one `gap` error, the ids counted as missed.
+    pub fn gap(&self, missed: u64, message: String) {
+        self.shared.missed.fetch_add(missed, Ordering::Relaxed);
+        self.error(ErrorKind::Gap, None, message);
     }
 
     /// Counts an error (and the disconnect it caused, if any) and keeps a sample message.

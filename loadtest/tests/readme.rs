@@ -1,7 +1,8 @@
 //! The first ten minutes: every `stage-loadtest` command that loadtest/README.md shows runs,
 //! as written, against the server the READMEs tell a new user to start — the embedded v1
-//! example (`stage` with no arguments, port 8081), or the Hello World example for the
-//! line-based command — and ends with no error, no failed connect and no disconnect.
+//! example (`stage` with no arguments, port 8081), the Hello World example for the
+//! line-based command, or the lotus example node (loadtest/examples/lotus.json, port 7000)
+//! for the `lotus` scenario — and ends with no error, no failed connect and no disconnect.
 //!
 //! Two changes are made to each command, both about the test rather than the server: the
 //! summary goes to a file of the test's (`--json FILE --quiet`, the chart too), and the speed
@@ -33,6 +34,10 @@ fn readme_commands(readme: &str) -> Vec<Vec<String>> {
         }
         let command = std::mem::take(&mut pending);
         let args = match command.split_once(" -- ") {
+            // `cargo run --release -- -c CONFIG` starts a server, not the load tester.
+            Some((prefix, rest)) if prefix.starts_with("cargo run") && rest.starts_with("-c ") => {
+                continue
+            }
             Some((prefix, rest)) if prefix.starts_with("cargo run") => rest,
             _ => match command.strip_prefix("stage-loadtest") {
                 Some(rest) => rest,
@@ -72,7 +77,8 @@ fn for_the_test(args: &[String], json: &Path, chart: &Path) -> Vec<String> {
 fn the_readme_finds_every_command_and_joins_continuations() {
     let text = "```sh\n# a comment\nstage-loadtest --target a:1 \\\n    --error-max 0\n```\n\
                 ```lua\nstage-loadtest --not-this\n```\n\
-                ```sh\ncargo run --release -p stage-loadtest -- --target b:2\n```\n";
+                ```sh\ncargo run --release -p stage-loadtest -- --target b:2\n\
+                cargo run --release -- -c server.json   # a server, not a bot run\n```\n";
     assert_eq!(
         readme_commands(text),
         [
@@ -100,21 +106,22 @@ fn every_readme_command_runs_clean_against_the_readme_server() {
     assert!(commands.len() >= 6, "found only {commands:?}");
     let tmp = tempfile::tempdir().unwrap();
     for (n, command) in commands.iter().enumerate() {
+        let has = |pair: [&str; 2]| command.windows(2).any(|w| w == pair);
+        // The lotus command is for the lotus example node (port 7000, its store under
+        // target/lotus-loadtest/); the line-based one for the Hello World example; the
+        // others for the embedded default (`cargo run --release`, `stage` with no arguments).
+        let (server_args, port): (&[&str], u16) = if has(["--scenario", "lotus"]) {
+            (&["-c", "loadtest/examples/lotus.json"], 7000)
+        } else if has(["--framing", "text"]) {
+            (&["-c", "engine/lua/examples/hello/stage.json"], 8081)
+        } else {
+            (&[], 8081)
+        };
         assert!(
-            command
-                .windows(2)
-                .any(|w| w == ["--target", "127.0.0.1:8081"]),
+            has(["--target", &format!("127.0.0.1:{port}")]),
             "README command {command:?} does not target the server the README starts"
         );
-        // The line-based command is for the Hello World example; the others for the
-        // embedded default (`cargo run --release`, which is `stage` with no arguments).
-        let text = command.windows(2).any(|w| w == ["--framing", "text"]);
-        let server_args: &[&str] = if text {
-            &["-c", "engine/lua/examples/hello/stage.json"]
-        } else {
-            &[]
-        };
-        let mut server = common::Server::spawn(server_args, &ws, 8081, tmp.path());
+        let mut server = common::Server::spawn(server_args, &ws, port, tmp.path());
         let json = tmp.path().join(format!("summary-{n}.json"));
         let chart = tmp.path().join(format!("chart-{n}.html"));
         let out = common::run_loadtest(&for_the_test(command, &json, &chart), &ws);

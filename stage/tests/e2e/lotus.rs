@@ -5,7 +5,8 @@
 //! every command, errors by code, handlers across cores, ctx timers and state-to-state calls,
 //! channel ids, history, resume without gap or duplicate under concurrent publishers,
 //! channel deletion, sandbox escapes and the slow-subscriber cap; persistence with the embedded
-//! store: states, schemas, exits and channel history across `kill -9`, `max_state_bytes`.
+//! store: states, schemas, exits and channel history across `kill -9`, `max_state_bytes`; the
+//! same with the Redis store, Redis stopped mid-run, and a "Redis" that never answers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -1213,4 +1214,55 @@ fn redis_stopped_mid_run_fails_what_needs_it_and_loses_nothing_acknowledged() {
         })
         .collect();
     assert_eq!(items, [(1, "m1".to_string()), (2, "m2".to_string())]);
+}
+
+/// A "Redis" that accepts connections and never answers (nor reads): what a hung Redis, or a
+/// wrong port with something else listening, looks like to the store.
+fn silent_redis() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The thread holds the connections open until the test process ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_redis_that_never_answers_fails_what_needs_it_and_the_node_still_stops() {
+    // A password and a database: the connection's setup sends AUTH and SELECT, whose
+    // replies never come (the read that used to block the store thread for good).
+    let port = silent_redis();
+    let url = format!("redis://:pw@127.0.0.1:{port}/1");
+    let mut l = start(&format!(r#", "store": "{url}""#));
+    // The client's own read timeout (10 s, V1::connect) is the bound: a stuck store thread
+    // would leave these requests unanswered and fail the test there.
+    let mut v = V1::login(l.v1);
+    let (code, detail) = V1::err(register(&mut v, "counter", json!({}), json!({})));
+    assert_eq!(code, "overloaded", "{detail}");
+    let detail = detail.to_string();
+    assert!(
+        detail.contains("Redis is unreachable") && detail.contains(&format!("127.0.0.1:{port}/1")),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains(":pw@"),
+        "the password reached a message: {detail}"
+    );
+    // A first load needs the store as well: a state's, a channel's (its history).
+    let (code, detail) = V1::err(v.request("get", json!({"statename": "s", "keys": []})));
+    assert_eq!(code, "overloaded", "{detail}");
+    let (code, detail) = V1::err(v.request("publish", json!({"channel": "chat", "msg": "m"})));
+    assert_eq!(code, "overloaded", "{detail}");
+    // What needs no store goes on.
+    assert_eq!(v.ok("ping", json!({})).as_str(), Some("pong"));
+    // SIGTERM: the store's last try is bounded too, so the node exits, and cleanly.
+    let status = l.server.stop();
+    let log = l.server.log();
+    assert!(status.success(), "{status}\n{log}");
+    // The outage was logged once, not per attempt.
+    assert_eq!(log.matches("Redis is unreachable:").count(), 1, "{log}");
 }

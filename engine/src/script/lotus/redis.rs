@@ -2,7 +2,11 @@
 //! [`Backend`] the `lotus-store` thread uses for `"store": "redis://host:port/db"`. It talks
 //! to Redis through redis-rs's blocking `Connection` — this thread is not a core, so blocking
 //! here costs no client anything — with connect, read and write timeouts so a dead or silent
-//! Redis fails a command instead of stopping the thread.
+//! Redis fails a command instead of stopping the thread. Connection setup is bounded too:
+//! redis-rs would send its handshake (AUTH, SELECT, CLIENT SETINFO) and wait for the replies
+//! before a read timeout can be set, so the client is opened without credentials or database
+//! and without CLIENT SETINFO (a crate feature), and [`Handshake`] sends AUTH and SELECT once
+//! the timeouts are on.
 //!
 //! Keys (every name part escaped by [`part`], so no two names share a key):
 //!
@@ -26,13 +30,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{ConnectionLike, Value as Reply};
+use redis::{ConnectionLike, IntoConnectionInfo, Value as Reply};
 use rmpv::Value;
 
 use super::store::{Backend, Item, Record, Tail};
 use super::value;
 
-/// How long a connection attempt may take.
+/// How long each step of a connection attempt may take: the TCP connect, then each reply
+/// of the handshake (AUTH, SELECT).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one command (or pipeline) may wait for Redis.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -129,8 +134,62 @@ impl Op {
     }
 }
 
+/// What a new connection must send before it is used: the URL's credentials and database.
+/// Sent by [`Redis::conn`] after the connection's read and write timeouts are set (the
+/// crate would send them first, unbounded).
+#[derive(Debug, Default, PartialEq)]
+struct Handshake {
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+impl Handshake {
+    /// Splits the handshake off `url`'s connection info, leaving info that makes redis-rs
+    /// send nothing while it connects (RESP2: RESP3's HELLO would be a handshake as well).
+    fn split(url: &str) -> redis::RedisResult<(redis::ConnectionInfo, Handshake)> {
+        let mut info = url.into_connection_info()?;
+        let hs = Handshake {
+            username: info.redis.username.take(),
+            password: info.redis.password.take(),
+            db: std::mem::take(&mut info.redis.db),
+        };
+        info.redis.protocol = redis::ProtocolVersion::RESP2;
+        Ok((info, hs))
+    }
+
+    /// AUTH and SELECT on `c`, whose timeouts are already set.
+    fn run(&self, c: &mut redis::Connection) -> redis::RedisResult<()> {
+        if let Some(password) = &self.password {
+            let auth = |user: Option<&String>| {
+                let mut cmd = redis::cmd("AUTH");
+                if let Some(u) = user {
+                    cmd.arg(u);
+                }
+                cmd.arg(password);
+                cmd
+            };
+            match auth(self.username.as_ref()).query::<()>(c) {
+                // A Redis before 6 knows AUTH with a password only (redis-rs retries so too).
+                Err(e)
+                    if self.username.is_some()
+                        && e.to_string().contains("wrong number of arguments") =>
+                {
+                    auth(None).query::<()>(c)?
+                }
+                r => r?,
+            }
+        }
+        if self.db != 0 {
+            redis::cmd("SELECT").arg(self.db).query::<()>(c)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct Redis {
     client: Result<redis::Client, String>,
+    handshake: Handshake,
     prefix: String,
     history: usize,
     conn: Option<redis::Connection>,
@@ -157,9 +216,18 @@ enum Fail {
 
 impl Redis {
     pub fn new(url: &str, entry: &str, history: usize) -> Redis {
-        let client = redis::Client::open(url).map_err(|e| format!("cannot use the URL: {e}"));
+        let (client, handshake) = match Handshake::split(url)
+            .and_then(|(info, hs)| redis::Client::open(info).map(|client| (client, hs)))
+        {
+            Ok((client, hs)) => (Ok(client), hs),
+            Err(e) => (
+                Err(format!("cannot use the URL: {e}")),
+                Handshake::default(),
+            ),
+        };
         Redis {
             client,
+            handshake,
             prefix: prefix(entry),
             history: history.max(1),
             conn: None,
@@ -197,9 +265,15 @@ impl Redis {
                 return Err(self.unreachable());
             }
             let client = self.client.as_ref().map_err(Clone::clone)?;
+            // Nothing is read before the timeouts are set (see `Handshake`), so every step
+            // of the setup is bounded by CONNECT_TIMEOUT: a Redis that accepts and never
+            // answers costs the store thread that long per attempt, then the backoff.
             let made = client
                 .get_connection_with_timeout(CONNECT_TIMEOUT)
-                .and_then(|c| {
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+                    c.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+                    self.handshake.run(&mut c)?;
                     c.set_read_timeout(Some(IO_TIMEOUT))?;
                     c.set_write_timeout(Some(IO_TIMEOUT))?;
                     Ok(c)
@@ -640,6 +714,25 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_is_split_off_so_the_crate_sends_nothing_while_connecting() {
+        let (info, hs) = Handshake::split("redis://ops:secret@127.0.0.1:6379/3").unwrap();
+        assert_eq!(
+            hs,
+            Handshake {
+                username: Some("ops".into()),
+                password: Some("secret".into()),
+                db: 3
+            }
+        );
+        assert_eq!(info.redis.db, 0);
+        assert!(info.redis.username.is_none() && info.redis.password.is_none());
+        assert_eq!(info.redis.protocol, redis::ProtocolVersion::RESP2);
+        let (_, hs) = Handshake::split("redis://127.0.0.1/0").unwrap();
+        assert_eq!(hs, Handshake::default());
+        assert!(Redis::new("http://x", "lotus.so", 4).client.is_err());
+    }
+
+    #[test]
     fn an_unreachable_redis_fails_commands_fast_and_keeps_channel_messages() {
         // Port 1 on loopback: refused at once.
         let mut r = Redis::new("redis://127.0.0.1:1/0", "lotus.so+t", 4);
@@ -693,8 +786,13 @@ mod tests {
     }
 
     fn redis_on(port: u16) -> Killed {
+        redis_on_with(port, &[])
+    }
+
+    fn redis_on_with(port: u16, extra: &[&str]) -> Killed {
         let child = std::process::Command::new("/usr/bin/redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -724,6 +822,38 @@ mod tests {
         let _server = redis_on(port);
         r.put_schema("p", "b", &Value::from(2)).unwrap();
         assert!(r.down.is_none());
+    }
+
+    #[test]
+    fn the_urls_password_and_database_are_used_by_our_own_handshake() {
+        let test = "the_urls_password_and_database_are_used_by_our_own_handshake";
+        let Some((server, port)) = redis_server(test) else {
+            return;
+        };
+        drop(server);
+        let _server = redis_on_with(port, &["--requirepass", "pw"]);
+        let mut r = Redis::new(&format!("redis://:pw@127.0.0.1:{port}/2"), "lotus.so+t", 3);
+        r.put_schema("p", "ty", &Value::from("schema")).unwrap();
+        // The schema is in database 2, not 0 (read with redis-rs's own handshake).
+        let exists = |db: u8| -> bool {
+            let client = redis::Client::open(format!("redis://:pw@127.0.0.1:{port}/{db}")).unwrap();
+            let mut c = client.get_connection().unwrap();
+            redis::cmd("EXISTS")
+                .arg("lotus:t:schemas")
+                .query::<bool>(&mut c)
+                .unwrap()
+        };
+        assert!(exists(2));
+        assert!(!exists(0));
+        // A wrong password is an outage like any other, with Redis's reason.
+        let mut wrong = Redis::new(
+            &format!("redis://:nope@127.0.0.1:{port}/2"),
+            "lotus.so+t",
+            3,
+        );
+        let e = wrong.put_schema("p", "ty", &Value::from(1)).unwrap_err();
+        assert!(e.contains("Redis is unreachable"), "{e}");
+        assert!(!e.contains("nope"), "{e}");
     }
 
     #[test]
