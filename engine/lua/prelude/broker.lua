@@ -27,21 +27,57 @@ local function endpoint(st)
   return st.kind == "listener" or st.kind == "udp"
 end
 
-local function new_socket(id, kind)
+-- An idle connection costs what its objects hold (BENCHMARKS.md "Memory per idle
+-- connection"), so a socket starts with only its object and its state, the state's table
+-- already sized for the fields every connection gets; its methods (`commit`, `close`) and
+-- the table of user fields are made on first use.
+local function new_socket(id, kind, peer, receive, on_close, stage)
   local s = setmetatable({}, Socket)
-  local st = { id = id, kind = kind, user = {} }
-  if kind == "udp" then
-    st.commit = function(v, addr) return E.udp_send(id, v, addr) end
-  else
-    st.commit = P.make_commit(id)
-  end
-  st.close = function()
-    if endpoint(st) then return E.listener_close(id) end
-    return E.close(id)
-  end
+  local st = {
+    id = id, kind = kind, peer = peer, receive = receive, on_close = on_close, stage = stage,
+  }
   state[s] = st
   sockets[id] = s
   return s, st
+end
+
+-- `socket.commit` of the socket whose state is `st`, made on first use.
+local function commit_of(st)
+  local f = st.commit
+  if f == nil then
+    local id = st.id
+    if st.kind == "udp" then
+      f = function(v, addr) return E.udp_send(id, v, addr) end
+    else
+      f = P.make_commit(id)
+    end
+    st.commit = f
+  end
+  return f
+end
+
+-- `socket.close` of the socket whose state is `st`, made on first use.
+local function close_of(st)
+  local f = st.close
+  if f == nil then
+    local id = st.id
+    f = function()
+      if endpoint(st) then return E.listener_close(id) end
+      return E.close(id)
+    end
+    st.close = f
+  end
+  return f
+end
+
+-- The table of user fields of `st`, made on first use.
+local function user_of(st)
+  local user = st.user
+  if user == nil then
+    user = {}
+    st.user = user
+  end
+  return user
 end
 
 local READ_ONLY = { id = true, errno = true, [0] = true, [1] = true, [-1] = true }
@@ -49,8 +85,8 @@ local READ_ONLY = { id = true, errno = true, [0] = true, [1] = true, [-1] = true
 Socket.__index = function(s, k)
   local st = state[s]
   if k == "id" or k == 0 then return st.id
-  elseif k == "commit" then return st.commit
-  elseif k == "close" then return st.close
+  elseif k == "commit" then return commit_of(st)
+  elseif k == "close" then return close_of(st)
   elseif k == 1 then return st.peer
   elseif k == -1 then
     if endpoint(st) then return E.listener_get(st.id, "local") end
@@ -72,7 +108,9 @@ Socket.__index = function(s, k)
     if endpoint(st) then return E.listener_get(st.id, k) end
     return E.conn_get(st.id, k)
   end
-  return st.user[k]
+  local user = st.user
+  if user == nil then return nil end
+  return user[k]
 end
 
 local function set_callback(st, k, v)
@@ -108,12 +146,12 @@ Socket.__newindex = function(s, k, v)
     elseif endpoint(st) then E.listener_set(st.id, "crypto", v)
     else E.conn_set(st.id, "crypto", v) end
   elseif READ_ONLY[k] then error("socket field `" .. tostring(k) .. "` is read-only", 2)
-  else st.user[k] = v end
+  else user_of(st)[k] = v end
 end
 
 -- socket(key, fn): read-modify-write of a user field.
 Socket.__call = function(s, k, fn)
-  local user = state[s].user
+  local user = user_of(state[s])
   user[k] = fn(user[k])
   return user[k]
 end
@@ -152,8 +190,7 @@ function P.hooks.accept(lid, id, peer, stage)
   P.stage = stage
   local L = P.listener_callbacks(lid)
   if not L then return false end
-  local s, st = new_socket(id, "conn")
-  st.peer, st.receive, st.on_close, st.stage = peer, L.receive, L.close, stage
+  local s, st = new_socket(id, "conn", peer, L.receive, L.close, stage)
   local ok, r = P.try("accept callback", L.accept, s, peer)
   if not ok or r == false then
     forget(id)
@@ -187,7 +224,7 @@ function P.deliver(id, data)
   local f = st.receive
   if f == nil then return end
   P.stage = st.stage
-  commit_results(st.commit, nil, xpcall(f, P.handler, s, data))
+  commit_results(commit_of(st), nil, xpcall(f, P.handler, s, data))
 end
 
 P.hooks.receive = P.deliver
@@ -201,7 +238,7 @@ function P.hooks.datagram(lid, stage, data, addr)
   local f = L and (L.receive or L.accept)
   if f == nil then return end
   P.stage = stage
-  commit_results(state[s].commit, addr, xpcall(f, P.handler, s, data, addr))
+  commit_results(commit_of(state[s]), addr, xpcall(f, P.handler, s, data, addr))
 end
 
 -- `broker.signal(socket, v)` and `broker.submit(socket, f, ...)` run here, on the owning
@@ -215,7 +252,7 @@ P.posts.inject = function(m, payload)
     local ok, n = P.try("broker.submit function", m.f, s, P.unpack_values(m.v))
     if ok and type(n) == "number" and n > 0 then E.later(n, "inject", payload) end
   elseif st.receive ~= nil then
-    commit_results(st.commit, nil, xpcall(st.receive, P.handler, s, m.data))
+    commit_results(commit_of(st), nil, xpcall(st.receive, P.handler, s, m.data))
   end
 end
 
@@ -266,8 +303,8 @@ function broker.join(url, cb, timeout)
   local f = P.undump(P.dump(cb, "broker.join callback"), "=join")
   local ok, v = E.join(url, timeout or 3000)
   if not ok then return v end
-  local s, st = new_socket(v, "conn")
-  st.connect, st.stage = f, P.stage
+  local s, st = new_socket(v, "conn", nil, nil, nil, P.stage)
+  st.connect = f
   return s
 end
 
@@ -276,7 +313,7 @@ local function close_one(x)
     if sockets[x] and endpoint(state[sockets[x]]) then return E.listener_close(x) end
     return E.close(x)
   elseif type(x) == "table" and state[x] then
-    return state[x].close()
+    return close_of(state[x])()
   end
 end
 
