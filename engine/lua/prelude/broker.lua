@@ -27,9 +27,18 @@ local function endpoint(st)
   return st.kind == "listener" or st.kind == "udp"
 end
 
-local function new_socket(id, kind)
+-- An idle connection costs what its objects hold (BENCHMARKS.md "Memory per idle
+-- connection"): the state's table is built with the fields every connection gets at once
+-- (no rehash on the way), and the table of user fields is made on first use. The methods
+-- are made here, not on first use: making a closure (FNEW) aborts a LuaJIT trace, and a
+-- receive path that made one for each new socket got its traces blacklisted (the packet
+-- path then ran interpreted, 15-30% more CPU per round trip with 64 or 1000 clients).
+local function new_socket(id, kind, peer, receive, on_close, stage)
   local s = setmetatable({}, Socket)
-  local st = { id = id, kind = kind, user = {} }
+  local st = {
+    id = id, kind = kind, peer = peer, receive = receive, on_close = on_close, stage = stage,
+    commit = false, close = false,
+  }
   if kind == "udp" then
     st.commit = function(v, addr) return E.udp_send(id, v, addr) end
   else
@@ -42,6 +51,16 @@ local function new_socket(id, kind)
   state[s] = st
   sockets[id] = s
   return s, st
+end
+
+-- The table of user fields of `st`, made on first use.
+local function user_of(st)
+  local user = st.user
+  if user == nil then
+    user = {}
+    st.user = user
+  end
+  return user
 end
 
 local READ_ONLY = { id = true, errno = true, [0] = true, [1] = true, [-1] = true }
@@ -72,7 +91,9 @@ Socket.__index = function(s, k)
     if endpoint(st) then return E.listener_get(st.id, k) end
     return E.conn_get(st.id, k)
   end
-  return st.user[k]
+  local user = st.user
+  if user == nil then return nil end
+  return user[k]
 end
 
 local function set_callback(st, k, v)
@@ -108,12 +129,12 @@ Socket.__newindex = function(s, k, v)
     elseif endpoint(st) then E.listener_set(st.id, "crypto", v)
     else E.conn_set(st.id, "crypto", v) end
   elseif READ_ONLY[k] then error("socket field `" .. tostring(k) .. "` is read-only", 2)
-  else st.user[k] = v end
+  else user_of(st)[k] = v end
 end
 
 -- socket(key, fn): read-modify-write of a user field.
 Socket.__call = function(s, k, fn)
-  local user = state[s].user
+  local user = user_of(state[s])
   user[k] = fn(user[k])
   return user[k]
 end
@@ -152,8 +173,7 @@ function P.hooks.accept(lid, id, peer, stage)
   P.stage = stage
   local L = P.listener_callbacks(lid)
   if not L then return false end
-  local s, st = new_socket(id, "conn")
-  st.peer, st.receive, st.on_close, st.stage = peer, L.receive, L.close, stage
+  local s, st = new_socket(id, "conn", peer, L.receive, L.close, stage)
   local ok, r = P.try("accept callback", L.accept, s, peer)
   if not ok or r == false then
     forget(id)
@@ -266,8 +286,8 @@ function broker.join(url, cb, timeout)
   local f = P.undump(P.dump(cb, "broker.join callback"), "=join")
   local ok, v = E.join(url, timeout or 3000)
   if not ok then return v end
-  local s, st = new_socket(v, "conn")
-  st.connect, st.stage = f, P.stage
+  local s, st = new_socket(v, "conn", nil, nil, nil, P.stage)
+  st.connect = f
   return s
 end
 

@@ -7,6 +7,12 @@
 //! the task has no more input to process (one write per batch of frames), or earlier when it
 //! passes half of `OUT`. The write swaps `out` with a spare buffer so scripts may keep
 //! committing while the write is in flight, and neither buffer is reallocated in steady state.
+//!
+//! An idle connection costs what its task and objects hold while it waits (BENCHMARKS.md
+//! "Memory per idle connection"), so the waiting state is kept small: a connection that has
+//! sent nothing holds no read buffer (a read that starts on an empty input lands in the
+//! core's [`SCRATCH`]), and the futures of rarer states (a write the peer is behind on, the
+//! last flush) are boxed rather than sized into every connection's task.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -14,11 +20,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
@@ -36,6 +42,18 @@ const READ_CHUNK: usize = 16 * 1024;
 /// (up to `READ_CHUNK`, never past `IN`) while reads keep filling it, and a frame whose
 /// header is known gets room for all of it at once.
 const FIRST_WINDOW: usize = 512;
+
+thread_local! {
+    /// This core's landing buffer for a read that starts on an empty input (no partial frame
+    /// pending): only the bytes read are copied into the connection's own buffer, so a
+    /// connection that has sent nothing holds no read buffer at all. The copy of the bytes
+    /// read replaces the zeroing of the whole read window that a read straight into the
+    /// connection's buffer needs, so it costs the packet path nothing. glommio's
+    /// `poll_read` uses the buffer only during the call (a plain `recv`; a read that would
+    /// block waits for readiness, not into the buffer), so one buffer serves every
+    /// connection of the core.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 pub struct Conn {
     pub id: ConnId,
@@ -309,23 +327,35 @@ enum Event {
 }
 
 /// Runs a connection until it ends, then reports it closed. Owns the stream.
-pub async fn serve<H: ConnEvents>(events: Rc<H>, conn: Rc<Conn>, mut stream: TcpStream) {
-    let mut spare = BytesMut::new();
-    let mut last_rx = Instant::now();
-    let errno = pump(&events, &conn, &mut stream, &mut spare, &mut last_rx).await;
-    // Whatever the scripts committed before the end still goes out, as far as the peer
-    // takes it: after an orderly close, until the idle deadline (if `expire` is set); after
-    // an error, only what the kernel takes at once; nothing when the peer is gone.
-    if errno != libc::EPIPE && errno != libc::ECONNRESET {
-        let patience = match errno {
-            0 => idle_deadline(&conn, last_rx),
-            _ => Some(Instant::now()),
-        };
-        let _ = flush(&conn, &mut stream, &mut spare, patience).await;
+///
+/// A plain function returning the task's future rather than an `async fn`: an `async fn`
+/// keeps its arguments twice in its future (as arguments, then as the locals they move to),
+/// and every connection's task, idle ones included, would carry the stream twice.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+pub fn serve<H: ConnEvents>(
+    events: Rc<H>,
+    conn: Rc<Conn>,
+    mut stream: TcpStream,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut spare = BytesMut::new();
+        let mut last_rx = Instant::now();
+        let errno = pump(&events, &conn, &mut stream, &mut spare, &mut last_rx).await;
+        // Whatever the scripts committed before the end still goes out, as far as the peer
+        // takes it: after an orderly close, until the idle deadline (if `expire` is set); after
+        // an error, only what the kernel takes at once; nothing when the peer is gone.
+        if errno != libc::EPIPE && errno != libc::ECONNRESET {
+            let patience = match errno {
+                0 => idle_deadline(&conn, last_rx),
+                _ => Some(Instant::now()),
+            };
+            // Boxed: once per connection, and its future would otherwise add to every task.
+            let _ = Box::pin(flush(&conn, &mut stream, &mut spare, patience)).await;
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both).await;
+        drop(stream);
+        finish(&events, &conn, errno);
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both).await;
-    drop(stream);
-    finish(&events, &conn, errno);
 }
 
 /// Marks a connection closed and reports it, exactly once.
@@ -348,141 +378,168 @@ pub(super) fn idle_deadline(conn: &Conn, last_rx: Instant) -> Option<Instant> {
 
 /// Reads, dispatches and flushes until the connection ends; returns its errno. `last_rx`
 /// (the last read) is the caller's, so the final flush knows the idle deadline.
-async fn pump<H: ConnEvents>(
-    events: &Rc<H>,
-    conn: &Rc<Conn>,
-    stream: &mut TcpStream,
-    spare: &mut BytesMut,
-    last_rx: &mut Instant,
-) -> i32 {
-    let mut input = BytesMut::new();
-    let mut window = FIRST_WINDOW.min(conn.spec.input);
-    let mut last_flush: Option<Instant> = None;
-    let mut timer: Option<(Instant, Timer)> = None;
-    // When the bytes of the frame now pending in `input` began to arrive (`None` while
-    // `input` holds no partial frame): one Instant per started frame, no timer per byte.
-    let mut frame_started: Option<Instant> = None;
-    loop {
-        if let Some(errno) = conn.close_requested.get() {
-            return errno;
-        }
-        let now = Instant::now();
-        let expire_at = idle_deadline(conn, *last_rx);
-        let flush_at = conn.has_output().then(|| match last_flush {
-            Some(at) if conn.commit_ms.get() > 0 && !conn.flush_forced.get() => {
-                at + Duration::from_millis(conn.commit_ms.get())
-            }
-            _ => now,
-        });
-        if flush_at.is_some_and(|at| at <= now) {
-            conn.flush_forced.set(false);
-            if let Err(errno) = flush(conn, stream, spare, expire_at).await {
+#[allow(clippy::manual_async_fn)] // not an `async fn`: see `serve`
+fn pump<'a, H: ConnEvents>(
+    events: &'a Rc<H>,
+    conn: &'a Rc<Conn>,
+    stream: &'a mut TcpStream,
+    spare: &'a mut BytesMut,
+    last_rx: &'a mut Instant,
+) -> impl Future<Output = i32> + 'a {
+    async move {
+        let mut input = BytesMut::new();
+        let mut window = FIRST_WINDOW.min(conn.spec.input);
+        let mut last_flush: Option<Instant> = None;
+        let mut timer: Option<(Instant, Timer)> = None;
+        // When the bytes of the frame now pending in `input` began to arrive (`None` while
+        // `input` holds no partial frame): one Instant per started frame, no timer per byte.
+        let mut frame_started: Option<Instant> = None;
+        loop {
+            if let Some(errno) = conn.close_requested.get() {
                 return errno;
             }
-            last_flush = Some(Instant::now());
-            continue;
-        }
-        if expire_at.is_some_and(|at| at <= now) {
-            tracing::debug!(
-                socket = conn.id.raw(),
-                "idle for longer than expire; closing"
-            );
-            return libc::ETIMEDOUT;
-        }
-        let frame_due = frame_started
-            .zip(conn.frame_deadline.get())
-            .map(|(at, limit)| at + limit);
-        if frame_due.is_some_and(|at| at <= now) {
-            tracing::debug!(
-                socket = conn.id.raw(),
-                "a started frame was not complete within the deadline; closing"
-            );
-            if let Some(ticket) = conn.ticket.borrow().as_ref() {
-                ticket.gate().frame_timed_out();
+            let now = Instant::now();
+            let expire_at = idle_deadline(conn, *last_rx);
+            let flush_at = conn.has_output().then(|| match last_flush {
+                Some(at) if conn.commit_ms.get() > 0 && !conn.flush_forced.get() => {
+                    at + Duration::from_millis(conn.commit_ms.get())
+                }
+                _ => now,
+            });
+            if flush_at.is_some_and(|at| at <= now) {
+                conn.flush_forced.set(false);
+                if let Err(errno) = write_out(conn, stream, spare, expire_at).await {
+                    return errno;
+                }
+                last_flush = Some(Instant::now());
+                continue;
             }
-            return libc::ETIMEDOUT;
-        }
-        // One timer covers the idle deadline, the frame deadline and a delayed flush; it
-        // may fire early (the idle deadline moves with every read) and is then re-armed.
-        let wanted = [flush_at, expire_at, frame_due].into_iter().flatten().min();
-        match (wanted, &mut timer) {
-            (None, _) => timer = None,
-            (Some(at), Some((armed, _))) if *armed <= at => {}
-            (Some(at), _) => timer = Some((at, Timer::new(at.saturating_duration_since(now)))),
-        }
+            if expire_at.is_some_and(|at| at <= now) {
+                tracing::debug!(
+                    socket = conn.id.raw(),
+                    "idle for longer than expire; closing"
+                );
+                return libc::ETIMEDOUT;
+            }
+            let frame_due = frame_started
+                .zip(conn.frame_deadline.get())
+                .map(|(at, limit)| at + limit);
+            if frame_due.is_some_and(|at| at <= now) {
+                tracing::debug!(
+                    socket = conn.id.raw(),
+                    "a started frame was not complete within the deadline; closing"
+                );
+                if let Some(ticket) = conn.ticket.borrow().as_ref() {
+                    ticket.gate().frame_timed_out();
+                }
+                return libc::ETIMEDOUT;
+            }
+            // One timer covers the idle deadline, the frame deadline and a delayed flush; it
+            // may fire early (the idle deadline moves with every read) and is then re-armed.
+            let wanted = [flush_at, expire_at, frame_due].into_iter().flatten().min();
+            match (wanted, &mut timer) {
+                (None, _) => timer = None,
+                (Some(at), Some((armed, _))) if *armed <= at => {}
+                (Some(at), _) => timer = Some((at, Timer::new(at.saturating_duration_since(now)))),
+            }
 
-        let filled = input.len();
-        let frame_rest = conn
-            .spec
-            .pending_frame_len(&input)
-            .map_or(0, |len| len - filled);
-        let want = window
-            .max(frame_rest)
-            .min(conn.spec.input.saturating_sub(filled))
-            .clamp(1, READ_CHUNK);
-        input.resize(filled + want, 0);
-        conn.signalled.set(false);
-        let event = std::future::poll_fn(|cx| {
-            if conn.signalled.get() {
-                return Poll::Ready(Event::Signalled);
+            let filled = input.len();
+            let frame_rest = conn
+                .spec
+                .pending_frame_len(&input)
+                .map_or(0, |len| len - filled);
+            let want = window
+                .max(frame_rest)
+                .min(conn.spec.input.saturating_sub(filled))
+                .clamp(1, READ_CHUNK);
+            // A read that starts on an empty input goes through SCRATCH (no buffer while idle);
+            // one that continues a partial frame reads in place after it.
+            if filled > 0 {
+                input.resize(filled + want, 0);
             }
-            if let Poll::Ready(res) = Pin::new(&mut *stream).poll_read(cx, &mut input[filled..]) {
-                return Poll::Ready(Event::Read(res));
-            }
-            if let Some((_, t)) = timer.as_mut() {
-                if Pin::new(t).poll(cx).is_ready() {
-                    return Poll::Ready(Event::Timer);
+            conn.signalled.set(false);
+            let event = std::future::poll_fn(|cx| {
+                if conn.signalled.get() {
+                    return Poll::Ready(Event::Signalled);
                 }
-            }
-            *conn.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Event::Read(Ok(0)) => return 0,
-            Event::Read(Ok(n)) => {
-                input.truncate(filled + n);
-                conn.count(|s| IoStats::add(&s.bytes_in, n as u64));
-                if n == want {
-                    window = (window * 2).min(READ_CHUNK);
-                }
-                let now = Instant::now();
-                *last_rx = now;
-                let expire_at = idle_deadline(conn, now);
-                let cut = match dispatch_frames(events, conn, &mut input, stream, spare, expire_at)
-                    .await
-                {
-                    Ok(cut) => cut,
-                    Err(errno) => return errno,
+                let read = if filled == 0 {
+                    SCRATCH.with_borrow_mut(|scratch| {
+                        let read = Pin::new(&mut *stream).poll_read(cx, &mut scratch[..want]);
+                        if let Poll::Ready(Ok(n)) = read {
+                            input.extend_from_slice(&scratch[..n]);
+                        }
+                        read
+                    })
+                } else {
+                    Pin::new(&mut *stream).poll_read(cx, &mut input[filled..])
                 };
-                // What is left is a partial frame: it started with this read unless it is
-                // the same one that was pending before (nothing was cut, something was there).
-                if input.is_empty() {
-                    frame_started = None;
-                } else if cut > 0 || filled == 0 {
-                    frame_started = Some(now);
+                if let Poll::Ready(res) = read {
+                    return Poll::Ready(Event::Read(res));
                 }
-            }
-            Event::Read(Err(err)) => return errno_of(&err),
-            Event::Signalled => input.truncate(filled),
-            Event::Timer => {
-                input.truncate(filled);
-                timer = None;
+                if let Some((_, t)) = timer.as_mut() {
+                    if Pin::new(t).poll(cx).is_ready() {
+                        return Poll::Ready(Event::Timer);
+                    }
+                }
+                *conn.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Read(Ok(0)) => return 0,
+                Event::Read(Ok(n)) => {
+                    input.truncate(filled + n);
+                    conn.count(|s| IoStats::add(&s.bytes_in, n as u64));
+                    if n == want {
+                        window = (window * 2).min(READ_CHUNK);
+                    }
+                    let now = Instant::now();
+                    *last_rx = now;
+                    let expire_at = idle_deadline(conn, now);
+                    let mut cut = 0;
+                    loop {
+                        match dispatch_frames(events, conn, &mut input) {
+                            Ok((n, full)) => {
+                                cut += n;
+                                if !full {
+                                    break;
+                                }
+                            }
+                            Err(errno) => return errno,
+                        }
+                        // Keep a burst of replies from outgrowing OUT while later frames wait.
+                        if let Err(errno) = write_out(conn, stream, spare, expire_at).await {
+                            return errno;
+                        }
+                    }
+                    // What is left is a partial frame: it started with this read unless it is
+                    // the same one that was pending before (nothing was cut, something was there).
+                    if input.is_empty() {
+                        frame_started = None;
+                    } else if cut > 0 || filled == 0 {
+                        frame_started = Some(now);
+                    }
+                }
+                Event::Read(Err(err)) => return errno_of(&err),
+                Event::Signalled => input.truncate(filled),
+                Event::Timer => {
+                    input.truncate(filled);
+                    timer = None;
+                }
             }
         }
     }
 }
 
-/// Cuts every complete frame out of `input` and hands each to the owner, in order; returns
-/// how many it cut.
-async fn dispatch_frames<H: ConnEvents>(
+/// Cuts the complete frames out of `input` and hands each to the owner, in order; returns
+/// how many it cut, and whether it stopped early because the output passed half of `OUT`
+/// (the caller writes it out, then calls again for the rest). Not async: a state of its own
+/// in the connection's task would enlarge every connection, idle ones included.
+fn dispatch_frames<H: ConnEvents>(
     events: &Rc<H>,
     conn: &Rc<Conn>,
     input: &mut BytesMut,
-    stream: &mut TcpStream,
-    spare: &mut BytesMut,
-    expire_at: Option<Instant>,
-) -> Result<usize, i32> {
+) -> Result<(usize, bool), i32> {
     let mut cut = 0;
     while !conn.is_closing() {
         let mut frame = match conn.spec.next_frame(input) {
@@ -504,12 +561,11 @@ async fn dispatch_frames<H: ConnEvents>(
             tracing::debug!(socket = conn.id.raw(), "closing connection: {err}");
             return Err(libc::EBADMSG);
         }
-        // Keep a burst of replies from outgrowing OUT while later frames are processed.
         if conn.out.borrow().len() > conn.spec.output / 2 {
-            flush(conn, stream, spare, expire_at).await?;
+            return Ok((cut, true));
         }
     }
-    Ok(cut)
+    Ok((cut, false))
 }
 
 /// The BSON document inside an encrypted frame, or EBADMSG (as for bad BSON) when the
@@ -533,6 +589,48 @@ pub(super) fn open_frame(conn: &Conn, frame: &[u8]) -> Result<bytes::Bytes, i32>
             );
             libc::EBADMSG
         })
+}
+
+/// Writes the pending output, or returns the errno that ends the connection, as [`flush`]
+/// does. Nearly always the kernel takes it all at once ([`write_at_once`]): only the rest
+/// goes through `flush`, boxed, because the state of a waiting write would otherwise be part
+/// of every connection's task, idle ones included.
+async fn write_out(
+    conn: &Conn,
+    stream: &mut TcpStream,
+    spare: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> Result<(), i32> {
+    if write_at_once(conn, stream)? {
+        return Ok(());
+    }
+    Box::pin(flush(conn, stream, spare, deadline)).await
+}
+
+/// Hands the kernel as much of the pending output as it takes now, without waiting (glommio
+/// tries a plain `send` first); `true` when nothing is left. What was written is taken off
+/// the front of the output buffer.
+fn write_at_once(conn: &Conn, stream: &mut TcpStream) -> Result<bool, i32> {
+    let mut out = conn.out.borrow_mut();
+    if out.is_empty() {
+        return Ok(true);
+    }
+    // Not waiting: if the socket is full, the waker glommio keeps is replaced by the task's
+    // own when `flush` polls the same write again.
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut *stream).poll_write(&mut cx, &out) {
+        Poll::Ready(Ok(n)) => {
+            conn.count(|s| IoStats::add(&s.bytes_out, n as u64));
+            if n == out.len() {
+                out.clear();
+                return Ok(true);
+            }
+            bytes::Buf::advance(&mut *out, n);
+            Ok(false)
+        }
+        Poll::Ready(Err(err)) => Err(errno_of(&err)),
+        Poll::Pending => Ok(false),
+    }
 }
 
 /// Writes the pending output, or returns the errno that ends the connection. A write waits
@@ -566,41 +664,60 @@ pub(super) async fn write_patiently(
     data: &[u8],
     deadline: Option<Instant>,
 ) -> Result<(), i32> {
-    let result = {
-        let mut write = std::pin::pin!(stream.write_all(data));
-        // Armed only once the peer is behind: a write the kernel takes at once costs no timer.
-        let mut timer: Option<Timer> = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(res) = write.as_mut().poll(cx) {
-                return Poll::Ready(res.map_err(|e| errno_of(&e)));
-            }
-            let mut give_up = conn.gave_up();
-            if let (None, Some(at)) = (give_up, deadline) {
-                let now = Instant::now();
-                if at <= now
-                    || Pin::new(timer.get_or_insert_with(|| Timer::new(at - now)))
-                        .poll(cx)
-                        .is_ready()
-                {
-                    give_up = Some(libc::ETIMEDOUT);
-                }
-            }
-            if let Some(errno) = give_up {
-                tracing::debug!(
-                    socket = conn.id.raw(),
-                    "write abandoned: the peer is not reading"
-                );
-                return Poll::Ready(Err(errno));
-            }
-            *conn.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+    // Unless the peer is behind, the kernel takes the whole batch at once: one poll of the
+    // write (glommio tries a plain `send` first). Only the rest waits, in a boxed future:
+    // its state would otherwise be part of every connection's task, idle ones included.
+    let sent =
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_write(cx, data))).await;
+    let sent = match sent {
+        Poll::Ready(Ok(n)) => n,
+        Poll::Ready(Err(err)) => return Err(errno_of(&err)),
+        Poll::Pending => 0,
     };
-    if result.is_ok() {
-        conn.count(|s| IoStats::add(&s.bytes_out, data.len() as u64));
+    if sent < data.len() {
+        Box::pin(write_waiting(conn, stream, &data[sent..], deadline)).await?;
     }
-    result
+    conn.count(|s| IoStats::add(&s.bytes_out, data.len() as u64));
+    Ok(())
+}
+
+/// The part of [`write_patiently`] the kernel did not take at once: written as the peer
+/// reads, given up on as [`flush`] describes.
+async fn write_waiting(
+    conn: &Conn,
+    stream: &mut TcpStream,
+    data: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), i32> {
+    let mut write = std::pin::pin!(stream.write_all(data));
+    // Armed only once the peer is behind: a write the kernel takes at once costs no timer.
+    let mut timer: Option<Timer> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(res) = write.as_mut().poll(cx) {
+            return Poll::Ready(res.map_err(|e| errno_of(&e)));
+        }
+        let mut give_up = conn.gave_up();
+        if let (None, Some(at)) = (give_up, deadline) {
+            let now = Instant::now();
+            if at <= now
+                || Pin::new(timer.get_or_insert_with(|| Timer::new(at - now)))
+                    .poll(cx)
+                    .is_ready()
+            {
+                give_up = Some(libc::ETIMEDOUT);
+            }
+        }
+        if let Some(errno) = give_up {
+            tracing::debug!(
+                socket = conn.id.raw(),
+                "write abandoned: the peer is not reading"
+            );
+            return Poll::Ready(Err(errno));
+        }
+        *conn.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
 }
 
 pub fn errno_of(err: &std::io::Error) -> i32 {
