@@ -1,7 +1,9 @@
 //! Micro benchmarks of the pieces of one round trip: cutting frames, BSON decode/encode of a
 //! typical login packet into/out of Lua, one call from Lua into the engine through the Lua C
 //! API versus through an FFI function pointer, and one hop between two threads through a
-//! core inbox. Run with `cargo bench -p stage-benches --bench micro`.
+//! core inbox, and picking a member for a stage id as the member table grows (the group
+//! index against the full scan it replaced). Run with
+//! `cargo bench -p stage-benches --bench micro`.
 
 use std::ffi::c_void;
 use std::hint::black_box;
@@ -125,9 +127,71 @@ fn cross_core(c: &mut Criterion) {
     });
 }
 
+/// The member pick as it was before the group index: every member's id list scanned, the
+/// candidates collected and sorted, per pick. Kept here as the baseline of `member_pick`.
+struct ScanMembers {
+    members: std::collections::HashMap<String, (Vec<String>, Instant)>,
+    cursor: usize,
+}
+
+impl ScanMembers {
+    fn pick(&mut self, group: &str, expiry: Duration, now: Instant) -> Option<String> {
+        let mut c: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, (ids, seen))| {
+                now.duration_since(*seen) < expiry && ids.iter().any(|id| id == group)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        c.sort_unstable();
+        match c.len() {
+            0 => None,
+            1 => c.pop(),
+            len => {
+                self.cursor += 1;
+                Some(c.swap_remove(self.cursor % len))
+            }
+        }
+    }
+}
+
+/// One pick among M members (M = 10, 100, 1000), each hosting its own id, ten shared ids
+/// and `game`: for `game` (every member eligible) and for one member's own id (one eligible).
+fn member_pick(c: &mut Criterion) {
+    use stage_engine::node::members::Members;
+    let expiry = Duration::from_secs(3600);
+    let mut group = c.benchmark_group("member pick");
+    for m in [10usize, 100, 1000] {
+        let now = Instant::now();
+        let indexed: Members<String> = Members::new(expiry);
+        let mut scan = ScanMembers {
+            members: Default::default(),
+            cursor: 0,
+        };
+        for i in 0..m {
+            let mut ids: Vec<String> = (0..10).map(|j| format!("shared{j}")).collect();
+            ids.push(format!("own{i}"));
+            ids.push("game".into());
+            indexed.heard(format!("node{i}.1"), ids.clone(), now);
+            scan.members.insert(format!("node{i}.1"), (ids, now));
+        }
+        let all = |_: &String| true;
+        for target in ["game", "own7"] {
+            group.bench_function(format!("{m} members, {target}: group index"), |b| {
+                b.iter(|| black_box(indexed.pick(target, None, now, &all)))
+            });
+            group.bench_function(format!("{m} members, {target}: full scan"), |b| {
+                b.iter(|| black_box(scan.pick(target, expiry, now)))
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = micro;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = framing, bson_codec, dispatch, cross_core
+    targets = framing, bson_codec, dispatch, cross_core, member_pick
 }
 criterion_main!(micro);

@@ -3,6 +3,12 @@
 //! (`cluster`, keyed by member name). A member is eligible for a stage id while its last
 //! heartbeat is younger than `#router`'s expiry (spec stage.md 10.3); `pick` rotates among
 //! the eligible ones of a group. Logging is the caller's: each names its members its own way.
+//!
+//! A pick runs for every message that may leave the process, so it reads only the members of
+//! its group: an index group -> members (kept in key order, updated when a heartbeat's ids
+//! change, which is rare: a heartbeat usually repeats the last one) replaces a scan of every
+//! member's id list, and the round-robin choice walks that list twice (count, then take the
+//! n-th) instead of collecting and sorting the candidates.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,6 +22,9 @@ pub struct Members<K> {
 
 struct Inner<K> {
     members: HashMap<K, Member>,
+    /// The members whose last heartbeat listed each stage id, in key order (down members
+    /// included: eligibility is decided by `seen` at the time of a pick, as for `members`).
+    by_group: HashMap<String, Vec<K>>,
     /// Round-robin position per stage id.
     cursors: HashMap<String, usize>,
 }
@@ -33,6 +42,7 @@ impl<K: Clone + Ord + Hash> Members<K> {
             expiry,
             inner: Mutex::new(Inner {
                 members: HashMap::new(),
+                by_group: HashMap::new(),
                 cursors: HashMap::new(),
             }),
         }
@@ -42,7 +52,10 @@ impl<K: Clone + Ord + Hash> Members<K> {
     /// before (new, or back after a silence), for the caller to log.
     pub fn heard(&self, key: K, ids: Vec<String>, now: Instant) -> bool {
         let mut inner = self.inner.lock().unwrap();
-        let member = inner.members.entry(key).or_insert_with(|| Member {
+        let Inner {
+            members, by_group, ..
+        } = &mut *inner;
+        let member = members.entry(key.clone()).or_insert_with(|| Member {
             ids: Vec::new(),
             seen: now,
             up: false,
@@ -50,7 +63,25 @@ impl<K: Clone + Ord + Hash> Members<K> {
         let came_up = !member.up;
         member.up = true;
         member.seen = now;
-        member.ids = ids;
+        if member.ids != ids {
+            for old in member.ids.iter().filter(|id| !ids.contains(id)) {
+                if let Some(list) = by_group.get_mut(old) {
+                    if let Ok(at) = list.binary_search(&key) {
+                        list.remove(at);
+                    }
+                    if list.is_empty() {
+                        by_group.remove(old);
+                    }
+                }
+            }
+            for new in ids.iter().filter(|id| !member.ids.contains(id)) {
+                let list = by_group.entry(new.clone()).or_default();
+                if let Err(at) = list.binary_search(&key) {
+                    list.insert(at, key.clone());
+                }
+            }
+            member.ids = ids;
+        }
         came_up
     }
 
@@ -70,35 +101,32 @@ impl<K: Clone + Ord + Hash> Members<K> {
         out
     }
 
-    fn eligible(
-        &self,
-        inner: &Inner<K>,
-        group: &str,
-        now: Instant,
-        keep: &dyn Fn(&K) -> bool,
-    ) -> Vec<K> {
-        let mut out: Vec<K> = inner
-            .members
-            .iter()
-            .filter(|(k, m)| {
-                now.duration_since(m.seen) < self.expiry
-                    && m.ids.iter().any(|id| id == group)
-                    && keep(k)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
-    /// The members eligible for `group` that `keep` accepts, in key order.
+    /// The members listed for `group` whose heartbeat is fresh and that `keep` accepts, in
+    /// key order.
     pub fn hosting(&self, group: &str, now: Instant, keep: &dyn Fn(&K) -> bool) -> Vec<K> {
         let inner = self.inner.lock().unwrap();
-        self.eligible(&inner, group, now, keep)
+        let listed = inner.by_group.get(group).map_or(&[][..], |list| &list[..]);
+        listed
+            .iter()
+            .filter(|k| {
+                inner
+                    .members
+                    .get(*k)
+                    .is_some_and(|m| now.duration_since(m.seen) < self.expiry)
+                    && keep(k)
+            })
+            .cloned()
+            .collect()
     }
 
     /// The next member (round-robin) among those eligible for `group` that `keep` accepts,
     /// with `also` (the caller itself, when it hosts the group) as one more candidate.
+    ///
+    /// The candidates are the group's list in key order with `also` in its place; the
+    /// group's cursor is a position in that list. A pick takes the first eligible candidate
+    /// from the cursor on and moves the cursor past it, so while the members stay the same,
+    /// E picks in a row take each of the E eligible candidates once, and a pick costs one
+    /// liveness check when every listed member is live (whatever the number of members).
     pub fn pick(
         &self,
         group: &str,
@@ -107,21 +135,48 @@ impl<K: Clone + Ord + Hash> Members<K> {
         keep: &dyn Fn(&K) -> bool,
     ) -> Option<K> {
         let mut inner = self.inner.lock().unwrap();
-        let mut candidates = self.eligible(&inner, group, now, keep);
-        if let Some(me) = also {
-            candidates.push(me);
-            candidates.sort_unstable();
+        let Inner {
+            members,
+            by_group,
+            cursors,
+        } = &mut *inner;
+        let listed = by_group.get(group).map_or(&[][..], |list| &list[..]);
+        let slots = listed.len() + usize::from(also.is_some());
+        if slots == 0 {
+            return None;
         }
-        match candidates.len() {
-            0 => None,
-            1 => candidates.pop(),
-            len => {
-                let cursor = inner.cursors.entry(group.to_string()).or_insert(0);
-                let k = candidates.swap_remove(*cursor % len);
-                *cursor = cursor.wrapping_add(1);
-                Some(k)
+        let also_at = also.as_ref().map(|me| listed.partition_point(|k| k < me));
+        let start = cursors.get(group).copied().unwrap_or(0);
+        for step in 0..slots {
+            let slot = (start + step) % slots;
+            let chosen = match also_at {
+                Some(at) if at == slot => also.clone(),
+                _ => {
+                    let index = match also_at {
+                        Some(at) if slot > at => slot - 1,
+                        _ => slot,
+                    };
+                    let key = &listed[index];
+                    let fresh = members
+                        .get(key)
+                        .is_some_and(|m| now.duration_since(m.seen) < self.expiry);
+                    (fresh && keep(key)).then(|| key.clone())
+                }
+            };
+            // With one slot there is no choice to rotate (the cursor stays where it is).
+            if chosen.is_some() && slots > 1 {
+                match cursors.get_mut(group) {
+                    Some(cursor) => *cursor = slot + 1,
+                    None => {
+                        cursors.insert(group.to_string(), slot + 1);
+                    }
+                }
+            }
+            if chosen.is_some() {
+                return chosen;
             }
         }
+        None
     }
 }
 
@@ -163,5 +218,63 @@ mod tests {
             .map(|_| m.pick("game", None, later, &all).unwrap())
             .collect();
         assert_eq!(picks, vec!["a.1", "b.1", "a.1", "b.1"]);
+    }
+
+    proptest::proptest! {
+        /// Random heartbeats (members joining, changing and dropping ids, going silent) and
+        /// picks with and without the caller as a candidate, checked against a full scan of
+        /// the heartbeats: `hosting` lists exactly the eligible members; a pick is `None`
+        /// exactly when nobody is eligible, is always an eligible candidate, and E picks in a
+        /// row (E eligible candidates, nothing heard meanwhile) take each one once.
+        #[test]
+        fn the_group_index_agrees_with_a_full_scan(
+            steps in proptest::collection::vec(
+                (0u8..8, proptest::collection::vec(0usize..4, 0..4), 0u64..400, 0u8..3,
+                 proptest::option::of(0u8..8)),
+                1..150,
+            )
+        ) {
+            const GROUPS: [&str; 4] = ["game", "lobby", "chat", "zone"];
+            let expiry = Duration::from_millis(500);
+            let indexed: Members<u8> = Members::new(expiry);
+            let mut heard: std::collections::BTreeMap<u8, (Vec<String>, Instant)> =
+                Default::default();
+            let mut now = Instant::now();
+            let odd = |k: &u8| k % 2 == 1;
+            let any = |_: &u8| true;
+            for (key, groups, advance_ms, action, also) in steps {
+                now += Duration::from_millis(advance_ms);
+                let ids: Vec<String> = groups.iter().map(|g| GROUPS[*g].to_string()).collect();
+                if action == 0 {
+                    indexed.heard(key, ids.clone(), now);
+                    heard.insert(key, (ids, now));
+                }
+                let keep: &dyn Fn(&u8) -> bool = if action == 2 { &odd } else { &any };
+                for group in GROUPS {
+                    let hosts: Vec<u8> = heard
+                        .iter()
+                        .filter(|(k, (ids, seen))| {
+                            now.duration_since(*seen) < expiry
+                                && ids.iter().any(|i| i == group)
+                                && keep(k)
+                        })
+                        .map(|(k, _)| *k)
+                        .collect();
+                    proptest::prop_assert_eq!(indexed.hosting(group, now, keep), hosts.clone());
+                    let mut eligible = hosts;
+                    eligible.extend(also);
+                    eligible.sort_unstable();
+                    let mut picks: Vec<u8> = (0..eligible.len())
+                        .map(|_| indexed.pick(group, also, now, keep))
+                        .collect::<Option<_>>()
+                        .expect("a pick while someone is eligible");
+                    picks.sort_unstable();
+                    proptest::prop_assert_eq!(picks, eligible.clone());
+                    if eligible.is_empty() {
+                        proptest::prop_assert_eq!(indexed.pick(group, also, now, keep), None);
+                    }
+                }
+            }
+        }
     }
 }
