@@ -8,9 +8,9 @@
 //! posts (`IndexService::opened`).
 //!
 //! Why a thread of its own and not the stage's `index-sync` thread: opening a big index
-//! takes a while (about a second per million entries on this machine), and on the sync thread
-//! it would hold up the group commits — and with them every held reply — of the stage's other
-//! indexes for that long. Opens are rare (once per index and process, again only after a
+//! takes a while (5 s for a million ids on this project's loaded 2-CPU machine, BENCHMARKS.md),
+//! and on the sync thread it would hold up the group commits — and with them every held
+//! reply — of the stage's other indexes for that long. Opens are rare (once per index and process, again only after a
 //! failed open), so one thread per stage is plenty; opens of one stage run one after another.
 //!
 //! Why the replay runs here too rather than on the core: reading the files off the core and
