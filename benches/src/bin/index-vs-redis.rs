@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use stage_engine::service::index::{
-    Answer, Command, Completion, IndexConfig, IndexService, Outcome, Reply, Request, Score,
-    SetItem, SetResult, SyncPolicy, SyncThread, TierSel,
+    Answer, Command, Completion, IndexConfig, IndexService, OpenThread, Outcome, Reply, Request,
+    Score, SetItem, SetResult, SyncPolicy, SyncThread, TierSel,
 };
 
 struct Workload {
@@ -66,12 +66,20 @@ fn run_index(w: &Workload, batch: usize, sync: SyncPolicy) -> anyhow::Result<Fig
     let dir = tempfile::tempdir()?;
     let mut cfg = IndexConfig::new(format!("{}/", dir.path().display()));
     cfg.sync = sync;
+    // Sync completions (`Some`) and finished opens (`None`) come here, as to a core's inbox.
     let (tx, done) = mpsc::channel();
+    let to = tx.clone();
     let notify = Box::new(move |_core: usize, c: Completion| {
-        let _ = tx.send(c);
+        let _ = to.send(Some(c));
     });
     let thread = SyncThread::start("bench", sync, notify)?;
-    let mut service = IndexService::new(cfg, 0, thread);
+    let opener = OpenThread::start(
+        "bench",
+        Box::new(move |_core: usize| {
+            let _ = tx.send(None);
+        }),
+    )?;
+    let mut service = IndexService::new(cfg, 0, thread, opener);
     let mut times = Vec::new();
     let started = Instant::now();
     let mut ranked = 0usize;
@@ -99,10 +107,14 @@ fn run_index(w: &Workload, batch: usize, sync: SyncPolicy) -> anyhow::Result<Fig
         let tag = times.len() as u64;
         let answer = match service.execute_batch(reqs, Some("ok".into()), tag) {
             Outcome::Now(r) => r.answer,
-            // The replies wait for the sync thread, as they do on a core.
+            // The replies wait for the sync thread (the first also for the open), as they
+            // do on a core.
             Outcome::Held => loop {
-                let c = done.recv()?;
-                if let Some(r) = service.complete(c).into_iter().find(|r| r.tag == tag) {
+                let released = match done.recv()? {
+                    Some(c) => service.complete(c),
+                    None => service.opened(),
+                };
+                if let Some(r) = released.into_iter().find(|r| r.tag == tag) {
                     break r.answer;
                 }
             },

@@ -313,14 +313,25 @@ local function index_answer(m, id, ok, ret, value)
   end
 end
 
--- An index.so sync thread has this core's log writes on disk up to `u` (`f`: indexes that
--- failed): the answers that waited go out, in the order they were produced.
-P.posts.index_done = function(m)
-  for _, a in ipairs(E.index_done(m.t, m.u, m.f)) do
+-- Held index.so answers released by the engine go out, in the order they were produced.
+local function index_release(released)
+  for _, a in ipairs(released) do
     local req = index_held[a.h]
     index_held[a.h] = nil
     if req ~= nil then index_answer(req, req.i, true, a.i, a.v) end
   end
+end
+
+-- An index.so sync thread has this core's log writes on disk up to `u` (`f`: indexes that
+-- failed): the answers that waited go out, in the order they were produced.
+P.posts.index_done = function(m)
+  index_release(E.index_done(m.t, m.u, m.f))
+end
+
+-- An index.so open thread finished opening an index of this core's shard: the requests that
+-- waited for it run, in arrival order (their answers go out now or after their sync).
+P.posts.index_open = function(m)
+  index_release(E.index_opened(m.t))
 end
 
 -- A routed message reached the core that handles it (for a Lua stage, its main core).
@@ -371,7 +382,8 @@ P.posts.msg = function(m, payload)
     end
     local ok, ret, value = pcall(E.index_call, stage, id, m.v)
     if ok and ret == false then
-      -- Held until the index's sync thread has the log on disk (`index_done`).
+      -- Held until the index is open (`index_open`) and its sync thread has the log on
+      -- disk (`index_done`).
       index_held[value] = m
       return
     end

@@ -1,8 +1,11 @@
-//! The index.so sync threads of this process (`service::index::sync`), one per index.so
-//! stage, started with the node, and the way their completions reach a core: a
-//! `PostKind::IndexDone` post `{t = stage, u = upto, f = {index = why, ...}}` in the core's
-//! inbox, handled in arrival order like every other post (the prelude hands it to
-//! `E.index_done`, which releases the replies that waited for the sync).
+//! The index.so threads of this process, two per index.so stage, started with the node:
+//! the sync thread (`service::index::sync`) and the open thread (`service::index::open`),
+//! and the way they reach a core. A sync completion is a `PostKind::IndexDone` post
+//! `{t = stage, u = upto, f = {index = why, ...}}` in the core's inbox, handled in arrival
+//! order like every other post (the prelude hands it to `E.index_done`, which releases the
+//! replies that waited for the sync). A finished open is in the shard's own channel; the
+//! thread rings with a `PostKind::IndexOpen` post `{t = stage}` (the prelude calls
+//! `E.index_opened`, which takes the index in and runs the requests that waited for it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -11,30 +14,65 @@ use super::post::PostKind;
 use super::{CoreMsg, Node};
 use crate::codec::document::{DocumentError, Writer};
 use crate::plan::{Plan, ServiceKind};
-use crate::service::index::{Completion, SyncThread};
+use crate::service::index::{Completion, OpenThread, SyncThread};
 
-/// One sync thread per index.so stage (directory index = Lua stages first, then services).
+/// The two threads of one index.so stage, shared by the cores of the process.
+#[derive(Clone)]
+pub struct IndexThreads {
+    pub sync: SyncThread,
+    pub open: OpenThread,
+}
+
+/// The threads of every index.so stage (directory index = Lua stages first, then services).
 /// `node` is the node being built: a completion is delivered only while it lives.
-pub fn start(plan: &Plan, node: Weak<Node>) -> HashMap<usize, SyncThread> {
+pub fn start(plan: &Plan, node: Weak<Node>) -> HashMap<usize, IndexThreads> {
     let mut threads = HashMap::new();
     for (j, service) in plan.services.iter().enumerate() {
         let ServiceKind::Index(cfg) = &service.kind else {
             continue;
         };
         let stage = plan.stages.len() + j;
-        let node = node.clone();
-        let notify = Box::new(move |core: usize, c: Completion| deliver(&node, stage, core, c));
-        match SyncThread::start(&service.entry, cfg.sync, notify) {
+        let to = node.clone();
+        let notify = Box::new(move |core: usize, c: Completion| deliver(&to, stage, core, c));
+        let to = node.clone();
+        let ring = Box::new(move |core: usize| ring(&to, stage, core));
+        let started = SyncThread::start(&service.entry, cfg.sync, notify).and_then(|sync| {
+            let open = OpenThread::start(&service.entry, ring)?;
+            Ok(IndexThreads { sync, open })
+        });
+        match started {
             Ok(t) => {
                 threads.insert(stage, t);
             }
             Err(e) => tracing::error!(
                 stage = %service.entry,
-                "cannot start the index sync thread: {e}; its indexes answer null"
+                "cannot start the index sync or open thread: {e}; its indexes answer null"
             ),
         }
     }
     threads
+}
+
+/// Tells core `core` that an open of stage `stage` is in its shard's channel.
+fn ring(node: &Weak<Node>, stage: usize, core: usize) {
+    let Some(node) = node.upgrade() else {
+        return;
+    };
+    let mut w = Writer::with_capacity(16);
+    let payload = match w.int32("t", stage as i32).and_then(|()| w.finish()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("index open notice cannot be encoded: {e}");
+            return;
+        }
+    };
+    let msg = CoreMsg::Post {
+        kind: PostKind::IndexOpen,
+        payload: payload.into(),
+    };
+    if let Err(err) = node.send(core, msg) {
+        node.log_dropped(core, &err);
+    }
 }
 
 fn deliver(node: &Weak<Node>, stage: usize, core: usize, c: Completion) {
@@ -72,7 +110,7 @@ pub fn encode(stage: usize, c: &Completion) -> Result<Vec<u8>, DocumentError> {
     w.finish()
 }
 
-/// The thread of stage `stage`, for a core starting its shard.
-pub fn of(node: &Arc<Node>, stage: usize) -> Option<SyncThread> {
+/// The threads of stage `stage`, for a core starting its shard.
+pub fn of(node: &Arc<Node>, stage: usize) -> Option<IndexThreads> {
     node.index_sync.get(&stage).cloned()
 }

@@ -183,9 +183,9 @@ pub struct Node {
     /// start (the first one initialises libcurl, which sets environment variables), and
     /// shared by every core.
     pub http: HashMap<usize, crate::service::http::HttpAgent>,
-    /// The sync thread of each index.so stage, by stage index (`index_sync`): every file
-    /// operation of its indexes runs there, never on a core.
-    pub index_sync: HashMap<usize, crate::service::index::SyncThread>,
+    /// The sync and open threads of each index.so stage, by stage index (`index_sync`):
+    /// every file operation of its indexes runs there, never on a core.
+    pub index_sync: HashMap<usize, index_sync::IndexThreads>,
     /// When this process started (uptime on the status page).
     pub started: std::time::Instant,
 }

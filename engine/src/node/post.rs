@@ -36,6 +36,8 @@ pub enum PostKind {
     HttpDone,
     /// An index.so sync thread wrote (and synced) this core's jobs up to a point.
     IndexDone,
+    /// An index.so open thread finished an open of this core's shard (`{t = stage}`).
+    IndexOpen,
     /// lotus work for this core (`script::lotus::posts`): handled by the engine, not the
     /// prelude.
     Lotus,
@@ -43,7 +45,7 @@ pub enum PostKind {
 
 impl PostKind {
     /// Every kind, for tests and for listing.
-    pub const ALL: [PostKind; 15] = [
+    pub const ALL: [PostKind; 16] = [
         PostKind::Msg,
         PostKind::Gather,
         PostKind::Inject,
@@ -58,6 +60,7 @@ impl PostKind {
         PostKind::ServiceTick,
         PostKind::HttpDone,
         PostKind::IndexDone,
+        PostKind::IndexOpen,
         PostKind::Lotus,
     ];
 
@@ -78,6 +81,7 @@ impl PostKind {
             PostKind::ServiceTick => "svc_tick",
             PostKind::HttpDone => "http_done",
             PostKind::IndexDone => "index_done",
+            PostKind::IndexOpen => "index_open",
             PostKind::Lotus => "lotus",
         }
     }

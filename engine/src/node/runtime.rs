@@ -423,20 +423,22 @@ impl Core {
         }
     }
 
-    /// Opens an index.so stage's shard on this core, writing through the stage's sync thread
-    /// (interval syncs and long-log snapshots happen there too: no tick on the core).
+    /// Opens an index.so stage's shard on this core, reading its indexes through the stage's
+    /// open thread and writing through its sync thread (interval syncs and long-log
+    /// snapshots happen there too: no tick on the core).
     fn start_index(self: &Rc<Self>, stage: usize, entry: &str, cfg: &IndexConfig) {
         if self.index == 0 {
             tracing::info!(stage = %entry, path = %cfg.path, cores = self.node.cores(), "starting index service (one shard per core)");
         }
-        let Some(sync) = super::index_sync::of(&self.node, stage) else {
-            // Logged when the thread failed to start; without it nothing can be durable.
+        let Some(threads) = super::index_sync::of(&self.node, stage) else {
+            // Logged when a thread failed to start; without them nothing can be durable.
             return;
         };
         let service = Rc::new(RefCell::new(IndexService::new(
             cfg.clone(),
             self.index,
-            sync,
+            threads.sync,
+            threads.open,
         )));
         self.indexes.borrow_mut().insert(stage, service);
     }

@@ -260,7 +260,7 @@ impl Server {
     }
 
     /// The log as written this instant (for polling).
-    fn log_now(&self) -> String {
+    pub fn log_now(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

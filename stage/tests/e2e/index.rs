@@ -1,7 +1,8 @@
 //! index.so wired to the router: a Lua stage talks to an `index.so+rank` stage with
 //! `stage.signal` exactly as spec/services.md §2.3 shows (direct and batch forms, every
 //! command, reply shapes), through the `index.lua` helper, from receive callbacks on any
-//! core, and the acknowledged data survives a SIGKILL.
+//! core, the acknowledged data survives a SIGKILL, and reopening a big index after a restart
+//! leaves its core serving other connections meanwhile.
 //!
 //! A catch-all handler logs every reply (`R <callback> <value>`); the tests wait for the
 //! last reply they expect and read the others from the log: the lines are the results
@@ -395,4 +396,123 @@ fn indexes_live_on_the_core_their_name_hashes_to_and_batches_span_them() {
     if cores > 1 {
         assert_ne!(core_that_opened(&log, &a), core_that_opened(&log, &b));
     }
+}
+
+/// A one-core node with the index stage: `sync` is the index's durability.
+fn one_core_config(sync: &str) -> String {
+    format!(
+        r##"{{ "#threads": 1,
+              "#startup": [["lua.so+game", "index.so+rank"]],
+              "lua.so": {{ "%package": ["."], "%reflush": 0, "game": "start" }},
+              "index.so+rank": {{ "path": "score/", "sync": {sync} }} }}"##
+    )
+}
+
+#[test]
+fn a_big_index_reopens_off_the_core_while_it_keeps_echoing() {
+    // First run: 200k ids written 2,000 per set (synced once a second: only the filling is
+    // faster; an acknowledged set is written before its reply all the same), then SIGKILL, so
+    // the restart has the whole log to read and replay (no shutdown snapshot).
+    const IDS: usize = 200_000;
+    let fill = format!(
+        r#"
+        N = 0
+        function fill()
+          local t = {{}}
+          for _ = 1, 2000 do
+            N = N + 1
+            t["u" .. N] = {{ i = N, v = N }}
+          end
+          stage.signal("rank:set?big=fill", t)
+        end
+        stage.waitfor("fill", function ()
+          if N < {IDS} then fill() else logger.info("FILLED " .. N) end
+        end)
+        fill()
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data) return data end
+        end)
+        "#
+    );
+    let mut server = Server::start(&one_core_config("1000"), &[("start.lua", &fill)]);
+    let filled = poll(Duration::from_secs(120), || {
+        server.log().contains("FILLED ").then_some(())
+    });
+    assert!(
+        filled.is_some(),
+        "the fill never ended; log:\n{}",
+        server.log()
+    );
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+    let port = server.port;
+    wait_port_refused(port);
+    let log_bytes = std::fs::metadata(server.dir.path().join("score/big.log"))
+        .unwrap()
+        .len();
+    assert!(log_bytes > 20 * IDS as u64, "a big log: {log_bytes} bytes");
+    assert!(!server.dir.path().join("score/big.snap").exists());
+
+    // Second run, default durability: connection `q` asks the index (its first request, so
+    // the index opens now), while connection `e`, served by the same (only) core, echoes.
+    let reader = r#"
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if data.q then
+              stage.signal("rank:total?big=total", 0)
+              stage.signal("rank:get?big=get", { "u1", "u123456", "u200000", "nobody" })
+              return { asked = true }
+            end
+            return data
+          end
+        end)
+        stage.waitfor("total", function (v) logger.info("TOTAL " .. tostring(v)) end)
+        stage.waitfor("get", function (v)
+          logger.info("GET v=" .. v.u1.v .. " i=" .. v.u123456.I[1].i .. " d1=" .. v.u1.I[1].d
+            .. " dlast=" .. v.u200000.I[1].d .. " nobody=" .. tostring(next(v.nobody)))
+        end)
+    "#;
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    std::fs::write(dir.path().join("stage.json"), one_core_config("\"always\"")).unwrap();
+    std::fs::write(
+        dir.path().join("start.lua"),
+        reader.replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let mut again = Server::spawn(dir, port, &["-c", "stage.json"], None);
+    again.wait_port();
+    let mut e = again.connect();
+    let mut q = again.connect();
+    q.write_all(&doc(&[(
+        "v",
+        Bson::Doc(vec![("q".into(), Bson::Bool(true))]),
+    )]))
+    .unwrap();
+    assert!(read_reply(&mut q).get("asked").is_some());
+    // Echoes on the other connection are answered (while the index opens, once it is open:
+    // the test does not time them, only that each comes back right).
+    let mut before_open = 0;
+    for n in 0..500 {
+        let frame = doc(&[("v", Bson::Doc(vec![("n".into(), Bson::Int32(n))]))]);
+        e.write_all(&frame).unwrap();
+        assert_eq!(
+            read_reply(&mut e).get("n").and_then(Bson::as_i64),
+            Some(n as i64)
+        );
+        if !again.log_now().contains("TOTAL ") {
+            before_open += 1;
+        }
+    }
+    again.wait_log("TOTAL ");
+    again.wait_log("GET ");
+    let log = again.log();
+    assert!(log.contains(&format!("TOTAL {IDS}")), "{log}");
+    // Ranks count from the highest score: u200000 is first, u1 last.
+    let expect = format!("GET v=1 i=123456 d1={IDS} dlast=1 nobody=nil");
+    assert!(log.contains(&expect), "missing `{expect}`; log:\n{log}");
+    assert!(
+        log.contains("index opened") && log.contains(&format!("ids={IDS}")),
+        "{log}"
+    );
+    println!("{before_open} of 500 echoes answered before the index answered");
 }

@@ -5,10 +5,11 @@
 //! form `callback` with a table of `[#n.]CMD?INDEX[/TIER]` keys), runs them on the core's
 //! [`IndexService`], and returns the reply id and value; the prelude sends the reply through
 //! its usual `route`/reply path, so replies reach other cores and processes alike. An answer
-//! that must wait for the index's sync thread (a mutation's, or any answer behind one) is
-//! held by the service: `E.index_call` returns a handle instead, the prelude keeps the
-//! request's envelope under it, and `E.index_done` (on the sync thread's `index_done` post)
-//! returns the released answers with their handles.
+//! that must wait for the index's open thread (the index is not open yet) or its sync thread
+//! (a mutation's, or any answer behind one) is held by the service: `E.index_call` returns a
+//! handle instead, the prelude keeps the request's envelope under it, and `E.index_opened`
+//! (on the open thread's `index_open` post) and `E.index_done` (on the sync thread's
+//! `index_done` post) return the released answers with their handles.
 //!
 //! Not on the packet path, so the mlua API is fine here. User values `v` are kept as BSON
 //! (`{v = value}`, the wrapped form) and decoded back with the Lua state: a table, string or
@@ -24,12 +25,13 @@ use crate::script::bson::{self, DecodeOptions, EncodeOptions};
 use crate::script::natives::core;
 use crate::service::index::{
     batch_order, parse_batch_key, parse_spec, Answer, Command, Completion, GetResult, Kind,
-    Outcome, RangeFrom, RankedEntry, Reply, Request, Score, SetItem, SetResult, TIERS,
+    Outcome, RangeFrom, RankedEntry, Released, Reply, Request, Score, SetItem, SetResult, TIERS,
 };
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("index_call", lua.create_function(index_call)?)?;
     e.set("index_done", lua.create_function(index_done)?)?;
+    e.set("index_opened", lua.create_function(index_opened)?)?;
     Ok(())
 }
 
@@ -196,6 +198,22 @@ fn index_done(
         }
     }
     let released = service.borrow_mut().complete(c);
+    released_table(lua, released)
+}
+
+/// `E.index_opened(stage)` (the post `index_open` of an open thread) -> the answers released
+/// by the opens now finished, in the form of `E.index_done`.
+fn index_opened(lua: &Lua, stage: usize) -> mlua::Result<Table> {
+    let core = core()?;
+    let service = core.index_service(stage).ok_or_else(|| {
+        mlua::Error::runtime(format!("index stage #{stage} is not served on this core"))
+    })?;
+    let released = service.borrow_mut().opened();
+    released_table(lua, released)
+}
+
+/// `{ {h = handle, i = reply_id, v = value}, ... }`.
+fn released_table(lua: &Lua, released: Vec<Released>) -> mlua::Result<Table> {
     let out = lua.create_table_with_capacity(released.len(), 0)?;
     for (n, r) in released.into_iter().enumerate() {
         let t = lua.create_table_with_capacity(0, 3)?;

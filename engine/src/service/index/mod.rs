@@ -9,14 +9,21 @@
 //!
 //! Files: `order` (score order), `tree` (order-statistic treap), `ranking` (one index in
 //! memory and the command semantics), `record` (persisted mutation bytes), `store` (log,
-//! snapshot, durability rule), `sync` (the thread that writes and syncs them), `command`
-//! (request/reply model and spec parsing).
+//! snapshot, durability rule), `sync` (the thread that writes and syncs them), `open` (the
+//! thread that reads and replays an index's files), `command` (request/reply model and spec
+//! parsing).
 //!
-//! The service never touches a file after an index is opened: its mutations go to the
-//! stage's sync thread as jobs, and a reply that must not go out before its log is on disk
-//! is held here until the thread's [`Completion`] says so ([`IndexService::complete`]).
+//! The service never touches a file. An index is opened by the stage's open thread: the first
+//! request naming it starts the open, and it and every request for that index arriving
+//! meanwhile wait in the index's queue (their answers are held, like those waiting for a
+//! sync) and run in arrival order once [`IndexService::opened`] takes the result in; a
+//! failed open answers every waiting request null (spec §2.3), is logged once, and the next
+//! request tries again. Mutations go to the stage's sync thread as jobs, and a reply that
+//! must not go out before its log is on disk is held here until the thread's [`Completion`]
+//! says so ([`IndexService::complete`]).
 
 pub mod command;
+pub mod open;
 pub mod order;
 pub mod ranking;
 pub mod record;
@@ -24,7 +31,7 @@ pub mod store;
 pub mod sync;
 pub mod tree;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{mpsc, Arc};
 
 pub use command::{
@@ -34,6 +41,7 @@ pub use command::{
 pub use order::Score;
 pub use store::SyncPolicy;
 
+pub use open::{OpenResult, OpenThread};
 use ranking::Ranking;
 use store::{LogFiles, Store};
 pub use sync::{Completion, Job, SyncThread, Work};
@@ -102,6 +110,21 @@ struct Held {
     answer: Answer,
 }
 
+/// What a request waiting for an open will run.
+enum Deferred {
+    One(Request),
+    Batch(Vec<(String, Request)>),
+}
+
+/// A request waiting for an index to open (or behind one that is, in a queue it names).
+struct Waiting {
+    /// The indexes it is queued on (each once).
+    names: Vec<String>,
+    run: Deferred,
+    tag: u64,
+    callback: Option<String>,
+}
+
 pub struct IndexService {
     cfg: IndexConfig,
     open: HashMap<String, Index>,
@@ -116,11 +139,28 @@ pub struct IndexService {
     held: VecDeque<Held>,
     /// Indexes whose log could not be written or synced, with why: refused until restart.
     failed: HashMap<String, String>,
+    /// The stage's open thread, and this shard's channel for its results.
+    opener: OpenThread,
+    opened_tx: mpsc::Sender<OpenResult>,
+    opened_rx: mpsc::Receiver<OpenResult>,
+    /// Indexes whose open is with the open thread.
+    opening: HashSet<String>,
+    /// Requests waiting for an open, by arrival number (see [`Self::defer`]).
+    deferred: BTreeMap<u64, Waiting>,
+    /// Per index, the arrival numbers of the requests waiting on it, in arrival order; an
+    /// index with a queue runs nothing until its queue is empty.
+    queues: HashMap<String, VecDeque<u64>>,
+    arrivals: u64,
+    /// Indexes whose open failed, with why, until the requests that waited on them have been
+    /// answered (null); then forgotten, so the next request opens again.
+    open_failed: HashMap<String, String>,
 }
 
 impl IndexService {
-    /// A shard on core `core`, writing through `sync` (the stage's sync thread).
-    pub fn new(cfg: IndexConfig, core: usize, sync: SyncThread) -> Self {
+    /// A shard on core `core`, opening its indexes through `opener` and writing through
+    /// `sync` (the stage's threads).
+    pub fn new(cfg: IndexConfig, core: usize, sync: SyncThread, opener: OpenThread) -> Self {
+        let (opened_tx, opened_rx) = mpsc::channel();
         IndexService {
             cfg,
             open: HashMap::new(),
@@ -130,67 +170,246 @@ impl IndexService {
             done: 0,
             held: VecDeque::new(),
             failed: HashMap::new(),
+            opener,
+            opened_tx,
+            opened_rx,
+            opening: HashSet::new(),
+            deferred: BTreeMap::new(),
+            queues: HashMap::new(),
+            arrivals: 0,
+            open_failed: HashMap::new(),
         }
-    }
-
-    fn index(&mut self, name: &str) -> Option<&mut Index> {
-        if !self.open.contains_key(name) {
-            if !command::valid_name(name) || self.failed.contains_key(name) {
-                return None;
-            }
-            let mut ranking = Ranking::new();
-            let base = format!("{}{name}", self.cfg.path);
-            match Store::open(&base, name, |m| ranking.apply(m)) {
-                Ok(opened) => {
-                    ranking.bump_seq(opened.next_seq);
-                    // Once per index and run; under the core's span, so it shows the shard.
-                    tracing::info!(index = name, ids = ranking.ids(), "index opened");
-                    self.open.insert(
-                        name.to_string(),
-                        Index {
-                            ranking,
-                            store: opened.store,
-                        },
-                    );
-                }
-                Err(e) => {
-                    // Spec §2.3: an index that cannot be opened or created answers null.
-                    tracing::error!("index {base}: cannot open: {e}");
-                    return None;
-                }
-            }
-        }
-        self.open.get_mut(name)
     }
 
     /// Runs one request in memory and hands its mutations to the sync thread. The answer
     /// comes now when nothing is waiting for a sync, else it is held (see [`Self::complete`]):
     /// a mutation's reply waits for its own sync, and every later reply waits behind it.
-    /// `callback` and `tag` come back with a held answer.
+    /// A request naming an index that is not open yet (or one with requests waiting for its
+    /// open) waits too, and runs from [`Self::opened`]. `callback` and `tag` come back with a
+    /// held answer.
     pub fn execute(&mut self, req: Request, callback: Option<String>, tag: u64) -> Outcome {
-        let name = req.index.clone();
-        let reply = self.apply(req);
-        self.commit(std::slice::from_ref(&name), None);
-        self.answer(Answer::One(reply), vec![name], callback, tag)
+        match self.defer(Deferred::One(req), callback, tag) {
+            Ok(()) => Outcome::Held,
+            Err((run, callback)) => self.run(run, callback, tag),
+        }
     }
 
     /// Runs a batch given in execution order (see [`batch_order`]), committing once at the
-    /// end; the replies keep their keys.
+    /// end; the replies keep their keys. It waits (as a whole) while any index it names
+    /// waits for an open.
     pub fn execute_batch(
         &mut self,
         reqs: Vec<(String, Request)>,
         callback: Option<String>,
         tag: u64,
     ) -> Outcome {
-        let mut out = Vec::with_capacity(reqs.len());
-        let mut names = Vec::with_capacity(reqs.len());
-        for (key, req) in reqs {
-            let name = req.index.clone();
-            out.push((key, self.apply(req)));
-            names.push(name);
+        match self.defer(Deferred::Batch(reqs), callback, tag) {
+            Ok(()) => Outcome::Held,
+            Err((run, callback)) => self.run(run, callback, tag),
         }
-        self.commit(&names, None);
-        self.answer(Answer::Batch(out), names, callback, tag)
+    }
+
+    /// Runs a request (every index it names is open, or cannot be: those answer null).
+    fn run(&mut self, run: Deferred, callback: Option<String>, tag: u64) -> Outcome {
+        match run {
+            Deferred::One(req) => {
+                let name = req.index.clone();
+                let reply = self.apply(req);
+                self.commit(std::slice::from_ref(&name), None);
+                self.answer(Answer::One(reply), vec![name], callback, tag)
+            }
+            Deferred::Batch(reqs) => {
+                let mut out = Vec::with_capacity(reqs.len());
+                let mut names = Vec::with_capacity(reqs.len());
+                for (key, req) in reqs {
+                    let name = req.index.clone();
+                    out.push((key, self.apply(req)));
+                    names.push(name);
+                }
+                self.commit(&names, None);
+                self.answer(Answer::Batch(out), names, callback, tag)
+            }
+        }
+    }
+
+    /// Whether `name` can run a request now: open, or known not to open (a failed open
+    /// being answered, a broken log): those answer null without waiting.
+    fn ready(&self, name: &str) -> bool {
+        self.open.contains_key(name)
+            || self.open_failed.contains_key(name)
+            || self.failed.contains_key(name)
+    }
+
+    /// Queues a request that cannot run yet: one naming an index not open, or one with
+    /// requests already waiting in its queue (so a later request never overtakes an earlier
+    /// one for the same index). Starts the opens it needs. Gives the request back when it
+    /// can run now.
+    ///
+    /// Queued requests go to the back of every queue they name, in one step, so all queues
+    /// agree on the arrival order: the earliest waiting request is at the front of each of
+    /// its queues, and [`Self::run_waiting`] never deadlocks.
+    #[allow(clippy::result_large_err)]
+    fn defer(
+        &mut self,
+        run: Deferred,
+        callback: Option<String>,
+        tag: u64,
+    ) -> Result<(), (Deferred, Option<String>)> {
+        let mut names: Vec<String> = Vec::new();
+        let named: Vec<&String> = match &run {
+            Deferred::One(req) => vec![&req.index],
+            Deferred::Batch(reqs) => reqs.iter().map(|(_, r)| &r.index).collect(),
+        };
+        for name in named {
+            // An invalid name or a broken log answers null, in any order: not queued.
+            if names.contains(name) || !command::valid_name(name) || self.failed.contains_key(name)
+            {
+                continue;
+            }
+            names.push(name.clone());
+        }
+        let mut wait = false;
+        let mut k = 0;
+        while k < names.len() {
+            let name = &names[k];
+            if self.queues.contains_key(name) || self.opening.contains(name) {
+                wait = true;
+            } else if !self.open.contains_key(name) {
+                if self.start_open(name) {
+                    wait = true;
+                } else {
+                    // No open thread: answered null (logged by start_open), not queued.
+                    names.remove(k);
+                    continue;
+                }
+            }
+            k += 1;
+        }
+        if !wait {
+            return Err((run, callback));
+        }
+        self.arrivals += 1;
+        let id = self.arrivals;
+        for name in &names {
+            self.queues.entry(name.clone()).or_default().push_back(id);
+        }
+        self.deferred.insert(
+            id,
+            Waiting {
+                names,
+                run,
+                tag,
+                callback,
+            },
+        );
+        Ok(())
+    }
+
+    /// Hands the open of `name` to the open thread; false when the thread is gone.
+    fn start_open(&mut self, name: &str) -> bool {
+        let job = open::OpenJob {
+            core: self.core,
+            name: name.to_string(),
+            base: format!("{}{name}", self.cfg.path),
+            reply: self.opened_tx.clone(),
+        };
+        match self.opener.send(job) {
+            Ok(()) => {
+                self.opening.insert(name.to_string());
+                true
+            }
+            Err(_) => {
+                // Cannot happen while the process runs (the thread survives a failed or
+                // panicking open and lives as long as its channel).
+                tracing::error!("index {name}: cannot open: the index open thread is gone");
+                false
+            }
+        }
+    }
+
+    /// Requests waiting for an open (not yet run), for tests and figures.
+    pub fn waiting_open(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// The open thread rang: takes in every finished open (an index now served, or a failure
+    /// logged once), then runs the requests that waited and can run now, in arrival order.
+    /// Returns their answers that go out now; the others are held behind a sync and come
+    /// from [`Self::complete`] (with the tag given to [`Self::execute`] either way).
+    pub fn opened(&mut self) -> Vec<Released> {
+        while let Ok(r) = self.opened_rx.try_recv() {
+            // Not asked for by this shard (cannot happen: one open per index at a time).
+            if !self.opening.remove(&r.name) {
+                continue;
+            }
+            match r.result {
+                Ok(loaded) => {
+                    // Once per index and run; under the core's span, so it shows the shard.
+                    tracing::info!(
+                        index = r.name.as_str(),
+                        ids = loaded.ranking.ids(),
+                        ms = loaded.took.as_millis() as u64,
+                        waiting = self.queues.get(&r.name).map_or(0, VecDeque::len),
+                        "index opened"
+                    );
+                    self.open.insert(
+                        r.name,
+                        Index {
+                            ranking: loaded.ranking,
+                            store: loaded.store,
+                        },
+                    );
+                }
+                Err(why) => {
+                    // Spec §2.3: an index that cannot be opened or created answers null.
+                    // Logged once per failed open, not once per request.
+                    let waiting = self.queues.get(&r.name).map_or(0, VecDeque::len);
+                    tracing::error!(
+                        "index {}{}: cannot open: {why}; the {waiting} request(s) waiting for \
+                         it are answered null, the next request tries again",
+                        self.cfg.path,
+                        r.name
+                    );
+                    self.open_failed.insert(r.name, why);
+                }
+            }
+        }
+        let out = self.run_waiting();
+        let queues = &self.queues;
+        self.open_failed.retain(|name, _| queues.contains_key(name));
+        out
+    }
+
+    /// Runs, in arrival order, every waiting request whose indexes are all ready and which
+    /// is first in each of their queues. One pass is enough: running a request can only
+    /// unblock later ones, which the pass reaches after it.
+    fn run_waiting(&mut self) -> Vec<Released> {
+        let mut out = Vec::new();
+        let ids: Vec<u64> = self.deferred.keys().copied().collect();
+        for id in ids {
+            let runnable = self.deferred[&id]
+                .names
+                .iter()
+                .all(|n| self.ready(n) && self.queues.get(n).and_then(|q| q.front()) == Some(&id));
+            if !runnable {
+                continue;
+            }
+            let Some(w) = self.deferred.remove(&id) else {
+                continue;
+            };
+            for name in &w.names {
+                if let Some(q) = self.queues.get_mut(name) {
+                    q.pop_front();
+                    if q.is_empty() {
+                        self.queues.remove(name);
+                    }
+                }
+            }
+            if let Outcome::Now(r) = self.run(w.run, w.callback, w.tag) {
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// An answer that needs no index (a request that did not parse), kept in order with the
@@ -280,7 +499,7 @@ impl IndexService {
             tier,
             command,
         } = req;
-        let Some(ix) = self.index(&index) else {
+        let Some(ix) = self.open.get_mut(&index) else {
             return Reply::Null;
         };
         let r = &mut ix.ranking;

@@ -1,7 +1,9 @@
 //! Service-level tests: persistence across a simulated kill, torn tails, the fixed `total`,
-//! batches, a 200k-id ranking checked against a sorted model, and the sync thread: group
-//! commit (one sync for the batches that queued behind another), replies held until their
-//! sync, a failing sync answered with null and the index refused.
+//! batches, a 200k-id ranking checked against a sorted model, the sync thread (group commit:
+//! one sync for the batches that queued behind another; replies held until their sync; a
+//! failing sync answered with null and the index refused) and the open thread (requests
+//! waiting for an open run in arrival order; a failed open answers every one of them null and
+//! the next request opens again).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
+use super::open::{OpenFn, OpenJob};
 use super::sync::SyncFn;
 use super::*;
 
@@ -16,25 +19,40 @@ fn cfg(dir: &tempfile::TempDir) -> IndexConfig {
     IndexConfig::new(format!("{}/", dir.path().display()))
 }
 
-/// A shard on "core 0" with its own sync thread; its completions come to a channel instead
-/// of a core's inbox.
+/// What the shard's threads tell "core 0" (its inbox, in the engine).
+enum Event {
+    Sync(usize, Completion),
+    Open(usize),
+}
+
+/// A shard on "core 0" with its own sync and open threads; their notices come to a channel
+/// instead of a core's inbox.
 struct Svc {
     svc: IndexService,
-    done: Receiver<(usize, Completion)>,
+    events: Receiver<Event>,
     tag: u64,
 }
 
-fn start(cfg: IndexConfig, sync: SyncFn) -> Svc {
-    let (tx, done) = mpsc::channel();
+fn start_with(cfg: IndexConfig, sync: SyncFn, open: OpenFn) -> Svc {
+    let (tx, events) = mpsc::channel();
+    let to = tx.clone();
     let notify = Box::new(move |core: usize, c: Completion| {
-        let _ = tx.send((core, c));
+        let _ = to.send(Event::Sync(core, c));
     });
     let thread = SyncThread::start_with("test", cfg.sync, sync, notify).unwrap();
+    let ring = Box::new(move |core: usize| {
+        let _ = tx.send(Event::Open(core));
+    });
+    let opener = OpenThread::start_with("test", open, ring).unwrap();
     Svc {
-        svc: IndexService::new(cfg, 0, thread),
-        done,
+        svc: IndexService::new(cfg, 0, thread, opener),
+        events,
         tag: 0,
     }
+}
+
+fn start(cfg: IndexConfig, sync: SyncFn) -> Svc {
+    start_with(cfg, sync, Arc::new(open::load))
 }
 
 impl Svc {
@@ -42,15 +60,28 @@ impl Svc {
         start(cfg, Arc::new(|f: &File| f.sync_data()))
     }
 
-    /// Feeds completions until the answer tagged `tag` is released.
+    /// Handles the next notice (as the core does its posts): the answers it released.
+    fn next(&mut self) -> Vec<Released> {
+        match self
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a notice")
+        {
+            Event::Sync(core, c) => {
+                assert_eq!(core, 0);
+                self.svc.complete(c)
+            }
+            Event::Open(core) => {
+                assert_eq!(core, 0);
+                self.svc.opened()
+            }
+        }
+    }
+
+    /// Feeds notices until the answer tagged `tag` is released.
     fn wait(&mut self, tag: u64) -> Answer {
         loop {
-            let (core, c) = self
-                .done
-                .recv_timeout(Duration::from_secs(30))
-                .expect("a completion");
-            assert_eq!(core, 0);
-            for r in self.svc.complete(c) {
+            for r in self.next() {
                 if r.tag == tag {
                     return r.answer;
                 }
@@ -62,6 +93,13 @@ impl Svc {
         match o {
             Outcome::Now(r) => r.answer,
             Outcome::Held => self.wait(tag),
+        }
+    }
+
+    /// Opens `names` (a read of each, waited for).
+    fn open(&mut self, names: &[&str]) {
+        for name in names {
+            self.execute(req(name, TierSel::Default, Command::Total));
         }
     }
 
@@ -88,8 +126,10 @@ impl Svc {
     fn snapshot_all(&mut self) {
         let rx = self.svc.snapshot_all();
         rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        while let Ok((_, c)) = self.done.try_recv() {
-            self.svc.complete(c);
+        while let Ok(e) = self.events.try_recv() {
+            if let Event::Sync(_, c) = e {
+                self.svc.complete(c);
+            }
         }
     }
 }
@@ -433,9 +473,17 @@ fn gated() -> (
     (sync, entered, go, count)
 }
 
+/// The tags a sync completion released (the test's indexes are open already).
 fn released_tags(svc: &mut Svc) -> Vec<u64> {
-    let (_, c) = svc.done.recv_timeout(Duration::from_secs(30)).unwrap();
+    let c = sync_completion(svc);
     svc.svc.complete(c).into_iter().map(|r| r.tag).collect()
+}
+
+fn sync_completion(svc: &mut Svc) -> Completion {
+    match svc.events.recv_timeout(Duration::from_secs(30)).unwrap() {
+        Event::Sync(_, c) => c,
+        Event::Open(_) => panic!("an open, not a sync completion"),
+    }
 }
 
 #[test]
@@ -443,6 +491,7 @@ fn group_commit_one_sync_for_the_batches_queued_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let (sync, entered, go, syncs) = gated();
     let mut svc = start(cfg(&dir), sync);
+    svc.open(&["g", "h"]);
     let s = &mut svc.svc;
     // The first batch's sync is in progress...
     assert_eq!(
@@ -489,6 +538,7 @@ fn a_failing_sync_answers_null_and_refuses_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let (sync, entered, go, _) = gated();
     let mut svc = start(cfg(&dir), sync);
+    svc.open(&["f", "ok"]);
     let s = &mut svc.svc;
     assert_eq!(
         s.execute(set("f", "a", 1), Some("cb".into()), 1),
@@ -506,7 +556,7 @@ fn a_failing_sync_answers_null_and_refuses_the_index() {
     ];
     assert_eq!(s.execute_batch(batch, Some("cb".into()), 3), Outcome::Held);
     go.send(Err(io::Error::other("disk on fire"))).unwrap();
-    let (_, c) = svc.done.recv_timeout(Duration::from_secs(30)).unwrap();
+    let c = sync_completion(&mut svc);
     assert_eq!(c.upto, 1);
     assert_eq!(c.failed.len(), 1);
     assert!(c.failed[0].1.contains("disk on fire"), "{:?}", c.failed);
@@ -521,7 +571,7 @@ fn a_failing_sync_answers_null_and_refuses_the_index() {
     // synced (the gate opens for it) and keeps its reply.
     entered.recv().unwrap();
     go.send(Ok(())).unwrap();
-    let (_, c) = svc.done.recv_timeout(Duration::from_secs(30)).unwrap();
+    let c = sync_completion(&mut svc);
     let released = svc.svc.complete(c);
     assert_eq!(released.len(), 2);
     assert_eq!(released[0].answer, Answer::One(Reply::Null));
@@ -551,4 +601,216 @@ fn a_failing_sync_answers_null_and_refuses_the_index() {
         std::fs::metadata(dir.path().join("f.log")).unwrap().len(),
         len
     );
+}
+
+/// An open the test lets through: each open says which index it started, then waits for a
+/// go (`Ok`: the real open; `Err`: that failure).
+fn gated_open() -> (OpenFn, Receiver<String>, mpsc::Sender<io::Result<()>>) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel::<io::Result<()>>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let entered_tx = std::sync::Mutex::new(entered_tx);
+    let open: OpenFn = Arc::new(move |base: &str, name: &str| {
+        entered_tx.lock().unwrap().send(name.to_string()).unwrap();
+        go_rx.lock().unwrap().recv().unwrap()?;
+        open::load(base, name)
+    });
+    (open, entered, go)
+}
+
+fn sync_data() -> SyncFn {
+    Arc::new(|f: &File| f.sync_data())
+}
+
+/// Feeds notices until every tag in `tags` is released: the answers in release order.
+fn released(svc: &mut Svc, tags: &[u64]) -> Vec<(u64, Answer)> {
+    let mut out = Vec::new();
+    while out.len() < tags.len() {
+        for r in svc.next() {
+            assert!(tags.contains(&r.tag), "unexpected tag {}", r.tag);
+            out.push((r.tag, r.answer));
+        }
+    }
+    out
+}
+
+fn get(index: &str, id: &str) -> Request {
+    req(index, TierSel::Default, Command::Get(vec![id.into()]))
+}
+
+fn total(index: &str) -> Request {
+    req(index, TierSel::Default, Command::Total)
+}
+
+#[test]
+fn requests_wait_for_the_open_and_run_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (open, entered, go) = gated_open();
+    let mut svc = start_with(cfg(&dir), sync_data(), open);
+    let cb = || Some("cb".to_string());
+    let s = &mut svc.svc;
+    // The first request for `a` starts its open; everything for `a` waits behind it.
+    assert_eq!(s.execute(set("a", "x", 1), cb(), 1), Outcome::Held);
+    assert_eq!(entered.recv().unwrap(), "a");
+    assert_eq!(s.execute(set("a", "x", 2), cb(), 2), Outcome::Held);
+    assert_eq!(s.execute(get("a", "x"), cb(), 3), Outcome::Held);
+    // A batch naming `a` and `c` (not open either) waits for both; a later read of `a`
+    // waits behind the batch, so `a`'s requests stay in arrival order.
+    let batch = vec![
+        ("#1.total?a".to_string(), total("a")),
+        ("#2.set?c".to_string(), set("c", "y", 5)),
+    ];
+    assert_eq!(s.execute_batch(batch, cb(), 4), Outcome::Held);
+    assert_eq!(s.execute(total("a"), cb(), 5), Outcome::Held);
+    // An invalid name waits for nothing.
+    let bad = s.execute(total("../x"), cb(), 6);
+    assert!(
+        matches!(&bad, Outcome::Now(r) if r.answer == Answer::One(Reply::Null)),
+        "{bad:?}"
+    );
+    assert_eq!(s.waiting_open(), 5);
+    assert_eq!(
+        s.waiting(),
+        0,
+        "nothing ran yet, so nothing waits for a sync"
+    );
+
+    // `a` opens: its first three requests run; the batch still waits for `c`, and the read
+    // behind it too.
+    go.send(Ok(())).unwrap();
+    assert_eq!(entered.recv().unwrap(), "c");
+    let first = released(&mut svc, &[1, 2, 3]);
+    assert_eq!(
+        first.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        first[0].1,
+        Answer::One(Reply::Set(vec![("x".into(), SetResult::Rank(1))]))
+    );
+    let Answer::One(Reply::Get(g)) = &first[2].1 else {
+        panic!("{:?}", first[2])
+    };
+    // The get ran after both sets: it sees the second score.
+    let GetResult::Tier { scores, .. } = &g[0].1 else {
+        panic!("{g:?}")
+    };
+    assert_eq!(scores, &vec![(Score::Int(2), 1)]);
+    assert_eq!(svc.svc.waiting_open(), 2);
+
+    go.send(Ok(())).unwrap();
+    let rest = released(&mut svc, &[4, 5]);
+    assert_eq!(rest.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        rest[0].1,
+        Answer::Batch(vec![
+            ("#1.total?a".into(), Reply::Total(1)),
+            (
+                "#2.set?c".into(),
+                Reply::Set(vec![("y".into(), SetResult::Rank(1))])
+            ),
+        ])
+    );
+    assert_eq!(rest[1].1, Answer::One(Reply::Total(1)));
+    assert_eq!(svc.svc.waiting_open(), 0);
+    // Open now, and nothing held: answered at once, without another open.
+    let Outcome::Now(r) = svc.svc.execute(total("c"), cb(), 7) else {
+        panic!("an open index with nothing waiting answers now")
+    };
+    assert_eq!(r.answer, Answer::One(Reply::Total(1)));
+    assert!(entered.try_recv().is_err(), "opened once");
+}
+
+#[test]
+fn a_failed_open_answers_everyone_waiting_null_and_the_next_request_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (open, entered, go) = gated_open();
+    let mut svc = start_with(cfg(&dir), sync_data(), open);
+    go.send(Ok(())).unwrap();
+    svc.open(&["ok"]);
+    assert_eq!(entered.recv().unwrap(), "ok");
+    let cb = || Some("cb".to_string());
+    let s = &mut svc.svc;
+    assert_eq!(s.execute(set("f", "x", 1), cb(), 1), Outcome::Held);
+    assert_eq!(entered.recv().unwrap(), "f");
+    assert_eq!(s.execute(get("f", "x"), cb(), 2), Outcome::Held);
+    let batch = vec![
+        ("#1.total?f".to_string(), total("f")),
+        ("#2.set?ok".to_string(), set("ok", "y", 3)),
+    ];
+    assert_eq!(s.execute_batch(batch, cb(), 3), Outcome::Held);
+    go.send(Err(io::Error::other("unreadable disk"))).unwrap();
+    let out = released(&mut svc, &[1, 2, 3]);
+    assert_eq!(
+        out.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(out[0].1, Answer::One(Reply::Null));
+    assert_eq!(out[1].1, Answer::One(Reply::Null));
+    // The batch's other index is unaffected.
+    assert_eq!(
+        out[2].1,
+        Answer::Batch(vec![
+            ("#1.total?f".into(), Reply::Null),
+            (
+                "#2.set?ok".into(),
+                Reply::Set(vec![("y".into(), SetResult::Rank(1))])
+            ),
+        ])
+    );
+    assert_eq!(svc.svc.waiting_open(), 0);
+    // The next request opens again, and this time it works.
+    assert_eq!(svc.svc.execute(set("f", "x", 4), cb(), 4), Outcome::Held);
+    assert_eq!(entered.recv().unwrap(), "f");
+    go.send(Ok(())).unwrap();
+    let out = released(&mut svc, &[4]);
+    assert_eq!(
+        out[0].1,
+        Answer::One(Reply::Set(vec![("x".into(), SetResult::Rank(1))]))
+    );
+}
+
+#[test]
+fn a_corrupt_snapshot_is_refused_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.snap"), b"not a snapshot at all").unwrap();
+    let mut svc = Svc::new(cfg(&dir));
+    assert_eq!(svc.execute(total("bad")), Reply::Null);
+    assert_eq!(svc.execute(set("bad", "x", 1)), Reply::Null);
+    // Never silently dropped: the file is still there, and each request tried again.
+    assert!(dir.path().join("bad.snap").exists());
+    std::fs::remove_file(dir.path().join("bad.snap")).unwrap();
+    assert_eq!(
+        svc.execute(set("bad", "x", 1)),
+        Reply::Set(vec![("x".into(), SetResult::Rank(1))])
+    );
+    assert_eq!(svc.execute(total("bad")), Reply::Total(1));
+}
+
+/// The open thread answers the shard that asked, through its channel, and rings its core.
+#[test]
+fn the_open_thread_answers_through_the_shards_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ring_tx, rung) = mpsc::channel();
+    let t = OpenThread::start(
+        "test",
+        Box::new(move |core| {
+            let _ = ring_tx.send(core);
+        }),
+    )
+    .unwrap();
+    let (reply, results) = mpsc::channel();
+    let base = format!("{}/n", dir.path().display());
+    t.send(OpenJob {
+        core: 3,
+        name: "n".into(),
+        base,
+        reply,
+    })
+    .map_err(|_| ())
+    .unwrap();
+    assert_eq!(rung.recv_timeout(Duration::from_secs(30)).unwrap(), 3);
+    let r = results.try_recv().unwrap();
+    assert_eq!(r.name, "n");
+    assert_eq!(r.result.map(|l| l.ranking.ids()).unwrap(), 0);
 }

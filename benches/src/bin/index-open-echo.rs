@@ -1,0 +1,328 @@
+//! Does opening a big index stall its core? A one-core `stage` serves a packet echo while the
+//! first request for an index of IDS entries (a log left by a SIGKILLed first run, so the
+//! whole log is read and replayed) makes it open. The ids carry no value, so a million
+//! records stay under the 64 MiB log that would trigger a snapshot: building a snapshot image
+//! of a million ids on the core runs past the default 500 ms `%cpu` budget of the Lua callback
+//! that asked for it (its reply is lost), which would stop the fill. The echo client is open-loop: one 32-byte
+//! packet every 200 µs on one connection, each latency counted from when it was due to be
+//! sent (so a stalled core shows in every packet that queued behind the stall, not in one).
+//! The open is asked for 1 s into each 8 s run, on a second connection.
+//!
+//! Per round, interleaved: the echo with no open (`idle`), and with the open (`open`), for
+//! the `stage` next to this binary and, when given, an older `stage` binary (BEFORE: e.g. one
+//! built from a commit that opened indexes on the core). The figures are medians over rounds;
+//! the ratios compare runs of this one command.
+//!
+//! Needs 2 CPUs (the server's core takes the first CPU of the mask).
+//!
+//! Usage: target/release/index-open-echo [IDS (1000000)] [ROUNDS (3)] [BEFORE]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// One packet every INTERVAL, for RUN, the open asked for at OPEN_AT.
+const INTERVAL: Duration = Duration::from_micros(200);
+const RUN: Duration = Duration::from_secs(8);
+const OPEN_AT: Duration = Duration::from_secs(1);
+
+const FILL: &str = r#"
+N = 0
+function fill()
+  local t = {}
+  for _ = 1, 2000 do
+    N = N + 1
+    t["u" .. N] = { i = N }
+  end
+  stage.signal("rank:set?big=fill", t)
+end
+stage.waitfor("fill", function ()
+  if N < IDS then fill() else logger.info("FILLED " .. N) end
+end)
+fill()
+"#;
+
+const ECHO: &str = r#"
+broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+  return function (s, data)
+    if data.q then stage.signal("rank:total?big=total", 0) end
+    return data
+  end
+end)
+stage.waitfor("total", function (v) logger.warn("TOTAL " .. tostring(v)) end)
+"#;
+
+/// `cpu`: the Lua callbacks' budget (`%cpu`, ms).
+fn config(sync: &str, cpu: u32) -> String {
+    format!(
+        r##"{{ "#threads": 1,
+              "#startup": [["lua.so+game", "index.so+rank"]],
+              "lua.so": {{ "%package": ["."], "%cpu": {cpu}, "game": "start" }},
+              "index.so+rank": {{ "path": "score/", "sync": {sync} }} }}"##
+    )
+}
+
+fn spawn(bin: &Path, dir: &Path, level: &str) -> anyhow::Result<Child> {
+    Ok(Command::new(bin)
+        .args(["-c", "stage.json", "-l", level])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stage.log"))?)
+        .spawn()?)
+}
+
+fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("server did not listen on {port}")
+}
+
+fn stop(mut child: Child) {
+    // SIGKILL: nothing is written at exit, so every run reopens the same log.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Writes the index with the current `stage`, then kills it: `dir/score/big.log` holds IDS
+/// records.
+fn prepare(bin: &Path, dir: &Path, ids: usize) -> anyhow::Result<()> {
+    // The largest budget: a set that grows the index's id map past ~900k ids rehashes it on
+    // the core, which can run past the default 500 ms on a loaded machine (its reply would be
+    // lost and the fill would stop).
+    std::fs::write(dir.join("stage.json"), config("1000", 2000))?;
+    std::fs::write(dir.join("start.lua"), FILL.replace("IDS", &ids.to_string()))?;
+    let mut child = spawn(bin, dir, "info")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let log = std::fs::read_to_string(dir.join("stage.log")).unwrap_or_default();
+        if log.contains("FILLED ") {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            stop(child);
+            bail!("the fill did not finish; log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(child);
+    let len = std::fs::metadata(dir.join("score/big.log"))?.len();
+    println!("index `big`: {ids} ids, log {:.1} MB", len as f64 / 1e6);
+    Ok(())
+}
+
+/// `{"v": {"n": n}}` (int32), 4-byte length first as the packet framing wants.
+fn frame(fields: &[(&str, i32)]) -> Vec<u8> {
+    let mut inner = Vec::new();
+    for (k, n) in fields {
+        inner.push(0x10);
+        inner.extend_from_slice(k.as_bytes());
+        inner.push(0);
+        inner.extend_from_slice(&n.to_le_bytes());
+    }
+    let inner_len = (inner.len() + 5) as i32;
+    let mut v = inner_len.to_le_bytes().to_vec();
+    v.extend_from_slice(&inner);
+    v.push(0);
+    let mut out = Vec::new();
+    let total = (4 + 1 + 2 + v.len() + 1) as i32;
+    out.extend_from_slice(&total.to_le_bytes());
+    out.push(0x03);
+    out.extend_from_slice(b"v\0");
+    out.extend_from_slice(&v);
+    out.push(0);
+    out
+}
+
+/// The number `n` of an echoed frame (the server may re-encode it as int32, int64 or double).
+fn number(frame: &[u8]) -> Option<i32> {
+    let at = frame.windows(2).position(|w| w == b"n\0")?;
+    let ty = *frame.get(at.checked_sub(1)?)?;
+    let b = frame.get(at + 2..)?;
+    match ty {
+        0x10 => Some(i32::from_le_bytes(b.get(..4)?.try_into().ok()?)),
+        0x12 => Some(i64::from_le_bytes(b.get(..8)?.try_into().ok()?) as i32),
+        0x01 => Some(f64::from_le_bytes(b.get(..8)?.try_into().ok()?) as i32),
+        _ => None,
+    }
+}
+
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head)?;
+    let len = u32::from_le_bytes(head) as usize;
+    let mut f = head.to_vec();
+    f.resize(len.max(4), 0);
+    s.read_exact(&mut f[4..])?;
+    Ok(f)
+}
+
+struct Figures {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    echoes: usize,
+}
+
+/// One run: the open-loop echo's latencies (µs), asking for the index at OPEN_AT when `open`.
+fn run(bin: &Path, dir: &Path, open: bool, ids: usize) -> anyhow::Result<Figures> {
+    let port = stage_benches::free_port()?;
+    std::fs::write(dir.join("stage.json"), config("\"always\"", 500))?;
+    std::fs::write(
+        dir.join("start.lua"),
+        ECHO.replace("PORT", &port.to_string()),
+    )?;
+    let mut child = spawn(bin, dir, "info")?;
+    let result = (|| {
+        wait_port(port, &mut child)?;
+        let mut echo = TcpStream::connect(("127.0.0.1", port))?;
+        echo.set_nodelay(true)?;
+        let mut ask = TcpStream::connect(("127.0.0.1", port))?;
+        ask.set_nodelay(true)?;
+        let mut reader = echo.try_clone()?;
+        let (tx, rx) = mpsc::channel();
+        let reading = std::thread::spawn(move || {
+            while let Ok(f) = read_frame(&mut reader) {
+                let Some(n) = number(&f) else { break };
+                if tx.send((n, Instant::now())).is_err() || n < 0 {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        let count = (RUN.as_micros() / INTERVAL.as_micros()) as i32;
+        let mut due = Vec::with_capacity(count as usize);
+        let mut asked = !open;
+        for n in 0..count {
+            let at = start + INTERVAL * n as u32;
+            if !asked && at >= start + OPEN_AT {
+                ask.write_all(&frame(&[("q", 1)]))?;
+                asked = true;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            due.push(at);
+            echo.write_all(&frame(&[("n", n)]))?;
+        }
+        // The last one says stop.
+        echo.write_all(&frame(&[("n", -1)]))?;
+        let mut lat = Vec::with_capacity(due.len());
+        while let Ok((n, when)) = rx.recv_timeout(Duration::from_secs(30)) {
+            if n < 0 {
+                break;
+            }
+            lat.push(when.duration_since(due[n as usize]).as_secs_f64() * 1e6);
+        }
+        let _ = reading.join();
+        if lat.len() != due.len() {
+            bail!("{} of {} echoes came back", lat.len(), due.len());
+        }
+        if open {
+            // The open must have happened, with every id, for the run to count.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let log = std::fs::read_to_string(dir.join("stage.log")).unwrap_or_default();
+                if let Some(line) = log.lines().find(|l| l.contains("index opened")) {
+                    if !line.contains(&format!("ids={ids}")) {
+                        bail!("not every id was read; log:\n{log}");
+                    }
+                    let ms = line.split("ms=").nth(1).and_then(|r| r.split(' ').next());
+                    // Opened on the core, the open can run past the `%cpu` budget of the
+                    // callback that asked for it, which then loses its answer.
+                    std::thread::sleep(Duration::from_millis(200));
+                    let log = std::fs::read_to_string(dir.join("stage.log")).unwrap_or_default();
+                    let answer = if log.contains(&format!("TOTAL {ids}")) {
+                        "answered"
+                    } else if log.contains("CPU budget") {
+                        "ran past the %cpu budget: the request got no answer"
+                    } else {
+                        "no answer yet"
+                    };
+                    println!("    (open took {} ms; {answer})", ms.unwrap_or("?"));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the index never opened; log:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        Ok(Figures {
+            p50: q(0.5),
+            p99: q(0.99),
+            max: q(1.0),
+            echoes: lat.len(),
+        })
+    })();
+    stop(child);
+    result
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let ids: usize = args.next().map_or(Ok(1_000_000), |s| s.parse())?;
+    let rounds: usize = args.next().map_or(Ok(3), |s| s.parse())?;
+    let before: Option<PathBuf> = args.next().map(PathBuf::from);
+    let now = stage_benches::sibling_binary("stage")?;
+    let dir = tempfile::tempdir()?;
+    prepare(&now, dir.path(), ids).context("preparing the index")?;
+    let mut runs: Vec<(String, &Path, bool)> = vec![
+        ("now    idle".into(), now.as_path(), false),
+        ("now    open".into(), now.as_path(), true),
+    ];
+    if let Some(b) = &before {
+        runs.push(("before idle".into(), b.as_path(), false));
+        runs.push(("before open".into(), b.as_path(), true));
+    }
+    println!(
+        "1-core stage: open-loop echo (1 conn, one packet every {} us for {} s; the index asked for at {} s); {rounds} rounds, medians",
+        INTERVAL.as_micros(),
+        RUN.as_secs(),
+        OPEN_AT.as_secs()
+    );
+    let mut figures: Vec<Vec<Figures>> = runs.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for (k, (label, bin, open)) in runs.iter().enumerate() {
+            let f = run(bin, dir.path(), *open, ids)?;
+            println!(
+                "round {round} {label}: p50 {:9.1} us  p99 {:9.1} us  max {:9.1} us  ({} echoes)",
+                f.p50, f.p99, f.max, f.echoes
+            );
+            figures[k].push(f);
+        }
+    }
+    let mut p99s = Vec::new();
+    for ((label, _, _), fs) in runs.iter().zip(&figures) {
+        let p50 = median(fs.iter().map(|f| f.p50).collect());
+        let p99 = median(fs.iter().map(|f| f.p99).collect());
+        let max = median(fs.iter().map(|f| f.max).collect());
+        println!("{label}: p50 {p50:.1} us, p99 {p99:.1} us, max {max:.1} us");
+        p99s.push(p99);
+    }
+    println!("ratio now open / now idle: p99 {:.2}", p99s[1] / p99s[0]);
+    if before.is_some() {
+        println!("ratio before open / now open: p99 {:.2}", p99s[3] / p99s[1]);
+    }
+    Ok(())
+}
