@@ -5,8 +5,9 @@
 //! every command, errors by code, handlers across cores, ctx timers and state-to-state calls,
 //! channel ids, history, resume without gap or duplicate under concurrent publishers,
 //! channel deletion, sandbox escapes and the slow-subscriber cap; persistence with the embedded
-//! store: states, schemas, exits and channel history across `kill -9`, `max_state_bytes`; the
-//! same with the Redis store, Redis stopped mid-run, and a "Redis" that never answers.
+//! store: states, schemas, exits and channel history across `kill -9`, `max_state_bytes`,
+//! `ctx.save()` acknowledged only once written; the same with the Redis store, Redis stopped
+//! mid-run, and a "Redis" that never answers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -957,6 +958,98 @@ fn survives_kill_9(extra: &str) {
 #[test]
 fn the_embedded_store_keeps_states_schemas_and_history_across_kill_9() {
     survives_kill_9("");
+}
+
+/// `ctx.save()`: the reply to the handler that called it comes once the store wrote the state,
+/// so a `kill -9` right after the reply (no flush in a minute) loses nothing of it; a state
+/// changed without it is only dirty and is lost (which shows no flush wrote the first).
+/// `redis`: stopped before a last save, whose caller then gets the store's error.
+fn ctx_save_survives_kill_9_at_once(extra: &str, redis: Option<&mut RedisServer>) {
+    let mut l = start(&format!(r#", "flush_ms": 60000 {extra}"#));
+    let mut v = V1::login(l.v1);
+    let r = register(
+        &mut v,
+        "counter",
+        json!({
+            "set": "function(ctx, s, n) s.n = n; ctx.save(); return s.n end",
+            "bump": "function(ctx, s) s.n = s.n + 1; return s.n end",
+            "bad": "function(ctx, s) s.n = -1; ctx.save(); error('after save') end"
+        }),
+        json!({}),
+    );
+    assert_eq!(r[0].as_u64(), Some(1), "{r}");
+    // States on both cores (the shard rule spreads the names).
+    for i in 0..4 {
+        v.ok(
+            "init_state",
+            json!({"typename": "counter", "statename": format!("s{i}"), "value": {"n": 0}}),
+        );
+        let r = v.ok(
+            "call",
+            json!({"statename": format!("s{i}"), "funcname": "set", "params": [i + 40]}),
+        );
+        assert_eq!(r[0].as_i64(), Some(i + 40));
+    }
+    // execute_state waits for the write too; a handler that fails after ctx.save() gets its
+    // own error, and what it changed is written all the same.
+    v.ok(
+        "execute_state",
+        json!({"statename": "s3", "funcname": "set", "params": [7]}),
+    );
+    let (code, detail) = V1::err(v.request(
+        "call",
+        json!({"statename": "s2", "funcname": "bad", "params": []}),
+    ));
+    assert_eq!(code, "handler_error", "{detail}");
+    // Changed after its save, without one: only dirty.
+    assert_eq!(
+        v.ok(
+            "call",
+            json!({"statename": "s0", "funcname": "bump", "params": []})
+        )[0]
+        .as_i64(),
+        Some(41)
+    );
+    v.ok(
+        "init_state",
+        json!({"typename": "counter", "statename": "unsaved", "value": {"n": 1}}),
+    );
+    if let Some(r) = redis {
+        r.stop();
+        let (code, detail) = V1::err(v.request(
+            "call",
+            json!({"statename": "s1", "funcname": "set", "params": [99]}),
+        ));
+        assert_eq!(code, "overloaded");
+        let detail = detail.to_string();
+        assert!(detail.contains(&r.url()), "{detail}");
+        r.restart();
+    }
+    kill_and_restart(&mut l);
+
+    let mut v = V1::login(l.v1);
+    let want = [(0, 40), (1, 41), (2, -1), (3, 7)];
+    for (i, n) in want {
+        let s = v.ok("get", json!({"statename": format!("s{i}"), "keys": ["n"]}));
+        assert_eq!(s.as_i64(), Some(n), "s{i}");
+    }
+    let (code, _) = V1::err(v.request("get", json!({"statename": "unsaved", "keys": []})));
+    assert_eq!(code, "state_not_found");
+}
+
+#[test]
+fn ctx_save_is_written_to_the_embedded_store_before_the_reply() {
+    ctx_save_survives_kill_9_at_once("", None);
+}
+
+#[test]
+fn ctx_save_is_written_to_redis_before_the_reply() {
+    let test = "lotus::ctx_save_is_written_to_redis_before_the_reply";
+    let Some(mut r) = RedisServer::start(test, true) else {
+        return;
+    };
+    let store = redis_store(&r);
+    ctx_save_survives_kill_9_at_once(&store, Some(&mut r));
 }
 
 #[test]

@@ -115,6 +115,14 @@ pub enum Stored {
     },
     /// A flush is done; these states were not written and stay dirty.
     Flushed { failed: Vec<(String, String)> },
+    /// A `ctx.save()` write is done (or `error` says why not); `token` names the reply
+    /// that waits for it.
+    Saved {
+        token: u64,
+        project: String,
+        name: String,
+        error: Option<String>,
+    },
     /// A state's lazy load: the record and its type's schema, if stored.
     State {
         project: String,
@@ -167,6 +175,18 @@ impl Stored {
                         .map(|(p, n)| Value::Array(vec![s(p), s(n)]))
                         .collect(),
                 ),
+            ],
+            Stored::Saved {
+                token,
+                project,
+                name,
+                error,
+            } => vec![
+                s("saved"),
+                Value::from(*token),
+                s(project),
+                s(name),
+                opt_text(error),
             ],
             Stored::State {
                 project,
@@ -245,6 +265,12 @@ impl Stored {
                         .collect::<Result<_, _>>()?,
                     _ => Vec::new(),
                 },
+            },
+            Some("saved") => Stored::Saved {
+                token: uint(at(1))?,
+                project: text(at(2))?,
+                name: text(at(3))?,
+                error: opt_from(at(4)),
             },
             Some("state") => Stored::State {
                 project: text(at(1))?,
@@ -607,6 +633,12 @@ mod tests {
             }),
             Post::Stored(Stored::Flushed {
                 failed: vec![("p".into(), "s".into())],
+            }),
+            Post::Stored(Stored::Saved {
+                token: 7,
+                project: "p".into(),
+                name: "s".into(),
+                error: Some("down".into()),
             }),
             Post::Stored(Stored::State {
                 project: "p".into(),

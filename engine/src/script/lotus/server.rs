@@ -131,6 +131,17 @@ struct Project {
     waiting: HashMap<String, Vec<Vec<u8>>>,
     /// States changed since the last flush (written, or deleted when gone).
     dirty: HashSet<String>,
+    /// States whose running handler called `ctx.save()`: written when it returns.
+    save_now: HashSet<String>,
+}
+
+/// A reply held until the `ctx.save()` its handler asked for is written.
+struct HeldReply {
+    conn: u64,
+    wire: Wire,
+    rid: u64,
+    name: &'static str,
+    result: Result<Value, Failure>,
 }
 
 /// One core's lotus.
@@ -148,6 +159,9 @@ pub struct Server {
     max_local_states: usize,
     store: Arc<Store>,
     flush_scheduled: Cell<bool>,
+    /// Replies waiting for their `ctx.save()`, by the token the store answers with.
+    held: RefCell<HashMap<u64, HeldReply>>,
+    next_save: Cell<u64>,
     /// States over `max_state_bytes` already logged, and how many flushes skipped one.
     oversize_logged: RefCell<HashSet<String>>,
     oversize_skipped: Cell<u64>,
@@ -205,6 +219,8 @@ impl Server {
             max_local_states,
             store,
             flush_scheduled: Cell::new(false),
+            held: RefCell::new(HashMap::new()),
+            next_save: Cell::new(1),
             oversize_logged: RefCell::new(HashSet::new()),
             oversize_skipped: Cell::new(0),
             holders: RefCell::new(HashMap::new()),
@@ -703,6 +719,12 @@ impl Server {
                 self.reply(waiter.conn, waiter.wire, waiter.rid, "register", result);
                 self.release_held(waiter.conn);
             }
+            Stored::Saved {
+                token,
+                project,
+                name,
+                error,
+            } => self.saved(token, &project, &name, error),
             Stored::Flushed { failed } => {
                 for (project, name) in failed {
                     self.mark_dirty(&project, &name);
@@ -831,52 +853,11 @@ impl Server {
         let mut projects = self.projects.borrow_mut();
         for (project, p) in projects.iter_mut() {
             for name in std::mem::take(&mut p.dirty) {
-                let write = match p.states.get_mut(&name) {
-                    None => None,
-                    Some(st) => {
-                        let table = self.lua.registry_value::<LuaValue>(&st.table);
-                        let data = match table.map_err(|e| e.to_string()).and_then(|t| from_lua(&t))
-                        {
-                            Ok(v) => super::value::encode(&v),
-                            Err(e) => {
-                                tracing::warn!(
-                                    "lotus `{}`: {project}/{name}: not stored: {e}",
-                                    self.entry
-                                );
-                                continue;
-                            }
-                        };
-                        if data.len() > self.cfg.max_state_bytes {
-                            self.oversize_skipped.set(self.oversize_skipped.get() + 1);
-                            if self
-                                .oversize_logged
-                                .borrow_mut()
-                                .insert(format!("{project}\0{name}"))
-                            {
-                                tracing::warn!(
-                                    "lotus `{}`: {project}/{name}: {} bytes is over max_state_bytes ({}): not stored ({} such skips on this core)",
-                                    self.entry,
-                                    data.len(),
-                                    self.cfg.max_state_bytes,
-                                    self.oversize_skipped.get()
-                                );
-                            }
-                            continue;
-                        }
-                        st.rev += 1;
-                        Some(Record {
-                            typename: st.typename.clone(),
-                            schema_hash: st.schema.hash,
-                            rev: st.rev,
-                            data,
-                        })
-                    }
-                };
-                items.push(Item {
-                    project: project.clone(),
-                    name,
-                    write,
-                });
+                // A state that cannot be written was logged by `item`; it is not retried
+                // until it changes again.
+                if let Ok(item) = self.item(project, &name, p) {
+                    items.push(item);
+                }
             }
         }
         drop(projects);
@@ -886,6 +867,119 @@ impl Server {
                 items,
             });
         }
+    }
+
+    /// What the store is to do with state `name` now: write it (at the next `rev`), or
+    /// delete it when it is gone. An error (logged) when it cannot be stored.
+    fn item(&self, project: &str, name: &str, p: &mut Project) -> Result<Item, Failure> {
+        let write = match p.states.get_mut(name) {
+            None => None,
+            Some(st) => {
+                let table = self.lua.registry_value::<LuaValue>(&st.table);
+                let data = match table.map_err(|e| e.to_string()).and_then(|t| from_lua(&t)) {
+                    Ok(v) => super::value::encode(&v),
+                    Err(e) => {
+                        tracing::warn!("lotus `{}`: {project}/{name}: not stored: {e}", self.entry);
+                        return Err(Failure::new("handler_error", format!("not stored: {e}")));
+                    }
+                };
+                if data.len() > self.cfg.max_state_bytes {
+                    self.oversize_skipped.set(self.oversize_skipped.get() + 1);
+                    if self
+                        .oversize_logged
+                        .borrow_mut()
+                        .insert(format!("{project}\0{name}"))
+                    {
+                        tracing::warn!(
+                            "lotus `{}`: {project}/{name}: {} bytes is over max_state_bytes ({}): not stored ({} such skips on this core)",
+                            self.entry,
+                            data.len(),
+                            self.cfg.max_state_bytes,
+                            self.oversize_skipped.get()
+                        );
+                    }
+                    return Err(Failure::new(
+                        "too_large",
+                        format!(
+                            "state `{name}` is {} bytes, over max_state_bytes ({}): not stored",
+                            data.len(),
+                            self.cfg.max_state_bytes
+                        ),
+                    ));
+                }
+                st.rev += 1;
+                Some(Record {
+                    typename: st.typename.clone(),
+                    schema_hash: st.schema.hash,
+                    rev: st.rev,
+                    data,
+                })
+            }
+        };
+        Ok(Item {
+            project: project.to_string(),
+            name: name.to_string(),
+            write,
+        })
+    }
+
+    /// Whether the handler that just ran on state `name` called `ctx.save()` (the request
+    /// is then cleared).
+    fn take_save(&self, project: &str, name: &str) -> bool {
+        self.projects
+            .borrow_mut()
+            .get_mut(project)
+            .is_some_and(|p| p.save_now.remove(name))
+    }
+
+    /// `ctx.save()`: state `name` goes to the store now rather than at the next flush; the
+    /// reply `held` (if any) is sent once the store answered (`Stored::Saved`), failing
+    /// with the store's error when the write did.
+    fn save(&self, project: &str, name: &str, held: Option<HeldReply>) {
+        let item = {
+            let mut projects = self.projects.borrow_mut();
+            let p = projects.entry(project.to_string()).or_default();
+            // Written now with its latest content: the next flush need not write it again.
+            p.dirty.remove(name);
+            self.item(project, name, p)
+        };
+        match item {
+            Ok(item) => {
+                let token = self.next_save.get();
+                self.next_save.set(token + 1);
+                if let Some(h) = held {
+                    self.held.borrow_mut().insert(token, h);
+                }
+                self.store.send(Cmd::Save {
+                    core: self.core,
+                    token,
+                    item,
+                });
+            }
+            Err(f) => {
+                if let Some(h) = held {
+                    // The handler's own error, if it failed, says more than the save's.
+                    let result = h.result.and(Err(f));
+                    self.reply(h.conn, h.wire, h.rid, h.name, result);
+                }
+            }
+        }
+    }
+
+    /// A `ctx.save()` write is done: its held reply goes out (a failed write is retried at
+    /// the next flush, as a failed flush is).
+    fn saved(&self, token: u64, project: &str, name: &str, error: Option<String>) {
+        if error.is_some() {
+            self.mark_dirty(project, name);
+        }
+        let Some(h) = self.held.borrow_mut().remove(&token) else {
+            return;
+        };
+        let result = match error {
+            Some(e) => h.result.and_then(|_| Err(Failure::new("overloaded", e))),
+            None => h.result,
+        };
+        self.reply(h.conn, h.wire, h.rid, h.name, result);
     }
 
     /// Runs a request on this core (its owner, or a request about the connection itself).
@@ -898,6 +992,7 @@ impl Server {
             | Command::Execute { statename, .. } => Some(statename.clone()),
             _ => None,
         };
+        let executes = matches!(command, Command::Execute { .. });
         let result = match command {
             Command::Login { .. } => Err(Failure::new("bad_frame", "already logged in")),
             Command::Ping => Ok(Value::from("pong")),
@@ -967,7 +1062,20 @@ impl Server {
             }
         };
         if let Some(statename) = dirty {
-            if result.is_ok() || name == "execute_state" {
+            // A handler that failed may have changed its state before the error (`call` as
+            // much as `execute_state`).
+            if executes && self.take_save(project, &statename) {
+                let held = HeldReply {
+                    conn,
+                    wire,
+                    rid,
+                    name,
+                    result,
+                };
+                self.save(project, &statename, Some(held));
+                return;
+            }
+            if result.is_ok() || executes {
                 self.mark_dirty(project, &statename);
             }
         }
@@ -1483,6 +1591,21 @@ impl Server {
             })?,
         )?;
         let me = self.me.clone();
+        let (p, s) = (project.to_string(), statename.to_string());
+        ctx.raw_set(
+            "save",
+            lua.create_function(move |_, ()| {
+                // Written when the handler returns (with everything it changed), and its
+                // caller's reply waits for the store's answer.
+                if let Some(server) = me.upgrade() {
+                    if let Some(x) = server.projects.borrow_mut().get_mut(&p) {
+                        x.save_now.insert(s.clone());
+                    }
+                }
+                Ok(())
+            })?,
+        )?;
+        let me = self.me.clone();
         let p = project.to_string();
         ctx.raw_set(
             "initstate",
@@ -1812,7 +1935,11 @@ impl Server {
             );
         }
         self.finish_exit(project, statename);
-        self.mark_dirty(project, statename);
+        if self.take_save(project, statename) {
+            self.save(project, statename, None);
+        } else {
+            self.mark_dirty(project, statename);
+        }
     }
 
     // ---- channels ----------------------------------------------------------------------

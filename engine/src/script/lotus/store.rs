@@ -68,6 +68,13 @@ pub enum Cmd {
         core: usize,
         items: Vec<Item>,
     },
+    /// `ctx.save()`: one state written now, answered (`Stored::Saved`) once the store
+    /// replied, so the handler's caller is acknowledged only after the write.
+    Save {
+        core: usize,
+        token: u64,
+        item: Item,
+    },
     LoadState {
         core: usize,
         project: String,
@@ -309,6 +316,26 @@ fn run(
                 }
                 let failed = failed.into_iter().map(|(p, n, _)| (p, n)).collect();
                 deliver(&node, core, Stored::Flushed { failed });
+            }
+            Cmd::Save { core, token, item } => {
+                let error = b.flush(std::slice::from_ref(&item)).into_iter().next().map(
+                    |(project, name, e)| {
+                        tracing::warn!(
+                            "lotus `{entry}`: {what}: ctx.save() of {project}/{name}: {e}"
+                        );
+                        format!("{what}: {e}")
+                    },
+                );
+                deliver(
+                    &node,
+                    core,
+                    Stored::Saved {
+                        token,
+                        project: item.project,
+                        name: item.name,
+                        error,
+                    },
+                );
             }
             Cmd::LoadState {
                 core,
