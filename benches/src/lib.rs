@@ -1,7 +1,8 @@
 //! Support code for STAGE's benchmarks. The crate's binaries are the measuring tools:
 //! `baseline-echo`, the plain glommio echo server (same framing as `stage`, no Lua) that
 //! every end-to-end figure is a ratio against, and `e2e`, the interleaved comparison. Shared
-//! here: finding the workspace's other binaries, a process's CPU time, a free port.
+//! here: finding the workspace's other binaries, a process's CPU time, a free port, waiting
+//! for a started server to listen.
 
 use std::path::PathBuf;
 
@@ -43,6 +44,22 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (at(14) + at(15)) as f64 / hz
+}
+
+/// Waits (up to 20 s) until a server the tool started listens on loopback `port`; an error
+/// if it exits first or never listens.
+pub fn wait_listening(port: u16, child: &mut std::process::Child) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("server exited early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    anyhow::bail!("server did not listen on {port}")
 }
 
 /// A loopback TCP port that was free a moment ago.

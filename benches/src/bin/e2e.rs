@@ -17,10 +17,8 @@
 //!   target/release/e2e [--pairs 5] [--seconds 5] [--cases 64x64,1000x64,...] [--server-cpu 0] [--client-cpu 1] [--before PATH]
 //! A case is CONNECTIONSxPAYLOAD. Default cases: 1x32 64x32 1000x32 1x1024 64x1024 1000x1024.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -94,20 +92,6 @@ impl Sample {
     }
 }
 
-fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("server exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("server did not listen on {port}")
-}
-
 fn start_server(which: &str, port: u16, o: &Options, dir: &Path) -> anyhow::Result<Child> {
     let cpu = o.server_cpu;
     let mut cmd = Command::new("taskset");
@@ -140,7 +124,7 @@ fn start_server(which: &str, port: u16, o: &Options, dir: &Path) -> anyhow::Resu
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    wait_port(port, &mut child)?;
+    stage_benches::wait_listening(port, &mut child)?;
     Ok(child)
 }
 

@@ -12,12 +12,11 @@
 //!
 //! Usage: target/release/index-echo [SECONDS (10)] [ROUNDS (3)] [PERIOD_MS (5)] [IDS (20)]
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 const SCRIPT: &str = r#"
 broker.ready('tcp://127.0.0.1:PORT?packet=4k,10k', function (socket, addr)
@@ -41,20 +40,6 @@ struct Options {
     rounds: usize,
     period: u64,
     ids: usize,
-}
-
-fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("server exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("server did not listen on {port}")
 }
 
 /// One run: the echo's p50 and p99 (µs) and how many echoes were answered.
@@ -81,7 +66,7 @@ fn run(sync: &str, o: &Options, dir: &Path) -> anyhow::Result<(f64, f64, u64)> {
         .stderr(Stdio::null())
         .spawn()?;
     let result = (|| {
-        wait_port(port, &mut server)?;
+        stage_benches::wait_listening(port, &mut server)?;
         // Let the write load reach its steady state first.
         std::thread::sleep(Duration::from_millis(500));
         let cpus = bench_cpus();

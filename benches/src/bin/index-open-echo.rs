@@ -76,20 +76,6 @@ fn spawn(bin: &Path, dir: &Path, level: &str) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-fn wait_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("server exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("server did not listen on {port}")
-}
-
 fn stop(mut child: Child) {
     // SIGKILL: nothing is written at exit, so every run reopens the same log.
     let _ = child.kill();
@@ -186,7 +172,7 @@ fn run(bin: &Path, dir: &Path, open: bool, ids: usize) -> anyhow::Result<Figures
     )?;
     let mut child = spawn(bin, dir, "info")?;
     let result = (|| {
-        wait_port(port, &mut child)?;
+        stage_benches::wait_listening(port, &mut child)?;
         let mut echo = TcpStream::connect(("127.0.0.1", port))?;
         echo.set_nodelay(true)?;
         let mut ask = TcpStream::connect(("127.0.0.1", port))?;
