@@ -150,6 +150,10 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
             t.set("reserve", ptr(reserve as *const ()))?;
             t.set("advance", ptr(advance as *const ()))?;
             t.set("socket_addr", ptr(socket_addr as *const ()))?;
+            // libc's, for the decoder's key scan (one call instead of a byte loop, which
+            // would be a second loop inside the decoder's compiled one).
+            t.set("memchr", ptr(libc::memchr as *const ()))?;
+            t.set("strspn", ptr(libc::strspn as *const ()))?;
             t.set("not_here", STAGE_NOT_HERE)?;
             // The decoder's limits: the same numbers as every other BSON decoder's.
             t.set("max_depth", bson_limits::MAX_DEPTH)?;

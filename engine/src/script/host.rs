@@ -254,7 +254,9 @@ impl Host {
                 }
             };
             let packet = framing == Framing::Packet;
-            match view.call::<bool>((id, packet)) {
+            // The length goes as an argument too: the hook reads it before its decoding loop,
+            // where an FFI read would run interpreted (a boxed cdata per frame).
+            match view.call::<bool>((id, packet, frame.len())) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(err) => {
