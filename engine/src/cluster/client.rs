@@ -19,6 +19,8 @@ use crate::node::Node;
 
 /// How often the outgoing loop looks up to notice a shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+/// The most outgoing messages taken from the cores' queue per look.
+const OUTGOING_BATCH: usize = 64;
 
 pub(super) fn run(node: Arc<Node>, cluster: Arc<Cluster>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -209,15 +211,28 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
         }
     });
 
+    // One timer for the whole loop (a `timeout` per message registered and cancelled a timer
+    // each time), and every message queued since the last wake-up taken at once.
+    let mut look_up = tokio::time::interval(SHUTDOWN_POLL);
+    let mut batch = Vec::with_capacity(OUTGOING_BATCH);
     while !node.is_shutting_down() {
-        let Ok(next) = tokio::time::timeout(SHUTDOWN_POLL, outgoing.recv()).await else {
-            continue;
-        };
-        let Some(out) = next else {
-            break;
-        };
-        if let Err(err) = client.publish(out.subject, out.payload).await {
-            node.count_unrouted(&format!("a message to another node ({err})"));
+        let received = futures_lite::future::or(
+            async { Some(outgoing.recv_many(&mut batch, OUTGOING_BATCH).await) },
+            async {
+                look_up.tick().await;
+                None
+            },
+        )
+        .await;
+        match received {
+            None => continue,
+            Some(0) => break,
+            Some(_) => {}
+        }
+        for out in batch.drain(..) {
+            if let Err(err) = client.publish(out.subject, out.payload).await {
+                node.count_unrouted(&format!("a message to another node ({err})"));
+            }
         }
     }
     // Whatever was handed over before the shutdown still goes out; the connection closing

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::node::affinity;
 use crate::node::members::Members;
 use crate::node::{peers, Node};
 
@@ -109,7 +110,21 @@ pub fn start(node: Arc<Node>) -> std::io::Result<()> {
     };
     std::thread::Builder::new()
         .name("stage-nats".into())
-        .spawn(move || client::run(node, cluster))
+        .spawn(move || {
+            // Every cross-node message wakes this thread and then a core (or a core, then
+            // this thread): on the cores' CPUs those are wake-ups on the same CPU, as for the
+            // datagram reader of `node::peers`, which inherits core 0's. Left to float, it
+            // lands on another CPU and each hand-over costs an interrupt between CPUs:
+            // BENCHMARKS.md "Between nodes through NATS" measured the difference.
+            if let Err(err) = affinity::pin_current_thread(&node.cpus) {
+                tracing::warn!(
+                    "cluster member {}: the NATS thread stays off the cores' CPUs {:?}: {err}",
+                    cluster.me,
+                    node.cpus
+                );
+            }
+            client::run(node, cluster)
+        })
         .map(drop)
 }
 
