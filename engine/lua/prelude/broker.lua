@@ -192,7 +192,15 @@ local function commit_results(commit, addr, ok, ...)
     P.report("receive callback", (...))
     return
   end
-  for i = 1, select("#", ...) do
+  local n = select("#", ...)
+  if n == 1 then
+    -- The usual case without a loop: LuaJIT compiles loops on their own, and a loop that
+    -- runs once per message here made every trace through the receive path stop at it.
+    local v = ...
+    if v ~= nil then commit(v, addr) end
+    return
+  end
+  for i = 1, n do
     local v = select(i, ...)
     if v ~= nil then commit(v, addr) end
   end
