@@ -233,7 +233,7 @@ local function send_service_output(o)
     member = E.cluster_pick(dest)
     if member == nil then return E.unrouted(o.i) end
     if member == false then
-      -- Who hosts it is being learned: the message waits for that (up to a period).
+      -- Who hosts it is being learned: the message waits for that (1.25 periods).
       local rn = o.rn or (o.rp and member_of(o.rp)) or CLUSTER
       E.cluster_hold(dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = rn, v = o.v, k = o.k }))
       return
@@ -443,7 +443,7 @@ end
 -- replies come straight back here. Returns whether a member was chosen (a send that fails
 -- is counted as unrouted by `E.cluster_send`). Until this member has heard who hosts the
 -- group (the first message to it starts listening), the pick answers `false` and the
--- message is held for up to one heartbeat period, then routed the same way
+-- message is held for a heartbeat period and a quarter, then routed the same way
 -- (`E.cluster_hold`; engine/src/cluster).
 local function route_cluster(group, every, id, reply_to, deadline, values)
   if CLUSTER == nil then return false end

@@ -279,7 +279,7 @@ async fn watch(client: async_nats::Client, node: Arc<Node>, cluster: Arc<Cluster
                 }
             });
             // The server has the subscription once it answered a ping sent after it; a flush
-            // that cannot finish (connection lost) is bounded by the learning time.
+            // that cannot finish (connection lost) is bounded by the expiry.
             let _ = tokio::time::timeout(cluster.settings.expiry, client.flush()).await;
         }
         Err(err) => tracing::warn!(

@@ -281,7 +281,7 @@ impl Cluster {
             }
             Some(watch) => {
                 if held >= MAX_HELD {
-                    return Err(self.full(&self.held_full, "held", MAX_HELD));
+                    return Err(self.too_many_held());
                 }
                 watch.held.push((every, frame));
                 watched.held += 1;
@@ -289,10 +289,10 @@ impl Cluster {
             }
             None => {
                 if count >= MAX_WATCHED {
-                    return Err(self.full(&self.watched_full, "watched", MAX_WATCHED));
+                    return Err(self.too_many_watched());
                 }
                 if held >= MAX_HELD {
-                    return Err(self.full(&self.held_full, "held", MAX_HELD));
+                    return Err(self.too_many_held());
                 }
                 self.hand_over(Outgoing::Watch(group.to_string()))?;
                 watched.ids.insert(
@@ -308,19 +308,31 @@ impl Cluster {
         }
     }
 
-    /// A limit reached: the reason a message is unrouted, logged the first time.
-    fn full(&self, logged: &AtomicBool, what: &str, limit: usize) -> String {
-        let why = match what {
-            "held" => format!("{limit} messages already held while their stage ids' hosts are learned (cluster::MAX_HELD)"),
-            _ => format!("the heartbeats of {limit} stage ids already listened to (cluster::MAX_WATCHED)"),
-        };
+    /// [`MAX_HELD`] reached: why a message is unrouted, logged the first time.
+    fn too_many_held(&self) -> String {
+        let why = format!(
+            "{MAX_HELD} messages already held while their stage ids' hosts are learned (cluster::MAX_HELD)"
+        );
+        self.log_limit(&self.held_full, &why);
+        why
+    }
+
+    /// [`MAX_WATCHED`] reached: why a message is unrouted, logged the first time.
+    fn too_many_watched(&self) -> String {
+        let why = format!(
+            "the heartbeats of {MAX_WATCHED} stage ids already listened to (cluster::MAX_WATCHED)"
+        );
+        self.log_limit(&self.watched_full, &why);
+        why
+    }
+
+    fn log_limit(&self, logged: &AtomicBool, why: &str) {
         if !logged.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 "cluster member {}: {why}; messages past it are unrouted (logged once)",
                 self.me
             );
         }
-        why
     }
 
     /// Routes a message as `route` does once the hosts of `group` are known.
