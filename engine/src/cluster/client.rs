@@ -227,7 +227,7 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
             }
             // The identity is not membership: suspended or overloaded, the name is still
             // taken.
-            if ticks % IDENTITY_PERIODS == 0 {
+            if ticks.is_multiple_of(IDENTITY_PERIODS) {
                 let subject = format!("{IDENTITY_PREFIX}{}", c.me);
                 if let Err(err) = hb.publish(subject, identity.clone()).await {
                     tracing::trace!("cluster identity not sent: {err}");
