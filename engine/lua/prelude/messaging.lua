@@ -232,6 +232,12 @@ local function send_service_output(o)
     -- node that does, as `route` would choose.
     member = E.cluster_pick(dest)
     if member == nil then return E.unrouted(o.i) end
+    if member == false then
+      -- Who hosts it is being learned: the message waits for that (1.25 periods).
+      local rn = o.rn or (o.rp and member_of(o.rp)) or CLUSTER
+      E.cluster_hold(dest, false, E.encode({ i = o.i, r = o.r, rp = o.rp or ME, rn = rn, v = o.v, k = o.k }))
+      return
+    end
   end
   if member ~= nil then
     -- The addressee runs on another node (`member`): straight there, like a reply. Replies
@@ -435,7 +441,10 @@ end
 -- Between nodes (engine/src/cluster): `every` sends to each eligible member of another node
 -- hosting the group, else to one, round-robin. The request names this member in `rn`, so
 -- replies come straight back here. Returns whether a member was chosen (a send that fails
--- is counted as unrouted by `E.cluster_send`).
+-- is counted as unrouted by `E.cluster_send`). Until this member has heard who hosts the
+-- group (the first message to it starts listening), the pick answers `false` and the
+-- message is held for a heartbeat period and a quarter, then routed the same way
+-- (`E.cluster_hold`; engine/src/cluster).
 local function route_cluster(group, every, id, reply_to, deadline, values)
   if CLUSTER == nil then return false end
   local payload = nil
@@ -445,11 +454,13 @@ local function route_cluster(group, every, id, reply_to, deadline, values)
   end
   if every then
     local members = E.cluster_members(group)
+    if members == false then return E.cluster_hold(group, true, envelope()) end
     for _, member in ipairs(members) do E.cluster_send(member, group, true, envelope()) end
     return #members > 0
   end
   local member = E.cluster_pick(group)
   if member == nil then return false end
+  if member == false then return E.cluster_hold(group, false, envelope()) end
   E.cluster_send(member, group, false, envelope())
   return true
 end

@@ -1,8 +1,9 @@
 //! The `stage-nats` thread: one tokio current-thread runtime driving the async-nats client.
 //! It connects (retrying, with the client's backoff, for as long as the process runs),
-//! subscribes to the heartbeats and to this member's inbox, delivers arriving messages into
-//! the cores' inboxes (`node::peers::deliver`), publishes what the cores queued and sends the
-//! heartbeats. Only this thread waits on the network.
+//! subscribes to this member's inbox and identity subjects, delivers arriving messages into
+//! the cores' inboxes (`node::peers::deliver`), publishes what the cores queued, listens to
+//! the heartbeats of the stage ids the cores asked for (`Outgoing::Watch`) and sends this
+//! member's heartbeats, one per hosted stage id. Only this thread waits on the network.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use async_nats::{ConnectOptions, Event, ServerAddr};
 use crate::config::NatsAuth;
 use futures_lite::StreamExt;
 
-use super::{Cluster, HEARTBEAT_SUBJECT, MEMBER_SUBJECT_PREFIX};
+use super::{
+    heartbeat_subject, Cluster, Outgoing, IDENTITY_PERIODS, IDENTITY_PREFIX, MEMBER_SUBJECT_PREFIX,
+};
 use crate::node::peers::{self, Frame};
 use crate::node::Node;
 
@@ -156,11 +159,13 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
             return;
         }
     };
-    let heartbeats = client.subscribe(HEARTBEAT_SUBJECT).await;
+    let identity = client
+        .subscribe(format!("{IDENTITY_PREFIX}{}", cluster.me))
+        .await;
     let inbox = client
         .subscribe(format!("{MEMBER_SUBJECT_PREFIX}{}", cluster.me))
         .await;
-    let (mut heartbeats, mut inbox) = match (heartbeats, inbox) {
+    let (mut identity, mut inbox) = match (identity, inbox) {
         (Ok(h), Ok(i)) => (h, i),
         (Err(err), _) | (_, Err(err)) => {
             tracing::error!("cluster member {}: cannot subscribe: {err}", cluster.me);
@@ -175,7 +180,7 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
 
     let c = cluster.clone();
     tokio::spawn(async move {
-        while let Some(msg) = heartbeats.next().await {
+        while let Some(msg) = identity.next().await {
             c.heard(&msg.payload, Instant::now());
         }
     });
@@ -194,8 +199,17 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
     });
     let (c, n, hb) = (cluster.clone(), node.clone(), client.clone());
     tokio::spawn(async move {
-        let frame = bytes::Bytes::from(c.heartbeat(&n.stages.hosted_ids()));
+        // One heartbeat per hosted stage id, on that id's subject: only the members that
+        // send to the id hear it.
+        let frames: Vec<(String, bytes::Bytes)> = n
+            .stages
+            .hosted_ids()
+            .iter()
+            .map(|id| (heartbeat_subject(id), bytes::Bytes::from(c.heartbeat(id))))
+            .collect();
+        let identity = bytes::Bytes::from(c.identity());
         let mut tick = tokio::time::interval(c.settings.notify);
+        let mut ticks = 0u32;
         loop {
             tick.tick().await;
             c.sweep(Instant::now());
@@ -203,11 +217,25 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
                 || format!("cluster member {}", c.me),
                 c.settings.suspend.as_deref(),
             );
-            if open && c.connected.load(Ordering::Acquire) {
-                if let Err(err) = hb.publish(HEARTBEAT_SUBJECT, frame.clone()).await {
-                    tracing::trace!("cluster heartbeat not sent: {err}");
+            if !c.connected.load(Ordering::Acquire) {
+                continue;
+            }
+            if open {
+                for (subject, frame) in &frames {
+                    if let Err(err) = hb.publish(subject.clone(), frame.clone()).await {
+                        tracing::trace!("cluster heartbeat not sent: {err}");
+                    }
                 }
             }
+            // The identity is not membership: suspended or overloaded, the name is still
+            // taken.
+            if ticks.is_multiple_of(IDENTITY_PERIODS) {
+                let subject = format!("{IDENTITY_PREFIX}{}", c.me);
+                if let Err(err) = hb.publish(subject, identity.clone()).await {
+                    tracing::trace!("cluster identity not sent: {err}");
+                }
+            }
+            ticks = ticks.wrapping_add(1);
         }
     });
 
@@ -230,8 +258,15 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
             Some(_) => {}
         }
         for out in batch.drain(..) {
-            if let Err(err) = client.publish(out.subject, out.payload).await {
-                node.count_unrouted(&format!("a message to another node ({err})"));
+            match out {
+                Outgoing::Publish { subject, payload } => {
+                    if let Err(err) = client.publish(subject, payload).await {
+                        node.count_unrouted(&format!("a message to another node ({err})"));
+                    }
+                }
+                Outgoing::Watch(group) => {
+                    tokio::spawn(watch(client.clone(), node.clone(), cluster.clone(), group));
+                }
             }
         }
     }
@@ -239,4 +274,38 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
     // after that is no outage.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     cluster.stopping.store(true, Ordering::Release);
+}
+
+/// How long after subscribing to a stage id's heartbeats its hosts count as known: one
+/// notify period (every live host publishes once in it) and a quarter more for the
+/// hosts' timers not being in step with ours.
+fn learning_time(notify: Duration) -> Duration {
+    notify + notify / 4
+}
+
+/// Listens to the heartbeats of `group` for as long as the process runs, and routes the
+/// messages held for it once its hosts are known (`Cluster::release`). A subscription that
+/// fails leaves nobody known: the held messages are unrouted, the next ones too.
+async fn watch(client: async_nats::Client, node: Arc<Node>, cluster: Arc<Cluster>, group: String) {
+    match client.subscribe(heartbeat_subject(&group)).await {
+        Ok(mut heartbeats) => {
+            let c = cluster.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = heartbeats.next().await {
+                    c.heard(&msg.payload, Instant::now());
+                }
+            });
+            // The server has the subscription once it answered a ping sent after it; a flush
+            // that cannot finish (connection lost) is bounded by the expiry.
+            let _ = tokio::time::timeout(cluster.settings.expiry, client.flush()).await;
+        }
+        Err(err) => tracing::warn!(
+            "cluster member {}: cannot listen to the heartbeats of `{group}`: {err}",
+            cluster.me
+        ),
+    }
+    tokio::time::sleep(learning_time(cluster.settings.notify)).await;
+    for why in cluster.release(&group) {
+        node.count_unrouted(&format!("`{group}` on another node ({why})"));
+    }
 }

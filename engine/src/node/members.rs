@@ -51,6 +51,34 @@ impl<K: Clone + Ord + Hash> Members<K> {
     /// A heartbeat from `key` listing the stage ids it hosts. True when `key` was not up
     /// before (new, or back after a silence), for the caller to log.
     pub fn heard(&self, key: K, ids: Vec<String>, now: Instant) -> bool {
+        self.update(key, now, |old| (old != ids).then_some(ids))
+    }
+
+    /// A heartbeat from `key` about one stage id it hosts (the cluster's heartbeats are per
+    /// stage id): `id` joins the ids `key` is known to host, which are forgotten first when
+    /// `reset` (a new run of the member, which may host others). True when `key` was not up
+    /// before.
+    pub fn heard_id(&self, key: K, id: &str, reset: bool, now: Instant) -> bool {
+        self.update(key, now, |old| {
+            if reset && (old.len() != 1 || old[0] != id) {
+                Some(vec![id.to_string()])
+            } else if !old.iter().any(|i| i == id) {
+                let mut ids = old.to_vec();
+                ids.push(id.to_string());
+                Some(ids)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Marks `key` heard now; `ids` says its new id list from the old one (`None`: unchanged).
+    fn update(
+        &self,
+        key: K,
+        now: Instant,
+        ids: impl FnOnce(&[String]) -> Option<Vec<String>>,
+    ) -> bool {
         let mut inner = self.inner.lock().unwrap();
         let Inner {
             members, by_group, ..
@@ -63,7 +91,7 @@ impl<K: Clone + Ord + Hash> Members<K> {
         let came_up = !member.up;
         member.up = true;
         member.seen = now;
-        if member.ids != ids {
+        if let Some(ids) = ids(&member.ids) {
             for old in member.ids.iter().filter(|id| !ids.contains(id)) {
                 if let Some(list) = by_group.get_mut(old) {
                     if let Ok(at) = list.binary_search(&key) {
@@ -218,6 +246,29 @@ mod tests {
             .map(|_| m.pick("game", None, later, &all).unwrap())
             .collect();
         assert_eq!(picks, vec!["a.1", "b.1", "a.1", "b.1"]);
+    }
+
+    #[test]
+    fn ids_heard_one_at_a_time_add_up_until_a_new_run() {
+        let m: Members<String> = Members::new(Duration::from_millis(500));
+        let t0 = Instant::now();
+        let all = |_: &String| true;
+        assert!(m.heard_id("b.1".into(), "game", true, t0));
+        assert!(!m.heard_id("b.1".into(), "lobby", false, t0), "already up");
+        assert!(!m.heard_id("b.1".into(), "game", false, t0));
+        assert_eq!(m.hosting("game", t0, &all), vec!["b.1"]);
+        assert_eq!(m.hosting("lobby", t0, &all), vec!["b.1"]);
+        // A new run of b.1 that hosts only `zone`: what the old run hosted is forgotten.
+        m.heard_id("b.1".into(), "zone", true, t0);
+        assert_eq!(m.hosting("zone", t0, &all), vec!["b.1"]);
+        assert!(m.hosting("game", t0, &all).is_empty());
+        assert!(m.hosting("lobby", t0, &all).is_empty());
+        // Silent past the expiry: no longer eligible, reported once, back when heard again.
+        let later = t0 + Duration::from_millis(600);
+        assert_eq!(m.pick("zone", None, later, &all), None);
+        assert_eq!(m.sweep(later).len(), 1);
+        assert!(m.heard_id("b.1".into(), "zone", false, later));
+        assert_eq!(m.pick("zone", None, later, &all).as_deref(), Some("b.1"));
     }
 
     proptest::proptest! {

@@ -187,6 +187,57 @@ fn a_request_reaches_the_only_node_hosting_the_stage_and_the_reply_comes_back() 
 }
 
 #[test]
+fn the_first_messages_to_another_nodes_stage_wait_for_its_hosts_instead_of_being_lost() {
+    let Some(nats) = nats("cluster first message") else {
+        return;
+    };
+    let _b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game""#),
+        &[("game.lua", &game("B", true))],
+    );
+    let _c = Server::start(
+        &node_config(&nats, "C", r#""lua.so+game""#),
+        &[("game.lua", &game("C", true))],
+    );
+    // A sends one request and one `*` message, once: A has never sent to `game`, so it
+    // does not know its hosts yet. Both wait for them and arrive; nothing is sent twice.
+    let front = r#"
+        stage.waitfor("one", function (who) __["one_" .. who] = (__["one_" .. who] or 0) + 1 end)
+        stage.waitfor("all", function (who) __["all_" .. who] = (__["all_" .. who] or 0) + 1 end)
+        broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+          return function (s, data)
+            if data.message == "go" and not __.sent then
+              __.sent = true
+              stage.signal("game:who=one")
+              stage.signal("*game:who=all")
+            end
+            local out = {}
+            for _, k in ipairs({ "one_B", "one_C", "all_B", "all_C" }) do out[k] = __[k] or 0 end
+            return out
+          end
+        end)
+    "#;
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", front)],
+    );
+    // B and C are up (their own logs say so) before A sends anything.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let v = until(&a, "both messages are answered", "go", 0, |v| {
+        count(v, "one_B") + count(v, "one_C") >= 1
+            && count(v, "all_B") >= 1
+            && count(v, "all_C") >= 1
+    });
+    // Late duplicates would show up by now.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let v2 = until(&a, "the counts again", "look", 0, |_| true);
+    assert_eq!(v, v2, "{v2:?}");
+    assert_eq!(count(&v2, "one_B") + count(&v2, "one_C"), 1, "{v2:?}");
+    assert_eq!(count(&v2, "all_B"), 1, "{v2:?}");
+    assert_eq!(count(&v2, "all_C"), 1, "{v2:?}");
+}
+
+#[test]
 fn every_instance_on_every_node_gets_a_star_message() {
     let Some(nats) = nats("cluster *") else {
         return;
