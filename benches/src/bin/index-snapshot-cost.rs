@@ -4,8 +4,8 @@
 //! - the image is encoded in one go (what the core did before snapshots were sliced),
 //! - the entries are copied (`Arc` of the id plus a clone of each entry: what handing an
 //!   immutable copy to the sync thread would cost the core at the least),
-//! - the image is built in slices of `snapshot::SLICE_IDS` ids (the longest slice is what
-//!   the core now spends in one turn),
+//! - the image is built in slices of `snapshot::SLICE_IDS` ids or `SLICE_BYTES` (the
+//!   longest slice is what the core now spends in one turn),
 //!
 //! and, while filling, the longest single `set` (growing the id map past its capacity
 //! rebuilds it in that `set`) against the longest single insert into a std `HashMap` of the
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use stage_engine::service::index::ranking::Ranking;
 use stage_engine::service::index::record::Entry;
-use stage_engine::service::index::snapshot::{Build, SLICE_IDS};
+use stage_engine::service::index::snapshot::{Build, SLICE_BYTES, SLICE_IDS};
 use stage_engine::service::index::{Score, SetItem, TierSel};
 
 fn ms(d: Duration) -> f64 {
@@ -79,7 +79,7 @@ fn main() {
         let t = Instant::now();
         loop {
             let s = Instant::now();
-            let done = build.step(&mut r, SLICE_IDS);
+            let done = build.step(&mut r, SLICE_IDS, SLICE_BYTES);
             longest_slice = longest_slice.max(s.elapsed());
             if done {
                 break;

@@ -23,12 +23,10 @@ pub const SLICE_PAUSE: Duration = Duration::from_micros(50);
 /// wake-up.
 pub fn start(service: &Rc<RefCell<IndexService>>) {
     let (tx, rx) = local_channel::new_bounded::<()>(1);
-    service
-        .borrow_mut()
-        .on_snapshot_slices(Box::new(move || {
-            // Full: a wake-up is already pending, which is all this one would say.
-            let _ = tx.try_send(());
-        }));
+    service.borrow_mut().on_snapshot_slices(Box::new(move || {
+        // Full: a wake-up is already pending, which is all this one would say.
+        let _ = tx.try_send(());
+    }));
     glommio::spawn_local(slices(Rc::downgrade(service), rx)).detach();
 }
 

@@ -133,7 +133,13 @@ fn ring(node: &Weak<Node>, stage: usize, core: usize) {
             return;
         }
     };
-    post(node, core, PostKind::IndexOpen, payload, "an index open notice");
+    post(
+        node,
+        core,
+        PostKind::IndexOpen,
+        payload,
+        "an index open notice",
+    );
 }
 
 fn deliver(node: &Weak<Node>, stage: usize, core: usize, c: Completion) {
@@ -144,7 +150,13 @@ fn deliver(node: &Weak<Node>, stage: usize, core: usize, c: Completion) {
             return;
         }
     };
-    post(node, core, PostKind::IndexDone, payload, "an index sync completion");
+    post(
+        node,
+        core,
+        PostKind::IndexDone,
+        payload,
+        "an index sync completion",
+    );
 }
 
 /// `{t = stage, u = upto, f = {name = why}}` (f only when something failed).
@@ -176,8 +188,8 @@ mod tests {
     use super::*;
     use crate::node::mailbox;
     use crate::service::index::{
-        open, Answer, Command, IndexConfig, IndexService, Outcome, Reply, Request, Score,
-        SetItem, SetResult, SyncPolicy, TierSel,
+        open, Answer, Command, IndexConfig, IndexService, Outcome, Reply, Request, Score, SetItem,
+        SetResult, SyncPolicy, TierSel,
     };
 
     /// What the index threads post to the test's "core".
@@ -270,7 +282,10 @@ mod tests {
         };
         let released = svc.complete(c);
         assert_eq!(released.len(), 1);
-        assert_eq!((released[0].tag, released[0].callback.as_deref()), (1, Some("cb")));
+        assert_eq!(
+            (released[0].tag, released[0].callback.as_deref()),
+            (1, Some("cb"))
+        );
         assert_eq!(
             released[0].answer,
             Answer::One(Reply::Set(vec![("p".into(), SetResult::Rank(1))]))

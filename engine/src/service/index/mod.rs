@@ -617,7 +617,7 @@ impl IndexService {
     }
 
     /// One slice of the unfinished snapshot builds: encodes at most `snapshot::SLICE_IDS`
-    /// ids in all, and hands every image it finishes to the sync thread (after every record
+    /// ids in all (and about `snapshot::SLICE_BYTES` per build), and hands every image it finishes to the sync thread (after every record
     /// logged so far, so the log is emptied with it). True while a build is unfinished.
     pub fn snapshot_step(&mut self) -> bool {
         let mut budget = snapshot::SLICE_IDS;
@@ -628,7 +628,7 @@ impl IndexService {
                 continue;
             };
             let before = build.encoded();
-            let done = budget > 0 && build.step(&mut ix.ranking, budget);
+            let done = budget > 0 && build.step(&mut ix.ranking, budget, snapshot::SLICE_BYTES);
             budget = budget.saturating_sub(build.encoded() - before);
             if !done {
                 left = true;

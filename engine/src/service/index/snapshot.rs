@@ -20,8 +20,8 @@
 //! The last step costs one encode per id changed while the build ran (each of which already
 //! cost a `set` or `del`), in one turn. Why slices and not a copy handed to the sync thread:
 //! a copy of a million entries (their tier vectors, scores and values) is itself O(ids) on
-//! the core, measured at about the same cost as encoding them (BENCHMARKS.md), so it would
-//! not remove the stall, only move its CPU.
+//! the core: 233-288 ms against 357-458 ms for encoding them in one go (`index-snapshot-cost`,
+//! BENCHMARKS.md), so it would shorten the stall by a third, not remove it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,9 +31,13 @@ use super::ranking::Ranking;
 use super::record;
 use super::store;
 
-/// Ids encoded per slice (one core turn). Each costs the encoding of its record and CRC
-/// (about 0.3-1 µs for an id with a score and a small value on this project's machine).
+/// Ids encoded per slice (one core turn) at most. Each costs the encoding of its record and
+/// CRC (0.2-0.4 µs for an id with one score and no value on this project's machine).
 pub const SLICE_IDS: usize = 2048;
+
+/// Bytes encoded per slice at most: ids with big values end a slice sooner (the CRC and the
+/// copy cost by the byte; 2,048 ids of 4 KB each took a slice past 50 ms).
+pub const SLICE_BYTES: usize = 256 << 10;
 
 /// A snapshot image being built; lives in its index until [`Build::finish`].
 pub struct Build {
@@ -70,14 +74,16 @@ impl Build {
         self.touched.insert(id.clone());
     }
 
-    /// Encodes up to `max` ids from the cursor; true once every position is encoded.
-    pub fn step(&mut self, ranking: &mut Ranking, max: usize) -> bool {
+    /// Encodes up to `max` ids from the cursor, stopping after the record that takes the
+    /// slice past `max_bytes`; true once every position is encoded.
+    pub fn step(&mut self, ranking: &mut Ranking, max: usize, max_bytes: usize) -> bool {
         self.slices += 1;
         for id in ranking.take_moved() {
             self.touched(&id);
         }
         let end = ranking.ids().min(self.cursor.saturating_add(max));
-        while self.cursor < end {
+        let started = self.buf.len();
+        while self.cursor < end && self.buf.len() - started < max_bytes {
             if let Some((id, e)) = ranking.at(self.cursor) {
                 record::encode_put(&mut self.buf, id, e);
                 self.records += 1;
@@ -90,7 +96,7 @@ impl Build {
     /// Encodes what is left, then the current state of every id changed or moved since the
     /// start, and stops the ranking reporting moves: the image of `ranking` as it is now.
     pub fn finish(mut self, ranking: &mut Ranking) -> Vec<u8> {
-        self.step(ranking, usize::MAX);
+        self.step(ranking, usize::MAX, usize::MAX);
         for id in ranking.take_moved() {
             self.touched(&id);
         }

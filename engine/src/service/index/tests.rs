@@ -278,7 +278,7 @@ fn snapshot_then_log_replay() {
 /// Expected `(id, score)` pairs, best first (the scores are distinct).
 fn ranked(model: &std::collections::BTreeMap<String, i64>) -> Vec<(String, i64)> {
     let mut v: Vec<(String, i64)> = model.iter().map(|(k, s)| (k.clone(), *s)).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v
 }
 
@@ -316,7 +316,10 @@ fn a_snapshot_built_in_slices_while_writes_continue_keeps_every_acknowledged_val
         match score {
             Some(s) => {
                 let r = svc.execute(set("big", &id, s));
-                assert!(matches!(r, Reply::Set(ref v) if v[0].1.d().is_some()), "{r:?}");
+                assert!(
+                    matches!(r, Reply::Set(ref v) if v[0].1.d().is_some()),
+                    "{r:?}"
+                );
                 model.insert(id, s);
             }
             None => {
@@ -331,10 +334,25 @@ fn a_snapshot_built_in_slices_while_writes_continue_keeps_every_acknowledged_val
     let mut k = 1;
     loop {
         // Encoded already / not reached yet / moved into the encoded part / new.
-        write(&mut svc, &mut model, format!("p{k}"), Some(1_000_000 + k as i64));
-        write(&mut svc, &mut model, format!("p{}", n - 1 - k), Some(2_000_000 + k as i64));
+        write(
+            &mut svc,
+            &mut model,
+            format!("p{k}"),
+            Some(1_000_000 + k as i64),
+        );
+        write(
+            &mut svc,
+            &mut model,
+            format!("p{}", n - 1 - k),
+            Some(2_000_000 + k as i64),
+        );
         write(&mut svc, &mut model, format!("p{}", 100 + k), None);
-        write(&mut svc, &mut model, format!("q{k}"), Some(3_000_000 + k as i64));
+        write(
+            &mut svc,
+            &mut model,
+            format!("q{k}"),
+            Some(3_000_000 + k as i64),
+        );
         k += 1;
         if !svc.svc.snapshot_step() {
             break;
@@ -354,7 +372,10 @@ fn a_snapshot_built_in_slices_while_writes_continue_keeps_every_acknowledged_val
     );
     std::mem::forget(svc);
     let mut svc = Svc::new(cfg(&dir));
-    let got: Vec<(String, i64)> = all(&mut svc, "big").into_iter().map(|(id, s, _)| (id, s)).collect();
+    let got: Vec<(String, i64)> = all(&mut svc, "big")
+        .into_iter()
+        .map(|(id, s, _)| (id, s))
+        .collect();
     assert_eq!(got, ranked(&model));
 }
 
