@@ -290,6 +290,9 @@ fn index_config(block: Option<&simd_json::OwnedValue>) -> IndexConfig {
             if let Some(ms) = v.get("sync").and_then(|s| s.as_u64()) {
                 cfg.sync = SyncPolicy::Interval(Duration::from_millis(ms));
             }
+            if let Some(bytes) = v.get("snapshot").and_then(|s| s.as_u64()) {
+                cfg.snapshot_log_bytes = bytes;
+            }
         }
         _ => {}
     }
@@ -314,15 +317,17 @@ mod tests {
         let cfg = index_config(Some(&block(r#"["rank/", 64, 512]"#)));
         assert_eq!((cfg.path.as_str(), cfg.max_key), ("rank/", 64));
         let cfg = index_config(Some(&block(
-            r#"{"path": "p/", "keysize": 32, "sync": 250}"#,
+            r#"{"path": "p/", "keysize": 32, "sync": 250, "snapshot": 4096}"#,
         )));
         assert_eq!((cfg.path.as_str(), cfg.max_key), ("p/", 32));
+        assert_eq!(cfg.snapshot_log_bytes, 4096);
         assert_eq!(cfg.sync, SyncPolicy::Interval(Duration::from_millis(250)));
         let cfg = index_config(Some(&block(r#"{"sync": "always"}"#)));
         assert_eq!(
             (cfg.path.as_str(), cfg.sync),
             ("index/", SyncPolicy::Always)
         );
+        assert_eq!(cfg.snapshot_log_bytes, 64 << 20);
         assert_eq!(index_config(None).path, "index/");
     }
 }

@@ -290,7 +290,7 @@ fn check_ticket(v: &OwnedValue, at: &At, errs: &mut Vec<ConfigError>) {
 
 /// services.md 2.1: `"dir/"` or `["dir/", n, m]` with positive integers.
 /// The object form (this build's extension, so the durability policy can be chosen):
-/// `{"path": "dir/", "keysize": 128, "sync": "always" | msec}`.
+/// `{"path": "dir/", "keysize": 128, "sync": "always" | msec, "snapshot": bytes}`.
 fn check_index_object(o: &simd_json::owned::Object, at: &At, errs: &mut Vec<ConfigError>) {
     for (k, x) in o.iter() {
         let at = at.key(k);
@@ -309,8 +309,12 @@ fn check_index_object(o: &simd_json::owned::Object, at: &At, errs: &mut Vec<Conf
                 (_, Some(n)) if n > 0 && n <= i128::from(u32::MAX) => {}
                 _ => errs.push(at.type_err("\"always\" or a positive integer (msec)", x)),
             },
+            "snapshot" => match as_int(x) {
+                Some(n) if n > 0 && n <= i128::from(u64::MAX) => {}
+                _ => errs.push(at.type_err("a positive integer (bytes of log)", x)),
+            },
             _ => errs.push(at.invalid(
-                "unknown key: an index.so block object takes `path`, `keysize` and `sync`",
+                "unknown key: an index.so block object takes `path`, `keysize`, `sync` and `snapshot`",
             )),
         }
     }

@@ -698,7 +698,7 @@ fn the_index_block_object_form_is_checked_key_by_key() {
     let errs = errors(
         r##"{
         "#startup": [["index.so+a", "index.so+b"]],
-        "index.so+a": {"path": "a/", "keysize": 64, "sync": 1000},
+        "index.so+a": {"path": "a/", "keysize": 64, "sync": 1000, "snapshot": 1048576},
         "index.so+b": {"path": 1, "sync": "sometimes", "extra": true}
     }"##,
     );
@@ -707,7 +707,7 @@ fn the_index_block_object_form_is_checked_key_by_key() {
         vec![
             "config `stage.json`: key `index.so+b.path`: expected a directory string, found integer 1",
             "config `stage.json`: key `index.so+b.sync`: expected \"always\" or a positive integer (msec), found string \"sometimes\"",
-            "config `stage.json`: key `index.so+b.extra`: unknown key: an index.so block object takes `path`, `keysize` and `sync`",
+            "config `stage.json`: key `index.so+b.extra`: unknown key: an index.so block object takes `path`, `keysize`, `sync` and `snapshot`",
         ]
     );
     ok(r##"{"#startup": ["index.so+a"], "index.so+a": {"sync": "always"}}"##);

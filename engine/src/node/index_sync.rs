@@ -6,10 +6,23 @@
 //! replies that waited for the sync). A finished open is in the shard's own channel; the
 //! thread rings with a `PostKind::IndexOpen` post `{t = stage}` (the prelude calls
 //! `E.index_opened`, which takes the index in and runs the requests that waited for it).
+//!
+//! **A full inbox never loses a post.** Requests and replies wait on the core for these
+//! posts, and nothing else would ever release them, so a post that finds the core's inbox
+//! full (`INBOX_CAPACITY` messages queued) is not dropped like other messages: the posting
+//! thread tries again after a pause of [`RETRY_FIRST`], doubling up to [`RETRY_MAX`], until
+//! the core takes it. It gives up only when the inbox is closed (the core or node stopped).
+//! Meanwhile that thread does nothing else: the other cores' completions of the stage wait
+//! behind it, which is the back-pressure an overloaded core should put on its writers. Every
+//! retry is counted ([`POST_RETRIES`], `stage_limit_hits_total{limit="index_post_retried"}`)
+//! and the first one of the process is logged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use super::mailbox::SendError;
 use super::post::PostKind;
 use super::{CoreMsg, Node};
 use crate::codec::document::{DocumentError, Writer};
@@ -53,11 +66,65 @@ pub fn start(plan: &Plan, node: Weak<Node>) -> HashMap<usize, IndexThreads> {
     threads
 }
 
+/// The first pause of a post that found its core's inbox full; it doubles on each retry.
+pub const RETRY_FIRST: Duration = Duration::from_micros(50);
+
+/// The longest pause between two tries of one post.
+pub const RETRY_MAX: Duration = Duration::from_millis(10);
+
+/// Tries of an index post that found the core's inbox full (the metrics' limit hits).
+pub static POST_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a retry was logged in this process (once).
+static RETRY_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Calls `send` until the core takes the post: again after a growing pause while its inbox
+/// is full; `Ok`, or the `Closed` that ends it.
+pub fn post_until_taken(
+    core: usize,
+    what: &str,
+    mut send: impl FnMut() -> Result<(), SendError>,
+) -> Result<(), SendError> {
+    let mut pause = RETRY_FIRST;
+    loop {
+        match send() {
+            Err(SendError::Full(queued)) => {
+                POST_RETRIES.fetch_add(1, Ordering::Relaxed);
+                if !RETRY_LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        core,
+                        "{what} found core {core}'s inbox full ({queued} messages queued): \
+                         retrying until the core takes it (logged once per process; counted \
+                         in stage_limit_hits_total{{limit=\"index_post_retried\"}})"
+                    );
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Posts `kind` with `payload` to core `core` until it takes it; the node is looked up at each
+/// try, so a node that is gone ends the tries (and nothing is kept alive by them).
+fn post(node: &Weak<Node>, core: usize, kind: PostKind, payload: Vec<u8>, what: &str) {
+    let payload = bytes::Bytes::from(payload);
+    let sent = post_until_taken(core, what, || {
+        let node = node.upgrade().ok_or(SendError::Closed)?;
+        let msg = CoreMsg::Post {
+            kind,
+            payload: payload.clone(),
+        };
+        node.send(core, msg)
+    });
+    if let (Err(err), Some(node)) = (sent, node.upgrade()) {
+        node.log_dropped(core, &err);
+    }
+}
+
 /// Tells core `core` that an open of stage `stage` is in its shard's channel.
 fn ring(node: &Weak<Node>, stage: usize, core: usize) {
-    let Some(node) = node.upgrade() else {
-        return;
-    };
     let mut w = Writer::with_capacity(16);
     let payload = match w.int32("t", stage as i32).and_then(|()| w.finish()) {
         Ok(p) => p,
@@ -66,19 +133,16 @@ fn ring(node: &Weak<Node>, stage: usize, core: usize) {
             return;
         }
     };
-    let msg = CoreMsg::Post {
-        kind: PostKind::IndexOpen,
-        payload: payload.into(),
-    };
-    if let Err(err) = node.send(core, msg) {
-        node.log_dropped(core, &err);
-    }
+    post(
+        node,
+        core,
+        PostKind::IndexOpen,
+        payload,
+        "an index open notice",
+    );
 }
 
 fn deliver(node: &Weak<Node>, stage: usize, core: usize, c: Completion) {
-    let Some(node) = node.upgrade() else {
-        return;
-    };
     let payload = match encode(stage, &c) {
         Ok(p) => p,
         Err(e) => {
@@ -86,13 +150,13 @@ fn deliver(node: &Weak<Node>, stage: usize, core: usize, c: Completion) {
             return;
         }
     };
-    let msg = CoreMsg::Post {
-        kind: PostKind::IndexDone,
-        payload: payload.into(),
-    };
-    if let Err(err) = node.send(core, msg) {
-        node.log_dropped(core, &err);
-    }
+    post(
+        node,
+        core,
+        PostKind::IndexDone,
+        payload,
+        "an index sync completion",
+    );
 }
 
 /// `{t = stage, u = upto, f = {name = why}}` (f only when something failed).
@@ -113,4 +177,134 @@ pub fn encode(stage: usize, c: &Completion) -> Result<Vec<u8>, DocumentError> {
 /// The threads of stage `stage`, for a core starting its shard.
 pub fn of(node: &Arc<Node>, stage: usize) -> Option<IndexThreads> {
     node.index_sync.get(&stage).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::sync::{mpsc, Mutex};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::node::mailbox;
+    use crate::service::index::{
+        open, Answer, Command, IndexConfig, IndexService, Outcome, Reply, Request, Score, SetItem,
+        SetResult, SyncPolicy, TierSel,
+    };
+
+    /// What the index threads post to the test's "core".
+    enum Msg {
+        /// Whatever else keeps the core's inbox full.
+        Filler,
+        Open,
+        Done(Completion),
+    }
+
+    /// Waits until `f` has something (the threads run at their own pace).
+    fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(t) = f() {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until a post has found the inbox full and been retried.
+    fn wait_for_a_retry(before: u64) {
+        poll("a retry", || {
+            (POST_RETRIES.load(Ordering::Relaxed) > before).then_some(())
+        });
+    }
+
+    /// The open thread's notice and the sync thread's completion each find the core's inbox
+    /// full: neither is dropped; each arrives once the core drains its inbox, and the request
+    /// that waited for both (the first `set` of an index) is answered.
+    #[test]
+    fn posts_that_find_a_full_inbox_arrive_once_it_drains_and_the_request_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = IndexConfig::new(format!("{}/", dir.path().display()));
+        cfg.sync = SyncPolicy::Always;
+        // One slot: one queued message makes the inbox full.
+        let (mailbox, inbox) = mailbox::channel::<Msg>(1).unwrap();
+        let to = mailbox.clone();
+        let notify = Box::new(move |core: usize, c: Completion| {
+            let _ = post_until_taken(core, "a test completion", || {
+                to.send(Msg::Done(c.clone()), 1)
+            });
+        });
+        let to = mailbox.clone();
+        let ring = Box::new(move |core: usize| {
+            let _ = post_until_taken(core, "a test open notice", || to.send(Msg::Open, 1));
+        });
+        // The sync waits for the test's go, so the inbox can be filled before it completes.
+        let (go, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let sync: crate::service::index::sync::SyncFn = Arc::new(move |f: &File| {
+            let _ = gate.lock().unwrap().recv();
+            f.sync_data()
+        });
+        let thread =
+            crate::service::index::SyncThread::start_with("test", cfg.sync, sync, notify).unwrap();
+        let opener =
+            crate::service::index::OpenThread::start_with("test", Arc::new(open::load), ring)
+                .unwrap();
+        let mut svc = IndexService::new(cfg, 0, thread, opener);
+
+        mailbox.send(Msg::Filler, 1).unwrap();
+        let before = POST_RETRIES.load(Ordering::Relaxed);
+        let set = Request {
+            index: "board".into(),
+            tier: TierSel::Default,
+            command: Command::Set(vec![SetItem {
+                id: "p".into(),
+                scores: Some(vec![Score::Int(7)]),
+                ..SetItem::default()
+            }]),
+        };
+        // Waits for the open: the open thread's notice meets the full inbox.
+        assert_eq!(svc.execute(set, Some("cb".into()), 1), Outcome::Held);
+        wait_for_a_retry(before);
+        assert!(matches!(inbox.try_take(), Some(Msg::Filler)));
+        let open_notice = poll("the open notice", || inbox.try_take());
+        assert!(matches!(open_notice, Msg::Open));
+        // The set runs, and waits for its sync; the inbox is full again when it completes.
+        assert!(svc.opened().is_empty());
+        mailbox.send(Msg::Filler, 1).unwrap();
+        let before = POST_RETRIES.load(Ordering::Relaxed);
+        go.send(()).unwrap();
+        wait_for_a_retry(before);
+        assert!(matches!(inbox.try_take(), Some(Msg::Filler)));
+        let Msg::Done(c) = poll("the completion", || inbox.try_take()) else {
+            panic!("not a completion")
+        };
+        let released = svc.complete(c);
+        assert_eq!(released.len(), 1);
+        assert_eq!(
+            (released[0].tag, released[0].callback.as_deref()),
+            (1, Some("cb"))
+        );
+        assert_eq!(
+            released[0].answer,
+            Answer::One(Reply::Set(vec![("p".into(), SetResult::Rank(1))]))
+        );
+    }
+
+    /// A closed inbox (the core stopped) ends the tries at once.
+    #[test]
+    fn a_closed_inbox_ends_the_tries() {
+        let mut tries = 0;
+        let r = post_until_taken(0, "a test post", || {
+            tries += 1;
+            if tries < 3 {
+                Err(SendError::Full(1))
+            } else {
+                Err(SendError::Closed)
+            }
+        });
+        assert!(matches!(r, Err(SendError::Closed)));
+        assert_eq!(tries, 3);
+    }
 }

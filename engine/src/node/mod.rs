@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod budget;
 pub mod envelope;
 pub mod host;
+pub mod index_snapshot;
 pub mod index_sync;
 pub mod lock_service;
 pub mod locks;

@@ -425,7 +425,8 @@ impl Core {
 
     /// Opens an index.so stage's shard on this core, reading its indexes through the stage's
     /// open thread and writing through its sync thread (interval syncs and long-log
-    /// snapshots happen there too: no tick on the core).
+    /// snapshots happen there too: no tick on the core); a snapshot's image is built here,
+    /// one slice per turn (`index_snapshot`).
     fn start_index(self: &Rc<Self>, stage: usize, entry: &str, cfg: &IndexConfig) {
         if self.index == 0 {
             tracing::info!(stage = %entry, path = %cfg.path, cores = self.node.cores(), "starting index service (one shard per core)");
@@ -440,6 +441,7 @@ impl Core {
             threads.sync,
             threads.open,
         )));
+        super::index_snapshot::start(&service);
         self.indexes.borrow_mut().insert(stage, service);
     }
 

@@ -516,3 +516,192 @@ fn a_big_index_reopens_off_the_core_while_it_keeps_echoing() {
     );
     println!("{before_open} of 500 echoes answered before the index answered");
 }
+
+#[test]
+fn an_open_notice_that_finds_the_inbox_full_still_gets_its_request_answered() {
+    // First run: an index of 300k ids, left as a log by a SIGKILL, so that opening it takes
+    // the `index-open` thread a while (a replay of every record).
+    const IDS: usize = 300_000;
+    let fill = format!(
+        r#"
+        N = 0
+        function fill()
+          local t = {{}}
+          for _ = 1, 2000 do
+            N = N + 1
+            t["u" .. N] = {{ i = N }}
+          end
+          stage.signal("rank:set?big=fill", t)
+        end
+        stage.waitfor("fill", function ()
+          if N < {IDS} then fill() else logger.info("FILLED " .. N) end
+        end)
+        fill()
+        "#
+    );
+    let config = |sync: &str| {
+        format!(
+            r##"{{ "#threads": 1,
+                  "#startup": [["lua.so+game", "index.so+rank"]],
+                  "lua.so": {{ "%package": ["."], "%reflush": 0, "%cpu": 0, "game": "start" }},
+                  "index.so+rank": {{ "path": "score/", "sync": {sync} }} }}"##
+        )
+    };
+    let mut server = Server::start(&config("1000"), &[("start.lua", &listen_last(&fill))]);
+    let filled = poll(Duration::from_secs(120), || {
+        server.log_now().contains("FILLED ").then_some(())
+    });
+    assert!(
+        filled.is_some(),
+        "the fill never ended; log:\n{}",
+        server.log()
+    );
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+    let port = server.port;
+    wait_port_refused(port);
+
+    // Second run, one core: the `total` asks for the index (the open starts), then a handler
+    // fills the core's inbox past its 65,536 messages and keeps the core busy for 10 s, so the
+    // open thread's notice finds the inbox full. It is retried, not dropped: once the core
+    // drains its inbox the index is in and the `total` is answered.
+    let reader = r#"
+      stage.waitfor("noop", function () end)
+      stage.waitfor("flood", function ()
+        for n = 1, 70000 do stage.signal("game:noop", n) end
+        logger.info("FLOODED")
+        local t = os.clock()
+        while os.clock() - t < 10 do end
+      end)
+      stage.signal("rank:total?big=total", 0)
+      stage.signal("game:flood", 0)
+    "#;
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    std::fs::write(dir.path().join("stage.json"), config("\"always\"")).unwrap();
+    std::fs::write(
+        dir.path().join("start.lua"),
+        listen_last(reader).replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let mut again = Server::spawn(dir, port, &["-c", "stage.json"], None);
+    again.wait_port();
+    let answered = poll(Duration::from_secs(60), || {
+        again.log_now().contains("R total ").then_some(())
+    });
+    let log = again.log();
+    assert!(
+        answered.is_some(),
+        "the total was never answered; log:\n{log}"
+    );
+    assert!(log.contains(&format!("R total {IDS}")), "{log}");
+    // The flood filled the inbox (some of it was dropped), and the notice was retried.
+    assert!(log.contains("FLOODED") && log.contains("dropped"), "{log}");
+    assert!(
+        log.contains("an index open notice found core 0's inbox full"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_snapshot_built_while_sets_continue_keeps_every_acknowledged_value_after_sigkill() {
+    // A 16 KiB snapshot limit: the index snapshots every few batches, each snapshot built in
+    // several slices (over 2,048 ids) while the writer's next batches run between them. The
+    // server is SIGKILLed while it writes; every batch acknowledged before the kill must
+    // read back after the restart.
+    const BATCH: usize = 40;
+    let config = r##"{ "#threads": 1,
+          "#startup": [["lua.so+game", "index.so+rank"]],
+          "lua.so": { "%package": ["."], "%reflush": 0, "game": "start" },
+          "index.so+rank": { "path": "score/", "snapshot": 16384 } }"##;
+    let writer = format!(
+        r#"
+        N = 0
+        function batch()
+          local t = {{}}
+          for _ = 1, {BATCH} do
+            N = N + 1
+            t["id" .. N] = {{ i = N, v = {{ n = N }} }}
+          end
+          stage.signal("rank:set?big=ack", t)
+        end
+        stage.waitfor("ack", function ()
+          logger.info("ACK " .. N .. " .")
+          batch()
+        end)
+        batch()
+        "#
+    );
+    let mut server = Server::start(config, &[("start.lua", &listen_last(&writer))]);
+    // Several snapshots of at least two slices, then the kill, in the middle of the writes.
+    let sliced = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("index snapshot built"))
+            .filter_map(|l| {
+                l.split("slices=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .filter(|s| *s >= 2)
+            .count()
+    };
+    let ready = poll(Duration::from_secs(120), || {
+        (sliced(&server.log_now()) >= 3).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "no sliced snapshots; log:\n{}",
+        server.log()
+    );
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+    let log = server.log();
+    let acked: usize = log
+        .lines()
+        .filter_map(|l| l.split("ACK ").nth(1)?.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap();
+    assert!(acked > 2048, "{acked} ids acknowledged");
+    assert!(server.dir.path().join("score/big.snap").exists());
+
+    let reader = format!(
+        r#"
+        FOUND, LEFT = 0, 0
+        stage.waitfor("back", function (r)
+          for id, e in pairs(r) do
+            if e.v and ("id" .. e.v.n) == id and e.I[1].i == e.v.n then FOUND = FOUND + 1 end
+          end
+          LEFT = LEFT - 1
+          if LEFT == 0 then logger.info("FOUND " .. FOUND .. " .") end
+        end)
+        for first = 1, {acked}, 1000 do
+          local ids = {{}}
+          for n = first, math.min(first + 999, {acked}) do ids[#ids + 1] = "id" .. n end
+          LEFT = LEFT + 1
+          stage.signal("rank:get?big=back", ids)
+        end
+        "#
+    );
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let port = server.port;
+    std::fs::write(
+        dir.path().join("start.lua"),
+        listen_last(&reader).replace("PORT", &port.to_string()),
+    )
+    .unwrap();
+    let mut again = Server::spawn(dir, port, &["-c", "stage.json"], None);
+    again.wait_port();
+    let found = poll(Duration::from_secs(60), || {
+        let log = again.log_now();
+        let line = log.lines().find(|l| l.contains("FOUND "))?.to_string();
+        line.split("FOUND ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse::<usize>()
+            .ok()
+    });
+    assert_eq!(found, Some(acked), "log:\n{}", again.log());
+}

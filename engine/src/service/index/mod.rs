@@ -9,9 +9,9 @@
 //!
 //! Files: `order` (score order), `tree` (order-statistic treap), `ranking` (one index in
 //! memory and the command semantics), `record` (persisted mutation bytes), `store` (log,
-//! snapshot, durability rule), `sync` (the thread that writes and syncs them), `open` (the
-//! thread that reads and replays an index's files), `command` (request/reply model and spec
-//! parsing).
+//! snapshot, durability rule), `snapshot` (a snapshot image built in slices on the owner
+//! core), `sync` (the thread that writes and syncs them), `open` (the thread that reads and
+//! replays an index's files), `command` (request/reply model and spec parsing).
 //!
 //! The service never touches a file. An index is opened by the stage's open thread: the first
 //! request naming it starts the open, and it and every request for that index arriving
@@ -21,12 +21,19 @@
 //! request tries again. Mutations go to the stage's sync thread as jobs, and a reply that
 //! must not go out before its log is on disk is held here until the thread's [`Completion`]
 //! says so ([`IndexService::complete`]).
+//!
+//! A log past `snapshot_log_bytes` starts a snapshot build; the build encodes at most
+//! `snapshot::SLICE_IDS` ids per call of [`IndexService::snapshot_step`], which the engine
+//! calls from a task of the owner core, one slice per turn (`node::index_snapshot`), woken
+//! through the hook given to [`IndexService::on_snapshot_slices`]. Requests keep running
+//! between slices; the finished image goes to the sync thread as one job.
 
 pub mod command;
 pub mod open;
 pub mod order;
 pub mod ranking;
 pub mod record;
+pub mod snapshot;
 pub mod store;
 pub mod sync;
 pub mod tree;
@@ -73,6 +80,8 @@ impl IndexConfig {
 struct Index {
     ranking: Ranking,
     store: Store,
+    /// A snapshot image being built in slices, if any.
+    build: Option<snapshot::Build>,
 }
 
 /// A request's answer: one reply (direct form) or the replies of a batch by key.
@@ -154,6 +163,8 @@ pub struct IndexService {
     /// Indexes whose open failed, with why, until the requests that waited on them have been
     /// answered (null); then forgotten, so the next request opens again.
     open_failed: HashMap<String, String>,
+    /// Wakes the core's task that calls [`Self::snapshot_step`] while a build is unfinished.
+    slicer: Option<Box<dyn Fn()>>,
 }
 
 impl IndexService {
@@ -178,7 +189,15 @@ impl IndexService {
             queues: HashMap::new(),
             arrivals: 0,
             open_failed: HashMap::new(),
+            slicer: None,
         }
+    }
+
+    /// `wake` is called when a snapshot build is left unfinished: the caller then calls
+    /// [`Self::snapshot_step`], one slice per core turn, until it returns false. Without it
+    /// (tests) a build advances only when [`Self::snapshot_step`] is called.
+    pub fn on_snapshot_slices(&mut self, wake: Box<dyn Fn()>) {
+        self.slicer = Some(wake);
     }
 
     /// Runs one request in memory and hands its mutations to the sync thread. The answer
@@ -357,6 +376,7 @@ impl IndexService {
                         Index {
                             ranking: loaded.ranking,
                             store: loaded.store,
+                            build: None,
                         },
                     );
                 }
@@ -547,6 +567,11 @@ impl IndexService {
                 TierSel::Default | TierSel::All => r.ids() as u64,
             }),
         };
+        if let Some(build) = &mut ix.build {
+            for id in &touched {
+                build.touched(id);
+            }
+        }
         for id in touched {
             match ix.ranking.entry(&id) {
                 Some(e) => ix.store.push_put(&id, e),
@@ -556,11 +581,13 @@ impl IndexService {
         reply
     }
 
-    /// Hands the named indexes' queued records (and a snapshot of a long log) to the sync
-    /// thread as one job. Nothing to write, no job.
+    /// Hands the named indexes' queued records to the sync thread as one job (nothing to
+    /// write, no job), and starts a snapshot build for a log that has grown too long: its
+    /// first slice runs now (a small index is done at once), the rest from the slicer.
     fn commit(&mut self, names: &[String], done: Option<mpsc::Sender<()>>) {
         let limit = self.cfg.snapshot_log_bytes;
         let mut work = Vec::new();
+        let mut started = false;
         for (n, name) in names.iter().enumerate() {
             if names[..n].contains(name) {
                 continue;
@@ -571,12 +598,61 @@ impl IndexService {
             if let Some(records) = ix.store.take() {
                 work.push((ix.store.files().clone(), Work::Append(records)));
             }
-            if ix.store.log_len() >= limit {
-                let image = Self::snapshot_image(ix);
-                work.push((ix.store.files().clone(), Work::Snapshot(image)));
+            if ix.store.log_len() >= limit && ix.build.is_none() {
+                ix.build = Some(snapshot::Build::start(&mut ix.ranking));
+                started = true;
             }
         }
         self.send(work, done);
+        if started && self.snapshot_step() {
+            if let Some(wake) = &self.slicer {
+                wake();
+            }
+        }
+    }
+
+    /// Whether a snapshot build is unfinished.
+    pub fn snapshotting(&self) -> bool {
+        self.open.values().any(|ix| ix.build.is_some())
+    }
+
+    /// One slice of the unfinished snapshot builds: encodes at most `snapshot::SLICE_IDS`
+    /// ids in all (and about `snapshot::SLICE_BYTES` per build), and hands every image it finishes to the sync thread (after every record
+    /// logged so far, so the log is emptied with it). True while a build is unfinished.
+    pub fn snapshot_step(&mut self) -> bool {
+        let mut budget = snapshot::SLICE_IDS;
+        let mut work = Vec::new();
+        let mut left = false;
+        for (name, ix) in self.open.iter_mut() {
+            let Some(build) = &mut ix.build else {
+                continue;
+            };
+            let before = build.encoded();
+            let done = budget > 0 && build.step(&mut ix.ranking, budget, snapshot::SLICE_BYTES);
+            budget = budget.saturating_sub(build.encoded() - before);
+            if !done {
+                left = true;
+                continue;
+            }
+            let Some(build) = ix.build.take() else {
+                continue;
+            };
+            let (slices, took) = (build.slices(), build.age());
+            let image = build.finish(&mut ix.ranking);
+            ix.store.snapshot_sent();
+            // Once per snapshot (every `snapshot_log_bytes` of log), under the core's span.
+            tracing::info!(
+                index = name.as_str(),
+                ids = ix.ranking.ids(),
+                bytes = image.len(),
+                slices,
+                ms = took.as_millis() as u64,
+                "index snapshot built"
+            );
+            work.push((ix.store.files().clone(), Work::Snapshot(image)));
+        }
+        self.send(work, None);
+        left
     }
 
     fn send(&mut self, work: Vec<(Arc<LogFiles>, Work)>, done: Option<mpsc::Sender<()>>) {
@@ -608,13 +684,9 @@ impl IndexService {
         }
     }
 
-    fn snapshot_image(ix: &mut Index) -> Vec<u8> {
-        let r = &ix.ranking;
-        ix.store.snapshot_image(r.next_seq(), r.ids(), r.entries())
-    }
-
-    /// Snapshots every open index (at shutdown, so the next start reads no log). The files
-    /// are written by the sync thread: the returned receiver hears when they are.
+    /// Snapshots every open index (at shutdown, so the next start reads no log), in one go:
+    /// a build in progress is finished now. The files are written by the sync thread: the
+    /// returned receiver hears when they are.
     pub fn snapshot_all(&mut self) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::channel();
         let mut work = Vec::new();
@@ -622,7 +694,12 @@ impl IndexService {
             if let Some(records) = ix.store.take() {
                 work.push((ix.store.files().clone(), Work::Append(records)));
             }
-            let image = Self::snapshot_image(ix);
+            let build = match ix.build.take() {
+                Some(build) => build,
+                None => snapshot::Build::start(&mut ix.ranking),
+            };
+            let image = build.finish(&mut ix.ranking);
+            ix.store.snapshot_sent();
             work.push((ix.store.files().clone(), Work::Snapshot(image)));
         }
         self.send(work, Some(tx));

@@ -3,9 +3,18 @@
 //!
 //! Every mutating method reports the ids it changed in `touched`, so the caller can log their
 //! resulting state (see `record.rs`) without this file knowing about files.
+//!
+//! The ids live in an insertion-ordered map (`IndexMap`: a dense vector of entries plus a
+//! table of positions) rather than a plain hash map, for two reasons. A snapshot image is
+//! built in slices across several core turns (`snapshot.rs`) and needs positions that stay
+//! put between slices: an entry keeps its position until it is removed, and a removal moves
+//! only the last entry into the hole (reported through [`Ranking::take_moved`] while a build
+//! watches). And growing the map past its capacity rebuilds only the table of positions
+//! (8 bytes an id, hashes kept with the entries) instead of moving and rehashing every entry.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use indexmap::IndexMap;
 
 use super::command::{GetResult, RangeFrom, RankedEntry, SetItem, SetResult, TierSel, TIERS};
 use super::order::{Score, TierKey};
@@ -14,10 +23,12 @@ use super::tree::Treap;
 
 #[derive(Default)]
 pub struct Ranking {
-    entries: HashMap<Arc<str>, Entry, ahash::RandomState>,
+    entries: IndexMap<Arc<str>, Entry, ahash::RandomState>,
     tiers: [Treap<TierKey, Arc<str>>; TIERS],
     /// Next insertion sequence: larger = newer, which ranks first among equal scores.
     next_seq: u64,
+    /// While a snapshot build watches (`Some`): the ids a removal moved to another position.
+    moved: Option<Vec<Arc<str>>>,
 }
 
 impl Ranking {
@@ -41,8 +52,21 @@ impl Ranking {
         self.entries.get(id)
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.entries.iter().map(|(k, e)| (&**k, e))
+    /// The id at position `at` (`0..ids()`), for a snapshot built in slices: a position keeps
+    /// its id until that id is removed or [`Self::take_moved`] reports it moved.
+    pub fn at(&self, at: usize) -> Option<(&Arc<str>, &Entry)> {
+        self.entries.get_index(at)
+    }
+
+    /// Starts (`true`) or stops reporting the ids that removals move (see [`Self::take_moved`]).
+    pub fn watch_moves(&mut self, on: bool) {
+        self.moved = on.then(Vec::new);
+    }
+
+    /// The ids moved to another position since the last call (a removal moves the last id
+    /// into the removed one's place), while watching.
+    pub fn take_moved(&mut self) -> Vec<Arc<str>> {
+        self.moved.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Replays one persisted mutation.
@@ -75,7 +99,13 @@ impl Ranking {
     }
 
     fn remove_entry(&mut self, id: &str) -> Option<Entry> {
-        let e = self.entries.remove(id)?;
+        let (at, _, e) = self.entries.swap_remove_full(id)?;
+        if let Some(moved) = &mut self.moved {
+            // The last id now fills the hole (none when the removed id was the last).
+            if let Some((k, _)) = self.entries.get_index(at) {
+                moved.push(k.clone());
+            }
+        }
         for (t, tier) in e.tiers.iter().enumerate() {
             for k in tier {
                 self.tiers[t].remove(k);
@@ -120,9 +150,19 @@ impl Ranking {
         {
             return SetResult::Error;
         }
-        let (id, mut entry, existed) = match self.entries.remove_entry(id.as_str()) {
-            Some((k, e)) => (k, e, true),
-            None => (Arc::<str>::from(id), Entry::default(), false),
+        // In place: the id keeps its position (a snapshot built in slices relies on it).
+        let (at, existed) = match self.entries.get_index_of(id.as_str()) {
+            Some(at) => (at, true),
+            None => (
+                self.entries
+                    .insert_full(Arc::<str>::from(id), Entry::default())
+                    .0,
+                false,
+            ),
+        };
+        let (id, mut entry) = match self.entries.get_index_mut(at) {
+            Some((k, e)) => (k.clone(), std::mem::take(e)),
+            None => unreachable!("position {at} was just looked up or inserted"),
         };
         let given = tiers.each_ref().map(Option::is_some);
         let mut changed = [false; TIERS];
@@ -138,7 +178,9 @@ impl Ranking {
         if !existed || v_set || changed.iter().any(|c| *c) {
             touched.push(id.clone());
         }
-        self.entries.insert(id.clone(), entry);
+        if let Some((_, e)) = self.entries.get_index_mut(at) {
+            *e = entry;
+        }
         if changed[selected] {
             match self.best_rank(&id, selected) {
                 Some(r) => SetResult::Rank(r),

@@ -4,7 +4,8 @@
 //! This file is the index's two halves of that: [`LogFiles`], the open files and the
 //! operations on them (append, snapshot) that only the index's sync thread (`sync.rs`)
 //! performs, and [`Store`], the owner core's bookkeeping (the records of the command being
-//! run, the log's length, the snapshot image) which never touches a file after the open.
+//! run, the log's length) which never touches a file after the open. The snapshot image is
+//! built on the owner core in slices (`snapshot.rs`) and written here.
 //!
 //! **Durability rule.** A command's records go to the sync thread as one job and are written
 //! to the log with one `write(2)`; its reply waits until the thread reports that write done
@@ -18,7 +19,8 @@
 //!
 //! Snapshots are written to `.snap.tmp`, synced, renamed over `.snap` and the directory
 //! synced; only then is the log truncated. Log records are whole id states, so replaying a log
-//! over a snapshot that already contains it is harmless. On open, a torn or corrupt log tail
+//! over a snapshot that already contains it is harmless. A snapshot's records are the same
+//! records (an id may appear more than once, the last one counting; a REMOVE may appear). On open, a torn or corrupt log tail
 //! (a write cut short by a crash) is truncated with a warning; a corrupt snapshot is an error,
 //! never silently dropped.
 
@@ -66,7 +68,7 @@ impl LogFiles {
         &self.log_path
     }
 
-    /// Replaces the snapshot with `image` (see [`Store::snapshot_image`]) and empties the log.
+    /// Replaces the snapshot with `image` (built by `snapshot::Build`) and empties the log.
     pub fn snapshot(&self, image: &[u8]) -> io::Result<()> {
         let tmp = with_ext(&self.snap_path.to_string_lossy(), ".tmp");
         let mut f = File::create(&tmp)?;
@@ -201,28 +203,29 @@ impl Store {
         Some(std::mem::take(&mut self.pending))
     }
 
-    /// The snapshot file's bytes for `entries`; the log counts as empty from here on (the
-    /// sync thread truncates it once the snapshot is safely in place). Plain CPU work: it
-    /// runs on the owner core, the file operations do not.
-    pub fn snapshot_image<'a>(
-        &mut self,
-        next_seq: u64,
-        count: usize,
-        entries: impl Iterator<Item = (&'a str, &'a Entry)>,
-    ) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(24 + count * 32);
-        buf.extend_from_slice(SNAP_MAGIC);
-        buf.extend_from_slice(&next_seq.to_le_bytes());
-        buf.extend_from_slice(&(count as u64).to_le_bytes());
-        let mut written = 0usize;
-        for (id, e) in entries {
-            record::encode_put(&mut buf, id, e);
-            written += 1;
-        }
-        debug_assert_eq!(written, count);
+    /// A snapshot image was handed to the sync thread after every record taken so far: the
+    /// log counts as empty from here on (the thread truncates it once the snapshot is
+    /// safely in place).
+    pub fn snapshot_sent(&mut self) {
         self.log_len = 0;
-        buf
     }
+}
+
+/// Bytes before a snapshot's first record: magic, next sequence, record count.
+pub const SNAP_HEADER: usize = 24;
+
+/// Starts a snapshot image in `buf`: its header, with the sequence and count left at zero
+/// for [`finish_header`] (the image is built by `snapshot::Build`, on the owner core).
+pub fn snapshot_header(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(SNAP_MAGIC);
+    buf.extend_from_slice(&[0u8; SNAP_HEADER - 8]);
+}
+
+/// Writes the index's next sequence and the number of records into the header of a built
+/// image.
+pub fn finish_header(buf: &mut [u8], next_seq: u64, records: u64) {
+    buf[8..16].copy_from_slice(&next_seq.to_le_bytes());
+    buf[16..24].copy_from_slice(&records.to_le_bytes());
 }
 
 fn load_snapshot(buf: &[u8], apply: &mut impl FnMut(Mutation)) -> Result<u64, &'static str> {

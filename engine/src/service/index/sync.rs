@@ -30,7 +30,7 @@ use super::store::{LogFiles, SyncPolicy};
 pub enum Work {
     /// A command's records.
     Append(Vec<u8>),
-    /// A snapshot image ([`super::store::Store::snapshot_image`]); the log is then emptied.
+    /// A snapshot image (built by [`super::snapshot::Build`]); the log is then emptied.
     Snapshot(Vec<u8>),
 }
 
@@ -46,7 +46,7 @@ pub struct Job {
 
 /// What the thread tells a core: its jobs up to `upto` are done (written, and synced under
 /// `Always`); the indexes in `failed` broke, with why.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Completion {
     pub upto: u64,
     pub failed: Vec<(String, String)>,

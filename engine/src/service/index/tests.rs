@@ -275,6 +275,110 @@ fn snapshot_then_log_replay() {
     assert_eq!(all(&mut svc, "s").len(), state.len() + 1);
 }
 
+/// Expected `(id, score)` pairs, best first (the scores are distinct).
+fn ranked(model: &std::collections::BTreeMap<String, i64>) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = model.iter().map(|(k, s)| (k.clone(), *s)).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v
+}
+
+/// A snapshot too big for one slice, with sets, re-sets and deletes acknowledged between its
+/// slices (of ids already encoded, ids not reached yet, ids a removal moves into the encoded
+/// part, new ids): the snapshot replaces the whole log, and after a SIGKILL the index reopens
+/// from it with every acknowledged value.
+#[test]
+fn a_snapshot_built_in_slices_while_writes_continue_keeps_every_acknowledged_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = snapshot::SLICE_IDS * 3 + 17;
+    let mut model = std::collections::BTreeMap::new();
+    {
+        let mut svc = Svc::new(cfg(&dir));
+        let items = (0..n)
+            .map(|i| {
+                model.insert(format!("p{i}"), i as i64);
+                SetItem {
+                    id: format!("p{i}"),
+                    scores: Some(vec![Score::Int(i as i64)]),
+                    v: Some(bytes::Bytes::from(format!("vp{i}"))),
+                    ..SetItem::default()
+                }
+            })
+            .collect();
+        svc.execute(req("big", TierSel::Default, Command::Set(items)));
+        std::mem::forget(svc);
+    }
+    // Any log length starts a snapshot: the first write below does.
+    let mut c = cfg(&dir);
+    c.snapshot_log_bytes = 1;
+    let mut svc = Svc::new(c);
+    type Model = std::collections::BTreeMap<String, i64>;
+    fn write(svc: &mut Svc, model: &mut Model, id: String, score: Option<i64>) {
+        match score {
+            Some(s) => {
+                let r = svc.execute(set("big", &id, s));
+                assert!(
+                    matches!(r, Reply::Set(ref v) if v[0].1.d().is_some()),
+                    "{r:?}"
+                );
+                model.insert(id, s);
+            }
+            None => {
+                let r = svc.execute(req("big", TierSel::All, Command::Del(vec![id.clone()])));
+                assert_eq!(r, Reply::Del(vec![(id.clone(), true)]));
+                model.remove(&id);
+            }
+        }
+    }
+    write(&mut svc, &mut model, "p0".into(), Some(1_000_000));
+    assert!(svc.svc.snapshotting(), "one slice does not hold {n} ids");
+    let mut k = 1;
+    loop {
+        // Encoded already / not reached yet / moved into the encoded part / new.
+        write(
+            &mut svc,
+            &mut model,
+            format!("p{k}"),
+            Some(1_000_000 + k as i64),
+        );
+        write(
+            &mut svc,
+            &mut model,
+            format!("p{}", n - 1 - k),
+            Some(2_000_000 + k as i64),
+        );
+        write(&mut svc, &mut model, format!("p{}", 100 + k), None);
+        write(
+            &mut svc,
+            &mut model,
+            format!("q{k}"),
+            Some(3_000_000 + k as i64),
+        );
+        k += 1;
+        if !svc.svc.snapshot_step() {
+            break;
+        }
+    }
+    assert!(k >= 4, "{k} slices");
+    // A read behind the snapshot's job: answered once the snapshot is in place.
+    assert_eq!(
+        svc.execute(req("big", TierSel::Default, Command::Total)),
+        Reply::Total(model.len() as u64)
+    );
+    assert!(!svc.svc.snapshotting());
+    assert_eq!(
+        std::fs::metadata(dir.path().join("big.log")).unwrap().len(),
+        0,
+        "the snapshot holds everything the log did"
+    );
+    std::mem::forget(svc);
+    let mut svc = Svc::new(cfg(&dir));
+    let got: Vec<(String, i64)> = all(&mut svc, "big")
+        .into_iter()
+        .map(|(id, s, _)| (id, s))
+        .collect();
+    assert_eq!(got, ranked(&model));
+}
+
 #[test]
 fn interval_policy_writes_before_the_reply_and_syncs_later() {
     let dir = tempfile::tempdir().unwrap();
