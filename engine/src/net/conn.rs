@@ -29,6 +29,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use super::admission::Ticket;
+use super::due::{self, Clock, Due};
 use super::id::ConnId;
 use super::ratelog::RateLog;
 use super::stats::IoStats;
@@ -399,48 +400,20 @@ fn pump<'a, H: ConnEvents>(
                 return errno;
             }
             let now = Instant::now();
-            let expire_at = idle_deadline(conn, *last_rx);
-            let flush_at = conn.has_output().then(|| match last_flush {
-                Some(at) if conn.commit_ms.get() > 0 && !conn.flush_forced.get() => {
-                    at + Duration::from_millis(conn.commit_ms.get())
+            let clock = Clock::of(conn, now, *last_rx, last_flush, frame_started);
+            match clock.due() {
+                Due::Flush => {
+                    conn.flush_forced.set(false);
+                    if let Err(errno) = write_out(conn, stream, spare, clock.expire_at).await {
+                        return errno;
+                    }
+                    last_flush = Some(Instant::now());
+                    continue;
                 }
-                _ => now,
-            });
-            if flush_at.is_some_and(|at| at <= now) {
-                conn.flush_forced.set(false);
-                if let Err(errno) = write_out(conn, stream, spare, expire_at).await {
-                    return errno;
-                }
-                last_flush = Some(Instant::now());
-                continue;
-            }
-            if expire_at.is_some_and(|at| at <= now) {
-                tracing::debug!(
-                    socket = conn.id.raw(),
-                    "idle for longer than expire; closing"
-                );
-                return libc::ETIMEDOUT;
-            }
-            let frame_due = frame_started
-                .zip(conn.frame_deadline.get())
-                .map(|(at, limit)| at + limit);
-            if frame_due.is_some_and(|at| at <= now) {
-                tracing::debug!(
-                    socket = conn.id.raw(),
-                    "a started frame was not complete within the deadline; closing"
-                );
-                if let Some(ticket) = conn.ticket.borrow().as_ref() {
-                    ticket.gate().frame_timed_out();
-                }
-                return libc::ETIMEDOUT;
-            }
-            // One timer covers the idle deadline, the frame deadline and a delayed flush; it
-            // may fire early (the idle deadline moves with every read) and is then re-armed.
-            let wanted = [flush_at, expire_at, frame_due].into_iter().flatten().min();
-            match (wanted, &mut timer) {
-                (None, _) => timer = None,
-                (Some(at), Some((armed, _))) if *armed <= at => {}
-                (Some(at), _) => timer = Some((at, Timer::new(at.saturating_duration_since(now)))),
+                Due::Close(late) => return late.close(conn, "frame"),
+                Due::Wait(at) => due::arm(&mut timer, at, |at| {
+                    Timer::new(at.saturating_duration_since(now))
+                }),
             }
 
             let filled = input.len();

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod conn;
+mod due;
 pub mod id;
 pub mod listener;
 pub mod ratelog;

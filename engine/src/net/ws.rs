@@ -37,6 +37,7 @@ use tungstenite::{Bytes, HandshakeError, Message, ServerHandshake, Utf8Bytes, We
 
 use super::admission::{Ticket, DEFAULT_DEADLINE_MS};
 use super::conn::{self, Conn};
+use super::due::{self, Clock, Due};
 use super::listener::{self, Endpoint};
 use super::ConnEvents;
 use crate::codec::crypto;
@@ -318,49 +319,20 @@ async fn pump<H: ConnEvents>(
             return errno;
         }
         let now = Instant::now();
-        let expire_at = conn::idle_deadline(conn, *last_rx);
-        let flush_at = conn.has_output().then(|| match last_flush {
-            Some(at) if conn.commit_ms.get() > 0 && !conn.flush_forced.get() => {
-                at + Duration::from_millis(conn.commit_ms.get())
+        let clock = Clock::of(conn, now, *last_rx, last_flush, message_started);
+        match clock.due() {
+            Due::Flush => {
+                conn.flush_forced.set(false);
+                if let Err(errno) = flush(conn, stream, ws, spare, clock.expire_at).await {
+                    return errno;
+                }
+                last_flush = Some(Instant::now());
+                continue;
             }
-            _ => now,
-        });
-        if flush_at.is_some_and(|at| at <= now) {
-            conn.flush_forced.set(false);
-            if let Err(errno) = flush(conn, stream, ws, spare, expire_at).await {
-                return errno;
-            }
-            last_flush = Some(Instant::now());
-            continue;
-        }
-        if expire_at.is_some_and(|at| at <= now) {
-            tracing::debug!(
-                socket = conn.id.raw(),
-                "idle for longer than expire; closing"
-            );
-            return libc::ETIMEDOUT;
-        }
-        let message_due = message_started
-            .zip(conn.frame_deadline.get())
-            .map(|(at, limit)| at + limit);
-        if message_due.is_some_and(|at| at <= now) {
-            tracing::debug!(
-                socket = conn.id.raw(),
-                "a started message was not complete within the deadline; closing"
-            );
-            if let Some(ticket) = conn.ticket.borrow().as_ref() {
-                ticket.gate().frame_timed_out();
-            }
-            return libc::ETIMEDOUT;
-        }
-        let wanted = [flush_at, expire_at, message_due]
-            .into_iter()
-            .flatten()
-            .min();
-        match (wanted, &mut timer) {
-            (None, _) => timer = None,
-            (Some(at), Some((armed, _))) if *armed <= at => {}
-            (Some(at), _) => timer = Some((at, Timer::new(at.saturating_duration_since(now)))),
+            Due::Close(late) => return late.close(conn, "message"),
+            Due::Wait(at) => due::arm(&mut timer, at, |at| {
+                Timer::new(at.saturating_duration_since(now))
+            }),
         }
 
         let input = &mut ws.get_mut().input;

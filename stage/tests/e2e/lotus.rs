@@ -36,8 +36,21 @@ fn start(extra: &str) -> Lotus {
                  "accounts": {{ "account": {{ "password": "password", "project": "demo" }},
                                "other": {{ "password": "pw2", "project": "elsewhere" }} }} {extra} }} }}"##
     );
+    start_config(&config, v1, compat)
+}
+
+/// Starts a node with `config` as its `stage.json` (in a fresh directory), listening on `v1`
+/// and `compat`.
+fn start_config(config: &str, v1: u16, compat: u16) -> Lotus {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("stage.json"), config).unwrap();
+    spawn(dir, v1, compat)
+}
+
+/// Starts `stage -c stage.json` in `dir` (whose configuration listens on `v1` and `compat`)
+/// and waits until both wires accept connections: a first start, and a restart in the same
+/// directory, are ready at the same point.
+fn spawn(dir: tempfile::TempDir, v1: u16, compat: u16) -> Lotus {
     let mut server = Server::spawn(dir, compat, &["-c", "stage.json"], None);
     server.wait_port();
     server.wait_ready_port(v1);
@@ -832,10 +845,7 @@ fn kill_and_restart(l: &mut Lotus) {
 /// Starts the node again (it has exited) in the same directory with the same configuration.
 fn restart(l: &mut Lotus) {
     let dir = std::mem::replace(&mut l.server.dir, tempfile::tempdir().unwrap());
-    let mut server = Server::spawn(dir, l.compat, &["-c", "stage.json"], None);
-    server.wait_port();
-    server.wait_ready_port(l.v1);
-    l.server = server;
+    *l = spawn(dir, l.v1, l.compat);
 }
 
 /// What a restart must find: states and channels written before `kill -9`, by the store
@@ -1125,11 +1135,7 @@ fn one_core_holds_ten_thousand_states() {
                  "flush_ms": 60000,
                  "accounts": {{ "account": {{ "password": "password", "project": "demo" }} }} }} }}"##
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("stage.json"), config).unwrap();
-    let mut server = Server::spawn(dir, compat, &["-c", "stage.json"], None);
-    server.wait_port();
-    server.wait_ready_port(v1);
+    let Lotus { mut server, .. } = start_config(&config, v1, compat);
     let mut v = V1::login(v1);
     assert_eq!(
         register(
