@@ -11,9 +11,9 @@ local listener_cache = {}                 -- listener id -> re-created callbacks
 
 local Socket = {}
 
--- socket.commit for one socket; fastpath.lua replaces this with the FFI version.
-function P.make_commit(id)
-  return function(v) return E.commit(id, v) end
+-- socket.commit's work for socket `id`; fastpath.lua replaces this with the FFI version.
+function P.commit_id(id, v)
+  return E.commit(id, v)
 end
 
 -- The local address of a connection (binary sockaddr); fastpath.lua has an FFI version.
@@ -24,30 +24,38 @@ end
 -- Listeners and UDP endpoints keep their callbacks and settings in the engine (every core
 -- serves them); connections keep theirs here.
 local function endpoint(st)
-  return st.kind == "listener" or st.kind == "udp"
+  return st[2] == "listener" or st[2] == "udp"
 end
 
+-- A socket's private state is an array, one slot per field every socket has:
+--   [1] id  [2] kind  [3] peer  [4] receive  [5] on_close (the script's callback)
+--   [6] stage  [7] commit (the method)  [8] close (the method)
+-- and, made on first use in its hash part, `user` (the table of user fields), `localaddr`
+-- and `connect` (a join's callback).
+--
 -- An idle connection costs what its objects hold (BENCHMARKS.md "Memory per idle
--- connection"): the state's table is built with the fields every connection gets at once
--- (no rehash on the way), and the table of user fields is made on first use. The methods
--- are made here, not on first use: making a closure (FNEW) aborts a LuaJIT trace, and a
--- receive path that made one for each new socket got its traces blacklisted (the packet
--- path then ran interpreted, 15-30% more CPU per round trip with 64 or 1000 clients).
+-- connection"): array slots are 8 bytes where hash slots are 24 and the array sits in the
+-- table's own allocation; the two methods share one upvalue (`st`); the table of user fields
+-- is made on first use. The methods are made here, not on first use: making a closure (FNEW)
+-- aborts a LuaJIT trace, and a receive path that made one for each new socket got its traces
+-- blacklisted (the packet path then ran interpreted, 15-30% more CPU per round trip with 64
+-- or 1000 clients).
+local function close_socket(st)
+  if endpoint(st) then return E.listener_close(st[1]) end
+  return E.close(st[1])
+end
+
 local function new_socket(id, kind, peer, receive, on_close, stage)
   local s = setmetatable({}, Socket)
-  local st = {
-    id = id, kind = kind, peer = peer, receive = receive, on_close = on_close, stage = stage,
-    commit = false, close = false,
-  }
+  -- Every slot is set by the constructor from a variable: a constant in it (`false`) would
+  -- make a template table whose leftover 2-slot hash part every copy gets (48 bytes).
+  local st, commit
   if kind == "udp" then
-    st.commit = function(v, addr) return E.udp_send(id, v, addr) end
+    commit = function(v, addr) return E.udp_send(st[1], v, addr) end
   else
-    st.commit = P.make_commit(id)
+    commit = function(v) return P.commit_id(st[1], v) end
   end
-  st.close = function()
-    if endpoint(st) then return E.listener_close(id) end
-    return E.close(id)
-  end
+  st = { id, kind, peer, receive, on_close, stage, commit, function() return close_socket(st) end }
   state[s] = st
   sockets[id] = s
   return s, st
@@ -67,29 +75,29 @@ local READ_ONLY = { id = true, errno = true, [0] = true, [1] = true, [-1] = true
 
 Socket.__index = function(s, k)
   local st = state[s]
-  if k == "id" or k == 0 then return st.id
-  elseif k == "commit" then return st.commit
-  elseif k == "close" then return st.close
-  elseif k == 1 then return st.peer
+  if k == "id" or k == 0 then return st[1]
+  elseif k == "commit" then return st[7]
+  elseif k == "close" then return st[8]
+  elseif k == 1 then return st[3]
   elseif k == -1 then
-    if endpoint(st) then return E.listener_get(st.id, "local") end
-    st.localaddr = st.localaddr or P.local_addr(st.id)
+    if endpoint(st) then return E.listener_get(st[1], "local") end
+    st.localaddr = st.localaddr or P.local_addr(st[1])
     return st.localaddr
-  elseif k == "errno" then return E.conn_get(st.id, "errno")
+  elseif k == "errno" then return E.conn_get(st[1], "errno")
   elseif k == "crypto" then
-    if st.kind == "udp" then return false end
-    if endpoint(st) then return E.listener_get(st.id, "crypto") end
-    return E.conn_get(st.id, "crypto")
+    if st[2] == "udp" then return false end
+    if endpoint(st) then return E.listener_get(st[1], "crypto") end
+    return E.conn_get(st[1], "crypto")
   elseif k == "receive" then
-    if st.kind == "udp" then
-      local L = P.listener_callbacks(st.id)
+    if st[2] == "udp" then
+      local L = P.listener_callbacks(st[1])
       return L and (L.receive or L.accept)
     end
-    if st.kind == "listener" then return P.listener_callbacks(st.id).receive end
-    return st.receive
+    if st[2] == "listener" then return P.listener_callbacks(st[1]).receive end
+    return st[4]
   elseif k == "expire" or k == "commit_interval" then
-    if endpoint(st) then return E.listener_get(st.id, k) end
-    return E.conn_get(st.id, k)
+    if endpoint(st) then return E.listener_get(st[1], k) end
+    return E.conn_get(st[1], k)
   end
   local user = st.user
   if user == nil then return nil end
@@ -101,11 +109,11 @@ local function set_callback(st, k, v)
     error("socket." .. k .. " must be a function or nil, got " .. type(v), 3)
   end
   if endpoint(st) then
-    E.listener_set(st.id, k, v and P.dump(v, "socket." .. k))
+    E.listener_set(st[1], k, v and P.dump(v, "socket." .. k))
   elseif k == "close" then
-    st.on_close = v -- `st.close` is the method
+    st[5] = v -- slot 8 is the `close` method
   else
-    st.receive = v
+    st[4] = v
   end
 end
 
@@ -113,7 +121,7 @@ local function set_number(st, k, v)
   if v ~= nil and type(v) ~= "number" then
     error("socket." .. k .. " must be a number (msec) or nil, got " .. type(v), 3)
   end
-  if endpoint(st) then E.listener_set(st.id, k, v) else E.conn_set(st.id, k, v) end
+  if endpoint(st) then E.listener_set(st[1], k, v) else E.conn_set(st[1], k, v) end
 end
 
 Socket.__newindex = function(s, k, v)
@@ -124,10 +132,10 @@ Socket.__newindex = function(s, k, v)
   elseif k == "commit" then set_number(st, "commit_interval", v)
   elseif k == "crypto" then
     -- A datagram has no stream to mark frames in: UDP refuses crypto (docs/compat.md).
-    if st.kind == "udp" then
+    if st[2] == "udp" then
       if v ~= nil then error("socket.crypto: UDP sockets do not support crypto (use tcp://)", 2) end
-    elseif endpoint(st) then E.listener_set(st.id, "crypto", v)
-    else E.conn_set(st.id, "crypto", v) end
+    elseif endpoint(st) then E.listener_set(st[1], "crypto", v)
+    else E.conn_set(st[1], "crypto", v) end
   elseif READ_ONLY[k] then error("socket field `" .. tostring(k) .. "` is read-only", 2)
   else user_of(st)[k] = v end
 end
@@ -141,8 +149,8 @@ end
 
 Socket.__tostring = function(s)
   local st = state[s]
-  local what = st.kind == "listener" and "listener: " or st.kind == "udp" and "udp: " or "socket: "
-  return what .. tostring(st.id)
+  local what = st[2] == "listener" and "listener: " or st[2] == "udp" and "udp: " or "socket: "
+  return what .. tostring(st[1])
 end
 
 -- Callbacks of a listener as this core knows them, re-created when the script changes them.
@@ -179,7 +187,7 @@ function P.hooks.accept(lid, id, peer, stage)
     forget(id)
     return false
   elseif type(r) == "function" then
-    st.receive = r
+    st[4] = r
   elseif r ~= true and r ~= nil then
     E.log("warn", "accept callback returned a " .. type(r) .. "; treating it as true")
   end
@@ -212,10 +220,10 @@ function P.deliver(id, data)
   local s = sockets[id]
   if s == nil then return end
   local st = state[s]
-  local f = st.receive
+  local f = st[4]
   if f == nil then return end
-  P.stage = st.stage
-  commit_results(st.commit, nil, xpcall(f, P.handler, s, data))
+  P.stage = st[6]
+  commit_results(st[7], nil, xpcall(f, P.handler, s, data))
 end
 
 P.hooks.receive = P.deliver
@@ -229,7 +237,7 @@ function P.hooks.datagram(lid, stage, data, addr)
   local f = L and (L.receive or L.accept)
   if f == nil then return end
   P.stage = stage
-  commit_results(state[s].commit, addr, xpcall(f, P.handler, s, data, addr))
+  commit_results(state[s][7], addr, xpcall(f, P.handler, s, data, addr))
 end
 
 -- `broker.signal(socket, v)` and `broker.submit(socket, f, ...)` run here, on the owning
@@ -238,12 +246,12 @@ P.posts.inject = function(m, payload)
   local s = sockets[m.id]
   if s == nil then return end
   local st = state[s]
-  P.stage = st.stage
+  P.stage = st[6]
   if m.f ~= nil then
     local ok, n = P.try("broker.submit function", m.f, s, P.unpack_values(m.v))
     if ok and type(n) == "number" and n > 0 then E.later(n, "inject", payload) end
-  elseif st.receive ~= nil then
-    commit_results(st.commit, nil, xpcall(st.receive, P.handler, s, m.data))
+  elseif st[4] ~= nil then
+    commit_results(st[7], nil, xpcall(st[4], P.handler, s, m.data))
   end
 end
 
@@ -252,8 +260,8 @@ function P.hooks.close(id, errno)
   if s == nil then return end
   local st = state[s]
   forget(id)
-  P.stage = st.stage
-  local f = st.on_close
+  P.stage = st[6]
+  local f = st[5]
   if f ~= nil then P.try("close callback", f, s, errno) end
 end
 
@@ -261,8 +269,8 @@ function P.hooks.connected(id, peer)
   local s = sockets[id]
   if s == nil then return end
   local st = state[s]
-  st.peer = peer
-  P.stage = st.stage
+  st[3] = peer
+  P.stage = st[6]
   if st.connect then P.try("join callback", st.connect, s, peer) end
 end
 
@@ -304,7 +312,7 @@ local function close_one(x)
     if sockets[x] and endpoint(state[sockets[x]]) then return E.listener_close(x) end
     return E.close(x)
   elseif type(x) == "table" and state[x] then
-    return state[x].close()
+    return state[x][8]()
   end
 end
 
@@ -322,7 +330,7 @@ function broker.f(id)
 end
 
 local function owner(x)
-  if type(x) == "table" and state[x] then return state[x].id end
+  if type(x) == "table" and state[x] then return state[x][1] end
   if type(x) == "number" then return x end
   error("expected a socket or a socket id, got " .. type(x), 3)
 end
@@ -360,7 +368,7 @@ end
 -- (connection of this core or listener) whose key is used.
 local function key_args(x)
   local st = type(x) == "table" and state[x]
-  if st then return nil, st.id, endpoint(st) end
+  if st then return nil, st[1], endpoint(st) end
   return x, nil, false
 end
 

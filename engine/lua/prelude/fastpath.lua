@@ -245,18 +245,16 @@ local function commit_table(id, root)
   end
 end
 
-function P.make_commit(id)
-  return function(v)
-    local tv = type(v)
-    if tv == "string" then
-      local r = commit_bytes(ctx, id, v, #v)
-      if r ~= NOT_HERE then return r end
-    elseif tv == "table" then
-      local r = commit_table(id, v)
-      if r ~= nil then return r end
-    end
-    return E.commit(id, v)
+function P.commit_id(id, v)
+  local tv = type(v)
+  if tv == "string" then
+    local r = commit_bytes(ctx, id, v, #v)
+    if r ~= NOT_HERE then return r end
+  elseif tv == "table" then
+    local r = commit_table(id, v)
+    if r ~= nil then return r end
   end
+  return E.commit(id, v)
 end
 
 local addr_buf = ffi.new("uint8_t[128]")
