@@ -2,9 +2,11 @@
 //! `baseline-echo`, the plain glommio echo server (same framing as `stage`, no Lua) that
 //! every end-to-end figure is a ratio against, and `e2e`, the interleaved comparison. Shared
 //! here: finding the workspace's other binaries, a process's CPU time, a free port, waiting
-//! for a started server to listen.
+//! for a started server to listen, and a nats-server of a run's own (`nats`).
 
 use std::path::PathBuf;
+
+pub mod nats;
 
 /// Another binary of this workspace's release build, found next to the running one (the
 /// measuring tools start `stage` and `baseline-echo` themselves).

@@ -13,38 +13,15 @@
 //!
 //! Usage: target/release/cluster-members BASELINE_STAGE [COUNTS (10,50,100)] [SECONDS (5)]
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stage_benches::{cpu_seconds, free_port};
+use stage_benches::{cpu_seconds, nats};
 
 /// Nodes in a run (fewer when there are fewer members).
 const NODES: usize = 10;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child (a supervisor forwards it to its children).
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-/// The NATS server's `/varz` counters: (out_msgs, out_bytes).
-fn varz(port: u16) -> anyhow::Result<(f64, f64)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(s, "GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let body = text.split("\r\n\r\n").nth(1).context("no body")?;
-    let v: serde_json::Value = serde_json::from_str(body)?;
-    let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    Ok((n("out_msgs"), n("out_bytes")))
-}
 
 /// `pid` and every process whose parent it is (a multi-process node's children).
 fn with_children(pid: u32) -> Vec<u32> {
@@ -98,29 +75,8 @@ struct Sample {
 
 fn run(stage: &Path, nats_bin: &Path, members: usize, seconds: u64) -> anyhow::Result<Sample> {
     let dir = tempfile::tempdir()?;
-    let (port, mon) = (free_port()?, free_port()?);
-    let nats = Kill(
-        Command::new(nats_bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-m",
-                &mon.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nats-server")?,
-    );
-    let up = Instant::now() + Duration::from_secs(10);
-    while varz(mon).is_err() {
-        if Instant::now() > up {
-            bail!("nats-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let nats = nats::Server::start(nats_bin, true)?;
+    let (port, mon) = (nats.port, nats.monitor.context("monitor port")?);
     let nodes = NODES.min(members);
     let per_node = members / nodes;
     let members = nodes * per_node;
@@ -152,7 +108,7 @@ fn run(stage: &Path, nats_bin: &Path, members: usize, seconds: u64) -> anyhow::R
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        children.push((Kill(child), log));
+        children.push((nats::Kill(child), log));
     }
     // Every member has had an answer from its neighbour on the next node.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -181,11 +137,11 @@ fn run(stage: &Path, nats_bin: &Path, members: usize, seconds: u64) -> anyhow::R
         .flat_map(|(k, _)| with_children(k.0.id()))
         .collect();
     let cpu = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-    let (m0, b0) = varz(mon)?;
-    let (c0, s0) = (cpu(), cpu_seconds(nats.0.id()));
+    let (m0, b0) = nats::varz(mon)?;
+    let (c0, s0) = (cpu(), cpu_seconds(nats.pid()));
     std::thread::sleep(Duration::from_secs(seconds));
-    let (m1, b1) = varz(mon)?;
-    let (c1, s1) = (cpu(), cpu_seconds(nats.0.id()));
+    let (m1, b1) = nats::varz(mon)?;
+    let (c1, s1) = (cpu(), cpu_seconds(nats.pid()));
     let per = |x: f64| x / seconds as f64 / members as f64;
     Ok(Sample {
         msgs: per(m1 - m0),
@@ -209,11 +165,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5);
     let stage = stage_benches::sibling_binary("stage")?;
-    let nats_bin: PathBuf = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("nats-server is not installed (apt install nats-server)")?;
+    let nats_bin = nats::binary()?;
     println!(
         "heartbeat every 100 ms; {NODES} nodes of M/{NODES} processes; each member talks to one other; idle {seconds} s"
     );

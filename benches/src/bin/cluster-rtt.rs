@@ -12,12 +12,12 @@
 //!
 //! Usage: target/release/cluster-rtt [TOTAL (20000)] [ROUNDS (2)] [WINDOWS (1,16)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use stage_benches::cpu_seconds;
+use anyhow::bail;
+use stage_benches::{cpu_seconds, nats};
 
 const CLIENT: &str = r#"
 -- Globals only: handlers and timers are re-created from bytecode and see no upvalues.
@@ -63,17 +63,7 @@ end)
 
 const SERVER: &str = r#"stage.waitfor("echo", function (x) return x end)"#;
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child; SIGTERM lets a supervisor stop its children.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(stage: &Path, dir: &Path, config: &str, log: &Path) -> anyhow::Result<Kill> {
+fn spawn(stage: &Path, dir: &Path, config: &str, log: &Path) -> anyhow::Result<nats::Kill> {
     let file = log.with_extension("json");
     std::fs::write(&file, config)?;
     let child = Command::new(stage)
@@ -83,7 +73,7 @@ fn spawn(stage: &Path, dir: &Path, config: &str, log: &Path) -> anyhow::Result<K
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()?;
-    Ok(Kill(child))
+    Ok(nats::Kill(child))
 }
 
 /// Pids of the processes a node's log says its supervisor started.
@@ -177,22 +167,8 @@ fn processes(stage: &Path, total: usize, window: usize) -> anyhow::Result<Outcom
 fn nodes(stage: &Path, nats_bin: &Path, total: usize, window: usize) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     write_scripts(dir.path(), total, window)?;
-    let port = stage_benches::free_port()?;
-    let nats = Kill(
-        Command::new(nats_bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nats-server")?,
-    );
-    let up = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > up {
-            bail!("nats-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let nats = nats::Server::start(nats_bin, false)?;
+    let port = nats.port;
     let config = |node: &str, stage_id: &str| {
         format!(
             r##"{{ "#threads": 1, "#router": [400, 100], "#node": "{node}",
@@ -205,7 +181,7 @@ fn nodes(stage: &Path, nats_bin: &Path, total: usize, window: usize) -> anyhow::
     let b = spawn(stage, dir.path(), &config("b", "server"), &b_log)?;
     let a = spawn(stage, dir.path(), &config("a", "client"), &a_log)?;
     let pids = [a.0.id(), b.0.id()];
-    measure(&a_log, total, &|| pids.to_vec(), Some(nats.0.id()))
+    measure(&a_log, total, &|| pids.to_vec(), Some(nats.pid()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -219,11 +195,7 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|w| w.parse().ok())
         .collect();
     let stage = stage_benches::sibling_binary("stage")?;
-    let nats_bin: PathBuf = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("nats-server is not installed (apt install nats-server)")?;
+    let nats_bin = nats::binary()?;
     println!(
         "{total} measured requests per run, one core per stage process, {rounds} round(s); CPU = both stage processes"
     );

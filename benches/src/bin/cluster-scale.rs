@@ -12,35 +12,12 @@
 //!
 //! Usage: target/release/cluster-scale [COUNTS (2,5,10)] [SECONDS (5)] [REQS (5000)]
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stage_benches::{cpu_seconds, free_port};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-/// The NATS server's `/varz` counters: (out_msgs, out_bytes).
-fn varz(port: u16) -> anyhow::Result<(f64, f64)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(s, "GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let body = text.split("\r\n\r\n").nth(1).context("no body")?;
-    let v: serde_json::Value = serde_json::from_str(body)?;
-    let n = |k: &str| v[k].as_f64().unwrap_or(0.0);
-    Ok((n("out_msgs"), n("out_bytes")))
-}
+use stage_benches::{cpu_seconds, nats};
 
 const NODE: &str = r#"
 stage.waitfor("echo", function (x) return x end)
@@ -89,29 +66,8 @@ fn run(
     reqs: usize,
 ) -> anyhow::Result<Sample> {
     let dir = tempfile::tempdir()?;
-    let (port, mon) = (free_port()?, free_port()?);
-    let nats = Kill(
-        Command::new(nats_bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-m",
-                &mon.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start nats-server")?,
-    );
-    let up = Instant::now() + Duration::from_secs(10);
-    while varz(mon).is_err() {
-        if Instant::now() > up {
-            bail!("nats-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let nats = nats::Server::start(nats_bin, true)?;
+    let (port, mon) = (nats.port, nats.monitor.context("monitor port")?);
     let mut nodes = Vec::new();
     for i in 1..=n {
         let script = if i == 1 {
@@ -142,7 +98,7 @@ fn run(
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        nodes.push((Kill(child), log));
+        nodes.push((nats::Kill(child), log));
     }
     // Node 1 sees every other node: n - 1 "is up" lines.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -160,11 +116,11 @@ fn run(
     std::thread::sleep(Duration::from_millis(500));
     let pids: Vec<u32> = nodes.iter().map(|(k, _)| k.0.id()).collect();
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
-    let (m0, b0) = varz(mon)?;
-    let (c0, s0) = (cpu(&pids), cpu_seconds(nats.0.id()));
+    let (m0, b0) = nats::varz(mon)?;
+    let (c0, s0) = (cpu(&pids), cpu_seconds(nats.pid()));
     std::thread::sleep(Duration::from_secs(seconds));
-    let (m1, b1) = varz(mon)?;
-    let (c1, s1) = (cpu(&pids), cpu_seconds(nats.0.id()));
+    let (m1, b1) = nats::varz(mon)?;
+    let (c1, s1) = (cpu(&pids), cpu_seconds(nats.pid()));
     let per = |x: f64| x / seconds as f64 / n as f64;
 
     // Routing: node 1's CPU per request while it sends `reqs` requests (minus its idle CPU).
@@ -207,11 +163,7 @@ fn main() -> anyhow::Result<()> {
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let reqs: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(5000);
     let stage = stage_benches::sibling_binary("stage")?;
-    let nats_bin: PathBuf = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("nats-server is not installed (apt install nats-server)")?;
+    let nats_bin = nats::binary()?;
     println!("heartbeat every 100 ms, expiry 760 ms; idle {seconds} s per count; {reqs} requests from node 1");
     println!(
         "{:>5} {:>14} {:>15} {:>16} {:>16} {:>16}",
