@@ -16,7 +16,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
+use super::addr_cell::AddrCell;
 use super::admission::Ticket;
 use super::due::{self, Clock, Due};
 use super::id::ConnId;
@@ -56,31 +56,79 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
+/// A msec setting that may be off, in four bytes instead of an `Option<u64>`'s sixteen: it
+/// sits in every connection (issue #15 item 5). Values saturate at `u32::MAX - 1` msec
+/// (49 days), which no idle timeout or frame deadline needs to pass.
+pub struct MsecCell(Cell<u32>);
+
+impl MsecCell {
+    const OFF: u32 = u32::MAX;
+
+    /// A cell that is off.
+    pub fn never() -> MsecCell {
+        MsecCell(Cell::new(Self::OFF))
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        let ms = self.0.get();
+        (ms != Self::OFF).then_some(ms as u64)
+    }
+
+    pub fn set(&self, ms: Option<u64>) {
+        self.0
+            .set(ms.map_or(Self::OFF, |ms| ms.min(Self::OFF as u64 - 1) as u32));
+    }
+
+    /// As a duration, for the deadline arithmetic.
+    pub fn duration(&self) -> Option<Duration> {
+        self.get().map(Duration::from_millis)
+    }
+}
+
+/// An errno that may not be set yet, in four bytes instead of an `Option<i32>`'s eight (the
+/// same reason as [`MsecCell`]); errno values are never negative.
+pub(super) struct ErrnoCell(Cell<i32>);
+
+impl ErrnoCell {
+    const NONE: i32 = i32::MIN;
+
+    pub(super) fn get(&self) -> Option<i32> {
+        let errno = self.0.get();
+        (errno != Self::NONE).then_some(errno)
+    }
+
+    pub(super) fn set(&self, errno: Option<i32>) {
+        self.0.set(errno.unwrap_or(Self::NONE));
+    }
+}
+
 pub struct Conn {
     pub id: ConnId,
     pub spec: FrameSpec,
-    pub peer: Cell<Option<SocketAddr>>,
-    pub local: Cell<Option<SocketAddr>>,
+    pub peer: AddrCell,
+    pub local: AddrCell,
     /// Idle timeout in msec; `None` = never.
-    pub expire_ms: Cell<Option<u64>>,
+    pub expire_ms: MsecCell,
     /// Minimum msec between flushes; 0 = flush as soon as the task gets to it.
-    pub commit_ms: Cell<u64>,
+    pub commit_ms: Cell<u32>,
     /// The last socket error seen (for `socket.errno`).
     pub errno: Cell<i32>,
     /// How long a frame whose first byte arrived may take to be complete (the listener's
     /// `deadline`); `None` = no limit. Unlike `expire` it does not restart on every byte,
     /// so a peer that dribbles a frame byte by byte is caught too.
-    pub frame_deadline: Cell<Option<Duration>>,
+    pub frame_deadline: MsecCell,
+    // The fields below that hold an object are `Cell`s taken and put back, not `RefCell`s:
+    // each borrow flag would be 8 more bytes in every idle connection (issue #15 item 5).
     /// This connection's places at its listener's gate (accepted connections only).
-    pub(super) ticket: RefCell<Option<Ticket>>,
+    ticket: Cell<Option<Ticket>>,
     /// `socket.crypto`: the key that opens encrypted frames and seals committed tables.
-    pub crypto: RefCell<Option<Arc<Crypto>>>,
+    crypto: Cell<Option<Arc<Crypto>>>,
     // The connection task's side (this module and `ws`, the WebSocket task).
     pub(super) out: RefCell<BytesMut>,
-    pub(super) close_requested: Cell<Option<i32>>,
+    pub(super) close_requested: ErrnoCell,
     pub(super) flush_forced: Cell<bool>,
     pub(super) signalled: Cell<bool>,
-    pub(super) waker: RefCell<Option<Waker>>,
+    pub(super) waker: Cell<Option<Waker>>,
     /// Where this connection's traffic is counted (its listener's counters on this core),
     /// set once when it is accepted or joined; plain cells, core-local.
     stats: std::cell::OnceCell<Rc<IoStats>>,
@@ -123,19 +171,19 @@ impl Conn {
         Rc::new(Conn {
             id,
             spec,
-            peer: Cell::new(None),
-            local: Cell::new(None),
-            expire_ms: Cell::new(None),
+            peer: AddrCell::default(),
+            local: AddrCell::default(),
+            expire_ms: MsecCell::never(),
             commit_ms: Cell::new(0),
             errno: Cell::new(0),
-            frame_deadline: Cell::new(None),
-            ticket: RefCell::new(None),
-            crypto: RefCell::new(None),
+            frame_deadline: MsecCell::never(),
+            ticket: Cell::new(None),
+            crypto: Cell::new(None),
             out: RefCell::new(BytesMut::new()),
-            close_requested: Cell::new(None),
+            close_requested: ErrnoCell(Cell::new(ErrnoCell::NONE)),
             flush_forced: Cell::new(false),
             signalled: Cell::new(false),
-            waker: RefCell::new(None),
+            waker: Cell::new(None),
             stats: std::cell::OnceCell::new(),
         })
     }
@@ -161,12 +209,21 @@ impl Conn {
 
     /// Holds `ticket` (the listener's places) until the connection ends.
     pub fn admit(&self, ticket: Ticket) {
-        *self.ticket.borrow_mut() = Some(ticket);
+        self.ticket.set(Some(ticket));
     }
 
     /// Gives the listener's places back (the connection ended or was refused).
     pub fn release(&self) {
-        drop(self.ticket.borrow_mut().take());
+        drop(self.ticket.take());
+    }
+
+    /// Tells the listener's gate that this connection missed its frame deadline.
+    pub(super) fn count_frame_timeout(&self) {
+        let ticket = self.ticket.take();
+        if let Some(ticket) = &ticket {
+            ticket.gate().frame_timed_out();
+        }
+        self.ticket.set(ticket);
     }
 
     /// Lets `encode` append one message to the output buffer, then enforces `OUT`.
@@ -206,12 +263,22 @@ impl Conn {
 
     /// The key committed tables are sealed with, when `socket.crypto` is set.
     pub fn crypto(&self) -> Option<Arc<Crypto>> {
-        self.crypto.borrow().clone()
+        let key = self.crypto.take();
+        self.crypto.set(key.clone());
+        key
+    }
+
+    /// Sets (or, with `None`, clears) `socket.crypto`.
+    pub fn set_crypto(&self, key: Option<Arc<Crypto>>) {
+        self.crypto.set(key);
     }
 
     /// Whether `socket.crypto` is set: the FFI reply path steps aside when it is.
     pub fn encrypts(&self) -> bool {
-        self.crypto.borrow().is_some()
+        let key = self.crypto.take();
+        let set = key.is_some();
+        self.crypto.set(key);
+        set
     }
 
     /// Room for at least `want` more output bytes, for an encoder that writes in place
@@ -305,7 +372,7 @@ impl Conn {
 
     fn signal(&self) {
         self.signalled.set(true);
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
@@ -454,7 +521,7 @@ fn pump<'a, H: ConnEvents>(
                         return Poll::Ready(Event::Timer);
                     }
                 }
-                *conn.waker.borrow_mut() = Some(cx.waker().clone());
+                conn.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             })
             .await;
@@ -687,7 +754,7 @@ async fn write_waiting(
             );
             return Poll::Ready(Err(errno));
         }
-        *conn.waker.borrow_mut() = Some(cx.waker().clone());
+        conn.waker.set(Some(cx.waker().clone()));
         Poll::Pending
     })
     .await
@@ -707,5 +774,35 @@ pub(super) fn frame_errno(err: &FrameError) -> i32 {
     match err {
         FrameError::TooLong { .. } | FrameError::LineTooLong { .. } => libc::EMSGSIZE,
         FrameError::TooShort { .. } => libc::EBADMSG,
+    }
+}
+
+#[cfg(test)]
+mod msec_tests {
+    use super::MsecCell;
+    use std::time::Duration;
+
+    #[test]
+    fn a_msec_cell_keeps_off_apart_from_every_value() {
+        let cell = MsecCell::never();
+        assert_eq!(cell.get(), None);
+        for ms in [0, 1, 30, 3_600_000, u32::MAX as u64 - 1] {
+            cell.set(Some(ms));
+            assert_eq!(cell.get(), Some(ms));
+            assert_eq!(cell.duration(), Some(Duration::from_millis(ms)));
+        }
+        // Past 49 days it saturates instead of turning into "off".
+        cell.set(Some(u64::MAX));
+        assert_eq!(cell.get(), Some(u32::MAX as u64 - 1));
+        cell.set(None);
+        assert_eq!(cell.duration(), None);
+    }
+
+    #[test]
+    fn a_connection_object_stays_small() {
+        // Every idle connection holds one (issue #15 item 5: <= 2 KiB per idle connection,
+        // BENCHMARKS.md "Memory per idle connection"); 280 bytes before the compact cells.
+        let size = std::mem::size_of::<super::Conn>();
+        assert!(size <= 192, "Conn grew to {size} bytes");
     }
 }

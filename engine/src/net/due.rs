@@ -58,7 +58,7 @@ impl Clock {
         last_flush: Option<Instant>,
         frame_started: Option<Instant>,
     ) -> Clock {
-        let commit_ms = conn.commit_ms.get();
+        let commit_ms = u64::from(conn.commit_ms.get());
         Clock {
             now,
             has_output: conn.has_output(),
@@ -67,7 +67,7 @@ impl Clock {
                 .then(|| Duration::from_millis(commit_ms)),
             expire_at: conn::idle_deadline(conn, last_rx),
             frame_started,
-            frame_deadline: conn.frame_deadline.get(),
+            frame_deadline: conn.frame_deadline.duration(),
         }
     }
 
@@ -117,9 +117,7 @@ impl Late {
                     socket = conn.id.raw(),
                     "a started {unit} was not complete within the deadline; closing"
                 );
-                if let Some(ticket) = conn.ticket.borrow().as_ref() {
-                    ticket.gate().frame_timed_out();
-                }
+                conn.count_frame_timeout();
             }
         }
         libc::ETIMEDOUT

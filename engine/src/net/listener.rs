@@ -219,7 +219,13 @@ pub(super) fn admit<H: ConnEvents>(
     let conn = Conn::new(events.next_conn_id(), endpoint.frame);
     conn.peer.set(peer);
     conn.local.set(stream.local_addr().ok().map(canonical));
-    conn.frame_deadline.set(endpoint.gate.limits.deadline());
+    conn.frame_deadline.set(
+        endpoint
+            .gate
+            .limits
+            .deadline()
+            .map(|d| d.as_millis() as u64),
+    );
     conn.admit(ticket);
     conn.count_in(events.stats(Some(endpoint.id)));
     if events.accepted(endpoint.id, &conn) {

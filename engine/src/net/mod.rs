@@ -3,6 +3,7 @@
 //! whoever owns the connections (a core, or a test) implements [`ConnEvents`] and is told
 //! what happens on them.
 
+mod addr_cell;
 pub mod admission;
 pub mod conn;
 mod due;

@@ -780,7 +780,7 @@ fn a_sealed_reply_counts_against_out_and_encrypted_frames_arrive_opened() {
         let events = Rc::new(
             Recorder::new()
                 .on_accept(move |conn| {
-                    *conn.crypto.borrow_mut() = Some(sealer.clone());
+                    conn.set_crypto(Some(sealer.clone()));
                     true
                 })
                 .on_frame(|conn, frame| {

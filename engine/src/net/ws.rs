@@ -351,7 +351,7 @@ async fn pump<H: ConnEvents>(
                     return Poll::Ready(Event::Timer);
                 }
             }
-            *conn.waker.borrow_mut() = Some(cx.waker().clone());
+            conn.waker.set(Some(cx.waker().clone()));
             Poll::Pending
         })
         .await;

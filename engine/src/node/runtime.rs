@@ -571,8 +571,9 @@ impl ConnEvents for Core {
         {
             let props = shared.props.lock().unwrap();
             conn.expire_ms.set(props.expire);
-            conn.commit_ms.set(props.commit);
-            *conn.crypto.borrow_mut() = props.crypto.clone();
+            conn.commit_ms
+                .set(u32::try_from(props.commit).unwrap_or(u32::MAX));
+            conn.set_crypto(props.crypto.clone());
         }
         self.add_conn(conn.clone());
         let accepted = self.time_callback(Callback::Accept, || {

@@ -222,8 +222,10 @@ fn conn_set(_: &Lua, (id, key, value): (u64, String, Value)) -> mlua::Result<()>
     };
     match key.as_str() {
         "expire" => conn.expire_ms.set(msec_option(&value)),
-        "commit_interval" => conn.commit_ms.set(msec_option(&value).unwrap_or(0)),
-        "crypto" => *conn.crypto.borrow_mut() = super::crypto::parse("socket.crypto", &value)?,
+        "commit_interval" => conn
+            .commit_ms
+            .set(msec_option(&value).map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX))),
+        "crypto" => conn.set_crypto(super::crypto::parse("socket.crypto", &value)?),
         other => {
             return Err(mlua::Error::runtime(format!(
                 "unknown socket option `{other}`"
