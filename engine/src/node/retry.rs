@@ -161,6 +161,37 @@ mod tests {
         assert!(RETRIES.load(Ordering::Relaxed) >= before + 3);
     }
 
+    /// On a core the post waits on a timer, not the thread: the core's other tasks run
+    /// meanwhile (here, the one that drains the inbox), and the post arrives after what was
+    /// queued before it. A thread sleep would never let the draining task run.
+    #[test]
+    fn a_task_on_a_core_waits_while_the_core_drains_its_inbox() {
+        let got = crate::net::testing::run_local(|| async {
+            let (mailbox, inbox) = super::super::mailbox::channel::<u32>(1).unwrap();
+            mailbox.send(1, 1).unwrap();
+            let tries = std::rc::Rc::new(std::cell::Cell::new(0));
+            let counted = tries.clone();
+            let post = glommio::spawn_local(async move {
+                until_taken_async(0, "a test post", || {
+                    counted.set(counted.get() + 1);
+                    mailbox.send(2, 1)
+                })
+                .await
+            });
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                // Drains only once the post has found the inbox full and waits to retry.
+                if tries.get() > 1 {
+                    got.extend(inbox.try_take());
+                }
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            post.await.unwrap();
+            got
+        });
+        assert_eq!(got, [1, 2]);
+    }
+
     /// A closed inbox (the core stopped) ends the tries at once.
     #[test]
     fn a_closed_inbox_ends_the_tries() {
