@@ -40,6 +40,26 @@ pub struct Plan {
     pub embedded: Embedded,
 }
 
+#[cfg(test)]
+impl Plan {
+    /// A plan with no package, stage or service: a test's node sets what it needs on it.
+    pub fn empty() -> Plan {
+        Plan {
+            package: Vec::new(),
+            preload: Vec::new(),
+            reflush: Duration::from_secs(1),
+            ffi: true,
+            memory: None,
+            cpu_ms: 0,
+            spin: Duration::ZERO,
+            stages: Vec::new(),
+            services: Vec::new(),
+            args: Vec::new(),
+            embedded: &[],
+        }
+    }
+}
+
 /// A Lua stage of `#startup` and the core its main script runs on.
 #[derive(Debug, Clone)]
 pub struct LuaStage {

@@ -39,8 +39,8 @@ pub struct Scrape {
     pub unrouted: u64,
     /// Messages dropped at a full (or closed) inbox.
     pub inbox_dropped: u64,
-    /// index.so posts retried at a full inbox (`node::index_sync::POST_RETRIES`).
-    pub index_post_retried: u64,
+    /// Posts tried again at a full inbox (`node::retry::RETRIES`).
+    pub post_retried: u64,
     /// Commits refused (larger than OUT, or to a closing connection).
     pub commits_refused: u64,
     /// ODBC statements: [succeeded, failed].
@@ -86,8 +86,7 @@ pub async fn scrape(node: &Arc<Node>) -> Scrape {
         bson_limits: crate::codec::bson_limits::counts(),
         unrouted: node.unrouted.load(std::sync::atomic::Ordering::Relaxed),
         inbox_dropped: crate::node::DROPPED.total(),
-        index_post_retried: crate::node::index_sync::POST_RETRIES
-            .load(std::sync::atomic::Ordering::Relaxed),
+        post_retried: crate::node::retry::RETRIES.load(std::sync::atomic::Ordering::Relaxed),
         commits_refused: crate::net::conn::COMMITS_REFUSED.total(),
         odbc: [
             odbc[0].load(std::sync::atomic::Ordering::Relaxed),

@@ -213,13 +213,13 @@ pub fn render(scrape: &Scrape, process: u32) -> String {
         "Messages of any kind (stage messages, replies, service outputs) that found no receiver.",
     );
     e.sample("stage_unrouted_total", &p, scrape.unrouted);
-    e.family("stage_limit_hits_total", Kind::Counter, "Limits of docs/limits.md that were hit (limit: cpu_budget, bson_depth, bson_elements, inbox_full, index_post_retried, commit_refused).");
+    e.family("stage_limit_hits_total", Kind::Counter, "Limits of docs/limits.md that were hit (limit: cpu_budget, bson_depth, bson_elements, inbox_full, post_retried, commit_refused).");
     for (limit, n) in [
         ("cpu_budget", scrape.budget_exceeded),
         ("bson_depth", scrape.bson_limits.0),
         ("bson_elements", scrape.bson_limits.1),
         ("inbox_full", scrape.inbox_dropped),
-        ("index_post_retried", scrape.index_post_retried),
+        ("post_retried", scrape.post_retried),
         ("commit_refused", scrape.commits_refused),
     ] {
         e.sample("stage_limit_hits_total", &[("limit", limit)], n);
@@ -382,7 +382,7 @@ mod tests {
             bson_limits: (1, 0),
             unrouted: 0,
             inbox_dropped: 0,
-            index_post_retried: 0,
+            post_retried: 0,
             commits_refused: 0,
             odbc: [0, 0],
             uptime: std::time::Duration::from_secs(1),

@@ -9,21 +9,16 @@
 //!
 //! **A full inbox never loses a post.** Requests and replies wait on the core for these
 //! posts, and nothing else would ever release them, so a post that finds the core's inbox
-//! full (`INBOX_CAPACITY` messages queued) is not dropped like other messages: the posting
-//! thread tries again after a pause of [`RETRY_FIRST`], doubling up to [`RETRY_MAX`], until
-//! the core takes it. It gives up only when the inbox is closed (the core or node stopped).
-//! Meanwhile that thread does nothing else: the other cores' completions of the stage wait
-//! behind it, which is the back-pressure an overloaded core should put on its writers. Every
-//! retry is counted ([`POST_RETRIES`], `stage_limit_hits_total{limit="index_post_retried"}`)
-//! and the first one of the process is logged.
+//! full is tried again until the core takes it (`node::retry`). Meanwhile that thread does
+//! nothing else: the other cores' completions of the stage wait behind it, which is the
+//! back-pressure an overloaded core should put on its writers.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use super::mailbox::SendError;
 use super::post::PostKind;
+use super::retry::until_taken;
 use super::{CoreMsg, Node};
 use crate::codec::document::{DocumentError, Writer};
 use crate::plan::{Plan, ServiceKind};
@@ -66,51 +61,11 @@ pub fn start(plan: &Plan, node: Weak<Node>) -> HashMap<usize, IndexThreads> {
     threads
 }
 
-/// The first pause of a post that found its core's inbox full; it doubles on each retry.
-pub const RETRY_FIRST: Duration = Duration::from_micros(50);
-
-/// The longest pause between two tries of one post.
-pub const RETRY_MAX: Duration = Duration::from_millis(10);
-
-/// Tries of an index post that found the core's inbox full (the metrics' limit hits).
-pub static POST_RETRIES: AtomicU64 = AtomicU64::new(0);
-
-/// Whether a retry was logged in this process (once).
-static RETRY_LOGGED: AtomicBool = AtomicBool::new(false);
-
-/// Calls `send` until the core takes the post: again after a growing pause while its inbox
-/// is full; `Ok`, or the `Closed` that ends it.
-pub fn post_until_taken(
-    core: usize,
-    what: &str,
-    mut send: impl FnMut() -> Result<(), SendError>,
-) -> Result<(), SendError> {
-    let mut pause = RETRY_FIRST;
-    loop {
-        match send() {
-            Err(SendError::Full(queued)) => {
-                POST_RETRIES.fetch_add(1, Ordering::Relaxed);
-                if !RETRY_LOGGED.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        core,
-                        "{what} found core {core}'s inbox full ({queued} messages queued): \
-                         retrying until the core takes it (logged once per process; counted \
-                         in stage_limit_hits_total{{limit=\"index_post_retried\"}})"
-                    );
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(RETRY_MAX);
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Posts `kind` with `payload` to core `core` until it takes it; the node is looked up at each
 /// try, so a node that is gone ends the tries (and nothing is kept alive by them).
 fn post(node: &Weak<Node>, core: usize, kind: PostKind, payload: Vec<u8>, what: &str) {
     let payload = bytes::Bytes::from(payload);
-    let sent = post_until_taken(core, what, || {
+    let sent = until_taken(core, what, || {
         let node = node.upgrade().ok_or(SendError::Closed)?;
         let msg = CoreMsg::Post {
             kind,
@@ -182,11 +137,13 @@ pub fn of(node: &Arc<Node>, stage: usize) -> Option<IndexThreads> {
 #[cfg(test)]
 mod tests {
     use std::fs::File;
+    use std::sync::atomic::Ordering;
     use std::sync::{mpsc, Mutex};
-    use std::time::Instant;
 
     use super::*;
     use crate::node::mailbox;
+    use crate::node::retry::testing::{poll, wait_for_a_retry};
+    use crate::node::retry::RETRIES;
     use crate::service::index::{
         open, Answer, Command, IndexConfig, IndexService, Outcome, Reply, Request, Score, SetItem,
         SetResult, SyncPolicy, TierSel,
@@ -198,25 +155,6 @@ mod tests {
         Filler,
         Open,
         Done(Completion),
-    }
-
-    /// Waits until `f` has something (the threads run at their own pace).
-    fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(t) = f() {
-                return t;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Waits until a post has found the inbox full and been retried.
-    fn wait_for_a_retry(before: u64) {
-        poll("a retry", || {
-            (POST_RETRIES.load(Ordering::Relaxed) > before).then_some(())
-        });
     }
 
     /// The open thread's notice and the sync thread's completion each find the core's inbox
@@ -231,13 +169,13 @@ mod tests {
         let (mailbox, inbox) = mailbox::channel::<Msg>(1).unwrap();
         let to = mailbox.clone();
         let notify = Box::new(move |core: usize, c: Completion| {
-            let _ = post_until_taken(core, "a test completion", || {
+            let _ = until_taken(core, "a test completion", || {
                 to.send(Msg::Done(c.clone()), 1)
             });
         });
         let to = mailbox.clone();
         let ring = Box::new(move |core: usize| {
-            let _ = post_until_taken(core, "a test open notice", || to.send(Msg::Open, 1));
+            let _ = until_taken(core, "a test open notice", || to.send(Msg::Open, 1));
         });
         // The sync waits for the test's go, so the inbox can be filled before it completes.
         let (go, gate) = mpsc::channel::<()>();
@@ -254,7 +192,7 @@ mod tests {
         let mut svc = IndexService::new(cfg, 0, thread, opener);
 
         mailbox.send(Msg::Filler, 1).unwrap();
-        let before = POST_RETRIES.load(Ordering::Relaxed);
+        let before = RETRIES.load(Ordering::Relaxed);
         let set = Request {
             index: "board".into(),
             tier: TierSel::Default,
@@ -273,7 +211,7 @@ mod tests {
         // The set runs, and waits for its sync; the inbox is full again when it completes.
         assert!(svc.opened().is_empty());
         mailbox.send(Msg::Filler, 1).unwrap();
-        let before = POST_RETRIES.load(Ordering::Relaxed);
+        let before = RETRIES.load(Ordering::Relaxed);
         go.send(()).unwrap();
         wait_for_a_retry(before);
         assert!(matches!(inbox.try_take(), Some(Msg::Filler)));
@@ -290,21 +228,5 @@ mod tests {
             released[0].answer,
             Answer::One(Reply::Set(vec![("p".into(), SetResult::Rank(1))]))
         );
-    }
-
-    /// A closed inbox (the core stopped) ends the tries at once.
-    #[test]
-    fn a_closed_inbox_ends_the_tries() {
-        let mut tries = 0;
-        let r = post_until_taken(0, "a test post", || {
-            tries += 1;
-            if tries < 3 {
-                Err(SendError::Full(1))
-            } else {
-                Err(SendError::Closed)
-            }
-        });
-        assert!(matches!(r, Err(SendError::Closed)));
-        assert_eq!(tries, 3);
     }
 }

@@ -24,6 +24,7 @@ pub mod peers;
 pub mod post;
 pub mod preflight;
 pub mod reload;
+pub mod retry;
 pub mod runtime;
 pub mod shared;
 pub mod stages;

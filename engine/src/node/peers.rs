@@ -349,15 +349,12 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
             Instant::now(),
         ),
         Some(Frame::Message { every, group, doc }) => deliver(node, group, every, doc),
-        // Any core can deliver it (the prelude posts it on to the stage's main core).
+        // Any core can deliver it (the prelude posts it on to the stage's main core). A lock
+        // waiter there waits for it, so it is tried again at a full inbox, never dropped.
         Some(Frame::LockGrant { payload }) => {
-            let msg = CoreMsg::Post {
-                kind: super::post::PostKind::LockGrant,
-                payload: Bytes::copy_from_slice(payload),
-            };
-            if let Err(err) = node.send(0, msg) {
-                node.log_dropped(0, &err);
-            }
+            let payload = Bytes::copy_from_slice(payload);
+            let kind = super::post::PostKind::LockGrant;
+            super::retry::post(node, 0, kind, payload, "a lock grant from another process");
         }
         None => tracing::debug!(
             "process {}: malformed datagram ({} bytes) dropped",

@@ -166,17 +166,8 @@ mod tests {
     /// A node of one core whose Lua callbacks have a budget of `cpu_ms`.
     fn node(cpu_ms: u64) -> Arc<Node> {
         let plan = Plan {
-            package: Vec::new(),
-            preload: Vec::new(),
-            reflush: std::time::Duration::from_secs(1),
-            ffi: true,
-            memory: None,
             cpu_ms,
-            spin: std::time::Duration::ZERO,
-            stages: Vec::new(),
-            services: Vec::new(),
-            args: Vec::new(),
-            embedded: &[],
+            ..Plan::empty()
         };
         Node::new(vec![0], Arc::new(plan), None)
     }

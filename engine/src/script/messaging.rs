@@ -16,9 +16,8 @@ use super::natives::{core, node};
 use crate::node::locks::Grant;
 use crate::node::peers::{self, Peers};
 use crate::node::post::PostKind;
-use crate::node::runtime;
 use crate::node::stages::LocalStage;
-use crate::node::CoreMsg;
+use crate::node::{retry, runtime};
 use crate::script::bson::{self, DecodeOptions, EncodeOptions};
 
 pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
@@ -93,18 +92,16 @@ pub fn wall_ms() -> f64 {
 
 /// Posts a prelude message to a core's inbox — this core's own too: one FIFO per core keeps
 /// causal order (a message this core sent itself is handled before any later message that
-/// another core sent in answer to something this core did afterwards).
+/// another core sent in answer to something this core did afterwards). From a core a post
+/// that finds the inbox full is dropped (stage messages are at most once, and a core never
+/// waits); from a blocking-pool thread — `thread.new` results and `thread.signal` values,
+/// which a callback waits for — it is tried again until the core takes it (`node::retry`).
 fn post(lua: &Lua, (target, kind, payload): (usize, String, mlua::String)) -> mlua::Result<bool> {
     let kind = post_kind(&kind)?;
     let payload = Bytes::copy_from_slice(&payload.as_bytes());
     let node = node(lua)?;
-    match node.send(target, CoreMsg::Post { kind, payload }) {
-        Ok(()) => Ok(true),
-        Err(err) => {
-            node.log_dropped(target, &err);
-            Ok(false)
-        }
-    }
+    let what = "a post from a blocking-pool thread";
+    Ok(retry::post(&node, target, kind, payload, what))
 }
 
 /// `thread.new`: queues the job on the blocking pool and returns its id.

@@ -636,17 +636,9 @@ mod tests {
     fn node(dir: &std::path::Path) -> (Arc<Node>, Vec<crate::node::mailbox::Inbox<CoreMsg>>) {
         let plan = crate::plan::Plan {
             package: vec![entry(0, dir)],
-            preload: Vec::new(),
             // Long: only requests scan in this test.
             reflush: Duration::from_secs(3600),
-            ffi: true,
-            memory: None,
-            cpu_ms: 0,
-            spin: std::time::Duration::ZERO,
-            stages: Vec::new(),
-            services: Vec::new(),
-            args: Vec::new(),
-            embedded: &[],
+            ..crate::plan::Plan::empty()
         };
         let node = Node::new(vec![0, 1], Arc::new(plan), None);
         let (mut tx, mut rx) = (Vec::new(), Vec::new());

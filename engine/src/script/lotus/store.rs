@@ -24,7 +24,7 @@ use super::posts::{Post, Stored, Wire};
 use super::redis::Redis;
 use crate::config::{LotusConfig, Store as StoreConfig};
 use crate::node::post::PostKind;
-use crate::node::{CoreMsg, Node};
+use crate::node::{retry, Node};
 
 /// One state to write (`Some`) or delete (`None`) in a flush.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,15 +185,17 @@ pub fn get_or_start(entry: &str, cfg: &LotusConfig, node: Arc<Node>) -> Arc<Stor
     store
 }
 
+/// Hands an answer to core `core`: a waiter there (a register, a save, a load, a flush's
+/// dirty states) depends on it, so a full inbox is tried again (`node::retry`), never dropped.
 fn deliver(node: &Node, core: usize, stored: Stored) {
     let payload = Post::Stored(stored).encode();
-    let msg = CoreMsg::Post {
-        kind: PostKind::Lotus,
-        payload: payload.into(),
-    };
-    if let Err(err) = node.send(core, msg) {
-        node.log_dropped(core, &err);
-    }
+    retry::post(
+        node,
+        core,
+        PostKind::Lotus,
+        payload.into(),
+        "a lotus store answer",
+    );
 }
 
 /// How often the store thread wakes when no command comes, to retry what waits for a store
@@ -218,13 +220,15 @@ fn send_schemas(
                         typename: typename.clone(),
                         schema: schema.clone(),
                     };
-                    let msg = CoreMsg::Post {
-                        kind: PostKind::Lotus,
-                        payload: post.encode().into(),
-                    };
-                    if let Err(err) = node.send(core, msg) {
-                        node.log_dropped(core, &err);
-                    }
+                    // A core that missed it would not know the stored type: never dropped.
+                    let payload = post.encode().into();
+                    retry::post(
+                        node,
+                        core,
+                        PostKind::Lotus,
+                        payload,
+                        "a lotus stored schema",
+                    );
                 }
             }
             if *logged {
@@ -428,5 +432,67 @@ pub fn stop_all(bound: Duration) {
         if wait.recv_timeout(left).is_err() {
             tracing::error!("lotus `{entry}`: {}: not done writing within {} s of the stop; what it had not written is lost", store.what, bound.as_secs());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::node::mailbox;
+    use crate::node::retry::testing::{poll, wait_for_a_retry};
+    use crate::node::retry::RETRIES;
+    use crate::node::CoreMsg;
+    use crate::plan::Plan;
+
+    /// A load answered while the core's inbox is full is not dropped: the store thread tries
+    /// again and the answer arrives once the core drains what was queued before it.
+    #[test]
+    fn an_answer_that_finds_the_inbox_full_arrives_once_the_core_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::new(vec![0], Arc::new(Plan::empty()), None);
+        // One slot: one queued message makes the inbox full.
+        let (mailbox, inbox) = mailbox::channel(1).unwrap();
+        node.set_inboxes(vec![mailbox]);
+        let filler = CoreMsg::Post {
+            kind: PostKind::Msg,
+            payload: bytes::Bytes::new(),
+        };
+        node.send(0, filler).unwrap();
+
+        let before = RETRIES.load(Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        let backend = Box::new(Files::new(dir.path().to_path_buf(), 1));
+        let to = node.clone();
+        let thread = std::thread::spawn(move || run(backend, rx, to, "test", "store test"));
+        tx.send(Cmd::LoadState {
+            core: 0,
+            project: "p".into(),
+            name: "s".into(),
+        })
+        .unwrap();
+        wait_for_a_retry(before);
+
+        let Some(CoreMsg::Post { kind, payload }) = inbox.try_take() else {
+            panic!("the filler is not first in the inbox")
+        };
+        assert_eq!((kind, payload.len()), (PostKind::Msg, 0));
+        let answer = poll("the store's answer", || inbox.try_take());
+        let CoreMsg::Post { kind, payload } = answer else {
+            panic!("not a post")
+        };
+        assert_eq!(kind, PostKind::Lotus);
+        assert_eq!(
+            Post::decode(&payload).unwrap(),
+            Post::Stored(Stored::State {
+                project: "p".into(),
+                name: "s".into(),
+                found: None,
+                error: None,
+            })
+        );
+        drop(tx);
+        thread.join().unwrap();
     }
 }

@@ -5,7 +5,9 @@
 //! and a `http_done` post carrying its handle goes through this core's inbox; the prelude then
 //! calls `E.http_reply(handle)` for the reply table and the envelope it stored (who to answer,
 //! the callback, `extra`) and sends it like any reply. Keeping the reply in Rust until Lua
-//! asks for it means the task that awaits isahc never touches the Lua state.
+//! asks for it means the task that awaits isahc never touches the Lua state. The post is
+//! never dropped at a full inbox (someone waits for the reply): the task, still on this core,
+//! tries again after a glommio timer (`node::retry::until_taken_async`) while the core drains.
 //!
 //! Lua tables have no key order, so form fields and header lines are sent sorted by name.
 
@@ -16,7 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mlua::{Lua, Table, Value};
 
-use crate::node::CoreMsg;
+use crate::node::post::PostKind;
+use crate::node::{retry, CoreMsg};
 use crate::script::natives::{core, node};
 use crate::service::http::{code, Body, FormValue, HttpReply, HttpRequest};
 
@@ -71,11 +74,19 @@ fn http_call(
         };
         crate::node::runtime::with_current(|c| c.stats.services.http_result(&result));
         DONE.with(|d| d.borrow_mut().insert(handle, (reply, envelope)));
-        let msg = CoreMsg::Post {
-            kind: crate::node::post::PostKind::HttpDone,
-            payload: handle_doc(handle),
-        };
-        if let Err(err) = node.send(me, msg) {
+        let payload = handle_doc(handle);
+        let sent = retry::until_taken_async(me, "a curl.so reply", || {
+            let payload = payload.clone();
+            node.send(
+                me,
+                CoreMsg::Post {
+                    kind: PostKind::HttpDone,
+                    payload,
+                },
+            )
+        })
+        .await;
+        if let Err(err) = sent {
             DONE.with(|d| d.borrow_mut().remove(&handle));
             node.log_dropped(me, &err);
         }
