@@ -18,9 +18,12 @@
 //! one is routed at once from the member table.
 //!
 //! The NATS client (async-nats, on tokio) runs on one dedicated thread, `stage-nats`
-//! (`client`): cores never touch the network. They hand outgoing messages to a bounded channel
-//! with `try_send`; a full channel or a lost connection makes the message unrouted (at most
-//! once: nothing is queued across an outage, nothing is sent twice). Which member gets a
+//! (`client`): it receives everything and cores never wait on the network. A core publishes
+//! a message itself on a publish-only connection (`direct`: one non-blocking write, as a
+//! datagram to another process) where the servers allow it and it is open; otherwise it hands
+//! the message to a bounded channel with `try_send`. A full channel or a lost connection makes
+//! the message unrouted (at most once: nothing is queued across an outage, nothing is sent
+//! twice). Which member gets a
 //! message is decided in the prelude's `route`, with the natives of `script::cluster`.
 
 mod client;
