@@ -52,6 +52,9 @@ struct Conn {
     /// What the socket did not take yet, written by the thread; while it is not empty,
     /// later messages are appended to it so nothing overtakes.
     pending: Vec<u8>,
+    /// The server's `max_payload`: a larger message would make it close the connection, so
+    /// it takes the thread's path, where async-nats refuses it (counted as unrouted).
+    max_payload: usize,
 }
 
 /// Whether the cores may publish themselves: only plain `nats://` servers without files to
@@ -77,7 +80,7 @@ impl Direct {
     pub(super) fn publish(&self, subject: &str, payload: &[u8]) -> Result<bool, String> {
         let head = format!("PUB {subject} {}\r\n", payload.len());
         let mut guard = self.conn.lock().unwrap();
-        let Some(conn) = guard.as_mut() else {
+        let Some(conn) = guard.as_mut().filter(|c| payload.len() <= c.max_payload) else {
             return Ok(false);
         };
         match conn.send(&[head.as_bytes(), payload, b"\r\n"]) {
@@ -171,10 +174,11 @@ pub(super) async fn keep(cluster: Arc<Cluster>, addrs: Vec<ServerAddr>) {
     while !cluster.stopping.load(Ordering::Acquire) {
         if cluster.connected.load(Ordering::Acquire) {
             match tokio::time::timeout(HANDSHAKE, open(&cluster, &addrs)).await {
-                Ok(Ok((reader, writer))) => {
+                Ok(Ok((reader, writer, max_payload))) => {
                     *direct.conn.lock().unwrap() = Some(Conn {
                         stream: writer,
                         pending: Vec::new(),
+                        max_payload,
                     });
                     if let Err(err) = serve(direct, &reader).await {
                         tracing::debug!(
@@ -199,18 +203,18 @@ pub(super) async fn keep(cluster: Arc<Cluster>, addrs: Vec<ServerAddr>) {
 }
 
 /// Connects to the first server that takes a plain `CONNECT`: the thread's descriptor of the
-/// socket and the cores' one.
+/// socket, the cores' one, and the server's `max_payload`.
 async fn open(
     cluster: &Cluster,
     addrs: &[ServerAddr],
-) -> std::io::Result<(TcpStream, StdTcpStream)> {
+) -> std::io::Result<(TcpStream, StdTcpStream, usize)> {
     let mut last = std::io::Error::other("no server");
     for addr in addrs {
         match handshake(cluster, addrs, addr).await {
-            Ok(stream) => {
+            Ok((stream, max_payload)) => {
                 let std = stream.into_std()?;
                 let writer = std.try_clone()?;
-                return Ok((TcpStream::from_std(std)?, writer));
+                return Ok((TcpStream::from_std(std)?, writer, max_payload));
             }
             Err(err) => last = err,
         }
@@ -222,7 +226,7 @@ async fn handshake(
     cluster: &Cluster,
     addrs: &[ServerAddr],
     addr: &ServerAddr,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<(TcpStream, usize)> {
     let stream = TcpStream::connect((addr.host(), addr.port())).await?;
     // Each PUB goes out at once, as async-nats's own connection does.
     stream.set_nodelay(true)?;
@@ -235,6 +239,10 @@ async fn handshake(
     if info["tls_required"].as_bool() == Some(true) {
         return Err(std::io::Error::other("the server requires TLS"));
     }
+    // The protocol's default when the server does not say.
+    let max_payload = info["max_payload"]
+        .as_u64()
+        .map_or(super::MAX_PAYLOAD, |max| max as usize);
     let mut connect = serde_json::json!({
         "verbose": false, "pedantic": false, "lang": "rust", "version": "stage",
         "protocol": 1, "echo": false, "headers": false, "no_responders": false,
@@ -255,7 +263,7 @@ async fn handshake(
     loop {
         let line = lines.next(&stream).await?;
         match line.as_str() {
-            "PONG" => return Ok(stream),
+            "PONG" => return Ok((stream, max_payload)),
             "PING" => write_all(&stream, b"PONG\r\n").await?,
             err if err.starts_with("-ERR") => return Err(std::io::Error::other(line)),
             _ => {}
@@ -422,6 +430,7 @@ mod tests {
         let mut conn = Conn {
             stream,
             pending: Vec::new(),
+            max_payload: super::super::MAX_PAYLOAD,
         };
         assert!(matches!(
             conn.queue(&[b"PUB a 2\r\n", b"xy", b"\r\n"], 5, 13),
