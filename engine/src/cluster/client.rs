@@ -109,8 +109,14 @@ impl Cluster {
                 if !self.connected.swap(true, Ordering::AcqRel) {
                     tracing::info!("cluster member {}: connected to NATS", self.me);
                 }
+                if let Some(direct) = &self.direct {
+                    direct.reconnected();
+                }
             }
             Event::Disconnected => {
+                if let Some(direct) = &self.direct {
+                    direct.close();
+                }
                 let stopping = self.stopping.load(Ordering::Acquire);
                 if self.connected.swap(false, Ordering::AcqRel) && !stopping {
                     tracing::warn!(
@@ -121,6 +127,9 @@ impl Cluster {
             }
             Event::Closed => {
                 self.connected.store(false, Ordering::Release);
+                if let Some(direct) = &self.direct {
+                    direct.close();
+                }
             }
             // Every failed reconnect attempt reports one: the outage was logged once already.
             Event::ClientError(err) if !self.connected.load(Ordering::Acquire) => {
@@ -152,7 +161,7 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
             return;
         }
     };
-    let client = match options.connect(addrs).await {
+    let client = match options.connect(addrs.clone()).await {
         Ok(client) => client,
         Err(err) => {
             tracing::error!("cluster member {}: cannot use NATS: {err}", cluster.me);
@@ -178,6 +187,7 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
         cluster.settings.servers.len()
     );
 
+    tokio::spawn(super::direct::keep(cluster.clone(), addrs));
     let c = cluster.clone();
     tokio::spawn(async move {
         while let Some(msg) = identity.next().await {

@@ -18,12 +18,16 @@
 //! one is routed at once from the member table.
 //!
 //! The NATS client (async-nats, on tokio) runs on one dedicated thread, `stage-nats`
-//! (`client`): cores never touch the network. They hand outgoing messages to a bounded channel
-//! with `try_send`; a full channel or a lost connection makes the message unrouted (at most
-//! once: nothing is queued across an outage, nothing is sent twice). Which member gets a
+//! (`client`): it receives everything and cores never wait on the network. A core publishes
+//! a message itself on a publish-only connection (`direct`: one non-blocking write, as a
+//! datagram to another process) where the servers allow it and it is open; otherwise it hands
+//! the message to a bounded channel with `try_send`. A full channel or a lost connection makes
+//! the message unrouted (at most once: nothing is queued across an outage, nothing is sent
+//! twice). Which member gets a
 //! message is decided in the prelude's `route`, with the natives of `script::cluster`.
 
 mod client;
+mod direct;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -130,6 +134,8 @@ pub struct Cluster {
     connected: AtomicBool,
     /// The process is stopping: the connection's end is not an outage to report.
     stopping: AtomicBool,
+    /// The cores' own publish-only connection, where the servers allow one (`direct`).
+    direct: Option<direct::Direct>,
     /// This process's run (pid and start time), sent with every heartbeat: a heartbeat with
     /// our member name from another run means another process uses the same `#node`.
     instance: String,
@@ -190,6 +196,7 @@ pub fn start(node: Arc<Node>) -> std::io::Result<()> {
 impl Cluster {
     fn new(settings: ClusterSettings) -> Cluster {
         let (outgoing, receiver) = mpsc::channel(OUTGOING_CAPACITY);
+        let publish_only = direct::usable(&settings).then(direct::Direct::default);
         Cluster {
             me: member_name(&settings.node, settings.process),
             own_node: format!("{}.", settings.node),
@@ -199,6 +206,7 @@ impl Cluster {
             receiver: Mutex::new(Some(receiver)),
             connected: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            direct: publish_only,
             instance: format!(
                 "{}-{:x}",
                 std::process::id(),
@@ -263,8 +271,14 @@ impl Cluster {
         if !self.connected.load(Ordering::Acquire) {
             return Err("not connected to NATS".into());
         }
+        let subject = format!("{MEMBER_SUBJECT_PREFIX}{member}");
+        if let Some(direct) = &self.direct {
+            if direct.publish(&subject, &frame)? {
+                return Ok(());
+            }
+        }
         self.hand_over(Outgoing::Publish {
-            subject: format!("{MEMBER_SUBJECT_PREFIX}{member}"),
+            subject,
             payload: frame,
         })
     }
