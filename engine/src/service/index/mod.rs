@@ -528,9 +528,9 @@ impl IndexService {
             Command::Set(items) => Reply::Set(
                 items
                     .into_iter()
-                    .map(|item| {
-                        let id = item.id.clone();
-                        (id, r.set(item, tier, max_key, &mut touched))
+                    .map(|mut item| {
+                        let result = r.set(&mut item, tier, max_key, &mut touched);
+                        (item.id, result)
                     })
                     .collect(),
             ),
