@@ -22,8 +22,14 @@ struct Node<K, V> {
     size: u32,
 }
 
+/// One arena slot, on a cache line of its own: a node of a tier (a `TierKey` and an
+/// `Arc<str>` id) is 64 bytes, and unaligned it would straddle two lines, so a descent
+/// through a tier far larger than the caches would miss twice per level instead of once.
+#[repr(align(64))]
+struct Slot<K, V>(Option<Node<K, V>>);
+
 pub struct Treap<K, V> {
-    nodes: Vec<Option<Node<K, V>>>,
+    nodes: Vec<Slot<K, V>>,
     free: Vec<u32>,
     root: u32,
     rng: u64,
@@ -58,11 +64,11 @@ impl<K: Ord, V> Treap<K, V> {
     }
 
     fn node(&self, i: u32) -> &Node<K, V> {
-        self.nodes[i as usize].as_ref().expect("live node")
+        self.nodes[i as usize].0.as_ref().expect("live node")
     }
 
     fn node_mut(&mut self, i: u32) -> &mut Node<K, V> {
-        self.nodes[i as usize].as_mut().expect("live node")
+        self.nodes[i as usize].0.as_mut().expect("live node")
     }
 
     fn size(&self, i: u32) -> u32 {
@@ -271,12 +277,12 @@ impl<K: Ord, V> Treap<K, V> {
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.nodes[i as usize] = Some(node);
+                self.nodes[i as usize] = Slot(Some(node));
                 i
             }
             None => {
                 assert!(self.nodes.len() < NIL as usize, "treap full");
-                self.nodes.push(Some(node));
+                self.nodes.push(Slot(Some(node)));
                 (self.nodes.len() - 1) as u32
             }
         };
@@ -314,7 +320,7 @@ impl<K: Ord, V> Treap<K, V> {
         self.reattach(&path, joined, -1);
         self.path = path;
         self.free.push(t);
-        let node = self.nodes[t as usize].take().expect("live node");
+        let node = self.nodes[t as usize].0.take().expect("live node");
         if self.root == NIL {
             // Empty again: give the arena back instead of keeping a high-water mark.
             self.nodes.clear();
@@ -456,6 +462,15 @@ mod tests {
         assert_eq!(t.select(v.len() + 1), None);
         let all: Vec<u32> = t.iter_from(1).map(|(k, _)| *k).collect();
         assert_eq!(all, v);
+    }
+
+    #[test]
+    fn a_tier_node_fills_one_cache_line() {
+        use super::super::order::TierKey;
+        assert_eq!(
+            std::mem::size_of::<Slot<TierKey, std::sync::Arc<str>>>(),
+            64
+        );
     }
 
     #[test]
