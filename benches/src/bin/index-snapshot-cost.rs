@@ -37,13 +37,13 @@ fn main() {
         let mut longest_set = Duration::ZERO;
         let started = Instant::now();
         for n in 0..ids {
-            let item = SetItem {
+            let mut item = SetItem {
                 id: format!("u{n}"),
                 scores: Some(vec![Score::Int(n as i64)]),
                 ..SetItem::default()
             };
             let t = Instant::now();
-            r.set(item, TierSel::Default, 128, &mut touched);
+            r.set(&mut item, TierSel::Default, 128, &mut touched);
             longest_set = longest_set.max(t.elapsed());
             touched.clear();
         }

@@ -542,8 +542,10 @@ fn look(q: &mut std::net::TcpStream) -> Bson {
 
 #[test]
 fn an_open_notice_that_finds_the_inbox_full_still_gets_its_request_answered() {
-    // First run: an index of 300k ids, left as a log by a SIGKILL, so that opening it takes
-    // the `index-open` thread a while (a replay of every record).
+    // First run: an index of 300k ids of four scores each, left as a log by a SIGKILL, so
+    // that opening it takes the `index-open` thread a while (a replay of every record; with
+    // one score each it took 1.6 s once inserts became one descent of the tier's tree, and
+    // the notice could come before the flood below had filled the inbox).
     const IDS: usize = 300_000;
     let fill = format!(
         r#"
@@ -552,7 +554,7 @@ fn an_open_notice_that_finds_the_inbox_full_still_gets_its_request_answered() {
           local t = {{}}
           for _ = 1, 2000 do
             N = N + 1
-            t["u" .. N] = {{ i = N }}
+            t["u" .. N] = {{ i = {{ N, -N, 2 * N, -2 * N }} }}
           end
           stage.signal("rank:set?big=fill", t)
         end

@@ -165,6 +165,8 @@ pub struct IndexService {
     open_failed: HashMap<String, String>,
     /// Wakes the core's task that calls [`Self::snapshot_step`] while a build is unfinished.
     slicer: Option<Box<dyn Fn()>>,
+    /// The ids a request changed, to log (kept to reuse its allocation: one per request).
+    touched: Vec<Arc<str>>,
 }
 
 impl IndexService {
@@ -190,6 +192,7 @@ impl IndexService {
             arrivals: 0,
             open_failed: HashMap::new(),
             slicer: None,
+            touched: Vec::new(),
         }
     }
 
@@ -523,21 +526,22 @@ impl IndexService {
             return Reply::Null;
         };
         let r = &mut ix.ranking;
-        let mut touched: Vec<Arc<str>> = Vec::new();
+        let touched = &mut self.touched;
+        touched.clear();
         let reply = match command {
             Command::Set(items) => Reply::Set(
                 items
                     .into_iter()
-                    .map(|item| {
-                        let id = item.id.clone();
-                        (id, r.set(item, tier, max_key, &mut touched))
+                    .map(|mut item| {
+                        let result = r.set(&mut item, tier, max_key, touched);
+                        (item.id, result)
                     })
                     .collect(),
             ),
             Command::Del(ids) => Reply::Del(
                 ids.into_iter()
                     .map(|id| {
-                        let ok = r.del(&id, tier, &mut touched);
+                        let ok = r.del(&id, tier, touched);
                         (id, ok)
                     })
                     .collect(),
@@ -568,11 +572,11 @@ impl IndexService {
             }),
         };
         if let Some(build) = &mut ix.build {
-            for id in &touched {
+            for id in touched.iter() {
                 build.touched(id);
             }
         }
-        for id in touched {
+        for id in touched.drain(..) {
             match ix.ranking.entry(&id) {
                 Some(e) => ix.store.push_put(&id, e),
                 None => ix.store.push_remove(&id),

@@ -121,22 +121,19 @@ impl Ranking {
         self.tiers[t].rank(k).map(|r| r as u64)
     }
 
-    /// `set` of one id (§2.3 "set details").
+    /// `set` of one id (§2.3 "set details"). Takes the item's scores and value and leaves
+    /// its id, which the caller's reply names (no copy of it per `set`).
     pub fn set(
         &mut self,
-        item: SetItem,
+        item: &mut SetItem,
         sel: TierSel,
         max_key: usize,
         touched: &mut Vec<Arc<str>>,
     ) -> SetResult {
-        let SetItem {
-            id,
-            scores,
-            mut tiers,
-            v,
-        } = item;
+        let id = item.id.as_str();
+        let mut tiers = std::mem::take(&mut item.tiers);
         // Open question 10: `i` with tier = all is rejected instead of reading out of bounds.
-        let selected = match (sel.single(), scores) {
+        let selected = match (sel.single(), item.scores.take()) {
             (None, Some(_)) => return SetResult::Error,
             (Some(t), Some(s)) => {
                 tiers[t] = Some(s);
@@ -151,7 +148,7 @@ impl Ranking {
             return SetResult::Error;
         }
         // In place: the id keeps its position (a snapshot built in slices relies on it).
-        let (at, existed) = match self.entries.get_index_of(id.as_str()) {
+        let (at, existed) = match self.entries.get_index_of(id) {
             Some(at) => (at, true),
             None => (
                 self.entries
@@ -166,11 +163,17 @@ impl Ranking {
         };
         let given = tiers.each_ref().map(Option::is_some);
         let mut changed = [false; TIERS];
+        let mut best = None;
         for (t, new) in tiers.into_iter().enumerate() {
             if let Some(new) = new {
-                changed[t] = self.replace_scores(&id, &mut entry.tiers[t], t, new);
+                let (c, rank) = self.replace_scores(&id, &mut entry.tiers[t], t, new);
+                changed[t] = c;
+                if t == selected {
+                    best = rank;
+                }
             }
         }
+        let v = item.v.take();
         let v_set = v.is_some();
         if v_set {
             entry.v = v;
@@ -182,7 +185,7 @@ impl Ranking {
             *e = entry;
         }
         if changed[selected] {
-            match self.best_rank(&id, selected) {
+            match best.or_else(|| self.best_rank(&id, selected)) {
                 Some(r) => SetResult::Rank(r),
                 None => SetResult::Untouched,
             }
@@ -195,18 +198,25 @@ impl Ranking {
 
     /// Makes `keys` (tier `t` of `id`, in rank order) hold exactly the scores `new`: equal
     /// scores keep their key (and so their place among ties), missing ones get a fresh,
-    /// newest sequence, obsolete ones go. Returns whether anything changed.
+    /// newest sequence, obsolete ones go. Returns whether anything changed, and the rank of
+    /// the id's best key when that key is one inserted here (the insert tells it: no second
+    /// descent of the tree for the reply).
+    ///
+    /// That rank is final: the keys are merged in score order, and an old key equal to a
+    /// new score is matched before any insert of that score, so every key removed or
+    /// inserted after the best one ranks below it and does not move it.
     fn replace_scores(
         &mut self,
         id: &Arc<str>,
         keys: &mut Vec<TierKey>,
         t: usize,
         mut new: Vec<Score>,
-    ) -> bool {
+    ) -> (bool, Option<u64>) {
         new.sort();
         let old = std::mem::take(keys);
         let mut out = Vec::with_capacity(new.len());
         let mut changed = false;
+        let mut best = None;
         let mut old_it = old.into_iter().peekable();
         let mut new_it = new.into_iter().peekable();
         loop {
@@ -232,7 +242,12 @@ impl Ranking {
                         seq: self.next_seq,
                     };
                     self.next_seq += 1;
-                    self.tiers[t].insert(k.clone(), id.clone());
+                    let rank = self.tiers[t].insert_ranked(k.clone(), id.clone());
+                    // Keys come in score order: one as good as the best so far is newer
+                    // than it, so it is the best now.
+                    if out.first().is_none_or(|f: &TierKey| f.score == k.score) {
+                        best = rank.map(|r| r as u64);
+                    }
                     out.push(k);
                     changed = true;
                 }
@@ -240,7 +255,7 @@ impl Ranking {
         }
         out.sort();
         *keys = out;
-        changed
+        (changed, best)
     }
 
     /// `del` of one id: `true` if it was known (§2.3 "del details").
@@ -354,28 +369,28 @@ mod tests {
         let mut touched = Vec::new();
         let one = TierSel::Default;
         assert_eq!(
-            r.set(item("a", &[10]), one, 128, &mut touched),
+            r.set(&mut item("a", &[10]), one, 128, &mut touched),
             SetResult::Rank(1)
         );
         assert_eq!(
-            r.set(item("b", &[20]), one, 128, &mut touched),
+            r.set(&mut item("b", &[20]), one, 128, &mut touched),
             SetResult::Rank(1)
         );
         // Equal score: the newer one ranks first.
         assert_eq!(
-            r.set(item("c", &[10]), one, 128, &mut touched),
+            r.set(&mut item("c", &[10]), one, 128, &mut touched),
             SetResult::Rank(2)
         );
         assert_eq!(r.best_rank("a", 0), Some(3));
         // Same scores again: unchanged, and `a` keeps its place behind `c`.
         assert_eq!(
-            r.set(item("a", &[10]), one, 128, &mut touched),
+            r.set(&mut item("a", &[10]), one, 128, &mut touched),
             SetResult::Unchanged
         );
         assert_eq!(r.best_rank("a", 0), Some(3));
         // A tier that is not touched.
         assert_eq!(
-            r.set(item("a", &[1]), TierSel::One(2), 128, &mut touched),
+            r.set(&mut item("a", &[1]), TierSel::One(2), 128, &mut touched),
             SetResult::Rank(1)
         );
         let mut only_v = SetItem {
@@ -384,32 +399,54 @@ mod tests {
         };
         only_v.v = Some(bytes::Bytes::from_static(b"x"));
         assert_eq!(
-            r.set(only_v, TierSel::One(3), 128, &mut touched),
+            r.set(&mut only_v, TierSel::One(3), 128, &mut touched),
             SetResult::Untouched
         );
         // `i` with tier = all is rejected; over-long keys too.
         assert_eq!(
-            r.set(item("z", &[1]), TierSel::All, 128, &mut touched),
+            r.set(&mut item("z", &[1]), TierSel::All, 128, &mut touched),
             SetResult::Error
         );
         assert_eq!(
-            r.set(item("long", &[1]), one, 3, &mut touched),
+            r.set(&mut item("long", &[1]), one, 3, &mut touched),
             SetResult::Error
         );
         assert!(r.entry("z").is_none());
         // Several scores: the id appears once per score.
         assert_eq!(
-            r.set(item("d", &[15, 5]), one, 128, &mut touched),
+            r.set(&mut item("d", &[15, 5]), one, 128, &mut touched),
             SetResult::Rank(2)
         );
         let names: Vec<String> = order(&r, 0).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, ["b", "d", "c", "a", "d"]);
         // Replacing one of two scores keeps the other's key.
         assert_eq!(
-            r.set(item("d", &[15, 25]), one, 128, &mut touched),
+            r.set(&mut item("d", &[15, 25]), one, 128, &mut touched),
             SetResult::Rank(1)
         );
         assert_eq!(r.tier_len(0), 5);
+    }
+
+    #[test]
+    fn set_reports_the_rank_of_the_best_key() {
+        // Several scores per id, repeated ones, ties with other ids: the rank a `set`
+        // answers (from its inserts) is the one a lookup finds afterwards.
+        let mut r = Ranking::new();
+        let mut touched = Vec::new();
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = format!("u{}", x % 50);
+            let scores: Vec<i64> = (0..1 + (x >> 8) % 3)
+                .map(|n| ((x >> (12 + 4 * n)) % 6) as i64)
+                .collect();
+            let got = r.set(&mut item(&id, &scores), TierSel::Default, 128, &mut touched);
+            if let SetResult::Rank(rank) = got {
+                assert_eq!(Some(rank), r.best_rank(&id, 0), "{id} {scores:?}");
+            }
+        }
     }
 
     #[test]
@@ -421,9 +458,19 @@ mod tests {
             scores: Some(vec![sc]),
             ..SetItem::default()
         };
-        r.set(s("x", Score::str("apple")), TierSel::Default, 128, &mut t);
-        r.set(s("y", Score::Int(-100)), TierSel::Default, 128, &mut t);
-        r.set(s("z", Score::str("banana")), TierSel::Default, 128, &mut t);
+        r.set(
+            &mut s("x", Score::str("apple")),
+            TierSel::Default,
+            128,
+            &mut t,
+        );
+        r.set(&mut s("y", Score::Int(-100)), TierSel::Default, 128, &mut t);
+        r.set(
+            &mut s("z", Score::str("banana")),
+            TierSel::Default,
+            128,
+            &mut t,
+        );
         let names: Vec<String> = order(&r, 0).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, ["y", "z", "x"]);
     }
@@ -433,7 +480,12 @@ mod tests {
         let mut r = Ranking::new();
         let mut t = Vec::new();
         for (i, id) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-            r.set(item(id, &[(i as i64) * 10]), TierSel::Default, 128, &mut t);
+            r.set(
+                &mut item(id, &[(i as i64) * 10]),
+                TierSel::Default,
+                128,
+                &mut t,
+            );
         }
         // Ranks: e(40) d(30) c(20) b(10) a(0)
         let from = |s| RangeFrom::Score(Score::Int(s));

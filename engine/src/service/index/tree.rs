@@ -7,6 +7,10 @@
 //! of a million entries is one allocation plus a free list, and dropping it is not a deep
 //! recursion. Balance comes from random heap priorities (a deterministic xorshift, so runs are
 //! reproducible); the expected depth is O(log n), which also bounds the recursion below.
+//!
+//! A big tier does not fit in the caches, so what an operation costs is the nodes it reads:
+//! insert and remove are one descent each and then touch only the nodes of that path
+//! (BENCHMARKS.md "index.so ranking versus a Redis sorted set").
 
 use std::cmp::Ordering;
 
@@ -22,11 +26,20 @@ struct Node<K, V> {
     size: u32,
 }
 
+/// One arena slot, on a cache line of its own: a node of a tier (a `TierKey` and an
+/// `Arc<str>` id) is 64 bytes, and unaligned it would straddle two lines, so a descent
+/// through a tier far larger than the caches would miss twice per level instead of once.
+#[repr(align(64))]
+struct Slot<K, V>(Option<Node<K, V>>);
+
 pub struct Treap<K, V> {
-    nodes: Vec<Option<Node<K, V>>>,
+    nodes: Vec<Slot<K, V>>,
     free: Vec<u32>,
     root: u32,
     rng: u64,
+    /// The search path of the last insert or remove (node, went right), kept to reuse its
+    /// allocation.
+    path: Vec<(u32, bool)>,
 }
 
 impl<K: Ord, V> Default for Treap<K, V> {
@@ -42,6 +55,7 @@ impl<K: Ord, V> Treap<K, V> {
             free: Vec::new(),
             root: NIL,
             rng: 0x9E37_79B9_7F4A_7C15,
+            path: Vec::new(),
         }
     }
 
@@ -54,11 +68,11 @@ impl<K: Ord, V> Treap<K, V> {
     }
 
     fn node(&self, i: u32) -> &Node<K, V> {
-        self.nodes[i as usize].as_ref().expect("live node")
+        self.nodes[i as usize].0.as_ref().expect("live node")
     }
 
     fn node_mut(&mut self, i: u32) -> &mut Node<K, V> {
-        self.nodes[i as usize].as_mut().expect("live node")
+        self.nodes[i as usize].0.as_mut().expect("live node")
     }
 
     fn size(&self, i: u32) -> u32 {
@@ -67,15 +81,6 @@ impl<K: Ord, V> Treap<K, V> {
         } else {
             self.node(i).size
         }
-    }
-
-    fn fix(&mut self, i: u32) {
-        let (l, r) = {
-            let n = self.node(i);
-            (n.left, n.right)
-        };
-        let s = 1 + self.size(l) + self.size(r);
-        self.node_mut(i).size = s;
     }
 
     fn next_prio(&mut self) -> u32 {
@@ -88,24 +93,35 @@ impl<K: Ord, V> Treap<K, V> {
         (x >> 32) as u32
     }
 
-    /// Splits `t` into (the first `k` nodes, the rest).
-    fn split_at(&mut self, t: u32, k: u32) -> (u32, u32) {
+    /// Nodes before `node` within its own subtree, plus itself, when the search goes on to
+    /// its right child: `size - size(right)` reads the right child, which the search visits
+    /// next anyway, where `1 + size(left)` would read a node off the path (a cache miss).
+    fn passed(&self, node: &Node<K, V>) -> u32 {
+        node.size - self.size(node.right)
+    }
+
+    /// Splits the subtree `t` (of `size` nodes) into the keys below `key` and those above
+    /// (`key` is not in it), with their sizes. Sizes are carried down the search path
+    /// instead of summed from both children, so only path nodes are read.
+    fn split_by_key(&mut self, t: u32, key: &K) -> (u32, u32, u32, u32) {
         if t == NIL {
-            return (NIL, NIL);
+            return (NIL, NIL, 0, 0);
         }
-        let left = self.node(t).left;
-        let ls = self.size(left);
-        if k <= ls {
-            let (a, b) = self.split_at(left, k);
-            self.node_mut(t).left = b;
-            self.fix(t);
-            (a, t)
-        } else {
+        let total = self.node(t).size;
+        if self.node(t).key < *key {
             let right = self.node(t).right;
-            let (a, b) = self.split_at(right, k - ls - 1);
-            self.node_mut(t).right = a;
-            self.fix(t);
-            (t, b)
+            let (a, b, _, sb) = self.split_by_key(right, key);
+            let n = self.node_mut(t);
+            n.right = a;
+            n.size = total - sb;
+            (t, b, total - sb, sb)
+        } else {
+            let left = self.node(t).left;
+            let (a, b, sa, _) = self.split_by_key(left, key);
+            let n = self.node_mut(t);
+            n.left = b;
+            n.size = total - sa;
+            (a, t, sa, total - sa)
         }
     }
 
@@ -117,18 +133,42 @@ impl<K: Ord, V> Treap<K, V> {
         if b == NIL {
             return a;
         }
-        if self.node(a).prio >= self.node(b).prio {
+        let (pa, sa) = (self.node(a).prio, self.node(a).size);
+        let (pb, sb) = (self.node(b).prio, self.node(b).size);
+        if pa >= pb {
             let ar = self.node(a).right;
             let m = self.merge(ar, b);
-            self.node_mut(a).right = m;
-            self.fix(a);
+            let n = self.node_mut(a);
+            n.right = m;
+            n.size = sa + sb;
             a
         } else {
             let bl = self.node(b).left;
             let m = self.merge(a, bl);
-            self.node_mut(b).left = m;
-            self.fix(b);
+            let n = self.node_mut(b);
+            n.left = m;
+            n.size = sa + sb;
             b
+        }
+    }
+
+    /// Makes `child` the subtree the search path reached below its last node (or the root),
+    /// and adds `delta` to the size of every node on the path.
+    fn reattach(&mut self, path: &[(u32, bool)], child: u32, delta: i32) {
+        match path.last() {
+            None => self.root = child,
+            Some(&(p, right)) => {
+                let n = self.node_mut(p);
+                if right {
+                    n.right = child;
+                } else {
+                    n.left = child;
+                }
+            }
+        }
+        for &(p, _) in path {
+            let n = self.node_mut(p);
+            n.size = n.size.wrapping_add_signed(delta);
         }
     }
 
@@ -140,7 +180,7 @@ impl<K: Ord, V> Treap<K, V> {
         while t != NIL {
             let node = self.node(t);
             if probe(&node.key) == Ordering::Less {
-                n += 1 + self.size(node.left);
+                n += self.passed(node);
                 t = node.right;
             } else {
                 t = node.left;
@@ -158,10 +198,10 @@ impl<K: Ord, V> Treap<K, V> {
             match key.cmp(&node.key) {
                 Ordering::Less => t = node.left,
                 Ordering::Greater => {
-                    before += 1 + self.size(node.left);
+                    before += self.passed(node);
                     t = node.right;
                 }
-                Ordering::Equal => return Some((before + self.size(node.left) + 1) as usize),
+                Ordering::Equal => return Some((before + self.passed(node)) as usize),
             }
         }
         None
@@ -190,46 +230,101 @@ impl<K: Ord, V> Treap<K, V> {
 
     /// Inserts `key`; returns false (and changes nothing) when it is already present.
     pub fn insert(&mut self, key: K, val: V) -> bool {
-        let before = self.count_before_by(|k| k.cmp(&key));
-        if let Some((k, _)) = self.select(before + 1) {
-            if *k == key {
-                return false;
+        self.insert_ranked(key, val).is_some()
+    }
+
+    /// Inserts `key` and returns its 1-based rank; `None` (and nothing changes) when it is
+    /// already present.
+    ///
+    /// One descent finds the rank (or the duplicate) and remembers the search path; the new
+    /// node then takes the place its priority gives it on that path, whose subtree is split
+    /// around it. Everything after the descent touches path nodes only, already in cache: a
+    /// big tier is far larger than the caches, and every node read off the path is a miss.
+    pub fn insert_ranked(&mut self, key: K, val: V) -> Option<usize> {
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        let mut t = self.root;
+        let mut before = 0u32;
+        while t != NIL {
+            let node = self.node(t);
+            match key.cmp(&node.key) {
+                Ordering::Less => {
+                    path.push((t, false));
+                    t = node.left;
+                }
+                Ordering::Greater => {
+                    before += self.passed(node);
+                    path.push((t, true));
+                    t = node.right;
+                }
+                Ordering::Equal => {
+                    self.path = path;
+                    return None;
+                }
             }
         }
         let prio = self.next_prio();
+        // Heap order: the new node goes above the first path node of lower priority.
+        let at = path
+            .iter()
+            .position(|&(p, _)| self.node(p).prio < prio)
+            .unwrap_or(path.len());
+        let below = path.get(at).map_or(NIL, |&(p, _)| p);
+        let (left, right, sl, sr) = self.split_by_key(below, &key);
         let node = Node {
             key,
             val,
-            left: NIL,
-            right: NIL,
+            left,
+            right,
             prio,
-            size: 1,
+            size: 1 + sl + sr,
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.nodes[i as usize] = Some(node);
+                self.nodes[i as usize] = Slot(Some(node));
                 i
             }
             None => {
                 assert!(self.nodes.len() < NIL as usize, "treap full");
-                self.nodes.push(Some(node));
+                self.nodes.push(Slot(Some(node)));
                 (self.nodes.len() - 1) as u32
             }
         };
-        let (a, b) = self.split_at(self.root, before as u32);
-        let a = self.merge(a, i);
-        self.root = self.merge(a, b);
-        true
+        self.reattach(&path[..at], i, 1);
+        self.path = path;
+        Some(before as usize + 1)
     }
 
-    /// Removes `key`, returning its value.
+    /// Removes `key`, returning its value: one descent, then its two subtrees are joined
+    /// in its place.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let rank = self.rank(key)? as u32;
-        let (a, b) = self.split_at(self.root, rank - 1);
-        let (m, c) = self.split_at(b, 1);
-        self.root = self.merge(a, c);
-        self.free.push(m);
-        let node = self.nodes[m as usize].take().expect("live node");
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        let mut t = self.root;
+        while t != NIL {
+            let node = self.node(t);
+            match key.cmp(&node.key) {
+                Ordering::Less => {
+                    path.push((t, false));
+                    t = node.left;
+                }
+                Ordering::Greater => {
+                    path.push((t, true));
+                    t = node.right;
+                }
+                Ordering::Equal => break,
+            }
+        }
+        if t == NIL {
+            self.path = path;
+            return None;
+        }
+        let (l, r) = (self.node(t).left, self.node(t).right);
+        let joined = self.merge(l, r);
+        self.reattach(&path, joined, -1);
+        self.path = path;
+        self.free.push(t);
+        let node = self.nodes[t as usize].0.take().expect("live node");
         if self.root == NIL {
             // Empty again: give the arena back instead of keeping a high-water mark.
             self.nodes.clear();
@@ -308,6 +403,22 @@ mod tests {
         }
     }
 
+    /// Checks every subtree's size and the heap order of priorities below `i`; its size.
+    fn shape<K: Ord, V>(t: &Treap<K, V>, i: u32) -> u32 {
+        if i == NIL {
+            return 0;
+        }
+        let n = t.node(i);
+        for c in [n.left, n.right] {
+            assert!(c == NIL || t.node(c).prio <= n.prio, "heap order");
+        }
+        assert!(n.left == NIL || t.node(n.left).key < n.key, "key order");
+        assert!(n.right == NIL || n.key < t.node(n.right).key, "key order");
+        let size = 1 + shape(t, n.left) + shape(t, n.right);
+        assert_eq!(n.size, size, "subtree size");
+        size
+    }
+
     #[test]
     fn matches_sorted_vec_on_random_ops() {
         let mut rng = XorShift(0xDEAD_BEEF_1234_5678);
@@ -317,11 +428,11 @@ mod tests {
             let op = rng.next() % 10;
             let key = (rng.next() % 3000) as u32;
             if op < 6 {
-                let inserted = t.insert(key, key.wrapping_mul(7));
+                let inserted = t.insert_ranked(key, key.wrapping_mul(7));
                 match v.binary_search(&key) {
-                    Ok(_) => assert!(!inserted),
+                    Ok(_) => assert_eq!(inserted, None),
                     Err(p) => {
-                        assert!(inserted);
+                        assert_eq!(inserted, Some(p + 1));
                         v.insert(p, key);
                     }
                 }
@@ -340,6 +451,7 @@ mod tests {
                 assert_eq!(got, v[r..(r + 5).min(v.len())].to_vec());
             }
             assert_eq!(t.len(), v.len());
+            assert_eq!(shape(&t, t.root), v.len() as u32, "step {step}");
             // rank and select of a random key / position, plus the count-before probe
             let probe = (rng.next() % 3000) as u32;
             let before = v.partition_point(|x| *x < probe);
@@ -354,6 +466,15 @@ mod tests {
         assert_eq!(t.select(v.len() + 1), None);
         let all: Vec<u32> = t.iter_from(1).map(|(k, _)| *k).collect();
         assert_eq!(all, v);
+    }
+
+    #[test]
+    fn a_tier_node_fills_one_cache_line() {
+        use super::super::order::TierKey;
+        assert_eq!(
+            std::mem::size_of::<Slot<TierKey, std::sync::Arc<str>>>(),
+            64
+        );
     }
 
     #[test]
