@@ -349,12 +349,13 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
             Instant::now(),
         ),
         Some(Frame::Message { every, group, doc }) => deliver(node, group, every, doc),
-        // Any core can deliver it (the prelude posts it on to the stage's main core). A lock
-        // waiter there waits for it, so it is tried again at a full inbox, never dropped.
+        // Any core can deliver it (the prelude posts it on to the stage's main core): the
+        // first with room takes it. A lock waiter waits for it, so while every inbox is full
+        // it is tried again, never dropped.
         Some(Frame::LockGrant { payload }) => {
             let payload = Bytes::copy_from_slice(payload);
             let kind = super::post::PostKind::LockGrant;
-            super::retry::post(node, 0, kind, payload, "a lock grant from another process");
+            super::retry::post_any(node, kind, payload, "a lock grant from another process");
         }
         None => tracing::debug!(
             "process {}: malformed datagram ({} bytes) dropped",

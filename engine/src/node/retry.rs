@@ -138,9 +138,82 @@ pub mod testing {
     }
 }
 
+/// Posts `kind` with `payload` to the first core whose inbox has room, for a post that any
+/// core can take (a lock grant: the prelude passes it on to the stage's main core). Only when
+/// every inbox is full does the thread wait ([`until_taken`]), so one busy core does not hold
+/// up the thread that posts (the datagram reader, which also reads heartbeats). `true` when
+/// taken.
+pub fn post_any(node: &Node, kind: PostKind, payload: Bytes, what: &str) -> bool {
+    let sent = until_taken(0, what, || {
+        first_with_room(node.cores(), |core| {
+            let payload = payload.clone();
+            match node.send(core, CoreMsg::Post { kind, payload }) {
+                Err(SendError::Full(_)) if node.is_shutting_down() => Err(SendError::Closed),
+                other => other,
+            }
+        })
+    });
+    match sent {
+        Ok(()) => true,
+        Err(err) => {
+            node.log_dropped(0, &err);
+            false
+        }
+    }
+}
+
+/// Offers a post to cores `0..cores` in turn: `Ok` from the first that takes it; `Full` when
+/// every inbox was full (the caller retries); else the last refusal (`Closed`).
+fn first_with_room(
+    cores: usize,
+    mut send: impl FnMut(usize) -> Result<(), SendError>,
+) -> Result<(), SendError> {
+    let mut refused = Err(SendError::Closed);
+    let mut full = None;
+    for core in 0..cores {
+        match send(core) {
+            Ok(()) => return Ok(()),
+            Err(SendError::Full(queued)) => full = Some(queued),
+            Err(err) => refused = Err(err),
+        }
+    }
+    match full {
+        Some(queued) => Err(SendError::Full(queued)),
+        None => refused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A post any core may take goes to the first with room, and waits only when all are full.
+    #[test]
+    fn a_post_for_any_core_skips_the_full_ones() {
+        let mut offered = Vec::new();
+        let r = first_with_room(3, |core| {
+            offered.push(core);
+            if core == 0 {
+                Err(SendError::Full(5))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_ok());
+        assert_eq!(offered, [0, 1]);
+        let all_full = first_with_room(2, |_| Err(SendError::Full(7)));
+        assert!(matches!(all_full, Err(SendError::Full(7))));
+        let one_closed = first_with_room(2, |core| match core {
+            0 => Err(SendError::Closed),
+            _ => Err(SendError::Full(1)),
+        });
+        assert!(
+            matches!(one_closed, Err(SendError::Full(1))),
+            "still worth retrying"
+        );
+        let all_closed = first_with_room(2, |_| Err(SendError::Closed));
+        assert!(matches!(all_closed, Err(SendError::Closed)));
+    }
 
     /// A full inbox is tried again, counted once per try, until the core takes the post.
     #[test]
