@@ -94,13 +94,34 @@ pub async fn until_taken_async(
 /// is not taken (the inbox closed, or full on a core) is logged as dropped. `true` when taken.
 /// Once the node shuts down a full inbox ends the tries: its core may have stopped draining.
 pub fn post(node: &Node, core: usize, kind: PostKind, payload: Bytes, what: &str) -> bool {
-    let sent = until_taken(core, what, || {
-        let payload = payload.clone();
-        match node.send(core, CoreMsg::Post { kind, payload }) {
-            Err(SendError::Full(_)) if node.is_shutting_down() => Err(SendError::Closed),
-            other => other,
-        }
+    let sent = until_taken(core, what, || offer(node, core, kind, &payload));
+    taken(node, core, sent)
+}
+
+/// Posts `kind` with `payload` to the first core whose inbox has room, for a post that any
+/// core can take (a lock grant: the prelude passes it on to the stage's main core). Only when
+/// every inbox is full does the thread wait ([`until_taken`]), so one busy core does not hold
+/// up the thread that posts (the datagram reader, which also reads heartbeats). `true` when
+/// taken.
+pub fn post_any(node: &Node, kind: PostKind, payload: Bytes, what: &str) -> bool {
+    let sent = until_taken(0, what, || {
+        first_with_room(node.cores(), |core| offer(node, core, kind, &payload))
     });
+    taken(node, 0, sent)
+}
+
+/// One try of a post; once the node shuts down a full inbox counts as closed (its core may
+/// have stopped draining), which ends the tries.
+fn offer(node: &Node, core: usize, kind: PostKind, payload: &Bytes) -> Result<(), SendError> {
+    let payload = payload.clone();
+    match node.send(core, CoreMsg::Post { kind, payload }) {
+        Err(SendError::Full(_)) if node.is_shutting_down() => Err(SendError::Closed),
+        other => other,
+    }
+}
+
+/// Whether the tries ended with the post taken; a post that was not is logged as dropped.
+fn taken(node: &Node, core: usize, sent: Result<(), SendError>) -> bool {
     match sent {
         Ok(()) => true,
         Err(err) => {
@@ -135,30 +156,6 @@ pub mod testing {
         poll("a retry", || {
             (RETRIES.load(Ordering::Relaxed) > before).then_some(())
         });
-    }
-}
-
-/// Posts `kind` with `payload` to the first core whose inbox has room, for a post that any
-/// core can take (a lock grant: the prelude passes it on to the stage's main core). Only when
-/// every inbox is full does the thread wait ([`until_taken`]), so one busy core does not hold
-/// up the thread that posts (the datagram reader, which also reads heartbeats). `true` when
-/// taken.
-pub fn post_any(node: &Node, kind: PostKind, payload: Bytes, what: &str) -> bool {
-    let sent = until_taken(0, what, || {
-        first_with_room(node.cores(), |core| {
-            let payload = payload.clone();
-            match node.send(core, CoreMsg::Post { kind, payload }) {
-                Err(SendError::Full(_)) if node.is_shutting_down() => Err(SendError::Closed),
-                other => other,
-            }
-        })
-    });
-    match sent {
-        Ok(()) => true,
-        Err(err) => {
-            node.log_dropped(0, &err);
-            false
-        }
     }
 }
 

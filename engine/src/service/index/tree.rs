@@ -100,6 +100,33 @@ impl<K: Ord, V> Treap<K, V> {
         node.size - self.size(node.right)
     }
 
+    /// One descent toward `key`, shared by insert and remove: the path taken (each node and
+    /// whether the search went right of it, in the reused `self.path` buffer, which the
+    /// caller puts back), the node holding `key` (`NIL` if none) and how many keys lie
+    /// before where the search ended. Reads path nodes only (see [`Self::passed`]).
+    fn descend(&mut self, key: &K) -> (Vec<(u32, bool)>, u32, u32) {
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        let mut t = self.root;
+        let mut before = 0u32;
+        while t != NIL {
+            let node = self.node(t);
+            match key.cmp(&node.key) {
+                Ordering::Less => {
+                    path.push((t, false));
+                    t = node.left;
+                }
+                Ordering::Greater => {
+                    before += self.passed(node);
+                    path.push((t, true));
+                    t = node.right;
+                }
+                Ordering::Equal => break,
+            }
+        }
+        (path, t, before)
+    }
+
     /// Splits the subtree `t` (of `size` nodes) into the keys below `key` and those above
     /// (`key` is not in it), with their sizes. Sizes are carried down the search path
     /// instead of summed from both children, so only path nodes are read.
@@ -241,27 +268,10 @@ impl<K: Ord, V> Treap<K, V> {
     /// around it. Everything after the descent touches path nodes only, already in cache: a
     /// big tier is far larger than the caches, and every node read off the path is a miss.
     pub fn insert_ranked(&mut self, key: K, val: V) -> Option<usize> {
-        let mut path = std::mem::take(&mut self.path);
-        path.clear();
-        let mut t = self.root;
-        let mut before = 0u32;
-        while t != NIL {
-            let node = self.node(t);
-            match key.cmp(&node.key) {
-                Ordering::Less => {
-                    path.push((t, false));
-                    t = node.left;
-                }
-                Ordering::Greater => {
-                    before += self.passed(node);
-                    path.push((t, true));
-                    t = node.right;
-                }
-                Ordering::Equal => {
-                    self.path = path;
-                    return None;
-                }
-            }
+        let (path, found, before) = self.descend(&key);
+        if found != NIL {
+            self.path = path;
+            return None;
         }
         let prio = self.next_prio();
         // Heap order: the new node goes above the first path node of lower priority.
@@ -298,23 +308,7 @@ impl<K: Ord, V> Treap<K, V> {
     /// Removes `key`, returning its value: one descent, then its two subtrees are joined
     /// in its place.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let mut path = std::mem::take(&mut self.path);
-        path.clear();
-        let mut t = self.root;
-        while t != NIL {
-            let node = self.node(t);
-            match key.cmp(&node.key) {
-                Ordering::Less => {
-                    path.push((t, false));
-                    t = node.left;
-                }
-                Ordering::Greater => {
-                    path.push((t, true));
-                    t = node.right;
-                }
-                Ordering::Equal => break,
-            }
-        }
+        let (path, t, _) = self.descend(key);
         if t == NIL {
             self.path = path;
             return None;
