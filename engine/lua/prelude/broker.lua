@@ -28,8 +28,9 @@ local function endpoint(st)
 end
 
 -- A socket's private state is an array, one slot per field every socket has:
---   [1] id  [2] kind  [3] peer  [4] receive  [5] on_close (the script's callback)
---   [6] stage  [7] commit (the method)  [8] close (the method)
+--   [1] id  [2] kind  [3] peer (an accepted connection's: filled on first use)
+--   [4] receive  [5] on_close (the script's callback)  [6] stage  [7] commit (the method)
+--   [8] close (the method)
 -- and, made on first use in its hash part, `user` (the table of user fields), `localaddr`
 -- and `connect` (a join's callback).
 --
@@ -78,7 +79,13 @@ Socket.__index = function(s, k)
   if k == "id" or k == 0 then return st[1]
   elseif k == "commit" then return st[7]
   elseif k == "close" then return st[8]
-  elseif k == 1 then return st[3]
+  elseif k == 1 then
+    local peer = st[3]
+    if peer == nil and st[2] == "conn" then
+      peer = E.conn_get(st[1], "peer")
+      st[3] = peer
+    end
+    return peer
   elseif k == -1 then
     if endpoint(st) then return E.listener_get(st[1], "local") end
     st.localaddr = st.localaddr or P.local_addr(st[1])
@@ -181,7 +188,10 @@ function P.hooks.accept(lid, id, peer, stage)
   P.stage = stage
   local L = P.listener_callbacks(lid)
   if not L then return false end
-  local s, st = new_socket(id, "conn", peer, L.receive, L.close, stage)
+  -- The peer is not kept while the connection is open (s[1] asks the engine on first use):
+  -- 44 bytes of every idle connection. The close hook hands it over.
+  local unknown
+  local s, st = new_socket(id, "conn", unknown, L.receive, L.close, stage)
   local ok, r = P.try("accept callback", L.accept, s, peer)
   if not ok or r == false then
     forget(id)
@@ -255,10 +265,11 @@ P.posts.inject = function(m, payload)
   end
 end
 
-function P.hooks.close(id, errno)
+function P.hooks.close(id, errno, peer)
   local s = sockets[id]
   if s == nil then return end
   local st = state[s]
+  if st[3] == nil then st[3] = peer end
   forget(id)
   P.stage = st[6]
   local f = st[5]

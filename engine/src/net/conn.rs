@@ -466,21 +466,30 @@ fn pump<'a, H: ConnEvents>(
             if let Some(errno) = conn.close_requested.get() {
                 return errno;
             }
-            let now = Instant::now();
-            let clock = Clock::of(conn, now, *last_rx, last_flush, frame_started);
-            match clock.due() {
-                Due::Flush => {
-                    conn.flush_forced.set(false);
-                    if let Err(errno) = write_out(conn, stream, spare, clock.expire_at).await {
-                        return errno;
+            // What is due is decided in a block of its own: a `Clock` (or the `now` it was made
+            // from) in scope at an await would be stored in every connection's task, 120 bytes
+            // of each idle connection.
+            let flush_at_once = {
+                let now = Instant::now();
+                let clock = Clock::of(conn, now, *last_rx, last_flush, frame_started);
+                match clock.due() {
+                    Due::Flush => Some(clock.expire_at),
+                    Due::Close(late) => return late.close(conn, "frame"),
+                    Due::Wait(at) => {
+                        due::arm(&mut timer, at, |at| {
+                            Timer::new(at.saturating_duration_since(now))
+                        });
+                        None
                     }
-                    last_flush = Some(Instant::now());
-                    continue;
                 }
-                Due::Close(late) => return late.close(conn, "frame"),
-                Due::Wait(at) => due::arm(&mut timer, at, |at| {
-                    Timer::new(at.saturating_duration_since(now))
-                }),
+            };
+            if let Some(expire_at) = flush_at_once {
+                conn.flush_forced.set(false);
+                if let Err(errno) = write_out(conn, stream, spare, expire_at).await {
+                    return errno;
+                }
+                last_flush = Some(Instant::now());
+                continue;
             }
 
             let filled = input.len();

@@ -318,21 +318,29 @@ async fn pump<H: ConnEvents>(
         if let Some(errno) = conn.close_requested.get() {
             return errno;
         }
-        let now = Instant::now();
-        let clock = Clock::of(conn, now, *last_rx, last_flush, message_started);
-        match clock.due() {
-            Due::Flush => {
-                conn.flush_forced.set(false);
-                if let Err(errno) = flush(conn, stream, ws, spare, clock.expire_at).await {
-                    return errno;
+        // Decided in a block of its own, so the task does not store the clock (see
+        // `conn::pump`).
+        let flush_at_once = {
+            let now = Instant::now();
+            let clock = Clock::of(conn, now, *last_rx, last_flush, message_started);
+            match clock.due() {
+                Due::Flush => Some(clock.expire_at),
+                Due::Close(late) => return late.close(conn, "message"),
+                Due::Wait(at) => {
+                    due::arm(&mut timer, at, |at| {
+                        Timer::new(at.saturating_duration_since(now))
+                    });
+                    None
                 }
-                last_flush = Some(Instant::now());
-                continue;
             }
-            Due::Close(late) => return late.close(conn, "message"),
-            Due::Wait(at) => due::arm(&mut timer, at, |at| {
-                Timer::new(at.saturating_duration_since(now))
-            }),
+        };
+        if let Some(expire_at) = flush_at_once {
+            conn.flush_forced.set(false);
+            if let Err(errno) = flush(conn, stream, ws, spare, expire_at).await {
+                return errno;
+            }
+            last_flush = Some(Instant::now());
+            continue;
         }
 
         let input = &mut ws.get_mut().input;

@@ -19,7 +19,6 @@ use super::stats::HostStats;
 use super::Node;
 use crate::codec::framing::Framing;
 use crate::net::conn::Conn;
-use crate::net::id::ConnId;
 use crate::plan::{LuaStage, ServiceStage};
 
 pub trait ScriptHost {
@@ -39,7 +38,7 @@ pub trait ScriptHost {
         from: SocketAddr,
     );
     /// `conn` ended (errno 0 = orderly): run its close callback.
-    fn close(&self, conn: ConnId, errno: i32);
+    fn close(&self, conn: &Conn, errno: i32);
     /// An outgoing connection is up: run its connect callback.
     fn connected(&self, conn: &Rc<Conn>);
     /// A message posted to this core (see [`PostKind`]).

@@ -599,7 +599,7 @@ impl ConnEvents for Core {
 
     fn closed(self: &Rc<Self>, conn: &Rc<Conn>, errno: i32) {
         self.remove_conn(conn.id);
-        self.time_callback(Callback::Close, || self.host.close(conn.id, errno));
+        self.time_callback(Callback::Close, || self.host.close(conn, errno));
         self.after_script();
     }
 

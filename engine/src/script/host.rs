@@ -403,15 +403,18 @@ impl ScriptHost for Host {
         }
     }
 
-    fn close(&self, conn: ConnId, errno: i32) {
-        if self.lotus().is_some_and(|lotus| lotus.close(conn)) {
+    fn close(&self, conn: &Conn, errno: i32) {
+        if self.lotus().is_some_and(|lotus| lotus.close(conn.id)) {
             return;
         }
+        // The peer goes along: a connection's socket object does not keep it while open
+        // (idle memory), and after this the connection is gone from the core's map.
+        let peer = conn.peer.get().map(|a| self.addr_string(a));
         let result = within(&self.budget, || {
-            self.hooks.close.call::<()>((conn.raw(), errno))
+            self.hooks.close.call::<()>((conn.id.raw(), errno, peer))
         });
         if let Err(err) = result {
-            tracing::warn!(socket = %conn, "close dispatch failed: {err}");
+            tracing::warn!(socket = %conn.id, "close dispatch failed: {err}");
         }
     }
 

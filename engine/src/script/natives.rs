@@ -248,13 +248,17 @@ fn conn_get(lua: &Lua, (id, key): (u64, String)) -> mlua::Result<Value> {
             .map_or(Value::Nil, |ms| Value::Integer(ms as i64)),
         "commit_interval" => Value::Integer(conn.commit_ms.get() as i64),
         "crypto" => Value::Boolean(conn.encrypts()),
-        "local" => match conn.local.get() {
-            Some(addr) => {
-                Value::String(lua.create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))?)
-            }
-            None => Value::Nil,
-        },
+        "local" => addr_value(lua, conn.local.get())?,
+        "peer" => addr_value(lua, conn.peer.get())?,
         _ => Value::Nil,
+    })
+}
+
+/// A socket address as the script sees it (binary sockaddr bytes), `nil` when unknown.
+fn addr_value(lua: &Lua, addr: Option<std::net::SocketAddr>) -> mlua::Result<Value> {
+    Ok(match addr {
+        Some(addr) => Value::String(lua.create_string(sockaddr::to_binary(&SockAddr::Inet(addr)))?),
+        None => Value::Nil,
     })
 }
 

@@ -297,6 +297,53 @@ fn socket_objects_expose_their_fields_and_keep_user_data() {
 }
 
 #[test]
+fn the_peer_address_reaches_the_accept_callback_and_outlives_the_connection() {
+    // An open connection's socket object does not hold its peer (it is asked for on first
+    // use, BENCHMARKS.md "Memory per idle connection"); the close callback must still see
+    // it, and a later client must be able to read what it saw. One core, so every client
+    // meets the same Lua state; callbacks travel as bytecode, so what they share is in `__`.
+    let server = Server::start(
+        r##"{ "#threads": 1, "#startup": [["lua.so+stage"]],
+              "lua.so": { "%package": ["."], "%reflush": 0, "lua.so+stage": "start" } }"##,
+        &[(
+            "start.lua",
+            "local l = broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function (s, addr)
+               __.accepted = broker.ntoa(addr)
+               return function (s, data)
+                 return { accepted = __.accepted, closed = __.closed or '' }
+               end
+             end)
+             l.close = function (s) __.closed = broker.ntoa(s[1]) end",
+        )],
+    );
+    let first = server.connect();
+    let first_addr = first.local_addr().unwrap().to_string();
+    drop(first);
+    // The close callback runs when the server sees the end; ask until it has.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut client = server.connect();
+        client.write_all(&message("x", &[])).unwrap();
+        let reply = read_reply(&mut client);
+        let mine = client.local_addr().unwrap().to_string();
+        assert_eq!(
+            reply.get("accepted").and_then(Bson::as_str),
+            Some(mine.as_str())
+        );
+        let closed = reply.get("closed").and_then(Bson::as_str).unwrap();
+        if !closed.is_empty() {
+            assert_eq!(closed, first_addr);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the close callback never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn an_accept_callback_returning_false_rejects_the_client() {
     // The listener echoes every packet, so a client that slipped past the accept callback
     // would get its frame back; a rejected one gets nothing, then the close.
