@@ -17,7 +17,6 @@ use futures_lite::StreamExt;
 use super::{
     heartbeat_subject, Cluster, Outgoing, IDENTITY_PERIODS, IDENTITY_PREFIX, MEMBER_SUBJECT_PREFIX,
 };
-use crate::node::peers::{self, Frame};
 use crate::node::Node;
 
 /// How often the outgoing loop looks up to notice a shutdown.
@@ -197,14 +196,7 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
     let (c, n) = (cluster.clone(), node.clone());
     tokio::spawn(async move {
         while let Some(msg) = inbox.next().await {
-            match peers::decode(&msg.payload) {
-                Some(Frame::Message { every, group, doc }) => peers::deliver(&n, group, every, doc),
-                _ => n.count_unrouted(&format!(
-                    "a malformed message from another node ({} bytes) for cluster member {}",
-                    msg.payload.len(),
-                    c.me
-                )),
-            }
+            c.received(&n, &msg.payload, msg.reply.as_deref(), false);
         }
     });
     let (c, n, hb) = (cluster.clone(), node.clone(), client.clone());
@@ -269,8 +261,16 @@ async fn serve(node: Arc<Node>, cluster: Arc<Cluster>) {
         }
         for out in batch.drain(..) {
             match out {
-                Outgoing::Publish { subject, payload } => {
-                    if let Err(err) = client.publish(subject, payload).await {
+                Outgoing::Publish {
+                    subject,
+                    reply,
+                    payload,
+                } => {
+                    let sent = match reply {
+                        Some(reply) => client.publish_with_reply(subject, reply, payload).await,
+                        None => client.publish(subject, payload).await,
+                    };
+                    if let Err(err) = sent {
                         node.count_unrouted(&format!("a message to another node ({err})"));
                     }
                 }

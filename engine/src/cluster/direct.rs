@@ -7,15 +7,16 @@
 //!
 //! The connection carries no subscriptions: the `stage-nats` thread opens it (plain TCP,
 //! `CONNECT` with the credentials of the URLs), answers the server's `PING`s, and writes what
-//! a full socket buffer left over (`pending`, bounded). Whatever this cannot do falls back to
-//! the thread's client, which stays the only one that receives: TLS, nkeys and credentials
+//! a full socket buffer left over (`pending`, bounded). (The cores' own subscriptions,
+//! `listen`, follow this connection to its server.) Whatever this cannot do falls back to
+//! the thread's client: TLS, nkeys and credentials
 //! files (`usable`), and any moment the connection is not open — before it is, after it
 //! broke, while async-nats reconnects (the connection is closed on every disconnect event,
 //! and reopened once the client is connected again). A message whose write fails was not
 //! written at all and takes the thread's path, so it is still sent at most once.
 
 use std::io::{IoSlice, Write};
-use std::net::TcpStream as StdTcpStream;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +45,10 @@ pub(super) struct Direct {
     flush: Notify,
     /// Wakes the thread: async-nats is connected again, reopen now.
     reconnected: Notify,
+    /// The server the connection is open to, while it is: the cores' own subscriptions
+    /// (`listen`) connect there, so they follow the thread's connection from server to
+    /// server without resolving names on a core.
+    server: Mutex<Option<SocketAddr>>,
 }
 
 struct Conn {
@@ -75,10 +80,19 @@ pub(super) fn usable(settings: &super::ClusterSettings) -> bool {
 }
 
 impl Direct {
-    /// Publishes `payload` on `subject` if the connection is open: `Ok(false)` when it is not
-    /// (the caller hands the message to the thread), `Err` when the message is unrouted.
-    pub(super) fn publish(&self, subject: &str, payload: &[u8]) -> Result<bool, String> {
-        let head = format!("PUB {subject} {}\r\n", payload.len());
+    /// Publishes `payload` on `subject` (naming `reply`, the sending core's own subject, if
+    /// any) if the connection is open: `Ok(false)` when it is not (the caller hands the
+    /// message to the thread), `Err` when the message is unrouted.
+    pub(super) fn publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        payload: &[u8],
+    ) -> Result<bool, String> {
+        let head = match reply {
+            Some(reply) => format!("PUB {subject} {reply} {}\r\n", payload.len()),
+            None => format!("PUB {subject} {}\r\n", payload.len()),
+        };
         let mut guard = self.conn.lock().unwrap();
         let Some(conn) = guard.as_mut().filter(|c| payload.len() <= c.max_payload) else {
             return Ok(false);
@@ -101,7 +115,13 @@ impl Direct {
     /// Closes the connection (async-nats lost the server: the cores take the thread's path,
     /// which counts them unrouted until it is back).
     pub(super) fn close(&self) {
+        *self.server.lock().unwrap() = None;
         close(self.conn.lock().unwrap().take());
+    }
+
+    /// The server the connection is open to, if it is.
+    pub(super) fn server(&self) -> Option<SocketAddr> {
+        *self.server.lock().unwrap()
     }
 
     pub(super) fn reconnected(&self) {
@@ -175,6 +195,7 @@ pub(super) async fn keep(cluster: Arc<Cluster>, addrs: Vec<ServerAddr>) {
         if cluster.connected.load(Ordering::Acquire) {
             match tokio::time::timeout(HANDSHAKE, open(&cluster, &addrs)).await {
                 Ok(Ok((reader, writer, max_payload))) => {
+                    *direct.server.lock().unwrap() = reader.peer_addr().ok();
                     *direct.conn.lock().unwrap() = Some(Conn {
                         stream: writer,
                         pending: Vec::new(),
@@ -231,7 +252,23 @@ async fn handshake(
     // Each PUB goes out at once, as async-nats's own connection does.
     stream.set_nodelay(true)?;
     let mut lines = Lines::default();
-    let info = lines.next(&stream).await?;
+    let max_payload = server_info(&lines.next(&stream).await?)?;
+    let connect = connect_options(cluster, addrs, "publish");
+    write_all(&stream, format!("CONNECT {connect}\r\nPING\r\n").as_bytes()).await?;
+    loop {
+        let line = lines.next(&stream).await?;
+        match line.as_str() {
+            "PONG" => return Ok((stream, max_payload)),
+            "PING" => write_all(&stream, b"PONG\r\n").await?,
+            err if err.starts_with("-ERR") => return Err(std::io::Error::other(line)),
+            _ => {}
+        }
+    }
+}
+
+/// The server's `max_payload`, from its `INFO` line; an error when it is not a NATS server
+/// or requires TLS.
+pub(super) fn server_info(info: &str) -> std::io::Result<usize> {
     let info: serde_json::Value = info
         .strip_prefix("INFO ")
         .and_then(|json| serde_json::from_str(json).ok())
@@ -240,13 +277,22 @@ async fn handshake(
         return Err(std::io::Error::other("the server requires TLS"));
     }
     // The protocol's default when the server does not say.
-    let max_payload = info["max_payload"]
+    Ok(info["max_payload"]
         .as_u64()
-        .map_or(super::MAX_PAYLOAD, |max| max as usize);
+        .map_or(super::MAX_PAYLOAD, |max| max as usize))
+}
+
+/// The `CONNECT` options of a plain connection of this member (`role` names it for the
+/// server's monitoring), with the credentials of the URLs.
+pub(super) fn connect_options(
+    cluster: &Cluster,
+    addrs: &[ServerAddr],
+    role: &str,
+) -> serde_json::Value {
     let mut connect = serde_json::json!({
         "verbose": false, "pedantic": false, "lang": "rust", "version": "stage",
         "protocol": 1, "echo": false, "headers": false, "no_responders": false,
-        "name": format!("{} (publish)", cluster.me),
+        "name": format!("{} ({role})", cluster.me),
     });
     // As the client's options take them (`client::options`): the first URL that has some.
     if let Some(with) = addrs.iter().find(|a| a.username().is_some()) {
@@ -259,16 +305,7 @@ async fn handshake(
             None => connect["auth_token"] = user.into(),
         }
     }
-    write_all(&stream, format!("CONNECT {connect}\r\nPING\r\n").as_bytes()).await?;
-    loop {
-        let line = lines.next(&stream).await?;
-        match line.as_str() {
-            "PONG" => return Ok((stream, max_payload)),
-            "PING" => write_all(&stream, b"PONG\r\n").await?,
-            err if err.starts_with("-ERR") => return Err(std::io::Error::other(line)),
-            _ => {}
-        }
-    }
+    connect
 }
 
 /// Reads the server's lines (`PING`, `INFO`, `-ERR`) and writes what waits in `pending`, until

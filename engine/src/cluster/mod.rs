@@ -18,20 +18,26 @@
 //! one is routed at once from the member table.
 //!
 //! The NATS client (async-nats, on tokio) runs on one dedicated thread, `stage-nats`
-//! (`client`): it receives everything and cores never wait on the network. A core publishes
-//! a message itself on a publish-only connection (`direct`: one non-blocking write, as a
-//! datagram to another process) where the servers allow it and it is open; otherwise it hands
-//! the message to a bounded channel with `try_send`. A full channel or a lost connection makes
+//! (`client`): it receives what comes to the member's subject and the heartbeats, and cores
+//! never wait on the network. A core publishes a message itself on a publish-only connection
+//! (`direct`: one non-blocking write, as a datagram to another process) where the servers
+//! allow it and it is open; otherwise it hands the message to a bounded channel with
+//! `try_send`. There, each core also reads a subscription of its own (`listen`), and a
+//! message for a stage whose core named itself goes to that core (`hints`), skipping the
+//! thread on arrival too. A full channel or a lost connection makes
 //! the message unrouted (at most once: nothing is queued across an outage, nothing is sent
 //! twice). Which member gets a
 //! message is decided in the prelude's `route`, with the natives of `script::cluster`.
 
 mod client;
 mod direct;
+mod hints;
+mod listen;
+mod proto;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,8 +45,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::node::affinity;
+use crate::node::envelope::Envelope;
 use crate::node::members::Members;
-use crate::node::{peers, Node};
+use crate::node::peers::{self, Frame};
+use crate::node::{runtime, Node};
 
 /// A stage id's heartbeats go to this plus the id ([`heartbeat_subject`]); members that send
 /// to the id subscribe.
@@ -86,8 +94,12 @@ pub struct ClusterSettings {
 
 /// What the cores hand to the NATS thread.
 enum Outgoing {
-    /// One NATS message.
-    Publish { subject: String, payload: Bytes },
+    /// One NATS message; `reply` names the sending core's own subject (`listen`).
+    Publish {
+        subject: String,
+        reply: Option<String>,
+        payload: Bytes,
+    },
     /// Start listening to the heartbeats of this stage id, and route the messages held for
     /// it one notify period later (`Cluster::release`).
     Watch(String),
@@ -136,6 +148,10 @@ pub struct Cluster {
     stopping: AtomicBool,
     /// The cores' own publish-only connection, where the servers allow one (`direct`).
     direct: Option<direct::Direct>,
+    /// The cores subscribed to their own subject now (`listen`), one bit per core.
+    listening: AtomicU64,
+    /// Which core of another member gets a message for one of its stages (`hints`).
+    hints: hints::Hints,
     /// This process's run (pid and start time), sent with every heartbeat: a heartbeat with
     /// our member name from another run means another process uses the same `#node`.
     instance: String,
@@ -193,6 +209,12 @@ pub fn start(node: Arc<Node>) -> std::io::Result<()> {
         .map(drop)
 }
 
+/// Starts core `core`'s own subscription (`listen`), if the cores of this process publish
+/// to NATS themselves. Called on the core, inside its executor, as it starts.
+pub fn start_core(node: Arc<Node>, core: usize) {
+    listen::start(node, core)
+}
+
 impl Cluster {
     fn new(settings: ClusterSettings) -> Cluster {
         let (outgoing, receiver) = mpsc::channel(OUTGOING_CAPACITY);
@@ -207,6 +229,8 @@ impl Cluster {
             connected: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             direct: publish_only,
+            listening: AtomicU64::new(0),
+            hints: hints::Hints::default(),
             instance: format!(
                 "{}-{:x}",
                 std::process::id(),
@@ -264,23 +288,76 @@ impl Cluster {
         if !self.connected.load(Ordering::Acquire) {
             return Err("not connected to NATS".into());
         }
-        self.publish(member, frame(group, every, doc)?)
+        self.publish(member, group, frame(group, every, doc)?)
     }
 
-    fn publish(&self, member: &str, frame: Bytes) -> Result<(), String> {
+    /// Publishes a message frame for stage `group` of `member`: to the core of `member` that
+    /// last named itself for that stage, else to the member (`hints`); naming the sending
+    /// core if it listens on its own subject.
+    fn publish(&self, member: &str, group: &str, frame: Bytes) -> Result<(), String> {
         if !self.connected.load(Ordering::Acquire) {
             return Err("not connected to NATS".into());
         }
-        let subject = format!("{MEMBER_SUBJECT_PREFIX}{member}");
+        let subject = self.hints.subject(member, group);
+        let reply = self.own_subject();
         if let Some(direct) = &self.direct {
-            if direct.publish(&subject, &frame)? {
+            if direct.publish(&subject, reply.as_deref(), &frame)? {
                 return Ok(());
             }
         }
         self.hand_over(Outgoing::Publish {
             subject,
+            reply,
             payload: frame,
         })
+    }
+
+    /// The subject of the calling core, if it is a core subscribed to it now.
+    fn own_subject(&self) -> Option<String> {
+        let core = runtime::with_current(|c| c.index)?;
+        let listening = self.listening.load(Ordering::Acquire);
+        (core < listen::MAX_CORES && listening & (1 << core) != 0)
+            .then(|| hints::core_subject(&self.me, core))
+    }
+
+    fn set_listening(&self, core: usize, on: bool) {
+        match on {
+            true => self.listening.fetch_or(1 << core, Ordering::AcqRel),
+            false => self.listening.fetch_and(!(1 << core), Ordering::AcqRel),
+        };
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A message for this member arrived, through the NATS thread or (`on_core`) a core's
+    /// own subscription, naming the sending core's subject `reply` if it has one: delivered
+    /// to its stage(s), after noting where the sender's stage listens (`hints`).
+    fn received(&self, node: &Node, payload: &[u8], reply: Option<&str>, on_core: bool) {
+        let malformed = |why: &str| {
+            node.count_unrouted(&format!(
+                "a malformed message from another node ({} bytes{why}) for cluster member {}",
+                payload.len(),
+                self.me
+            ))
+        };
+        let Some(Frame::Message { every, group, doc }) = peers::decode(payload) else {
+            return malformed("");
+        };
+        let envelope = match Envelope::decode(doc) {
+            Ok(envelope) => envelope,
+            Err(err) => return malformed(&format!(", {err}")),
+        };
+        // A request names the stage its replies go to, a reply the stage that sent it.
+        let sender = envelope
+            .reply_stage
+            .as_ref()
+            .or(envelope.from_stage.as_ref());
+        if let (Some(member), Some(stage)) = (&envelope.reply_node, sender) {
+            self.hints.heard(member, stage, reply);
+        }
+        peers::deliver_decoded(node, group, every, envelope, on_core);
     }
 
     fn hand_over(&self, out: Outgoing) -> Result<(), String> {
@@ -372,12 +449,12 @@ impl Cluster {
                 return Err("no member of another node hosts it".into());
             }
             for member in members {
-                self.publish(&member, frame.clone())?;
+                self.publish(&member, group, frame.clone())?;
             }
             return Ok(());
         }
         match self.pick_known(group) {
-            Some(member) => self.publish(&member, frame),
+            Some(member) => self.publish(&member, group, frame),
             None => Err("no member of another node hosts it".into()),
         }
     }
@@ -596,7 +673,9 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(next) = rx.try_recv() {
             out.push(match next {
-                Outgoing::Publish { subject, payload } => (subject, payload.to_vec()),
+                Outgoing::Publish {
+                    subject, payload, ..
+                } => (subject, payload.to_vec()),
                 Outgoing::Watch(id) => ("watch".into(), id.into_bytes()),
             });
         }
@@ -694,6 +773,36 @@ mod tests {
             handed(&c),
             vec![sent("stage.m.c.1", "game", false, b"late")]
         );
+    }
+
+    /// A message for a stage whose core named itself goes to that core's subject; once the
+    /// stage's messages name no core, back to the member's. Off a core (here, and the NATS
+    /// thread's releases), a message names no core of its own.
+    #[test]
+    fn messages_go_to_the_core_a_stage_last_named_else_to_its_member() {
+        let c = cluster("a", 1);
+        c.connected.store(true, Ordering::Release);
+        c.hints.heard("b.1", "game", Some("stage.m.b.1.2"));
+        c.send("b.1", "game", false, b"one").unwrap();
+        c.send("b.1", "lobby", false, b"two").unwrap();
+        c.hints.heard("b.1", "game", None);
+        c.send("b.1", "game", false, b"three").unwrap();
+        assert_eq!(
+            handed(&c),
+            vec![
+                sent("stage.m.b.1.2", "game", false, b"one"),
+                sent("stage.m.b.1", "lobby", false, b"two"),
+                sent("stage.m.b.1", "game", false, b"three"),
+            ]
+        );
+        c.set_listening(0, true);
+        assert_eq!(c.own_subject(), None, "not on a core");
+        let mut guard = c.receiver.lock().unwrap();
+        c.send("b.1", "game", false, b"four").unwrap();
+        match guard.as_mut().unwrap().try_recv() {
+            Ok(Outgoing::Publish { reply, .. }) => assert_eq!(reply, None),
+            _ => panic!("not handed over"),
+        }
     }
 
     #[test]

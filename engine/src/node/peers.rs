@@ -365,19 +365,29 @@ fn handle(node: &Node, peers: &Peers, frame: &[u8]) {
     }
 }
 
-/// Posts a message from another process (or, through `cluster`, another node) to the main core of the stage(s) of `group` here,
-/// exactly as a local `stage.signal` from another core would. The envelope is decoded once
-/// and encoded per receiving stage (only `t` differs).
+/// Posts a message from another process (or, through `cluster`, another node) to the main
+/// core of the stage(s) of `group` here, exactly as a local `stage.signal` from another core
+/// would. The envelope is decoded once and encoded per receiving stage (only `t` differs).
 pub(crate) fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
-    let mut envelope = match Envelope::decode(doc) {
-        Ok(envelope) => envelope,
-        Err(err) => {
-            node.count_unrouted(&format!(
-                "a malformed message from another process for `{group}` ({err})"
-            ));
-            return;
-        }
-    };
+    match Envelope::decode(doc) {
+        Ok(envelope) => deliver_decoded(node, group, every, envelope, false),
+        Err(err) => node.count_unrouted(&format!(
+            "a malformed message from another process for `{group}` ({err})"
+        )),
+    }
+}
+
+/// [`deliver`] of an envelope the caller decoded already. `on_core`: the caller is a task of
+/// a core (the cluster's own subscription, `cluster::listen`), outside any callback, so a
+/// message for a stage of this very core is handled at once instead of through its inbox
+/// (`runtime::handle_here`).
+pub(crate) fn deliver_decoded(
+    node: &Node,
+    group: &str,
+    every: bool,
+    mut envelope: Envelope,
+    on_core: bool,
+) {
     let mut delivered = false;
     for stage in node.stages.by_id(group) {
         let payload = match for_local_stage(&mut envelope, stage.index) {
@@ -394,8 +404,14 @@ pub(crate) fn deliver(node: &Node, group: &str, every: bool, doc: &[u8]) {
             kind: super::post::PostKind::Msg,
             payload: Bytes::from(payload),
         };
-        if let Err(err) = node.send(stage.main_core, msg) {
-            node.log_dropped(stage.main_core, &err);
+        let left = match on_core {
+            true => super::runtime::handle_here(stage.main_core, msg),
+            false => Some(msg),
+        };
+        if let Some(msg) = left {
+            if let Err(err) = node.send(stage.main_core, msg) {
+                node.log_dropped(stage.main_core, &err);
+            }
         }
         if !every {
             break;

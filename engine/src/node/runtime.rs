@@ -64,6 +64,19 @@ pub fn try_current() -> Option<Rc<Core>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// Handles `msg` at once if this thread is core `core` (as its inbox would, without the
+/// doorbell), else gives it back for the inbox. Only for a task of the core that runs outside
+/// every callback (`peers::deliver_decoded`): the handler runs scripts.
+pub fn handle_here(core: usize, msg: CoreMsg) -> Option<CoreMsg> {
+    match try_current() {
+        Some(current) if current.index == core => {
+            current.handle(msg);
+            None
+        }
+        _ => Some(msg),
+    }
+}
+
 pub struct Core {
     pub index: usize,
     pub node: Arc<Node>,

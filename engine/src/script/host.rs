@@ -116,7 +116,10 @@ impl Drop for Host {
 pub fn factory() -> HostFactory {
     let pool = Arc::new(Pool::default());
     Arc::new(move |node: &Arc<Node>, core: usize| {
-        Ok(Box::new(Host::new(node, &pool, Some(core))?) as Box<dyn ScriptHost>)
+        let host = Host::new(node, &pool, Some(core))?;
+        // On the core, in its executor: the core reads its own NATS subscription there.
+        crate::cluster::start_core(node.clone(), core);
+        Ok(Box::new(host) as Box<dyn ScriptHost>)
     })
 }
 

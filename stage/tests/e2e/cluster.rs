@@ -186,6 +186,89 @@ fn a_request_reaches_the_only_node_hosting_the_stage_and_the_reply_comes_back() 
     drop(b);
 }
 
+/// The server's connections as its monitoring port lists them (`/connz?subs=1`): each one's
+/// name, subscriptions and how many messages the server delivered on it.
+fn connections(monitor: u16) -> Vec<(String, Vec<String>, u64)> {
+    use std::io::Read;
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", monitor)).expect("monitoring port");
+    http.write_all(b"GET /connz?subs=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value = serde_json::from_str(body).expect("connz JSON");
+    json["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let subs = c["subscriptions_list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            (name, subs, c["out_msgs"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// With plain `nats://`, each core reads a subscription of its own: B's replies come back
+/// on the asking core's subject, and once B has replied, A's requests go to the subject of
+/// B's core too, so neither node's NATS thread hands them over.
+#[test]
+fn replies_and_requests_reach_the_cores_own_subscriptions() {
+    let Some(bin) = nats_bin() else {
+        let _ = nats("cluster core subscriptions");
+        return;
+    };
+    let (port, monitor) = (free_port(), free_port());
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &monitor.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let nats = Nats { child, port };
+    wait_port_open(port);
+    wait_port_open(monitor);
+    let _b = Server::start(
+        &node_config(&nats, "B", r#""lua.so+game""#),
+        &[("game.lua", &game("B", true))],
+    );
+    let a = Server::start(
+        &node_config(&nats, "A", r#""lua.so+front""#),
+        &[("front.lua", FRONT)],
+    );
+    let delivered_on = |name: &str, subject: &str| {
+        connections(monitor)
+            .into_iter()
+            .find(|(n, subs, _)| n == name && subs.iter().any(|s| s == subject))
+            .map_or(0, |(_, _, out)| out)
+    };
+    // The cores subscribe once the nodes are connected; until then (and for the first
+    // request to B) the member subjects carry everything, as before.
+    let mut answered = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while delivered_on("A.1 (subscribe)", "stage.m.A.1.0") < 5
+        || delivered_on("B.1 (subscribe)", "stage.m.B.1.0") < 5
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no core subscription carried the messages: {:?}",
+            connections(monitor)
+        );
+        let v = until(&a, "A's requests are answered by B", "one", 0, |v| {
+            count(v, "one_B") > answered
+        });
+        assert_eq!(count(&v, "one_A"), 0, "{v:?}");
+        answered = count(&v, "one_B");
+    }
+}
+
 #[test]
 fn the_first_messages_to_another_nodes_stage_wait_for_its_hosts_instead_of_being_lost() {
     let Some(nats) = nats("cluster first message") else {
@@ -883,12 +966,12 @@ fn nodes_route_through_a_nats_server_that_requires_tls_and_client_certificates()
     let c = certs.path();
     make_certificates(c);
     // The server verifies clients: a node must present a certificate signed by the CA.
-    let port = free_port();
+    let (port, monitor) = (free_port(), free_port());
     let conf = c.join("nats.conf");
     std::fs::write(
         &conf,
         format!(
-            "listen: 127.0.0.1:{port}\ntls {{\n  cert_file: \"{d}/server.pem\"\n  key_file: \"{d}/server.key\"\n  ca_file: \"{d}/ca.pem\"\n  verify: true\n}}\n",
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\ntls {{\n  cert_file: \"{d}/server.pem\"\n  key_file: \"{d}/server.key\"\n  ca_file: \"{d}/ca.pem\"\n  verify: true\n}}\n",
             d = c.display()
         ),
     )
@@ -934,6 +1017,14 @@ fn nodes_route_through_a_nats_server_that_requires_tls_and_client_certificates()
         |v| count(v, "one_B") >= 5,
     );
     assert_eq!(count(&v, "one_A"), 0, "{v:?}");
+    // Over TLS the cores neither publish nor subscribe themselves: everything goes through
+    // each node's one async-nats connection.
+    let names: Vec<String> = connections(monitor)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n == "A.1" || n == "B.1"), "{names:?}");
     // A node without a client certificate is refused by the server: it serves its own
     // clients, and its requests to `game` find nobody (counted as unrouted, never answered).
     let lone = Server::start(&tls_config("C", "front", false), &[("front.lua", FRONT)]);
