@@ -7,11 +7,12 @@
 //! one owner serializes every request, which is the "one actor per index" reading of spec
 //! §2.4 / open question 11 (stricter than the original's unordered thread pool).
 //!
-//! Files: `order` (score order), `tree` (order-statistic treap), `ranking` (one index in
-//! memory and the command semantics), `record` (persisted mutation bytes), `store` (log,
-//! snapshot, durability rule), `snapshot` (a snapshot image built in slices on the owner
-//! core), `sync` (the thread that writes and syncs them), `open` (the thread that reads and
-//! replays an index's files), `command` (request/reply model and spec parsing).
+//! Files: `order` (score order), `tree` (counted B-tree; `slots`: its nodes' inline arrays),
+//! `ranking` (one index in memory and the command semantics), `record` (persisted mutation
+//! bytes), `store` (log, snapshot, durability rule), `snapshot` (a snapshot image built in
+//! slices on the owner core), `sync` (the thread that writes and syncs them), `open` (the
+//! thread that reads and replays an index's files), `command` (request/reply model and spec
+//! parsing).
 //!
 //! The service never touches a file. An index is opened by the stage's open thread: the first
 //! request naming it starts the open, and it and every request for that index arriving
@@ -33,6 +34,7 @@ pub mod open;
 pub mod order;
 pub mod ranking;
 pub mod record;
+mod slots;
 pub mod snapshot;
 pub mod store;
 pub mod sync;

@@ -15,7 +15,7 @@
 //!
 //! Why the replay runs here too rather than on the core: reading the files off the core and
 //! replaying on it would still stall the core for the whole replay (hundreds of ms for a big
-//! log: decoding every record and inserting it into the treaps is most of an open's cost).
+//! log: decoding every record and inserting it into the tier trees is most of an open's cost).
 //! A `Ranking` is plain owned data, so building it here and moving it costs the core nothing.
 
 use std::io;

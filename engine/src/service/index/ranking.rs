@@ -19,12 +19,12 @@ use indexmap::IndexMap;
 use super::command::{GetResult, RangeFrom, RankedEntry, SetItem, SetResult, TierSel, TIERS};
 use super::order::{Score, TierKey};
 use super::record::{Entry, Mutation};
-use super::tree::Treap;
+use super::tree::CountedTree;
 
 #[derive(Default)]
 pub struct Ranking {
     entries: IndexMap<Arc<str>, Entry, ahash::RandomState>,
-    tiers: [Treap<TierKey, Arc<str>>; TIERS],
+    tiers: [CountedTree<TierKey, Arc<str>>; TIERS],
     /// Next insertion sequence: larger = newer, which ranks first among equal scores.
     next_seq: u64,
     /// While a snapshot build watches (`Some`): the ids a removal moved to another position.
