@@ -17,11 +17,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::host::{HostFactory, ScriptHost};
@@ -236,11 +238,30 @@ async fn run_core(
     Ok(())
 }
 
-/// Tells the watchdog this core still gets back to its event loop.
+/// Tells the watchdog this core still gets back to its event loop: beats once, then each
+/// time the watchdog thread pings (not on a timer of its own: see `node::watchdog`).
 async fn beat(node: Arc<Node>, index: usize, stop: Notify) {
+    let ping = match node.pulses.listen(index) {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::error!("watchdog: cannot watch core {index}: {err}");
+            return;
+        }
+    };
+    // SAFETY: the fd comes from a live std socket whose ownership we give up here.
+    let mut ping = unsafe { glommio::net::UnixStream::from_raw_fd(ping.into_raw_fd()) };
+    let mut scratch = [0u8; 64];
     while !stop.is_fired() {
         node.pulses.beat(index);
-        futures_lite::future::or(glommio::timer::sleep(super::watchdog::BEAT), stop.wait()).await;
+        let read = async { Some(ping.read(&mut scratch).await) };
+        let stopped = async {
+            stop.wait().await;
+            None
+        };
+        match futures_lite::future::or(read, stopped).await {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 

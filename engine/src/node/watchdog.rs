@@ -5,29 +5,36 @@
 //! cannot reach the engine does what the original did: it notices, says so, and in a
 //! multi-process node lets the supervisor kill and restart the process.
 //!
-//! Each core beats (stores the monotonic clock into its slot) from a small task every
-//! [`BEAT`]; a core whose beat is old has not run its loop since. A watchdog thread per
-//! process looks at the beats every [`LOOK`], logs a stalled core (once, then every
-//! [`REPEAT`] while it lasts, and when it recovers) and, in a child of a multi-process node,
-//! writes the oldest beat into the child's `alive-N` file in the runtime directory. The
-//! supervisor reads those files and SIGKILLs a child whose oldest beat is older than
-//! [`KILL_AFTER`] (3.1 s, the original's figure); its restart path then starts it again.
-//! A core has no beat until its main scripts have booted, so a slow boot is never killed.
+//! Each core beats (stores the monotonic clock into its slot) from a small task; a core
+//! whose beat is old has not run its loop since. A watchdog thread per process asks every
+//! core to beat (one byte on the core's ping socket, [`Pulses::ping`]), looks at the beats
+//! [`LOOK`] later, logs a stalled core (once, then every [`REPEAT`] while it lasts, and when
+//! it recovers) and, in a child of a multi-process node, writes the oldest beat into the
+//! child's `alive-N` file in the runtime directory. The supervisor reads those files and
+//! SIGKILLs a child whose oldest beat is older than [`KILL_AFTER`] (3.1 s, the original's
+//! figure); its restart path then starts it again. A core has no beat until its main scripts
+//! have booted, so a slow boot is never killed.
+//!
+//! The clock is the watchdog thread's, not a timer on the core: while any glommio timer is
+//! pending, every time the core goes to sleep its reactor arms a kernel timeout for it and
+//! cancels it when the core wakes (two more `io_uring_enter` per sleep, about 8% of the CPU
+//! time of a one-connection echo, issue #15 item 4). A read waiting on a socket costs a
+//! sleeping core nothing.
 //!
 //! Times are `CLOCK_MONOTONIC` milliseconds, one clock for every process of the machine.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Node;
 
-/// How often a core beats.
-pub const BEAT: Duration = Duration::from_millis(200);
-/// How often the watchdog thread looks at the beats.
+/// How often the watchdog thread asks the cores to beat, and looks at their beats.
 pub const LOOK: Duration = Duration::from_millis(250);
 /// A core this late is reported as stalled.
 pub const STALL: Duration = Duration::from_millis(1000);
@@ -49,15 +56,46 @@ pub fn monotonic_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-/// The last beat of every core (0 = not beating yet).
+/// The last beat of every core (0 = not beating yet), and the sockets that ask them to beat.
 pub struct Pulses {
     beats: Vec<AtomicU64>,
+    /// The watchdog's end of each core's ping socket, once the core listens.
+    pings: Vec<OnceLock<UnixStream>>,
 }
 
 impl Pulses {
     pub fn new(cores: usize) -> Pulses {
         Pulses {
             beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+            pings: (0..cores).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The socket `core` reads its pings from (non-blocking); the other end stays here for
+    /// [`Pulses::ping`]. Once per core.
+    pub fn listen(&self, core: usize) -> std::io::Result<UnixStream> {
+        let slot = self
+            .pings
+            .get(core)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no such core"))?;
+        let (writer, reader) = UnixStream::pair()?;
+        // A full socket means pings are already waiting for the core: never block the thread.
+        writer.set_nonblocking(true)?;
+        reader.set_nonblocking(true)?;
+        slot.set(writer).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the core already listens",
+            )
+        })?;
+        Ok(reader)
+    }
+
+    /// Asks every listening core to beat. A core that does not read leaves the bytes queued
+    /// (and, after many looks, the socket full): its beat gets old, which is the point.
+    pub fn ping(&self) {
+        for writer in self.pings.iter().filter_map(OnceLock::get) {
+            let _ = (&*writer).write(&[1]);
         }
     }
 
@@ -126,6 +164,7 @@ fn watch(node: &Node, alive: Option<&Path>) {
     });
     let mut reported = Reported::default();
     while !node.is_shutting_down() {
+        node.pulses.ping();
         std::thread::sleep(LOOK);
         let now = monotonic_ms();
         let oldest = node.pulses.oldest();
@@ -178,6 +217,20 @@ mod tests {
         p.beat(0);
         assert_eq!(p.oldest().map(|(c, _)| c), Some(2));
         p.beat(9); // no such core: ignored
+    }
+
+    #[test]
+    fn a_ping_reaches_each_listening_core_once_per_look() {
+        let p = Pulses::new(2);
+        let mut core0 = p.listen(0).unwrap();
+        assert!(p.listen(0).is_err(), "a core listens once");
+        assert!(p.listen(2).is_err(), "no such core");
+        p.ping();
+        p.ping();
+        let mut buf = [0u8; 8];
+        assert_eq!(std::io::Read::read(&mut core0, &mut buf).unwrap(), 2);
+        let again = std::io::Read::read(&mut core0, &mut buf).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::WouldBlock);
     }
 
     #[test]
