@@ -29,7 +29,7 @@ use glommio::timer::Timer;
 
 use super::addr_cell::AddrCell;
 use super::admission::Ticket;
-use super::due::{self, Clock, Due};
+use super::due::{self, Step};
 use super::id::ConnId;
 use super::ratelog::RateLog;
 use super::stats::IoStats;
@@ -466,24 +466,18 @@ fn pump<'a, H: ConnEvents>(
             if let Some(errno) = conn.close_requested.get() {
                 return errno;
             }
-            // What is due is decided in a block of its own: a `Clock` (or the `now` it was made
-            // from) in scope at an await would be stored in every connection's task, 120 bytes
-            // of each idle connection.
-            let flush_at_once = {
-                let now = Instant::now();
-                let clock = Clock::of(conn, now, *last_rx, last_flush, frame_started);
-                match clock.due() {
-                    Due::Flush => Some(clock.expire_at),
-                    Due::Close(late) => return late.close(conn, "frame"),
-                    Due::Wait(at) => {
-                        due::arm(&mut timer, at, |at| {
-                            Timer::new(at.saturating_duration_since(now))
-                        });
-                        None
-                    }
-                }
+            let step = match due::next_step(
+                conn,
+                *last_rx,
+                last_flush,
+                frame_started,
+                &mut timer,
+                "frame",
+            ) {
+                Ok(step) => step,
+                Err(errno) => return errno,
             };
-            if let Some(expire_at) = flush_at_once {
+            if let Step::Flush(expire_at) = step {
                 conn.flush_forced.set(false);
                 if let Err(errno) = write_out(conn, stream, spare, expire_at).await {
                     return errno;

@@ -124,6 +124,41 @@ impl Late {
     }
 }
 
+/// What one turn of a connection loop does after [`next_step`].
+pub(super) enum Step {
+    /// Write the pending output now; the flush may wait until this idle deadline.
+    Flush(Option<Instant>),
+    /// Read, with the task's timer armed for what comes due next.
+    Read,
+}
+
+/// One turn's decision for the TCP and the WebSocket task: builds the [`Clock`], closes a
+/// late connection (`Err(errno)`; `unit` as in [`Late::close`]), or flushes, or arms `timer`
+/// and reads. A plain function on purpose: a `Clock` (and the `Instant` it was made from)
+/// in scope at one of the task's awaits would be stored in every connection's task, 120
+/// bytes of each idle connection (BENCHMARKS.md "Memory per idle connection").
+pub(super) fn next_step(
+    conn: &Conn,
+    last_rx: Instant,
+    last_flush: Option<Instant>,
+    started: Option<Instant>,
+    timer: &mut Option<(Instant, glommio::timer::Timer)>,
+    unit: &str,
+) -> Result<Step, i32> {
+    let now = Instant::now();
+    let clock = Clock::of(conn, now, last_rx, last_flush, started);
+    match clock.due() {
+        Due::Flush => Ok(Step::Flush(clock.expire_at)),
+        Due::Close(late) => Err(late.close(conn, unit)),
+        Due::Wait(at) => {
+            arm(timer, at, |at| {
+                glommio::timer::Timer::new(at.saturating_duration_since(now))
+            });
+            Ok(Step::Read)
+        }
+    }
+}
+
 /// Keeps the task's one timer for `wanted` (from [`Due::Wait`]): none when nothing is
 /// waited for, a new one (made by `new`) when the armed one would fire later than wanted.
 /// An armed one that fires earlier is kept: the idle deadline moves with every read, and a

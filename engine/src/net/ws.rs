@@ -37,7 +37,7 @@ use tungstenite::{Bytes, HandshakeError, Message, ServerHandshake, Utf8Bytes, We
 
 use super::admission::{Ticket, DEFAULT_DEADLINE_MS};
 use super::conn::{self, Conn};
-use super::due::{self, Clock, Due};
+use super::due::{self, Step};
 use super::listener::{self, Endpoint};
 use super::ConnEvents;
 use crate::codec::crypto;
@@ -318,23 +318,18 @@ async fn pump<H: ConnEvents>(
         if let Some(errno) = conn.close_requested.get() {
             return errno;
         }
-        // Decided in a block of its own, so the task does not store the clock (see
-        // `conn::pump`).
-        let flush_at_once = {
-            let now = Instant::now();
-            let clock = Clock::of(conn, now, *last_rx, last_flush, message_started);
-            match clock.due() {
-                Due::Flush => Some(clock.expire_at),
-                Due::Close(late) => return late.close(conn, "message"),
-                Due::Wait(at) => {
-                    due::arm(&mut timer, at, |at| {
-                        Timer::new(at.saturating_duration_since(now))
-                    });
-                    None
-                }
-            }
+        let step = match due::next_step(
+            conn,
+            *last_rx,
+            last_flush,
+            message_started,
+            &mut timer,
+            "message",
+        ) {
+            Ok(step) => step,
+            Err(errno) => return errno,
         };
-        if let Some(expire_at) = flush_at_once {
+        if let Step::Flush(expire_at) = step {
             conn.flush_forced.set(false);
             if let Err(errno) = flush(conn, stream, ws, spare, expire_at).await {
                 return errno;

@@ -43,8 +43,14 @@ fn nats(test: &str) -> Option<Nats> {
 
 /// A `nats-server` (binary `bin`) on `port`, accepting connections.
 fn nats_on(bin: &str, port: u16) -> Nats {
+    nats_with(bin, port, &[])
+}
+
+/// [`nats_on`] with more server arguments (`extra`, e.g. a monitoring port).
+fn nats_with(bin: &str, port: u16, extra: &[&str]) -> Nats {
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -223,17 +229,8 @@ fn replies_and_requests_reach_the_cores_own_subscriptions() {
         let _ = nats("cluster core subscriptions");
         return;
     };
-    let (port, monitor) = (free_port(), free_port());
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", &monitor.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let nats = Nats { child, port };
-    wait_port_open(port);
+    let monitor = free_port();
+    let nats = nats_with(bin, free_port(), &["-m", &monitor.to_string()]);
     wait_port_open(monitor);
     let _b = Server::start(
         &node_config(&nats, "B", r#""lua.so+game""#),
