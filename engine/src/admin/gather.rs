@@ -41,6 +41,8 @@ pub struct Scrape {
     pub inbox_dropped: u64,
     /// Posts tried again at a full inbox (`node::retry::RETRIES`).
     pub post_retried: u64,
+    /// Blocking calls scripts made on a core (`script::blocking`).
+    pub blocking_on_core: u64,
     /// Commits refused (larger than OUT, or to a closing connection).
     pub commits_refused: u64,
     /// ODBC statements: [succeeded, failed].
@@ -87,6 +89,7 @@ pub async fn scrape(node: &Arc<Node>) -> Scrape {
         unrouted: node.unrouted.load(std::sync::atomic::Ordering::Relaxed),
         inbox_dropped: crate::node::DROPPED.total(),
         post_retried: crate::node::retry::RETRIES.load(std::sync::atomic::Ordering::Relaxed),
+        blocking_on_core: crate::node::blocking::ON_CORE.load(std::sync::atomic::Ordering::Relaxed),
         commits_refused: crate::net::conn::COMMITS_REFUSED.total(),
         odbc: [
             odbc[0].load(std::sync::atomic::Ordering::Relaxed),

@@ -213,7 +213,7 @@ pub fn render(scrape: &Scrape, process: u32) -> String {
         "Messages of any kind (stage messages, replies, service outputs) that found no receiver.",
     );
     e.sample("stage_unrouted_total", &p, scrape.unrouted);
-    e.family("stage_limit_hits_total", Kind::Counter, "Limits of docs/limits.md that were hit (limit: cpu_budget, bson_depth, bson_elements, inbox_full, post_retried, commit_refused).");
+    e.family("stage_limit_hits_total", Kind::Counter, "Limits of docs/limits.md that were hit (limit: cpu_budget, bson_depth, bson_elements, inbox_full, post_retried, commit_refused, blocking_on_core).");
     for (limit, n) in [
         ("cpu_budget", scrape.budget_exceeded),
         ("bson_depth", scrape.bson_limits.0),
@@ -221,6 +221,7 @@ pub fn render(scrape: &Scrape, process: u32) -> String {
         ("inbox_full", scrape.inbox_dropped),
         ("post_retried", scrape.post_retried),
         ("commit_refused", scrape.commits_refused),
+        ("blocking_on_core", scrape.blocking_on_core),
     ] {
         e.sample("stage_limit_hits_total", &[("limit", limit)], n);
     }
@@ -383,6 +384,7 @@ mod tests {
             unrouted: 0,
             inbox_dropped: 0,
             post_retried: 0,
+            blocking_on_core: 0,
             commits_refused: 0,
             odbc: [0, 0],
             uptime: std::time::Duration::from_secs(1),

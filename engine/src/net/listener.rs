@@ -22,8 +22,30 @@ use super::{ws, ConnEvents};
 use crate::codec::framing::FrameSpec;
 use crate::notify::Notify;
 
+/// Where `join` connects: an address, or a URL whose host name is looked up first.
+pub enum Destination {
+    Address(SocketAddr),
+    Name(BrokerUrl),
+}
+
+impl Destination {
+    /// An IP literal host resolves at once (no lookup); a name is looked up by `join`.
+    pub fn of(url: BrokerUrl) -> std::io::Result<Destination> {
+        let host = url.host.trim_start_matches('[').trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            resolve(&url).map(Destination::Address)
+        } else {
+            Ok(Destination::Name(url))
+        }
+    }
+}
+
 /// Resolves a broker URL's host to the first socket address.
 pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {
+    let host = url.host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_err() {
+        super::lookup::before(host);
+    }
     url.authority()
         .to_socket_addrs()?
         .next()
@@ -238,14 +260,32 @@ pub(super) fn admit<H: ConnEvents>(
 }
 
 /// Starts a TCP connect for a connection the owner already registered (`broker.join`):
-/// `connected` when it is up, or `closed` with the connect error.
-pub fn join<H: ConnEvents>(events: &Rc<H>, conn: Rc<Conn>, addr: SocketAddr, timeout: Duration) {
+/// `connected` when it is up, or `closed` with the lookup's or the connect's error.
+pub fn join<H: ConnEvents>(events: &Rc<H>, conn: Rc<Conn>, to: Destination, timeout: Duration) {
     let events = events.clone();
     glommio::spawn_local(async move {
         // glommio polls a new task at once: let `broker.join` return its socket object
         // before any callback of that socket can run.
         futures_lite::future::yield_now().await;
         conn.count_in(events.stats(None));
+        let addr = match to {
+            Destination::Address(addr) => addr,
+            Destination::Name(url) => {
+                // getaddrinfo blocks (it may ask a DNS server): glommio's blocking thread
+                // runs it while this core serves on.
+                match glommio::executor()
+                    .spawn_blocking(move || resolve(&url))
+                    .await
+                {
+                    Ok(addr) => addr,
+                    Err(err) => {
+                        tracing::debug!(socket = conn.id.raw(), "lookup failed: {err}");
+                        conn::finish(&events, &conn, conn::errno_of(&err));
+                        return;
+                    }
+                }
+            }
+        };
         match TcpStream::connect_timeout(addr, timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);

@@ -9,6 +9,7 @@ pub mod conn;
 mod due;
 pub mod id;
 pub mod listener;
+pub mod lookup;
 pub mod ratelog;
 pub mod sockaddr;
 pub mod stats;

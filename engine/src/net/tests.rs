@@ -12,8 +12,9 @@ use std::time::Duration;
 use super::admission::{Gate, Limits};
 use super::conn::{Conn, OutputError};
 use super::id::listener_id;
-use super::listener::{self, Endpoint};
+use super::listener::{self, Destination, Endpoint};
 use super::testing::*;
+use super::url::BrokerUrl;
 use super::{udp, ConnEvents};
 use crate::codec::framing::{FrameSpec, Framing};
 use crate::notify::Notify;
@@ -658,7 +659,7 @@ fn join_reports_connected_and_then_carries_frames_both_ways() {
         let addr = peer.local_addr().unwrap();
         let events = Rc::new(Recorder::echo());
         let conn = Conn::new(events.next_conn_id(), packet_spec(64, 64));
-        listener::join(&events, conn.clone(), addr, PATIENCE);
+        listener::join(&events, conn.clone(), Destination::Address(addr), PATIENCE);
         // `join` reports nothing before its caller gets to run on.
         assert!(events.seen().is_empty());
 
@@ -686,6 +687,36 @@ fn join_reports_connected_and_then_carries_frames_both_ways() {
 }
 
 #[test]
+fn join_by_host_name_looks_it_up_off_the_core_and_connects() {
+    run_local(|| async {
+        // Listen where `localhost` resolves first on this machine (127.0.0.1 or ::1).
+        let first = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 0))
+            .unwrap()
+            .next()
+            .unwrap();
+        let peer = glommio::net::TcpListener::bind(first).unwrap();
+        let port = peer.local_addr().unwrap().port();
+        let url = BrokerUrl::parse(&format!("tcp://localhost:{port}?packet=64,64")).unwrap();
+        let to = Destination::of(url).unwrap();
+        assert!(
+            matches!(to, Destination::Name(_)),
+            "a name is looked up by join"
+        );
+        let events = Rc::new(Recorder::echo());
+        let conn = Conn::new(events.next_conn_id(), packet_spec(64, 64));
+        listener::join(&events, conn.clone(), to, PATIENCE);
+        let mut far = within("the joined connection", peer.accept())
+            .await
+            .unwrap();
+        events
+            .until("connected", |seen| seen == [Seen::Connected(conn.id)])
+            .await;
+        send(&mut far, &packet(7, 1)).await;
+        assert_eq!(receive(&mut far, 7).await, packet(7, 1));
+    });
+}
+
+#[test]
 fn join_to_a_closed_port_reports_closed_with_econnrefused() {
     run_local(|| async {
         // A port that was just free: bound, then released, so nobody listens there.
@@ -695,7 +726,7 @@ fn join_to_a_closed_port_reports_closed_with_econnrefused() {
         };
         let events = Rc::new(Recorder::new());
         let conn = Conn::new(events.next_conn_id(), packet_spec(64, 64));
-        listener::join(&events, conn.clone(), addr, PATIENCE);
+        listener::join(&events, conn.clone(), Destination::Address(addr), PATIENCE);
         assert_eq!(events.closed_with(conn.id).await, libc::ECONNREFUSED);
         assert_eq!(events.seen(), [Seen::Closed(conn.id, libc::ECONNREFUSED)]);
         assert_eq!(conn.errno.get(), libc::ECONNREFUSED);

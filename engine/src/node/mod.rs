@@ -9,6 +9,7 @@
 //! reaches sockets through `net`, which in turn knows nothing of cores.
 
 pub mod affinity;
+pub mod blocking;
 pub mod budget;
 pub mod envelope;
 pub mod host;
@@ -210,6 +211,7 @@ fn http_agents(plan: &Plan) -> HashMap<usize, crate::service::http::HttpAgent> {
 
 impl Node {
     pub fn new(cpus: Vec<usize>, plan: Arc<Plan>, peers: Option<Arc<peers::Peers>>) -> Arc<Node> {
+        blocking::count_lookups();
         // Lua stages first, so a Lua stage's directory index is its index in `plan.stages`.
         let stages = stages::StageDirectory::new(
             plan.stages

@@ -2,23 +2,25 @@
 //! §8.2), as one committed version that every Lua state of the process agrees on. It holds
 //! sources (bytes), not compiled chunks: each state compiles its own (`loader`).
 //!
-//! A name is resolved once per process, by the first state that loads it (on that thread:
-//! the only file read a core ever does, at a script's first use) and recorded here; every
-//! later change goes through the reloader (`reload`), which re-resolves off the cores and
-//! commits a new version only once every core has switched to it. So a state that loads a
-//! name for the first time gets the version its core runs, never a newer one read behind
-//! the reloader's back. The lock is taken on a state's first load of a name and by the
-//! reloader, never per packet.
+//! A name is resolved once per process, by the first state that loads it, and recorded here;
+//! every later change goes through the reloader (`reload`), which re-resolves off the cores
+//! and commits a new version only once every core has switched to it. So a state that loads
+//! a name for the first time gets the version its core runs, never a newer one read behind
+//! the reloader's back. Files come from the process's file image (`image`): resolving a name
+//! on a core reads and stats nothing. The lock is taken on a state's first load of a name
+//! and by the reloader, never per packet.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::config::PackageEntry;
 use crate::node::reload::{BrokenFile, Resolution, Source, Stamp};
 use crate::plan::Embedded;
+
+use super::image::{self, Image};
 
 /// Prefix of package entries served from scripts compiled into the binary.
 pub const BUILTIN_ROOT: &str = "@builtin";
@@ -41,6 +43,8 @@ pub struct Library {
     /// pool threads to see whether they must catch up.
     version: AtomicU64,
     committed: Mutex<HashMap<String, Entry>>,
+    /// The files of the `%package` directories (built-in entries excluded).
+    pub image: Image,
 }
 
 struct Entry {
@@ -50,8 +54,16 @@ struct Entry {
 }
 
 impl Library {
+    /// Walks the `%package` directories into the file image on the calling thread: the first
+    /// state of the process calls this, before any core serves.
     pub fn new(entries: Vec<PackageEntry>, reflush: Duration, embedded: Embedded) -> Arc<Library> {
+        let roots = entries
+            .iter()
+            .filter(|e| !e.prefix.starts_with(BUILTIN_ROOT))
+            .map(|e| e.prefix.clone())
+            .collect();
         Arc::new(Library {
+            image: Image::new(roots),
             entries,
             embedded,
             reflush,
@@ -76,16 +88,16 @@ impl Library {
         self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The committed resolution of `name`; if no state has loaded it yet, resolves it now on
-    /// the calling thread (`check` compiles a candidate) and records it, unless no file of
-    /// that name exists.
+    /// The committed resolution of `name`; if no state has loaded it yet, resolves it now from
+    /// the file image (`check` compiles a candidate on the calling thread) and records it,
+    /// unless no file of that name exists.
     pub fn resolve_first(&self, name: &str, check: Check<'_>) -> Arc<Resolution> {
         if let Some(entry) = self.lock().get(name) {
             return entry.resolution.clone();
         }
         // Outside the lock: another state may resolve the same name meanwhile, and the first
         // one recorded wins, so every state uses the same bytes.
-        let resolved = Arc::new(self.resolve(name, check, &|_, _| None));
+        let resolved = Arc::new(self.resolve(name, check, &|_, _| None, true));
         if resolved.found.is_none() && resolved.broken.is_empty() {
             // Not recorded: names a script builds from what clients send must not grow this
             // table, so a missing name is searched again on its next load (as before the
@@ -107,40 +119,37 @@ impl Library {
 
     /// Resolves `name` through the search path: the first file that exists and compiles
     /// (`check`), passing over broken ones. `known` answers for files already judged at
-    /// their current stamp, which are then not read again.
+    /// their current stamp, which are then not compiled again. `on_core`: a file the image
+    /// does not cover is counted as a read on a core.
     pub fn resolve(
         &self,
         name: &str,
         check: Check<'_>,
         known: &dyn Fn(&str, Stamp) -> Option<Verdict>,
+        on_core: bool,
     ) -> Resolution {
         let rel = Self::relative_path(name);
         let mut broken = Vec::new();
         for entry in &self.entries {
             let path = join(&entry.prefix, &rel);
-            let Some(stamp) = self.stamp(&path) else {
+            let Some((stamp, bytes)) = self.fetch(&path, on_core) else {
                 continue;
             };
             let verdict = match known(&path, stamp) {
                 Some(v) => v,
-                None => {
-                    let Some(bytes) = self.read(&path) else {
-                        continue;
-                    };
-                    match check(&path, &bytes) {
-                        Ok(()) => Verdict::Compiles(Arc::new(Source {
-                            path: path.clone(),
-                            position: entry.position,
-                            stamp,
-                            bytes: Arc::from(bytes),
-                        })),
-                        Err(error) => Verdict::Broken(BrokenFile {
-                            path: path.clone(),
-                            stamp,
-                            error,
-                        }),
-                    }
-                }
+                None => match check(&path, &bytes) {
+                    Ok(()) => Verdict::Compiles(Arc::new(Source {
+                        path: path.clone(),
+                        position: entry.position,
+                        stamp,
+                        bytes,
+                    })),
+                    Err(error) => Verdict::Broken(BrokenFile {
+                        path: path.clone(),
+                        stamp,
+                        error,
+                    }),
+                },
             };
             match verdict {
                 Verdict::Compiles(source) => {
@@ -190,30 +199,30 @@ impl Library {
             .collect()
     }
 
-    /// The stamp of a file that exists (`Some(None)` for a built-in script).
-    fn stamp(&self, path: &str) -> Option<Stamp> {
-        match path.strip_prefix(BUILTIN_ROOT) {
-            Some(rest) => {
-                let rest = rest.trim_start_matches('/');
-                self.embedded
-                    .iter()
-                    .any(|(p, _)| *p == rest)
-                    .then_some(None)
-            }
-            None => stamp_of(Path::new(path)).map(Some),
+    /// The stamp and bytes of a file that exists (stamp `None` for a built-in script), from
+    /// the image; a file the image does not cover (it is past the image's limits) is read
+    /// here, on the calling thread.
+    fn fetch(&self, path: &str, on_core: bool) -> Option<(Stamp, Arc<[u8]>)> {
+        if let Some(rest) = path.strip_prefix(BUILTIN_ROOT) {
+            let rest = rest.trim_start_matches('/');
+            return self
+                .embedded
+                .iter()
+                .find(|(p, _)| *p == rest)
+                .map(|(_, src)| (None, Arc::from(src.as_bytes())));
         }
-    }
-
-    fn read(&self, path: &str) -> Option<Vec<u8>> {
-        match path.strip_prefix(BUILTIN_ROOT) {
-            Some(rest) => {
-                let rest = rest.trim_start_matches('/');
-                self.embedded
-                    .iter()
-                    .find(|(p, _)| *p == rest)
-                    .map(|(_, src)| src.as_bytes().to_vec())
+        match self.image.lookup(path) {
+            image::Lookup::Found(file) => Some((Some(file.stamp), file.bytes)),
+            image::Lookup::Missing => None,
+            image::Lookup::NotCovered => {
+                let stamp = image::stamp_of(Path::new(path))?;
+                let bytes = if on_core {
+                    image::read_on_this_thread(path, "a script's first load")
+                } else {
+                    std::fs::read(path)
+                };
+                Some((Some(stamp), Arc::from(bytes.ok()?)))
             }
-            None => std::fs::read(path).ok(),
         }
     }
 }
@@ -224,17 +233,6 @@ fn join(prefix: &str, rel: &str) -> String {
     } else {
         format!("{}/{}", prefix.trim_end_matches('/'), rel)
     }
-}
-
-/// Size and mtime (ns) of a regular file, or `None` if there is none.
-fn stamp_of(path: &Path) -> Option<(u64, i64)> {
-    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64);
-    Some((meta.len(), mtime))
 }
 
 #[cfg(test)]

@@ -232,19 +232,26 @@ mod tests {
             matches!(loader.load(&lua, "missing").unwrap(), Lookup::NotFound(p) if p == "missing")
         );
         // A missing name is not recorded (client-chosen names cannot grow the tables), and
-        // is found once its file exists.
+        // is found once its file exists and the reloader's scan has walked it into the image
+        // (a load never looks at the file system itself).
         assert!(library.snapshot().iter().all(|(n, _)| n != "missing"));
         std::fs::write(pkg.join("missing.lua"), "return 'here now'").unwrap();
+        assert!(
+            matches!(loader.load(&lua, "missing").unwrap(), Lookup::NotFound(_)),
+            "not in the image before a scan"
+        );
+        library.image.refresh();
         match loader.load(&lua, "missing").unwrap() {
             Lookup::Found(l) => assert_eq!(l.chunk.call::<String>(()).unwrap(), "here now"),
             Lookup::NotFound(_) => panic!("the new file is not found"),
         }
-        // A second state gets the same resolution without reading the files again.
+        // A second state gets the same resolution, even once the image holds a newer file.
         std::fs::write(
             rollback.join("m.lua"),
             "return 'changed behind the reloader'",
         )
         .unwrap();
+        library.image.refresh();
         let other = ScriptLoader::new(library);
         match other.load(&Lua::new(), "m").unwrap() {
             Lookup::Found(l) => assert_eq!(l.chunk.call::<String>(()).unwrap(), "rollback"),

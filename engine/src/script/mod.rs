@@ -14,6 +14,7 @@ pub mod crypto;
 mod decoder_props;
 pub mod fastpath;
 pub mod host;
+pub mod image;
 pub mod library;
 pub mod loader;
 pub mod logger;

@@ -17,6 +17,7 @@ use super::pool::Pool;
 use crate::net::admission::Gate;
 use crate::net::conn::{errno_of, Conn};
 use crate::net::id::ConnId;
+use crate::net::listener::Destination;
 use crate::net::sockaddr::{self, SockAddr};
 use crate::net::url::{BrokerUrl, Scheme};
 use crate::net::{listener, udp};
@@ -517,18 +518,20 @@ fn join(lua: &Lua, (url, timeout): (String, f64)) -> mlua::Result<MultiValue> {
         tracing::warn!("broker.join `{url}`: ws:// is a listener scheme only");
         return (false, libc::EINVAL).into_lua_multi(lua);
     }
-    let addr = match listener::resolve(&parsed) {
-        Ok(addr) => addr,
+    let frame = parsed.frame;
+    // A host name is looked up in the background, like the connect itself.
+    let to = match Destination::of(parsed) {
+        Ok(to) => to,
         Err(err) => {
             tracing::warn!("broker.join `{url}`: {err}");
             return (false, errno_of(&err)).into_lua_multi(lua);
         }
     };
-    let conn = Conn::new(core.next_conn_id(), parsed.frame);
+    let conn = Conn::new(core.next_conn_id(), frame);
     let id = conn.id.raw();
     core.add_conn(conn.clone());
     let timeout = Duration::from_millis(timeout.max(1.0) as u64);
-    listener::join(&core, conn, addr, timeout);
+    listener::join(&core, conn, to, timeout);
     (true, id).into_lua_multi(lua)
 }
 

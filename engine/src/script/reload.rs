@@ -2,10 +2,11 @@
 //! core of the process switches to a new version of them at a message boundary.
 //!
 //! **How.** Every `%reflush` msec (at least every [`MIN_POLL`]), and at once when asked
-//! ([`request`] / [`request_with`]: the admin endpoint's `POST /reload`), the thread
-//! re-resolves every script name the process has loaded (`%package` search, size and mtime)
-//! and reads and compiles (syntax check, in its own Lua state) only the files whose stamp
-//! changed. All of that happens on this thread, never on a core. If something changed, it
+//! ([`request`] / [`request_with`]: the admin endpoint's `POST /reload`), the thread walks
+//! the `%package` directories into the file image (`image`: it reads only the files whose
+//! size or mtime changed; first loads on the cores read the image), re-resolves every script
+//! name the process has loaded and compiles (syntax check, in its own Lua state) only the
+//! files whose stamp changed. All of that happens on this thread, never on a core. If something changed, it
 //! posts one [`Batch`] ("version N: these scripts") to every core's inbox. Each core
 //! installs it between two messages (no callback is running then) and acknowledges; when
 //! every core has, the version is committed ([`Library::commit`]) and the requesters hear
@@ -199,6 +200,12 @@ pub fn start(node: &Arc<Node>) -> Arc<Library> {
         })
         .library
         .clone()
+}
+
+/// The process's script library, if a Lua state has started it (`None` in a tool that runs
+/// no node, such as `stage --check`).
+pub fn library() -> Option<Arc<Library>> {
+    RELOADER.get().map(|r| r.library.clone())
 }
 
 /// Asks this process for a reload now: the reloader scans the script files (off every core)
@@ -400,6 +407,8 @@ impl Watcher {
     /// Re-resolves every loaded name. A file that does not compile and was not already
     /// passed over by the running version refuses the whole scan.
     fn scan(&mut self, library: &Library) -> Scan {
+        // New and edited files reach the image (what first loads on the cores read) here.
+        library.image.refresh();
         let mut changed = Vec::new();
         let mut refused: Vec<BrokenFile> = Vec::new();
         let lua = &self.lua;
@@ -435,6 +444,7 @@ impl Watcher {
                 &name,
                 &mut |path, bytes| compile(lua, path, bytes).map(drop),
                 &known,
+                false,
             );
             let newly_broken: Vec<BrokenFile> = next
                 .broken

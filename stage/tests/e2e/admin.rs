@@ -626,3 +626,79 @@ fn service_counters_move_with_index_ticket_route_and_curl_traffic() {
     let routed = |s: &Samples| total(s, "stage_messages_routed_total", &[("policy", "one")]);
     assert!(routed(&after) - routed(&before) >= 6.0);
 }
+
+/// Scripts and data files under `%package` come from the process's file image: a core loads
+/// a script and reads a `.json` file there without a file system call (no blocking call is
+/// counted), a script added while the node runs is found after the next scan, and a data
+/// file outside every `%package` directory is still read — each read counted as a blocking
+/// call on a core, the first one logged.
+#[test]
+fn files_under_package_come_from_the_image_and_a_read_outside_is_counted() {
+    let admin = free_port();
+    let outside = tempfile::tempdir().unwrap();
+    let prices = outside.path().join("prices.json");
+    std::fs::write(&prices, r#"{"gem": 30}"#).unwrap();
+    let config = format!(
+        r##"{{ "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
+             "lua.so": {{ "%package": ["."], "%reflush": 50, "lua.so+stage": "start" }} }}"##
+    );
+    let script = format!(
+        "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+           return function (s, data)
+             local m = data.message
+             if m == 'items' then return {{ v = bundle.json('./data//items.json', {{'sword', 'damage'}}) }} end
+             if m == 'added' then
+               return stage.load('added', function (v) return {{ v = v or 'missing' }} end)
+             end
+             if m == 'outside' then return {{ v = bundle.json('{}', 'gem') }} end
+           end
+         end)",
+        prices.display()
+    );
+    let server = Server::start(
+        &config,
+        &[
+            ("start.lua", script.as_str()),
+            ("data/items.json", r#"{"sword": {"damage": 12}}"#),
+        ],
+    );
+    let blocking = || {
+        total(
+            &scrape(admin, None),
+            "stage_limit_hits_total",
+            &[("limit", "blocking_on_core")],
+        )
+    };
+    let ask = |name: &str| {
+        let mut conn = server.connect();
+        conn.write_all(&message(name, &[])).unwrap();
+        read_reply(&mut conn).get("v").cloned()
+    };
+
+    assert_eq!(ask("items").and_then(|v| v.as_i64()), Some(12));
+    assert_eq!(
+        ask("added").as_ref().and_then(Bson::as_str),
+        Some("missing")
+    );
+    assert_eq!(blocking(), 0.0, "nothing under %package is read on a core");
+
+    // Written after the start: the next scan (`%reflush` 50 ms) walks it into the image.
+    std::fs::write(server.path("added.lua"), "return 'added later'").unwrap();
+    server.wait_reply("the added script", &message("added", &[]), |reply| {
+        reply.get("v").and_then(Bson::as_str) == Some("added later")
+    });
+    assert_eq!(blocking(), 0.0);
+
+    assert_eq!(ask("outside").and_then(|v| v.as_i64()), Some(30));
+    assert_eq!(ask("outside").and_then(|v| v.as_i64()), Some(30));
+    assert_eq!(blocking(), 2.0, "each read outside %package is counted");
+    server.wait_log("blocks this core until it returns");
+    assert_eq!(
+        server
+            .log()
+            .matches("blocks this core until it returns")
+            .count(),
+        1,
+        "logged once"
+    );
+}

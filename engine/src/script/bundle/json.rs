@@ -5,7 +5,10 @@
 //! Input forms:
 //! * a string whose first non-blank character is `{` or `[` is JSON text;
 //! * any other string is a file name (relative to the working directory), read and parsed; a
-//!   UTF-8 byte-order mark is skipped;
+//!   UTF-8 byte-order mark is skipped. A `.json` file under a `%package` directory comes from
+//!   the process's file image (`script::image`: no file system call on a core, edits seen at
+//!   the next `%reflush` scan); any other file is read on the calling thread (counted and
+//!   logged once);
 //! * a table is encoded to JSON text (compact, no whitespace);
 //! * a function is called with no arguments and its first result is converted as above (a
 //!   function returning a function is an error, not a loop).
@@ -73,7 +76,7 @@ pub(super) fn json(lua: &Lua, args: MultiValue) -> Res<MultiValue> {
                 parse(lua, &bytes, "", &sel)?
             } else {
                 let name = s.to_string_lossy();
-                let text = std::fs::read(&*name)
+                let text = read_file(&name)
                     .or_else(|e| fail(format!("bundle.json: cannot read {name:?}: {e}")))?;
                 let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&text);
                 parse(lua, text, &format!("{name}: "), &sel)?
@@ -95,6 +98,23 @@ pub(super) fn json(lua: &Lua, args: MultiValue) -> Res<MultiValue> {
         }
     };
     Ok(MultiValue::from_vec(vec![result]))
+}
+
+/// A data file's bytes: from the process's file image when the file lies under a `%package`
+/// directory (no file system call on a core), else read here (counted, logged once).
+fn read_file(name: &str) -> std::io::Result<std::sync::Arc<[u8]>> {
+    use crate::script::image::{read_on_this_thread, Lookup};
+    let Some(library) = crate::script::reload::library() else {
+        return std::fs::read(name).map(std::sync::Arc::from);
+    };
+    match library.image.lookup(name) {
+        Lookup::Found(file) => Ok(file.bytes),
+        Lookup::Missing => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file under the %package directories (as of their last scan, every %reflush)",
+        )),
+        Lookup::NotCovered => read_on_this_thread(name, "bundle.json").map(std::sync::Arc::from),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -450,6 +450,10 @@ fn open(file: String, layout: Layout, start: u64, rows: Option<u64>) -> Res<View
     let io = |what: &str, e: std::io::Error| -> Res<View> {
         fail(format!("bundle.viewof: cannot {what} {file:?}: {e}"))
     };
+    crate::node::blocking::note(
+        crate::node::blocking::Kind::ViewofOpen,
+        &format!("bundle.viewof of {file:?}"),
+    );
     let handle = match OpenOptions::new()
         .read(true)
         .write(true)
@@ -618,6 +622,12 @@ fn commit(_: &Lua, ud: &AnyUserData, args: Vec<Value>) -> Res<MultiValue> {
         }
     };
     let mut view = ud.borrow_mut::<View>()?;
+    if view.map.is_some() && flags == libc::MS_SYNC {
+        crate::node::blocking::note(
+            crate::node::blocking::Kind::ViewofSync,
+            &format!("commit('sync') of the view of {:?}", view.file),
+        );
+    }
     if let Some(m) = &view.map {
         // SAFETY: the whole live mapping, page-aligned as mmap returned it.
         if unsafe { libc::msync(m.base.cast(), m.len, flags) } != 0 {
