@@ -63,6 +63,19 @@ log4cxx = logger
 
 -- The original's preload copies every bundle function into `stage` (spec/stage.md §2).
 for name, f in pairs(bundle) do stage[name] = f end
+
+-- `buffer.commit('sync', fn)` on a core: the msync runs off the core
+-- (engine/src/script/bundle/viewof_sync.rs); fn(true) or fn(false, err) runs here, as the
+-- stage that committed, once the rows are on disk.
+local synced = {} -- handle -> { f, stage }
+E.viewof_keeper(function(h, f) synced[h] = { f = f, stage = P.stage } end)
+P.posts.viewof_synced = function(m)
+  local kept = synced[m.h]
+  if kept == nil then return end
+  synced[m.h] = nil
+  P.stage, P.waitfor = kept.stage, nil
+  P.try("viewof commit callback", kept.f, m.e == nil, m.e)
+end
 -- The platform modules are `require`-able as in the original (`odbc` in odbc.lua).
 package.loaded.broker, package.loaded.bundle, package.loaded.logger = broker, bundle, logger
 package.loaded.stage = stage

@@ -4,7 +4,8 @@
 //! — but it stalls every connection, timer and stage of the core meanwhile, so each one made
 //! on a core counts in `stage_limit_hits_total{limit="blocking_on_core"}` and the first of
 //! each kind in the process is logged with what to do instead. The same calls on a
-//! `thread.new` pool thread (made for blocking work) are neither counted nor logged.
+//! `thread.new` pool thread (made for blocking work), or on a core still booting (main
+//! scripts, before it serves), are neither counted nor logged.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -37,7 +38,7 @@ impl Kind {
             Kind::FileRead => {
                 "the file is not in the file image (outside every %package directory, not a \
                  .lua or .json file, or past the image's limits): put it under a %package \
-                 directory, or read it in a thread.new function"
+                 directory, read it in the main script, or in a thread.new function"
             }
             Kind::ViewofOpen => {
                 "bundle.viewof opens and maps its file on the calling thread: open views once, \
@@ -56,9 +57,10 @@ impl Kind {
 }
 
 /// Notes a blocking call of `kind` about to run on the calling thread (`what` names it for
-/// the log line); counts it when that thread is a core.
+/// the log line); counts it when that thread is a core that serves (while a core boots —
+/// `%preload`, main scripts — it has no client to stall yet).
 pub fn note(kind: Kind, what: &str) {
-    if super::runtime::try_current().is_none() {
+    if !super::runtime::try_current().is_some_and(|core| core.is_serving()) {
         return;
     }
     ON_CORE.fetch_add(1, Ordering::Relaxed);

@@ -38,6 +38,8 @@ pub enum PostKind {
     IndexDone,
     /// An index.so open thread finished an open of this core's shard (`{t = stage}`).
     IndexOpen,
+    /// A `commit('sync', fn)` of a `bundle.viewof` buffer reached the disk (`{h, e}`).
+    ViewofSynced,
     /// lotus work for this core (`script::lotus::posts`): handled by the engine, not the
     /// prelude.
     Lotus,
@@ -45,7 +47,7 @@ pub enum PostKind {
 
 impl PostKind {
     /// Every kind, for tests and for listing.
-    pub const ALL: [PostKind; 16] = [
+    pub const ALL: [PostKind; 17] = [
         PostKind::Msg,
         PostKind::Gather,
         PostKind::Inject,
@@ -61,6 +63,7 @@ impl PostKind {
         PostKind::HttpDone,
         PostKind::IndexDone,
         PostKind::IndexOpen,
+        PostKind::ViewofSynced,
         PostKind::Lotus,
     ];
 
@@ -82,6 +85,7 @@ impl PostKind {
             PostKind::HttpDone => "http_done",
             PostKind::IndexDone => "index_done",
             PostKind::IndexOpen => "index_open",
+            PostKind::ViewofSynced => "viewof_synced",
             PostKind::Lotus => "lotus",
         }
     }

@@ -79,6 +79,13 @@ pub fn handle_here(core: usize, msg: CoreMsg) -> Option<CoreMsg> {
     }
 }
 
+impl Core {
+    /// Whether the core has booted and serves (connections, timers, its inbox).
+    pub fn is_serving(&self) -> bool {
+        self.serving.get()
+    }
+}
+
 pub struct Core {
     pub index: usize,
     pub node: Arc<Node>,
@@ -108,6 +115,8 @@ pub struct Core {
     /// This core's counters (connections, callbacks, service shards), read on a scrape.
     pub stats: CoreStats,
     pub stop: Notify,
+    /// Set once the core's services and main scripts have booted and it reads its inbox.
+    serving: Cell<bool>,
 }
 
 /// Spawns one pinned executor per CPU in `node.cpus`, each with the script host `hosts`
@@ -168,6 +177,7 @@ async fn run_core(
         timed: RefCell::new(HashMap::new()),
         stats: CoreStats::default(),
         stop: Notify::default(),
+        serving: Cell::new(false),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(core.clone()));
     CURRENT_RAW.with(|c| c.set(Rc::as_ptr(&core)));
@@ -221,7 +231,9 @@ async fn run_core(
     let spin = node.plan.spin;
     let inbox_task =
         glommio::spawn_local(inbox.run_spinning(spin, move |msg| inbox_core.handle(msg))).detach();
-    // Booted: from now on the watchdog expects this core to beat (`node::watchdog`).
+    // Booted: from now on the watchdog expects this core to beat (`node::watchdog`), and a
+    // blocking call a script makes on it stalls clients (`node::blocking`).
+    core.serving.set(true);
     glommio::spawn_local(beat(node.clone(), index, core.stop.clone())).detach();
     // Other processes learn about this one only now that core 0's stages have booted.
     if let Some(peers) = node.peers.clone().filter(|_| index == 0) {

@@ -40,6 +40,12 @@ pub fn register(lua: &Lua, e: &Table) -> mlua::Result<()> {
     e.set("listener_props", lua.create_function(listener_props)?)?;
     e.set("listener_close", lua.create_function(listener_close)?)?;
     e.set("load", lua.create_function(load)?)?;
+    e.set(
+        "viewof_keeper",
+        lua.create_function(|lua, keep: mlua::Function| {
+            super::bundle::viewof_sync::set_keeper(lua, keep)
+        })?,
+    )?;
     super::messaging::register(lua, e)?;
     super::cluster::register(lua, e)?;
     super::shared::register(lua, e)?;

@@ -702,3 +702,81 @@ fn files_under_package_come_from_the_image_and_a_read_outside_is_counted() {
         "logged once"
     );
 }
+
+/// `commit('sync', fn)` on a core: the `msync` runs off the core and `fn(true)` answers the
+/// client once the row is on disk, counting no blocking call; opening a view and
+/// `commit('sync')` without a callback still wait on the core, and are counted.
+#[test]
+fn a_viewof_commit_with_a_callback_waits_off_the_core() {
+    let admin = free_port();
+    let config = format!(
+        r##"{{ "#threads": 1, "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
+             "lua.so": {{ "%package": ["."], "%reflush": 0, "lua.so+stage": "start" }} }}"##
+    );
+    let server = Server::start(
+        &config,
+        &[(
+            "start.lua",
+            "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+               return function (s, data)
+                 if data.message == 'open' then
+                   SCORES = bundle.viewof({ 'scores.bin', 'i' }, 4)
+                   return { ok = true }
+                 end
+                 if data.message == 'save' then
+                   SCORES[1] = data.n
+                   SCORES:commit('sync', function (ok, err)
+                     s.commit({ ok = ok, err = err, n = SCORES[1] })
+                   end)
+                   return
+                 end
+                 SCORES[2] = data.n
+                 SCORES:commit('sync')
+                 return { ok = true, n = SCORES[2] }
+               end
+             end)",
+        )],
+    );
+    let blocking = || {
+        total(
+            &scrape(admin, None),
+            "stage_limit_hits_total",
+            &[("limit", "blocking_on_core")],
+        )
+    };
+    let save = |name: &str, n: i32| {
+        let mut conn = server.connect();
+        conn.write_all(&message(name, &[("n", Bson::Int32(n))]))
+            .unwrap();
+        read_reply(&mut conn)
+    };
+    let on_disk = |row: usize| {
+        let bytes = std::fs::read(server.path("scores.bin")).unwrap();
+        i32::from_ne_bytes(bytes[row * 4..row * 4 + 4].try_into().unwrap())
+    };
+
+    assert_eq!(save("open", 0).get("ok"), Some(&Bson::Bool(true)));
+    assert_eq!(
+        blocking(),
+        1.0,
+        "opening a view on a serving core is counted"
+    );
+    let reply = save("save", 41);
+    assert_eq!(reply.get("ok"), Some(&Bson::Bool(true)), "{reply:?}");
+    assert_eq!(reply.get("n").and_then(Bson::as_i64), Some(41));
+    assert_eq!(on_disk(0), 41);
+    assert_eq!(
+        blocking(),
+        1.0,
+        "a commit with a callback waits off the core"
+    );
+
+    let reply = save("save-waiting", 42);
+    assert_eq!(reply.get("n").and_then(Bson::as_i64), Some(42));
+    assert_eq!(on_disk(1), 42);
+    assert_eq!(
+        blocking(),
+        2.0,
+        "commit('sync') without a callback is counted"
+    );
+}

@@ -21,6 +21,7 @@ mod json;
 mod proxy;
 mod random;
 mod viewof;
+pub(crate) mod viewof_sync;
 
 use std::ffi::c_void;
 

@@ -35,8 +35,10 @@
 //! assembled aside and copied in one go). A row outside `1..count` is an error.
 //! Fields: `size` (record bytes; alias `row_size`), `count` (rows; alias `rows`), `file`,
 //! and `#buf`. Methods (call with `.` or `:`):
-//! * `commit(['sync'|'async'])`: `msync` (default `'sync'`, waits for the disk) and forgets
-//!   the rollback journal; returns true.
+//! * `commit(['sync'|'async'] [, fn])`: `msync` (default `'sync'`, waits for the disk) and
+//!   forgets the rollback journal; returns true. With `fn` ('sync' only) the wait happens off
+//!   the core (`viewof_sync`: glommio's blocking thread) and `fn(true)` or `fn(false, error)`
+//!   runs on the core once the rows are on disk; commit returns at once.
 //! * `rollback()`: restores every row written through this buffer since it was made or last
 //!   committed, returns how many rows it restored. Writes are live in the shared mapping, so
 //!   other processes may have seen the intermediate values; rollback undoes, it does not
@@ -52,6 +54,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use mlua::{AnyUserData, Lua, MultiValue, Table, UserData, UserDataFields, UserDataMethods, Value};
 
@@ -243,10 +246,28 @@ fn parse_format(specs: &[String]) -> Res<Layout> {
     })
 }
 
-/// One `mmap`ed range; unmapped on drop.
-struct Mapping {
+/// One `mmap`ed range; unmapped on drop (after the last holder: the buffer, or a
+/// `commit('sync', fn)` in flight on glommio's blocking thread).
+pub(super) struct Mapping {
     base: *mut u8,
     len: usize,
+}
+
+// SAFETY: another thread only ever calls `msync` on the range (`viewof_sync`), which the
+// kernel allows concurrently with reads and writes of a shared mapping; rows are copied in
+// and out by the owning thread only, and munmap runs once, when the last `Arc` drops.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// `msync` of the whole range with `flags` (`MS_SYNC` waits for the disk).
+    pub(super) fn sync(&self, flags: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: the whole live mapping, page-aligned as mmap returned it.
+        if unsafe { libc::msync(self.base.cast(), self.len, flags) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Mapping {
@@ -260,7 +281,7 @@ impl Drop for Mapping {
 
 /// The buffer object scripts hold.
 pub struct View {
-    map: Option<Mapping>,
+    map: Option<Arc<Mapping>>,
     /// Offset of row 1 inside the mapping (the mapping starts on a page boundary).
     data_off: usize,
     layout: Layout,
@@ -518,10 +539,10 @@ fn open(file: String, layout: Layout, start: u64, rows: Option<u64>) -> Res<View
     if base == libc::MAP_FAILED {
         return io("map", std::io::Error::last_os_error());
     }
-    view.map = Some(Mapping {
+    view.map = Some(Arc::new(Mapping {
         base: base.cast(),
         len,
-    });
+    }));
     view.data_off = (start - aligned) as usize;
     Ok(view)
 }
@@ -606,7 +627,7 @@ fn newindex(_: &Lua, args: MultiValue) -> Res<MultiValue> {
     Ok(MultiValue::new())
 }
 
-fn commit(_: &Lua, ud: &AnyUserData, args: Vec<Value>) -> Res<MultiValue> {
+fn commit(lua: &Lua, ud: &AnyUserData, args: Vec<Value>) -> Res<MultiValue> {
     let flags = match args.first() {
         None | Some(Value::Nil) => libc::MS_SYNC,
         Some(Value::String(s)) if s.as_bytes().as_ref() == b"sync" => libc::MS_SYNC,
@@ -621,24 +642,58 @@ fn commit(_: &Lua, ud: &AnyUserData, args: Vec<Value>) -> Res<MultiValue> {
             ))
         }
     };
+    let done = match args.get(1) {
+        None | Some(Value::Nil) => None,
+        Some(Value::Function(f)) if flags == libc::MS_SYNC => Some(f.clone()),
+        Some(other) => {
+            return fail(format!(
+                "bundle.viewof: commit's callback goes with 'sync' and must be a function, got {}",
+                type_name(other)
+            ))
+        }
+    };
     let mut view = ud.borrow_mut::<View>()?;
-    if view.map.is_some() && flags == libc::MS_SYNC {
+    let Some(map) = view.map.clone() else {
+        view.journal.clear();
+        drop(view);
+        if let Some(done) = done {
+            call_user(lua, &done, MultiValue::from_vec(vec![Value::Boolean(true)]))?;
+        }
+        return Ok(MultiValue::from_vec(vec![Value::Boolean(true)]));
+    };
+    let file = view.file.clone();
+    if done.is_some() {
+        // Committed from the script's point of view: rollback starts over from here.
+        view.journal.clear();
+    }
+    drop(view);
+    if let Some(done) = done {
+        if super::viewof_sync::start(lua, map.clone(), &file, done.clone())? {
+            return Ok(MultiValue::from_vec(vec![Value::Boolean(true)]));
+        }
+        // Not on a core: sync here, then tell `done`.
+        let result = match map.sync(libc::MS_SYNC) {
+            Ok(()) => vec![Value::Boolean(true)],
+            Err(e) => vec![
+                Value::Boolean(false),
+                Value::String(
+                    lua.create_string(format!("bundle.viewof: commit of {file:?} failed: {e}"))?,
+                ),
+            ],
+        };
+        call_user(lua, &done, MultiValue::from_vec(result))?;
+        return Ok(MultiValue::from_vec(vec![Value::Boolean(true)]));
+    }
+    if flags == libc::MS_SYNC {
         crate::node::blocking::note(
             crate::node::blocking::Kind::ViewofSync,
-            &format!("commit('sync') of the view of {:?}", view.file),
+            &format!("commit('sync') of the view of {file:?}"),
         );
     }
-    if let Some(m) = &view.map {
-        // SAFETY: the whole live mapping, page-aligned as mmap returned it.
-        if unsafe { libc::msync(m.base.cast(), m.len, flags) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return fail(format!(
-                "bundle.viewof: commit of {:?} failed: {e}",
-                view.file
-            ));
-        }
+    if let Err(e) = map.sync(flags) {
+        return fail(format!("bundle.viewof: commit of {file:?} failed: {e}"));
     }
-    view.journal.clear();
+    ud.borrow_mut::<View>()?.journal.clear();
     Ok(MultiValue::from_vec(vec![Value::Boolean(true)]))
 }
 
@@ -989,6 +1044,29 @@ mod tests {
         // Four packed 50-byte records.
         let bytes = std::fs::read(tmp.path()).unwrap();
         assert_eq!(bytes.len(), 4 * 50);
+    }
+
+    #[test]
+    fn a_commit_with_a_callback_off_a_core_syncs_here_and_calls_it_at_once() {
+        let tmp = TempFile::new("synced");
+        let lua = lua();
+        lua.globals().set("FILE", tmp.path()).unwrap();
+        lua.load(
+            r#"
+            local v = bundle.viewof({ FILE, "i" }, 2)
+            v[2] = 77
+            local heard
+            assert(v:commit("sync", function(ok, err) heard = { ok, err } end) == true)
+            assert(heard and heard[1] == true and heard[2] == nil, "called before commit returns")
+            assert(v:rollback() == 0, "the commit forgot the journal")
+            local ok, e = pcall(v.commit, v, "async", function() end)
+            assert(not ok and e:find("goes with 'sync'"), e)
+        "#,
+        )
+        .exec()
+        .unwrap();
+        let bytes = std::fs::read(tmp.path()).unwrap();
+        assert_eq!(&bytes[4..8], &77i32.to_ne_bytes());
     }
 
     #[test]
