@@ -14,7 +14,8 @@
 //! `stage_limit_hits_total{limit="blocking_on_core"}`) and logged once per process: a
 //! `bundle.json` file outside every `%package` directory or of another kind, and files past
 //! the image's limits
-//! ([`MAX_FILES`], [`MAX_BYTES`], [`MAX_DEPTH`]; reaching one is logged once per process). A
+//! ([`MAX_FILES`], [`MAX_BYTES`], [`MAX_ENTRIES`], [`MAX_DEPTH`]; reaching one is logged once
+//! per process). A
 //! path that climbs with `..` is never in the image: script names cannot leave their
 //! `%package` directory.
 
@@ -27,7 +28,10 @@ use std::time::UNIX_EPOCH;
 /// Most files the image holds; a tree with more is held in part (the rest is read on demand).
 pub const MAX_FILES: usize = 20_000;
 /// Most bytes the image holds (the sum of its files' sizes).
-pub const MAX_BYTES: u64 = 256 << 20;
+pub const MAX_BYTES: u64 = 64 << 20;
+/// Most directory entries (of any kind) one walk looks at: a `%package` entry that names a
+/// big tree (a home directory) costs one bounded walk per scan, not a walk of everything.
+pub const MAX_ENTRIES: usize = 50_000;
 /// Deepest directory walked below a `%package` directory (also stops symlink loops).
 pub const MAX_DEPTH: usize = 16;
 /// The file kinds a script reads: sources, and data for `bundle.json`.
@@ -43,7 +47,6 @@ pub struct ImageFile {
 }
 
 /// What one walk found.
-#[derive(Default)]
 struct Snapshot {
     files: HashMap<String, ImageFile>,
     /// False when a limit left files out: a miss then proves nothing.
@@ -87,7 +90,10 @@ impl Image {
             files: HashMap::with_capacity(previous.files.len()),
             complete: true,
         };
-        let mut bytes = 0u64;
+        let mut budget = Budget {
+            bytes: 0,
+            entries: 0,
+        };
         for root in &self.roots {
             walk(
                 Path::new(root),
@@ -95,14 +101,14 @@ impl Image {
                 0,
                 &previous,
                 &mut next,
-                &mut bytes,
+                &mut budget,
             );
         }
         if !next.complete && !FULL_LOGGED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "the %package directories hold more than the file image takes ({MAX_FILES} files, \
-                 {MAX_BYTES} bytes, {MAX_DEPTH} levels): files past it are read on the core \
-                 that asks for them (counted as stage_limit_hits_total{{limit=\"blocking_on_core\"}})"
+                 {MAX_BYTES} bytes, {MAX_ENTRIES} entries walked, {MAX_DEPTH} levels): files \
+                 past it are read on the core that asks for them (counted as stage_limit_hits_total{{limit=\"blocking_on_core\"}})"
             );
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
@@ -170,18 +176,29 @@ fn stamp_from(meta: &std::fs::Metadata) -> (u64, i64) {
     (meta.len(), mtime)
 }
 
+/// What one walk has used of the limits.
+struct Budget {
+    bytes: u64,
+    entries: usize,
+}
+
 fn walk(
     dir: &Path,
     key: &str,
     depth: usize,
     previous: &Snapshot,
     next: &mut Snapshot,
-    bytes: &mut u64,
+    budget: &mut Budget,
 ) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
+        budget.entries += 1;
+        if budget.entries > MAX_ENTRIES {
+            next.complete = false;
+            return;
+        }
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.starts_with('.') {
@@ -198,14 +215,14 @@ fn walk(
                 next.complete = false;
                 continue;
             }
-            walk(&path, &child, depth + 1, previous, next, bytes);
+            walk(&path, &child, depth + 1, previous, next, budget);
         } else if meta.is_file() {
             let kind = Path::new(name).extension().and_then(|e| e.to_str());
             if !kind.is_some_and(|k| EXTENSIONS.contains(&k)) || next.files.contains_key(&child) {
                 continue;
             }
             let stamp = stamp_from(&meta);
-            if next.files.len() >= MAX_FILES || *bytes + stamp.0 > MAX_BYTES {
+            if next.files.len() >= MAX_FILES || budget.bytes + stamp.0 > MAX_BYTES {
                 next.complete = false;
                 continue;
             }
@@ -221,7 +238,7 @@ fn walk(
                     Err(_) => continue,
                 },
             };
-            *bytes += file.stamp.0;
+            budget.bytes += file.stamp.0;
             next.files.insert(child, file);
         }
     }
