@@ -31,8 +31,7 @@ pub enum Destination {
 impl Destination {
     /// An IP literal host resolves at once (no lookup); a name is looked up by `join`.
     pub fn of(url: BrokerUrl) -> std::io::Result<Destination> {
-        let host = url.host.trim_start_matches('[').trim_end_matches(']');
-        if host.parse::<std::net::IpAddr>().is_ok() {
+        if names_an_address(&url) {
             resolve(&url).map(Destination::Address)
         } else {
             Ok(Destination::Name(url))
@@ -40,11 +39,16 @@ impl Destination {
     }
 }
 
+/// Whether a broker URL's host is an IP literal (no lookup needed).
+fn names_an_address(url: &BrokerUrl) -> bool {
+    let host = url.host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// Resolves a broker URL's host to the first socket address.
 pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {
-    let host = url.host.trim_start_matches('[').trim_end_matches(']');
-    if host.parse::<std::net::IpAddr>().is_err() {
-        super::lookup::before(host);
+    if !names_an_address(url) {
+        super::lookup::before(&url.host);
     }
     url.authority()
         .to_socket_addrs()?

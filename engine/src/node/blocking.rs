@@ -25,14 +25,13 @@ pub enum Kind {
     Lookup,
 }
 
-static LOGGED: [AtomicBool; 4] = [
-    AtomicBool::new(false),
-    AtomicBool::new(false),
-    AtomicBool::new(false),
-    AtomicBool::new(false),
-];
+/// Whether the first call of each kind was logged, indexed by `Kind as usize`.
+static LOGGED: [AtomicBool; Kind::COUNT] = [const { AtomicBool::new(false) }; Kind::COUNT];
 
 impl Kind {
+    /// How many kinds there are (the last variant's index + 1).
+    const COUNT: usize = Kind::Lookup as usize + 1;
+
     fn advice(self) -> &'static str {
         match self {
             Kind::FileRead => {

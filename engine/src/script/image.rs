@@ -56,6 +56,8 @@ struct Snapshot {
 /// The image of the files under `roots` (the `%package` directories, as configured).
 pub struct Image {
     roots: Vec<String>,
+    /// The roots as lookup keys ([`normalize`]d once, not on every miss).
+    root_keys: Vec<String>,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -73,6 +75,7 @@ impl Image {
     /// core serves).
     pub fn new(roots: Vec<String>) -> Image {
         let image = Image {
+            root_keys: roots.iter().map(|r| normalize(r)).collect(),
             roots,
             current: RwLock::new(Arc::new(Snapshot {
                 files: HashMap::new(),
@@ -94,15 +97,8 @@ impl Image {
             bytes: 0,
             entries: 0,
         };
-        for root in &self.roots {
-            walk(
-                Path::new(root),
-                &normalize(root),
-                0,
-                &previous,
-                &mut next,
-                &mut budget,
-            );
+        for (root, key) in self.roots.iter().zip(&self.root_keys) {
+            walk(Path::new(root), key, 0, &previous, &mut next, &mut budget);
         }
         if !next.complete && !FULL_LOGGED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -133,7 +129,7 @@ impl Image {
         }
         let kind = Path::new(&key).extension().and_then(|e| e.to_str());
         let covered = kind.is_some_and(|k| EXTENSIONS.contains(&k))
-            && self.roots.iter().any(|root| under(&key, &normalize(root)));
+            && self.root_keys.iter().any(|root| under(&key, root));
         if covered && snapshot.complete {
             Lookup::Missing
         } else {
@@ -142,12 +138,9 @@ impl Image {
     }
 
     /// How many files the image holds.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.snapshot().files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

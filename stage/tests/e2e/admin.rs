@@ -627,6 +627,16 @@ fn service_counters_move_with_index_ticket_route_and_curl_traffic() {
     assert!(routed(&after) - routed(&before) >= 6.0);
 }
 
+/// `stage_limit_hits_total{limit="blocking_on_core"}` as the admin endpoint on `admin` reports
+/// it.
+fn blocking_calls(admin: u16) -> f64 {
+    total(
+        &scrape(admin, None),
+        "stage_limit_hits_total",
+        &[("limit", "blocking_on_core")],
+    )
+}
+
 /// Scripts and data files under `%package` come from the process's file image: a core loads
 /// a script and reads a `.json` file there without a file system call (no blocking call is
 /// counted), a script added while the node runs is found after the next scan, and a data
@@ -662,13 +672,7 @@ fn files_under_package_come_from_the_image_and_a_read_outside_is_counted() {
             ("data/items.json", r#"{"sword": {"damage": 12}}"#),
         ],
     );
-    let blocking = || {
-        total(
-            &scrape(admin, None),
-            "stage_limit_hits_total",
-            &[("limit", "blocking_on_core")],
-        )
-    };
+    let blocking = || blocking_calls(admin);
     let ask = |name: &str| {
         let mut conn = server.connect();
         conn.write_all(&message(name, &[])).unwrap();
@@ -737,13 +741,7 @@ fn a_viewof_commit_with_a_callback_waits_off_the_core() {
              end)",
         )],
     );
-    let blocking = || {
-        total(
-            &scrape(admin, None),
-            "stage_limit_hits_total",
-            &[("limit", "blocking_on_core")],
-        )
-    };
+    let blocking = || blocking_calls(admin);
     let save = |name: &str, n: i32| {
         let mut conn = server.connect();
         conn.write_all(&message(name, &[("n", Bson::Int32(n))]))
