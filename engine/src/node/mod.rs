@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod shared;
 pub mod stages;
 pub mod stats;
+pub mod threads;
 pub mod timed;
 pub mod watchdog;
 

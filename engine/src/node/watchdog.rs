@@ -28,7 +28,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ pub struct Pulses {
     beats: Vec<AtomicU64>,
     /// The watchdog's end of each core's ping socket, once the core listens.
     pings: Vec<OnceLock<UnixStream>>,
+    /// Each core's thread id (0 = not listening yet), to say what a stalled core is doing.
+    tids: Vec<AtomicU32>,
 }
 
 impl Pulses {
@@ -68,11 +70,12 @@ impl Pulses {
         Pulses {
             beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
             pings: (0..cores).map(|_| OnceLock::new()).collect(),
+            tids: (0..cores).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
     /// The socket `core` reads its pings from (non-blocking); the other end stays here for
-    /// [`Pulses::ping`]. Once per core.
+    /// [`Pulses::ping`]. Once per core, on the core's own thread (its id is noted).
     pub fn listen(&self, core: usize) -> std::io::Result<UnixStream> {
         let slot = self
             .pings
@@ -88,6 +91,9 @@ impl Pulses {
                 "the core already listens",
             )
         })?;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        self.tids[core].store(tid, Ordering::Relaxed);
         Ok(reader)
     }
 
@@ -97,6 +103,15 @@ impl Pulses {
         for writer in self.pings.iter().filter_map(OnceLock::get) {
             let _ = (&*writer).write(&[1]);
         }
+    }
+
+    /// What `core`'s thread is doing now, from `/proc` (empty if it is not known).
+    pub fn describe(&self, core: usize) -> String {
+        let tid = self.tids.get(core).map_or(0, |t| t.load(Ordering::Relaxed));
+        if tid == 0 {
+            return String::new();
+        }
+        super::threads::describe_thread(std::process::id() as i32, tid).unwrap_or_default()
     }
 
     pub fn beat(&self, core: usize) {
@@ -168,7 +183,9 @@ fn watch(node: &Node, alive: Option<&Path>) {
         std::thread::sleep(LOOK);
         let now = monotonic_ms();
         let oldest = node.pulses.oldest();
-        report(&mut reported, oldest, now);
+        report(&mut reported, oldest, now, |core| {
+            node.pulses.describe(core)
+        });
         if let (Some(f), Some((_, beat))) = (&file, oldest) {
             let _ = f.write_all_at(&beat.to_le_bytes(), 0);
         }
@@ -178,7 +195,14 @@ fn watch(node: &Node, alive: Option<&Path>) {
     }
 }
 
-fn report(reported: &mut Reported, oldest: Option<(usize, u64)>, now: u64) {
+/// Logs a stall when it starts (with what the core's thread is doing: `describe`), again
+/// every [`REPEAT`] while it lasts, and when it ends.
+fn report(
+    reported: &mut Reported,
+    oldest: Option<(usize, u64)>,
+    now: u64,
+    describe: impl Fn(usize) -> String,
+) {
     let late = |beat: u64| Duration::from_millis(now.saturating_sub(beat));
     match (oldest, reported.stall) {
         (Some((core, beat)), stall) if late(beat) >= STALL => {
@@ -190,8 +214,9 @@ fn report(reported: &mut Reported, oldest: Option<(usize, u64)>, now: u64) {
                 tracing::error!(
                     "watchdog: core {core} has not returned to its event loop for {:.1} s \
                      (a Lua callback that does not return, or blocking work on a core?); its \
-                     connections and stages get no service",
-                    late(beat).as_secs_f64()
+                     connections and stages get no service; its thread: {}",
+                    late(beat).as_secs_f64(),
+                    describe(core)
                 );
                 reported.stall = Some((core, now));
             }

@@ -13,7 +13,8 @@
 //! The watchdog (spec 6.1): each child writes the oldest beat of its cores into its
 //! `alive-N` file in the runtime directory (`node::watchdog`); a child whose cores have not
 //! beaten for 3.1 s (a Lua callback that never returns) is SIGKILLed, and restarted like
-//! any child that died.
+//! any child that died. Before the kill it logs what each of the child's threads is doing
+//! ([`threads`]), the only trace of why the core stopped.
 //!
 //! Everything runs on the one thread that spawned the children: the signals (SIGCHLD
 //! included) are blocked and taken with `sigtimedwait`, so there is no handler and no race
@@ -26,7 +27,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Restart, Startup, StartupEntry};
-use crate::node::{watchdog, STOP_BOUND};
+use crate::node::{threads, watchdog, STOP_BOUND};
 
 pub mod intensity;
 use intensity::History;
@@ -263,10 +264,12 @@ impl Supervisor {
                 continue; // still booting: it has not beaten yet
             };
             if watchdog::overdue(beat, now) {
+                // Read before the kill: afterwards there is nothing left to look at.
                 tracing::error!(
-                    "watchdog: process {} (pid {pid}) has had a core stalled for {:.1} s: killing it",
+                    "watchdog: process {} (pid {pid}) has had a core stalled for {:.1} s: killing it; its threads: {}",
                     child.n,
-                    now.saturating_sub(beat) as f64 / 1000.0
+                    now.saturating_sub(beat) as f64 / 1000.0,
+                    threads::describe(*pid)
                 );
                 child.stalled = true;
                 // SAFETY: plain kill(2) on a child we have not reaped yet (its pid is still ours).

@@ -488,6 +488,14 @@ fn a_process_whose_core_never_returns_is_killed_and_restarted() {
     assert!(!alive(pids[0]), "{log}");
     assert!(log.contains("was killed by signal 9"), "{log}");
     assert_eq!(started_pids(&log, 1).len(), 1, "{log}");
+    // Both reports say what the stalled thread was doing: waiting for `sleep` (os.execute).
+    for report in [
+        "has not returned to its event loop",
+        "watchdog: process 2 (pid",
+    ] {
+        let line = log.lines().find(|l| l.contains(report)).unwrap();
+        assert!(line.contains("syscall=wait4"), "{line}");
+    }
 }
 
 #[test]
