@@ -32,6 +32,9 @@ pub struct Plan {
     pub cpu_ms: u64,
     /// `%spin`: how long a core polls for work after its last task before it parks.
     pub spin: Duration,
+    /// `%blocking`: whether a serving core makes a blocking call a script asks for
+    /// (`node::blocking`).
+    pub blocking: crate::config::BlockingPolicy,
     pub stages: Vec<LuaStage>,
     /// The service stages of this process (index.so), numbered after the Lua stages.
     pub services: Vec<ServiceStage>,
@@ -52,6 +55,7 @@ impl Plan {
             memory: None,
             cpu_ms: 0,
             spin: Duration::ZERO,
+            blocking: crate::config::BlockingPolicy::Count,
             stages: Vec::new(),
             services: Vec::new(),
             args: Vec::new(),
@@ -261,6 +265,7 @@ pub fn build(
             memory: None,
             cpu_ms: crate::config::DEFAULT_CPU_MS,
             spin: Duration::ZERO,
+            blocking: crate::config::BlockingPolicy::Count,
             stages,
             services,
             args,
@@ -275,6 +280,7 @@ pub fn build(
         memory: first.memory_mib.map(|mib| (mib as usize) << 20),
         cpu_ms: first.cpu_ms,
         spin: Duration::from_micros(first.spin_us),
+        blocking: first.blocking,
         stages,
         services,
         args,

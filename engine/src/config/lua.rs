@@ -29,7 +29,23 @@ pub const MAX_CPU_MS: u64 = 2000;
 pub const MAX_SPIN_US: u64 = 10_000;
 
 /// The `%` keys a Lua block may contain; anything else starting with `%` is a typo.
-const PERCENT_KEYS: &str = "%preload, %package, %reflush, %ffi, %memory, %cpu, %odbc, %cluster";
+const PERCENT_KEYS: &str =
+    "%preload, %package, %reflush, %ffi, %memory, %cpu, %spin, %blocking, %odbc, %cluster";
+
+/// `%blocking`: what a serving core does when a script asks it for a call that waits on the
+/// system (a file outside the file image, opening a `bundle.viewof`, `commit('sync')`
+/// without a callback, a host-name lookup): `node::blocking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockingPolicy {
+    /// Make the call (the script gets its answer; the core stalls meanwhile), count it and
+    /// log the first of each kind. The default: what the original engine did, minus the
+    /// silence.
+    #[default]
+    Count,
+    /// Refuse it with a Lua error that says what to do instead (counted and logged the same
+    /// way): a core then never waits on the system for a script.
+    Refuse,
+}
 
 /// One `%package` search-path entry (spec 8.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +112,8 @@ pub struct LuaStageConfig {
     pub cpu_ms: u64,
     /// `%spin`: µs a core keeps polling after its last work before it parks (0 = park at once).
     pub spin_us: u64,
+    /// `%blocking`: see [`BlockingPolicy`].
+    pub blocking: BlockingPolicy,
     /// Main script name, if configured anywhere (a missing one is a boot-time warning).
     pub main_script: Option<String>,
     /// `%odbc`: named DSN objects (or raw connection strings) for `odbc.new`.
@@ -123,6 +141,7 @@ fn parse_keys(
         memory_mib: None,
         cpu_ms: DEFAULT_CPU_MS,
         spin_us: 0,
+        blocking: BlockingPolicy::Count,
         main_script: None,
         odbc: None,
         cluster: None,
@@ -187,6 +206,11 @@ fn parse_keys(
                     "an integer (µs a core polls before it parks, 0 = park at once)",
                     v,
                 )),
+            },
+            "%blocking" => match simd_json::prelude::ValueAsScalar::as_str(v) {
+                Some("count") => out.blocking = BlockingPolicy::Count,
+                Some("refuse") => out.blocking = BlockingPolicy::Refuse,
+                _ => errs.push(at.type_err("\"count\" or \"refuse\"", v)),
             },
             "%cpu" => match as_int(v) {
                 Some(ms) if ms >= 0 && ms <= i128::from(MAX_CPU_MS) => out.cpu_ms = ms as u64,

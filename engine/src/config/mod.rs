@@ -27,7 +27,9 @@ use simd_json::OwnedValue;
 pub use admin::Admin;
 pub use error::ConfigError;
 pub use lotus::{Account, LotusConfig, Secret, Store};
-pub use lua::{LuaStageConfig, PackageEntry, DEFAULT_CPU_MS, DEFAULT_REFLUSH_MS, MAX_CPU_MS};
+pub use lua::{
+    BlockingPolicy, LuaStageConfig, PackageEntry, DEFAULT_CPU_MS, DEFAULT_REFLUSH_MS, MAX_CPU_MS,
+};
 pub use modules::{ModuleKind, ModuleRef, MAX_STAGE_ID};
 pub use settings::{
     default_node_name, nats_auth, nats_servers, valid_node_name, ClusterEntry, NatsAuth, Restart,

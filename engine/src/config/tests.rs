@@ -257,7 +257,7 @@ fn error_paths_are_exact_and_all_are_collected() {
             "config `stage.json`: key `#cluster[3]`: expected a listen port, \"host:port\", \":interface\", \"=host:port\", \"nats://host:port\" or an object of NATS files {ca, cert, key, nkey, creds}, found boolean true",
             "config `stage.json`: key `lua.so.%package[1]`: expected a string, found integer 7",
             "config `stage.json`: key `lua.so.%reflush`: -1 msec is out of range: expected 0 to 4294967295",
-            "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %cpu, %odbc, %cluster)",
+            "config `stage.json`: key `lua.so.%prelod`: unknown key (a Lua block knows %preload, %package, %reflush, %ffi, %memory, %cpu, %spin, %blocking, %odbc, %cluster)",
             "config `stage.json`: key `lua.so.%odbc.A`: expected an object of ODBC keywords or a raw connection string, found integer 1",
             "config `stage.json`: key `=ticket+ticket[1].odbc`: expected an integer (ticket limit; negative = refuse instead of queue), found string \"ten\"",
             "config `stage.json`: key `curl.so+agent.user_agent`: unknown key: a curl.so block takes `user-agent`, `verbose` and `timeout`",
@@ -822,6 +822,30 @@ fn cpu_budget_is_msec_up_to_two_seconds_with_a_default() {
     assert_eq!(
         errors(&with_stage(r##", "lua.so": {"%cpu": "fast"}"##)),
         vec!["config `stage.json`: key `lua.so.%cpu`: expected an integer (msec per Lua callback, 0 = no budget), found string \"fast\""]
+    );
+}
+
+#[test]
+fn blocking_counts_by_default_and_refuses_when_asked() {
+    use crate::config::BlockingPolicy;
+    let policy = |extra: &str| {
+        ok(&with_stage(extra))
+            .lua_stage(&module("lua.so+stage"))
+            .unwrap()
+            .blocking
+    };
+    assert_eq!(policy(""), BlockingPolicy::Count);
+    assert_eq!(
+        policy(r##", "lua.so": {"%blocking": "count"}"##),
+        BlockingPolicy::Count
+    );
+    assert_eq!(
+        policy(r##", "lua.so": {"%blocking": "refuse"}"##),
+        BlockingPolicy::Refuse
+    );
+    assert_eq!(
+        errors(&with_stage(r##", "lua.so": {"%blocking": "never"}"##)),
+        vec!["config `stage.json`: key `lua.so.%blocking`: expected \"count\" or \"refuse\", found string \"never\""]
     );
 }
 

@@ -48,7 +48,7 @@ fn names_an_address(url: &BrokerUrl) -> bool {
 /// Resolves a broker URL's host to the first socket address.
 pub fn resolve(url: &BrokerUrl) -> std::io::Result<SocketAddr> {
     if !names_an_address(url) {
-        super::lookup::before(&url.host);
+        super::lookup::before(&url.host)?;
     }
     url.authority()
         .to_socket_addrs()?

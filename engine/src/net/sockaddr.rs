@@ -285,7 +285,7 @@ pub(crate) fn resolve_host(
     } else if let Some(scoped) = parse_scoped_v6(host, port) {
         vec![scoped?]
     } else {
-        super::lookup::before(host);
+        super::lookup::before(host)?;
         let mut v: Vec<SocketAddr> = Vec::new();
         for a in (host, port).to_socket_addrs()? {
             // getaddrinfo may repeat an address (e.g. once per /etc/hosts line).

@@ -212,6 +212,7 @@ fn http_agents(plan: &Plan) -> HashMap<usize, crate::service::http::HttpAgent> {
 
 impl Node {
     pub fn new(cpus: Vec<usize>, plan: Arc<Plan>, peers: Option<Arc<peers::Peers>>) -> Arc<Node> {
+        blocking::set_policy(plan.blocking);
         blocking::count_lookups();
         // Lua stages first, so a Lua stage's directory index is its index in `plan.stages`.
         let stages = stages::StageDirectory::new(

@@ -145,13 +145,20 @@ impl Image {
 }
 
 /// Reads `path` on the calling thread because the image does not cover it (`what` names the
-/// caller): counted and logged once when that thread is a core (`blocking`).
+/// caller), if [`may_read_on_this_thread`] allows it.
 pub fn read_on_this_thread(path: &str, what: &str) -> std::io::Result<Vec<u8>> {
+    may_read_on_this_thread(path, what)?;
+    std::fs::read(path)
+}
+
+/// Whether `path`, which the image does not cover, may be read on the calling thread:
+/// counted and logged once when that thread is a serving core, refused there under
+/// `%blocking: "refuse"` (`node::blocking`).
+pub fn may_read_on_this_thread(path: &str, what: &str) -> std::io::Result<()> {
     crate::node::blocking::note(
         crate::node::blocking::Kind::FileRead,
         &format!("{what} of {path:?}"),
-    );
-    std::fs::read(path)
+    )
 }
 
 /// Size and mtime (ns) of a regular file, or `None` if there is none.

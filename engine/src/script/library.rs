@@ -215,13 +215,15 @@ impl Library {
             image::Lookup::Found(file) => Some((Some(file.stamp), file.bytes)),
             image::Lookup::Missing => None,
             image::Lookup::NotCovered => {
+                // Asked before the stat too: under %blocking "refuse" the file is not looked
+                // at (the name then resolves to nothing; the refusal is logged).
+                if on_core && image::may_read_on_this_thread(path, "a script's first load").is_err()
+                {
+                    return None;
+                }
                 let stamp = image::stamp_of(Path::new(path))?;
-                let bytes = if on_core {
-                    image::read_on_this_thread(path, "a script's first load")
-                } else {
-                    std::fs::read(path)
-                };
-                Some((Some(stamp), Arc::from(bytes.ok()?)))
+                let bytes = std::fs::read(path).ok()?;
+                Some((Some(stamp), Arc::from(bytes)))
             }
         }
     }

@@ -778,3 +778,99 @@ fn a_viewof_commit_with_a_callback_waits_off_the_core() {
         "commit('sync') without a callback is counted"
     );
 }
+
+/// `%blocking: "refuse"`: what would make a serving core wait on the system fails with an
+/// error that says what to do instead — a file outside the image, opening a view,
+/// `commit('sync')` without a callback, a host-name lookup — each counted; the same calls
+/// before the core serves (a `%preload` script, the main script: no client waits yet) and
+/// `commit('sync', fn)` still work.
+#[test]
+fn blocking_calls_on_a_serving_core_are_refused_when_asked_to() {
+    let admin = free_port();
+    let outside = tempfile::tempdir().unwrap();
+    let prices = outside.path().join("prices.json");
+    std::fs::write(&prices, r#"{"gem": 30}"#).unwrap();
+    let config = format!(
+        r##"{{ "#threads": 1, "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
+             "lua.so": {{ "%package": ["."], "%reflush": 0, "%blocking": "refuse",
+                          "%preload": ["pre/"], "lua.so+stage": "start" }} }}"##
+    );
+    // Socket callbacks see `%preload` globals and `__`, not the main script's globals.
+    let script = format!(
+        "__.gem = bundle.json('{prices}', 'gem')
+         broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
+           return function (s, data)
+             local m = data.message
+             -- A raised error or a `nil, err` answer (broker.aton's way) both fail.
+             local function try(f, ...)
+               local ok, v, err = pcall(f, ...)
+               if ok and v == nil then ok, v = false, err end
+               return {{ ok = ok, err = not ok and tostring(v) or nil }}
+             end
+             if m == 'boot' then return {{ gem = __.gem }} end
+             if m == 'json' then return try(bundle.json, '{prices}', 'gem') end
+             if m == 'open' then return try(bundle.viewof, {{ 'other.bin', 'i' }}, 4) end
+             if m == 'aton' then return try(broker.aton, 'localhost:80') end
+             SCORES[1] = data.n
+             if m == 'sync' then return try(SCORES.commit, SCORES, 'sync') end
+             SCORES:commit('sync', function (ok) s.commit({{ ok = ok }}) end)
+           end
+         end)",
+        prices = prices.display()
+    );
+    let server = Server::start(
+        &config,
+        &[
+            ("start.lua", script.as_str()),
+            (
+                "pre/views.lua",
+                "SCORES = bundle.viewof({ 'scores.bin', 'i' }, 4)",
+            ),
+        ],
+    );
+    let ask = |name: &str| {
+        let mut conn = server.connect();
+        conn.write_all(&message(name, &[("n", Bson::Int32(7))]))
+            .unwrap();
+        read_reply(&mut conn)
+    };
+
+    assert_eq!(
+        ask("boot").get("gem").and_then(Bson::as_i64),
+        Some(30),
+        "read while the core booted"
+    );
+    for (call, what) in [
+        ("json", "bundle.json of"),
+        ("open", "bundle.viewof of"),
+        ("sync", "commit('sync') of"),
+        ("aton", "looking up \"localhost\""),
+    ] {
+        let reply = ask(call);
+        assert_eq!(
+            reply.get("ok"),
+            Some(&Bson::Bool(false)),
+            "{call}: {reply:?}"
+        );
+        let err = reply.get("err").and_then(Bson::as_str).unwrap_or_default();
+        assert!(
+            err.contains(what) && err.contains("%blocking is \"refuse\""),
+            "{call}: {err}"
+        );
+    }
+    assert!(
+        !server.path("other.bin").exists(),
+        "a refused view is never opened"
+    );
+    assert_eq!(blocking_calls(admin), 4.0, "each refusal is counted");
+
+    let reply = ask("save");
+    assert_eq!(reply.get("ok"), Some(&Bson::Bool(true)), "{reply:?}");
+    let on_disk = std::fs::read(server.path("scores.bin")).unwrap();
+    assert_eq!(i32::from_ne_bytes(on_disk[..4].try_into().unwrap()), 7);
+    assert_eq!(
+        blocking_calls(admin),
+        4.0,
+        "a commit with a callback waits off the core"
+    );
+}

@@ -471,10 +471,12 @@ fn open(file: String, layout: Layout, start: u64, rows: Option<u64>) -> Res<View
     let io = |what: &str, e: std::io::Error| -> Res<View> {
         fail(format!("bundle.viewof: cannot {what} {file:?}: {e}"))
     };
-    crate::node::blocking::note(
+    if let Err(refused) = crate::node::blocking::note(
         crate::node::blocking::Kind::ViewofOpen,
         &format!("bundle.viewof of {file:?}"),
-    );
+    ) {
+        return fail(refused.to_string());
+    }
     let handle = match OpenOptions::new()
         .read(true)
         .write(true)
@@ -685,10 +687,12 @@ fn commit(lua: &Lua, ud: &AnyUserData, args: Vec<Value>) -> Res<MultiValue> {
         return Ok(MultiValue::from_vec(vec![Value::Boolean(true)]));
     }
     if flags == libc::MS_SYNC {
-        crate::node::blocking::note(
+        if let Err(refused) = crate::node::blocking::note(
             crate::node::blocking::Kind::ViewofSync,
             &format!("commit('sync') of the view of {file:?}"),
-        );
+        ) {
+            return fail(refused.to_string());
+        }
     }
     if let Err(e) = map.sync(flags) {
         return fail(format!("bundle.viewof: commit of {file:?} failed: {e}"));
