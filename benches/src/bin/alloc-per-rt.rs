@@ -128,7 +128,7 @@ fn measure(ffi: bool, round_trips: u64) -> anyhow::Result<Result> {
         memory: None,
         cpu_ms: 0,
         spin: Duration::ZERO,
-        blocking: stage_engine::config::BlockingPolicy::Count,
+        blocking: stage_engine::config::BlockingPolicy::Refuse,
         stages: vec![LuaStage {
             id: "echo".into(),
             entry: "lua.so+echo".into(),

@@ -38,12 +38,12 @@ const PERCENT_KEYS: &str =
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlockingPolicy {
     /// Make the call (the script gets its answer; the core stalls meanwhile), count it and
-    /// log the first of each kind. The default: what the original engine did, minus the
-    /// silence.
-    #[default]
+    /// log the first of each kind: what the original engine did, minus the silence.
     Count,
-    /// Refuse it with a Lua error that says what to do instead (counted and logged the same
-    /// way): a core then never waits on the system for a script.
+    /// Refuse it with an error that says what to do instead (counted and logged the same
+    /// way): a core never waits on the system for a script. The default, so that no path a
+    /// client or a stage can trigger stalls a core's other clients (issue #15).
+    #[default]
     Refuse,
 }
 
@@ -141,7 +141,7 @@ fn parse_keys(
         memory_mib: None,
         cpu_ms: DEFAULT_CPU_MS,
         spin_us: 0,
-        blocking: BlockingPolicy::Count,
+        blocking: BlockingPolicy::Refuse,
         main_script: None,
         odbc: None,
         cluster: None,

@@ -826,7 +826,7 @@ fn cpu_budget_is_msec_up_to_two_seconds_with_a_default() {
 }
 
 #[test]
-fn blocking_counts_by_default_and_refuses_when_asked() {
+fn blocking_refuses_by_default_and_counts_when_asked() {
     use crate::config::BlockingPolicy;
     let policy = |extra: &str| {
         ok(&with_stage(extra))
@@ -834,7 +834,7 @@ fn blocking_counts_by_default_and_refuses_when_asked() {
             .unwrap()
             .blocking
     };
-    assert_eq!(policy(""), BlockingPolicy::Count);
+    assert_eq!(policy(""), BlockingPolicy::Refuse);
     assert_eq!(
         policy(r##", "lua.so": {"%blocking": "count"}"##),
         BlockingPolicy::Count

@@ -4,9 +4,9 @@
 //! connection, timer and stage of the core while it runs, so each one asked of a serving core
 //! counts in `stage_limit_hits_total{limit="blocking_on_core"}` and the first of each kind in
 //! the process is logged with what to do instead. What happens to the call is `%blocking`'s
-//! choice ([`BlockingPolicy`]): by default it runs (the script gets its answer, as in the
-//! original engine); with `"refuse"` it fails with that advice as its error, so no path a
-//! client or a stage can trigger makes a core wait on the system. The same calls on a
+//! choice ([`BlockingPolicy`]): by default (`"refuse"`) it fails with that advice as its
+//! error, so no path a client or a stage can trigger makes a core wait on the system; with
+//! `"count"` it runs (the script gets its answer, as in the original engine). The same calls on a
 //! `thread.new` pool thread (made for blocking work), or on a core still booting (main
 //! scripts, `%preload`, before it serves), are always made, neither counted nor logged.
 
@@ -30,8 +30,8 @@ pub enum Kind {
     Lookup,
 }
 
-/// The process's `%blocking` ([`set_policy`]): 0 = count, 1 = refuse.
-static POLICY: AtomicU8 = AtomicU8::new(0);
+/// The process's `%blocking` ([`set_policy`]): 0 = count, 1 = refuse (the default).
+static POLICY: AtomicU8 = AtomicU8::new(1);
 
 /// Whether the first call of each kind was logged, indexed by `Kind as usize`.
 static LOGGED: [AtomicBool; Kind::COUNT] = [const { AtomicBool::new(false) }; Kind::COUNT];

@@ -103,8 +103,10 @@ impl Image {
         if !next.complete && !FULL_LOGGED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "the %package directories hold more than the file image takes ({MAX_FILES} files, \
-                 {MAX_BYTES} bytes, {MAX_ENTRIES} entries walked, {MAX_DEPTH} levels): files \
-                 past it are read on the core that asks for them (counted as stage_limit_hits_total{{limit=\"blocking_on_core\"}})"
+                 {MAX_BYTES} bytes, {MAX_ENTRIES} entries walked, {MAX_DEPTH} levels): a core \
+                 that serves refuses to read files past it (%blocking \"refuse\", the default) \
+                 or reads them while its clients wait (%blocking \"count\"); point %package \
+                 at the directories that hold your scripts and data"
             );
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);

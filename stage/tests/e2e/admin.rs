@@ -639,9 +639,9 @@ fn blocking_calls(admin: u16) -> f64 {
 
 /// Scripts and data files under `%package` come from the process's file image: a core loads
 /// a script and reads a `.json` file there without a file system call (no blocking call is
-/// counted), a script added while the node runs is found after the next scan, and a data
-/// file outside every `%package` directory is still read — each read counted as a blocking
-/// call on a core, the first one logged.
+/// counted), a script added while the node runs is found after the next scan, and (with
+/// `%blocking: "count"`) a data file outside every `%package` directory is still read — each
+/// read counted as a blocking call on a core, the first one logged.
 #[test]
 fn files_under_package_come_from_the_image_and_a_read_outside_is_counted() {
     let admin = free_port();
@@ -650,7 +650,8 @@ fn files_under_package_come_from_the_image_and_a_read_outside_is_counted() {
     std::fs::write(&prices, r#"{"gem": 30}"#).unwrap();
     let config = format!(
         r##"{{ "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
-             "lua.so": {{ "%package": ["."], "%reflush": 50, "lua.so+stage": "start" }} }}"##
+             "lua.so": {{ "%package": ["."], "%reflush": 50, "%blocking": "count",
+                          "lua.so+stage": "start" }} }}"##
     );
     let script = format!(
         "broker.ready('tcp://127.0.0.1:PORT?packet=1k,1k', function ()
@@ -708,14 +709,15 @@ fn files_under_package_come_from_the_image_and_a_read_outside_is_counted() {
 }
 
 /// `commit('sync', fn)` on a core: the `msync` runs off the core and `fn(true)` answers the
-/// client once the row is on disk, counting no blocking call; opening a view and
-/// `commit('sync')` without a callback still wait on the core, and are counted.
+/// client once the row is on disk, counting no blocking call; with `%blocking: "count"`,
+/// opening a view and `commit('sync')` without a callback wait on the core, and are counted.
 #[test]
 fn a_viewof_commit_with_a_callback_waits_off_the_core() {
     let admin = free_port();
     let config = format!(
         r##"{{ "#threads": 1, "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
-             "lua.so": {{ "%package": ["."], "%reflush": 0, "lua.so+stage": "start" }} }}"##
+             "lua.so": {{ "%package": ["."], "%reflush": 0, "%blocking": "count",
+                          "lua.so+stage": "start" }} }}"##
     );
     let server = Server::start(
         &config,
@@ -779,21 +781,21 @@ fn a_viewof_commit_with_a_callback_waits_off_the_core() {
     );
 }
 
-/// `%blocking: "refuse"`: what would make a serving core wait on the system fails with an
-/// error that says what to do instead — a file outside the image, opening a view,
+/// `%blocking` is `"refuse"` by default: what would make a serving core wait on the system
+/// fails with an error that says what to do instead — a file outside the image, opening a view,
 /// `commit('sync')` without a callback, a host-name lookup — each counted; the same calls
 /// before the core serves (a `%preload` script, the main script: no client waits yet) and
 /// `commit('sync', fn)` still work.
 #[test]
-fn blocking_calls_on_a_serving_core_are_refused_when_asked_to() {
+fn blocking_calls_on_a_serving_core_are_refused_by_default() {
     let admin = free_port();
     let outside = tempfile::tempdir().unwrap();
     let prices = outside.path().join("prices.json");
     std::fs::write(&prices, r#"{"gem": 30}"#).unwrap();
     let config = format!(
         r##"{{ "#threads": 1, "#startup": [["lua.so+stage"]], "#admin": "127.0.0.1:{admin}",
-             "lua.so": {{ "%package": ["."], "%reflush": 0, "%blocking": "refuse",
-                          "%preload": ["pre/"], "lua.so+stage": "start" }} }}"##
+             "lua.so": {{ "%package": ["."], "%reflush": 0, "%preload": ["pre/"],
+                          "lua.so+stage": "start" }} }}"##
     );
     // Socket callbacks see `%preload` globals and `__`, not the main script's globals.
     let script = format!(
