@@ -3,8 +3,8 @@
 //! child just before its watchdog kills it ([`describe`]). A core that stops beating is
 //! otherwise a mystery after the fact (the process may be gone); one line naming the thread's
 //! state, the kernel function it sleeps in (`wchan`), the system call it is in and, when the
-//! reader may see it (root), the top of its kernel stack tells a Lua loop (`running`, no
-//! syscall) from a lock wait (`futex`) from a disk or io_uring wait — what the next person
+//! reader may see it (root), the top of its kernel stack tells a Lua loop (`syscall=none`)
+//! from a lock wait (`futex`) from a disk or io_uring wait — what the next person
 //! needs to fix it.
 //!
 //! Best effort by design: every file may be missing (the thread ended, no permission, a
@@ -69,13 +69,17 @@ fn state_of(stat: &str) -> Option<char> {
 }
 
 /// The system call number from `/proc/.../syscall`, named when it is one a core waits in;
-/// `running` when the thread is in user space (a Lua loop), `None` when unknown.
+/// `none` when the thread is in user space (a Lua loop: the kernel says `running` while it is
+/// on a CPU, `-1` when it was preempted there), `None` when unknown.
 fn syscall_of(text: &str) -> Option<String> {
     let first = text.split_whitespace().next()?;
     if first == "running" {
-        return Some("running".into());
+        return Some("none".into());
     }
     let nr: i64 = first.parse().ok()?;
+    if nr < 0 {
+        return Some("none".into());
+    }
     Some(match syscall_name(nr) {
         Some(name) => name.to_string(),
         None => nr.to_string(),
@@ -166,7 +170,8 @@ mod tests {
     fn proc_text_is_parsed_without_trusting_its_shape() {
         assert_eq!(state_of("12 (a (b) c) S 1 2"), Some('S'));
         assert_eq!(state_of("garbage"), None);
-        assert_eq!(syscall_of("running"), Some("running".into()));
+        assert_eq!(syscall_of("running"), Some("none".into()));
+        assert_eq!(syscall_of("-1 0x7ffd 0x5555"), Some("none".into()));
         assert_eq!(
             syscall_of(&format!("{} 0x1 0x2", libc::SYS_futex)),
             Some("futex".into())
